@@ -1,0 +1,5 @@
+import sys
+
+from microstructure.cli import main
+
+sys.exit(main())

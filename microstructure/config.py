@@ -1,0 +1,73 @@
+"""Settings: one dataclass, filled from the environment, overridden by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BINANCE_FUTURES_REST = "https://fapi.binance.com"
+BINANCE_FUTURES_WS = "wss://fstream.binance.com"
+BINANCE_ARCHIVE = "https://data.binance.vision"
+BINANCE_SPOT_REST = "https://api.binance.com"
+
+ENV_PREFIX = "MICROSTRUCTURE_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingError(f"{ENV_PREFIX}{name}: expected an integer, got {raw!r}") from None
+
+
+class SettingError(ValueError):
+    """A setting (environment variable or flag) has a value that cannot be used."""
+
+
+@dataclass
+class Settings:
+    """Everything that can be configured, with the environment variable that sets it.
+
+    database_url   MICROSTRUCTURE_DATABASE_URL   any PostgreSQL/TimescaleDB; unset = embedded PostgreSQL
+    home           MICROSTRUCTURE_HOME           project folder for embedded data, spill files, caches
+    embedded_port  MICROSTRUCTURE_EMBEDDED_PORT  TCP port of the embedded server (0 = pick a free one)
+    rest_url       MICROSTRUCTURE_REST_URL       Binance USD-M Futures REST base
+    ws_url         MICROSTRUCTURE_WS_URL         Binance USD-M Futures websocket base
+    archive_url    MICROSTRUCTURE_ARCHIVE_URL    data.binance.vision base
+    spot_url       MICROSTRUCTURE_SPOT_URL       Binance spot REST base
+    """
+
+    database_url: str | None = field(default_factory=lambda: _env("DATABASE_URL"))
+    home: Path = field(default_factory=lambda: Path(_env("HOME", ".microstructure") or ".microstructure"))
+    embedded_port: int = field(default_factory=lambda: _env_int("EMBEDDED_PORT", 0))
+    rest_url: str = field(default_factory=lambda: _env("REST_URL", BINANCE_FUTURES_REST) or "")
+    ws_url: str = field(default_factory=lambda: _env("WS_URL", BINANCE_FUTURES_WS) or "")
+    archive_url: str = field(default_factory=lambda: _env("ARCHIVE_URL", BINANCE_ARCHIVE) or "")
+    spot_url: str = field(default_factory=lambda: _env("SPOT_URL", BINANCE_SPOT_REST) or "")
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser().resolve()
+        if not 0 <= self.embedded_port <= 65535:
+            raise SettingError(f"embedded port: expected 0..65535, got {self.embedded_port}")
+
+    def point_at_exchange(self, base_url: str) -> None:
+        """Point REST, websocket and archives at one server (the local exchange serves all three)."""
+        base = base_url.rstrip("/")
+        self.rest_url = base
+        self.archive_url = base
+        self.spot_url = base
+        if base.startswith("https://"):
+            self.ws_url = "wss://" + base.removeprefix("https://")
+        elif base.startswith("http://"):
+            self.ws_url = "ws://" + base.removeprefix("http://")
+        else:
+            raise SettingError(f"--exchange-url: expected an http:// or https:// URL, got {base_url!r}")

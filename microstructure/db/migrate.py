@@ -1,0 +1,128 @@
+"""Apply the Alembic migrations from Python (what `microstructure db upgrade` and every writer call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, pool, text
+
+from microstructure.db.connect import sqlalchemy_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str, engine: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = url
+    if engine:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head", *, engine: str | None = None) -> None:
+    """Bring the schema to `revision`; a no-op when it is already there. Safe to call concurrently."""
+    command.upgrade(alembic_config(url, engine), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    kind: str  # hypertable | table
+    rows_estimate: int
+    chunk_interval: str | None = None
+    compression: str | None = None
+
+
+@dataclass(frozen=True)
+class SchemaSummary:
+    revision: str | None
+    engine: str | None
+    server_version: str
+    timescaledb_version: str | None
+    tables: list[TableInfo]
+    functions: list[str]
+
+
+def summarize(url: str) -> SchemaSummary:
+    """What the schema holds now: revision, engine, tables (with hypertable facts) and compat functions."""
+    eng = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    try:
+        with eng.connect() as conn:
+            server_version = conn.execute(text("SHOW server_version")).scalar_one()
+            has_version_table = conn.execute(text("SELECT to_regclass('alembic_version')")).scalar()
+            revision = (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if has_version_table
+                else None
+            )
+            meta: dict[str, str] = {}
+            if conn.execute(text("SELECT to_regclass('microstructure_meta')")).scalar():
+                meta = dict(conn.execute(text("SELECT key, value FROM microstructure_meta")).all())  # type: ignore[arg-type]
+            tsdb = conn.execute(
+                text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+            ).scalar()
+            hyper: dict[str, tuple[str | None, str | None]] = {}
+            if tsdb:
+                for name, interval in conn.execute(
+                    text(
+                        "SELECT hypertable_name, time_interval::text FROM timescaledb_information.dimensions "
+                        "WHERE hypertable_schema = current_schema()"
+                    )
+                ):
+                    hyper[name] = (interval, None)
+                for name, segby, ordby in conn.execute(
+                    text(
+                        "SELECT hypertable_name, "
+                        " string_agg(attname, ', ' ORDER BY segmentby_column_index) "
+                        "   FILTER (WHERE segmentby_column_index IS NOT NULL), "
+                        " string_agg(attname, ', ' ORDER BY orderby_column_index) "
+                        "   FILTER (WHERE orderby_column_index IS NOT NULL) "
+                        "FROM timescaledb_information.compression_settings "
+                        "WHERE hypertable_schema = current_schema() GROUP BY hypertable_name"
+                    )
+                ):
+                    interval = hyper.get(name, (None, None))[0]
+                    hyper[name] = (interval, f"segment by {segby}; order by {ordby}")
+            tables = []
+            for name, estimate in conn.execute(
+                text(
+                    "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+                    "AND c.relname <> 'alembic_version' ORDER BY c.relname"
+                )
+            ):
+                if name in hyper:
+                    interval, comp = hyper[name]
+                    tables.append(TableInfo(name, "hypertable", int(estimate), interval, comp))
+                else:
+                    tables.append(TableInfo(name, "table", int(estimate)))
+            functions = [
+                f"{name}({args})"
+                for name, args in conn.execute(
+                    text(
+                        "SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
+                        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE n.nspname = current_schema() AND p.proname IN ('time_bucket', 'first', 'last') "
+                        "ORDER BY 1, 2"
+                    )
+                )
+            ]
+    finally:
+        eng.dispose()
+    return SchemaSummary(
+        revision=revision,
+        engine=meta.get("engine"),
+        server_version=str(server_version),
+        timescaledb_version=tsdb,
+        tables=tables,
+        functions=functions,
+    )

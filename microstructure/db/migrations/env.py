@@ -1,0 +1,49 @@
+"""Alembic environment: one connection, an advisory lock so concurrent upgrades queue, no ORM models."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from microstructure.config import Settings
+from microstructure.db.connect import resolve_database_url, sqlalchemy_url
+
+MIGRATION_LOCK_KEY = 7_349_201_553  # pg_advisory_lock key shared by every migrating process
+
+config = context.config
+
+
+def _url() -> str:
+    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        url = resolve_database_url(Settings())
+    return sqlalchemy_url(url)
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+        connection.commit()
+        try:
+            context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+            with context.begin_transaction():
+                context.run_migrations()
+            connection.commit()
+        finally:
+            connection.rollback()
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+            connection.commit()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
