@@ -1,0 +1,177 @@
+"""Migrations on plain PostgreSQL (the embedded default): ordinary tables, compat functions that
+behave like TimescaleDB's, idempotent natural keys, upgrade twice is a no-op, downgrade removes all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from microstructure.db import migrate
+from microstructure.db.tables import TIME_TABLES
+
+RAW_TABLES = {t.name for t in TIME_TABLES}
+BOOKKEEPING = {
+    "symbol_settings",
+    "ingest_checkpoints",
+    "agg_trade_coverage",
+    "agg_trade_gaps",
+    "ingest_events",
+    "microstructure_meta",
+}
+
+
+def catalog_snapshot(url: str) -> dict[str, list[tuple]]:
+    """Everything the migrations can create in the public schema, as comparable lists."""
+    with psycopg.connect(url) as conn:
+        q = {
+            "relations": "SELECT relname, relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE nspname = 'public' ORDER BY 1",
+            "functions": "SELECT proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE nspname = 'public' ORDER BY 1, 2",
+            "types": "SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE nspname = 'public' AND typtype = 'c' AND typrelid IN "
+            "(SELECT oid FROM pg_class WHERE relkind = 'c') ORDER BY 1",
+            "constraints": "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+            "alembic": "SELECT version_num FROM alembic_version"
+            if _has(conn, "alembic_version")
+            else "SELECT 1",
+        }
+        return {k: conn.execute(sql).fetchall() for k, sql in q.items()}
+
+
+def _has(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
+
+
+def test_upgrade_creates_ordinary_tables_with_time_indexes(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        kinds = dict(
+            conn.execute(
+                "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+                "AND relkind IN ('r', 'p')"
+            ).fetchall()
+        )
+        assert set(kinds) >= RAW_TABLES | BOOKKEEPING
+        assert all(kinds[t] == "r" for t in RAW_TABLES)  # ordinary tables, not partitioned
+        engine = conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone()
+        assert engine == ("postgresql",)
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (
+            0,
+        )
+        idx = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'agg_trades'")}
+        assert any("(symbol, ts)" in d for d in idx), idx
+        assert any("(symbol, agg_id, ts)" in d and "UNIQUE" in d for d in idx), idx
+
+
+def test_time_bucket_compat_matches_timescaledb_semantics(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        cases = [
+            (
+                "1 minute",
+                datetime(2024, 3, 1, 12, 34, 56, 789000, tzinfo=UTC),
+                datetime(2024, 3, 1, 12, 34, tzinfo=UTC),
+            ),
+            (
+                "5 minutes",
+                datetime(2024, 3, 1, 12, 34, 56, tzinfo=UTC),
+                datetime(2024, 3, 1, 12, 30, tzinfo=UTC),
+            ),
+            (
+                "15 minutes",
+                datetime(2024, 3, 1, 12, 44, 59, 999000, tzinfo=UTC),
+                datetime(2024, 3, 1, 12, 30, tzinfo=UTC),
+            ),
+            ("1 day", datetime(2024, 3, 1, 23, 59, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)),
+            (
+                "15 minutes",
+                datetime(1999, 12, 31, 23, 50, tzinfo=UTC),
+                datetime(1999, 12, 31, 23, 45, tzinfo=UTC),
+            ),
+            (
+                "10 seconds",
+                datetime(2024, 3, 1, 0, 0, 19, tzinfo=UTC),
+                datetime(2024, 3, 1, 0, 0, 10, tzinfo=UTC),
+            ),
+        ]
+        for width, ts, expected in cases:
+            got = conn.execute("SELECT time_bucket(%s::interval, %s::timestamptz)", (width, ts)).fetchone()[0]
+            assert got == expected, (width, ts)
+        # TimescaleDB aligns weeks to Monday 2000-01-03.
+        week = conn.execute(
+            "SELECT time_bucket('7 days'::interval, '2024-03-06 10:00+00'::timestamptz)"
+        ).fetchone()[0]
+        assert week == datetime(2024, 3, 4, tzinfo=UTC) and week.weekday() == 0
+        ints = conn.execute(
+            "SELECT time_bucket(60000::bigint, 1700000012345::bigint), time_bucket(10::bigint, -3::bigint), "
+            "time_bucket(10, 20), time_bucket(10::bigint, -10::bigint)"
+        ).fetchone()
+        assert ints == (1699999980000, -10, 20, -10)
+
+
+def test_first_last_compat(db_url: str) -> None:
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [
+        (1.5, base + timedelta(seconds=2), 5),
+        (2.5, base + timedelta(seconds=1), 7),
+        (3.5, base + timedelta(seconds=3), 6),
+        (None, None, None),
+        (9.0, None, None),
+    ]
+    with psycopg.connect(db_url) as conn:
+        conn.execute("CREATE TEMP TABLE x (v float8, t timestamptz, i bigint, g int)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO x VALUES (%s, %s, %s, 1)", rows)
+            cur.executemany("INSERT INTO x VALUES (%s, %s, %s, 2)", [(4.0, base, 1), (5.0, base, 1)])
+        got = conn.execute(
+            "SELECT first(v, t), last(v, t), first(v, i), last(v, i) FROM x WHERE g = 1"
+        ).fetchone()
+        assert got == (2.5, 3.5, 1.5, 2.5)  # NULL times are ignored
+        # Grouped, and over an empty set.
+        grouped = conn.execute(
+            "SELECT g, first(i, t), last(i::numeric, i) FROM x GROUP BY g ORDER BY g"
+        ).fetchall()
+        assert grouped == [(1, 7, 7), (2, 1, 1)]
+        assert conn.execute("SELECT first(v, t) FROM x WHERE false").fetchone() == (None,)
+        # Parallel plans use the combine function: same answer on a larger table.
+        conn.execute(
+            "CREATE TEMP TABLE big AS SELECT g::float8 AS v, g::bigint AS i FROM generate_series(1, 200000) g"
+        )
+        assert conn.execute("SELECT first(v, i), last(v, i) FROM big").fetchone() == (1.0, 200000.0)
+
+
+def test_natural_keys_make_writes_idempotent(db_url: str) -> None:
+    row = ("BTCUSDT", 42, datetime(2024, 1, 1, tzinfo=UTC), 42000.1, 0.5, 100, 103, True)
+    sql = (
+        "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, "
+        "is_buyer_maker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    )
+    with psycopg.connect(db_url) as conn:
+        conn.execute(sql, row)
+        conn.execute(sql, row)
+        assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(sql.replace(" ON CONFLICT DO NOTHING", ""), row)
+
+
+def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(empty_db: str) -> None:
+    before = catalog_snapshot(empty_db)
+    migrate.upgrade(empty_db)
+    once = catalog_snapshot(empty_db)
+    migrate.upgrade(empty_db)
+    assert catalog_snapshot(empty_db) == once
+    assert ("0002",) in once["alembic"]
+    assert {name for name, _ in once["functions"]} >= {"time_bucket", "first", "last"}
+    migrate.downgrade(empty_db)
+    after = catalog_snapshot(empty_db)
+    # Only alembic's own bookkeeping table may remain (empty).
+    assert [r for r in after["relations"] if not r[0].startswith("alembic_version")] == before["relations"]
+    assert after["functions"] == before["functions"] == []
+    assert after["types"] == before["types"]
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (0,)
+    # And back up again from nothing.
+    migrate.upgrade(empty_db)
+    assert catalog_snapshot(empty_db) == once
