@@ -18,6 +18,7 @@ from microstructure.logging_setup import configure
 COMMAND_MODULES = (
     "microstructure.demo",
     "microstructure.db.cli",
+    "microstructure.status",
     "microstructure.exchange.cli",
     "microstructure.ingest.cli",
     "microstructure.export.cli",

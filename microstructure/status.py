@@ -1,0 +1,128 @@
+"""`microstructure status`: coverage, gaps and live lag per symbol, plus ingest events."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from microstructure.config import Settings
+from microstructure.db import migrate
+from microstructure.db.connect import check_connection, resolve_database_url
+from microstructure.db.queries import load
+
+
+@dataclass
+class StatusReport:
+    symbols: list[dict[str, Any]]
+    gaps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    tables: list[dict[str, Any]]
+
+
+def collect_status(url: str, *, gap_limit: int = 50, event_window: str = "24 hours") -> StatusReport:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return StatusReport(
+            symbols=conn.execute(load("status_symbols")).fetchall(),
+            gaps=conn.execute(load("status_gaps"), {"limit": gap_limit}).fetchall(),
+            events=conn.execute(load("status_events"), {"window": event_window}).fetchall(),
+            tables=conn.execute(load("status_tables")).fetchall(),
+        )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_status(report: StatusReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report.symbols:
+        console.print("no aggregate trades stored yet")
+    else:
+        t = Table(
+            "symbol",
+            "days",
+            "first day",
+            "last day",
+            "rows",
+            "ids",
+            "missing",
+            "open gaps",
+            "last trade",
+            "lag s",
+            title="aggregate trades",
+        )
+        for r in report.symbols:
+            t.add_row(
+                r["symbol"],
+                _fmt(r["days"]),
+                _fmt(r["first_day"]),
+                _fmt(r["last_day"]),
+                _fmt(r["row_count"]),
+                f"{_fmt(r['first_id'])}..{_fmt(r['last_id'])}",
+                _fmt(r["missing_in_days"]),
+                f"{_fmt(r['open_gaps'])} ({_fmt(r['open_missing'])} ids)",
+                _fmt(r["last_trade_ts"]),
+                _fmt(float(r["lag_seconds"]) if r["lag_seconds"] is not None else None),
+            )
+        console.print(t)
+    if report.gaps:
+        t = Table(
+            "symbol", "from id", "to id", "missing", "status", "detected", "note", title="gaps not filled"
+        )
+        for g in report.gaps:
+            t.add_row(
+                g["symbol"],
+                _fmt(g["from_id"]),
+                _fmt(g["to_id"]),
+                _fmt(g["missing"]),
+                g["status"],
+                _fmt(g["detected_at"]),
+                g["note"] or "",
+            )
+        console.print(t)
+    t = Table("table", "rows", "last exchange time", title="other raw tables")
+    for r in report.tables:
+        t.add_row(r["table_name"], _fmt(r["row_count"]), _fmt(r["last_ts"]))
+    console.print(t)
+    if report.events:
+        t = Table("collector", "symbol", "event", "count", "last seen", title="ingest events, last 24 h")
+        for e in report.events:
+            t.add_row(e["collector"], e["symbol"], e["kind"], _fmt(e["n"]), _fmt(e["last_seen"]))
+        console.print(t)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "status",
+        help="coverage, gaps and live lag per symbol; resyncs and other ingest events",
+        description="Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
+        "the newest stored trade lags behind now; other raw tables; ingest events of the last 24 h.",
+    )
+    p.add_argument("--gap-limit", type=int, default=50, metavar="N", help="show at most N gaps (default 50)")
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    url = resolve_database_url(settings)
+    check_connection(url)
+    migrate.upgrade(url)
+    print_status(collect_status(url, gap_limit=args.gap_limit))
+    return 0
