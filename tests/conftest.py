@@ -96,3 +96,26 @@ def docker_available() -> bool:
     except Exception:
         return False
     return True
+
+
+TIMESCALEDB_IMAGE = "timescale/timescaledb:2.26.0-pg17"
+
+
+@pytest.fixture(scope="session")
+def docker_timescaledb_url(docker_available: bool) -> Iterator[str]:
+    """The real TimescaleDB image through testcontainers, only where a Docker engine answers."""
+    if not docker_available:
+        pytest.skip("no Docker engine answers here: the real TimescaleDB image runs only where one does")
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer(
+        TIMESCALEDB_IMAGE, username="postgres", password="postgres", dbname="postgres"
+    ) as pg:
+        yield f"postgresql://postgres:postgres@{pg.get_container_host_ip()}:{pg.get_exposed_port(5432)}/postgres"
+
+
+@pytest.fixture(params=["pglite", "docker"])
+def timescale_url(request: pytest.FixtureRequest) -> str:
+    """TimescaleDB with the community module: PGlite always (CI requires it), the image where Docker runs."""
+    name = "pglite_url" if request.param == "pglite" else "docker_timescaledb_url"
+    return request.getfixturevalue(name)

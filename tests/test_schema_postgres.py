@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from schema_catalog import catalog_snapshot
 
 from microstructure.db import migrate
 from microstructure.db.tables import TIME_TABLES
@@ -20,30 +21,6 @@ BOOKKEEPING = {
     "ingest_events",
     "microstructure_meta",
 }
-
-
-def catalog_snapshot(url: str) -> dict[str, list[tuple]]:
-    """Everything the migrations can create in the public schema, as comparable lists."""
-    with psycopg.connect(url) as conn:
-        q = {
-            "relations": "SELECT relname, relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE nspname = 'public' ORDER BY 1",
-            "functions": "SELECT proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
-            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE nspname = 'public' ORDER BY 1, 2",
-            "types": "SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "WHERE nspname = 'public' AND typtype = 'c' AND typrelid IN "
-            "(SELECT oid FROM pg_class WHERE relkind = 'c') ORDER BY 1",
-            "constraints": "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE connamespace = 'public'::regnamespace ORDER BY 1",
-            "alembic": "SELECT version_num FROM alembic_version"
-            if _has(conn, "alembic_version")
-            else "SELECT 1",
-        }
-        return {k: conn.execute(sql).fetchall() for k, sql in q.items()}
-
-
-def _has(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
 
 
 def test_upgrade_creates_ordinary_tables_with_time_indexes(db_url: str) -> None:

@@ -11,7 +11,7 @@ TimescaleDB's for this project's uses:
 - first(value, time) / last(value, time): the value at the smallest / largest non-NULL time; ties
   keep the row seen first. Overloads for the value and time types this project aggregates.
 
-On TimescaleDB (either licence) nothing is created: the extension provides the real functions.
+Where the timescaledb extension is installed nothing is created: it provides the real functions.
 
 Revision ID: 0002
 Revises: 0001
@@ -100,22 +100,27 @@ DROP FUNCTION IF EXISTS time_bucket(integer, integer);
 """
 
 
-def _engine() -> str:
-    row = (
-        op.get_bind().exec_driver_sql("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone()
-    )
-    return row[0] if row else "postgresql"
+def _timescaledb_installed() -> bool:
+    row = op.get_bind().exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return row is not None
+
+
+def _ours_installed() -> bool:
+    row = op.get_bind().exec_driver_sql("SELECT to_regtype('_ms_fl_f8_tstz')").fetchone()
+    return row is not None and row[0] is not None
 
 
 def upgrade() -> None:
-    if _engine() != "postgresql":
+    # Whatever engine the tables were built for (MICROSTRUCTURE_ENGINE=postgresql may force plain
+    # tables on a TimescaleDB server), the extension's own functions win where it is installed.
+    if _timescaledb_installed():
         return
     op.execute(TIME_BUCKET_SQL)
     op.execute(_first_last_sql())
 
 
 def downgrade() -> None:
-    if _engine() != "postgresql":
+    if not _ours_installed():
         return
     op.execute(_drop_first_last_sql())
     op.execute(DROP_TIME_BUCKET_SQL)
