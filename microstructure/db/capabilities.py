@@ -45,15 +45,19 @@ def _scalar(conn: Connection, sql: str) -> str | None:
 def detect(conn: Connection, *, install: bool = True, override: str | None = None) -> Capabilities:
     """Detect the engine; with install=True, create the timescaledb extension when it is available.
 
-    `override` (or MICROSTRUCTURE_ENGINE=postgresql) forces the plain-PostgreSQL path on a
-    TimescaleDB server, e.g. to run the incremental refresher there.
+    `override` (or MICROSTRUCTURE_ENGINE) narrows what a TimescaleDB server is used for:
+    "postgresql" builds plain tables (features by the incremental refresher), "timescaledb-apache"
+    builds hypertables without compression, as on an Apache-only build. It never widens: asking
+    for TimescaleDB where the extension is absent gives plain PostgreSQL.
     """
     override = override or os.environ.get(ENGINE_OVERRIDE_ENV) or None
     server_version = _scalar(conn, "SHOW server_version") or "?"
     if override == "postgresql":
         return Capabilities("postgresql", server_version)
-    if override not in (None, "auto"):
-        raise ValueError(f"{ENGINE_OVERRIDE_ENV}: expected auto or postgresql, got {override!r}")
+    if override not in (None, "auto", "timescaledb-apache"):
+        raise ValueError(
+            f"{ENGINE_OVERRIDE_ENV}: expected auto, postgresql or timescaledb-apache, got {override!r}"
+        )
     installed = _scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     if installed is None and install:
         available = _scalar(conn, "SELECT name FROM pg_available_extensions WHERE name = 'timescaledb'")
@@ -72,7 +76,8 @@ def detect(conn: Connection, *, install: bool = True, override: str | None = Non
             license_ = _scalar(conn, "SELECT current_setting('timescaledb.license', true)")
     except Exception:
         license_ = None
-    engine: Engine = "timescaledb-apache" if license_ == "apache" else "timescaledb"
+    apache = license_ == "apache" or override == "timescaledb-apache"
+    engine: Engine = "timescaledb-apache" if apache else "timescaledb"
     return Capabilities(engine, server_version, installed)
 
 

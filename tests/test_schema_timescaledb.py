@@ -1,0 +1,170 @@
+"""Migrations on TimescaleDB with the community module (PGlite; the real image where Docker runs):
+hypertables with the chosen chunk intervals, compression settings and policies, checked through
+TimescaleDB's information views; upgrade twice is a no-op; downgrade removes everything of ours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+from schema_catalog import catalog_snapshot
+
+from microstructure.db import migrate
+from microstructure.db.tables import TIME_TABLES
+
+
+def _interval(text: str) -> timedelta:
+    n, unit = text.split()
+    return timedelta(days=int(n)) if unit.startswith("day") else timedelta(hours=int(n))
+
+
+@pytest.fixture
+def migrated(timescale_url: str) -> Iterator[str]:
+    migrate.downgrade(timescale_url)  # a shared server: start from nothing
+    migrate.upgrade(timescale_url)
+    yield timescale_url
+    migrate.downgrade(timescale_url)
+
+
+def test_hypertables_chunk_intervals_and_compression(migrated: str) -> None:
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone() == (
+            "timescaledb",
+        )
+        hypertables = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables "
+                "WHERE hypertable_schema = 'public'"
+            )
+        }
+        assert set(hypertables) == {t.name for t in TIME_TABLES}
+        assert all(hypertables.values()), hypertables
+        dims = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                "SELECT hypertable_name, column_name, time_interval FROM timescaledb_information.dimensions "
+                "WHERE hypertable_schema = 'public'"
+            )
+        }
+        for t in TIME_TABLES:
+            assert dims[t.name] == (t.time_column, _interval(t.chunk_interval)), t.name
+        settings: dict[str, dict[str, list[str]]] = {}
+        for table, column, seg_idx, ord_idx in conn.execute(
+            "SELECT hypertable_name, attname, segmentby_column_index, orderby_column_index "
+            "FROM timescaledb_information.compression_settings WHERE hypertable_schema = 'public' "
+            "ORDER BY hypertable_name, segmentby_column_index NULLS LAST, orderby_column_index NULLS LAST"
+        ):
+            entry = settings.setdefault(table, {"segmentby": [], "orderby": []})
+            if seg_idx is not None:
+                entry["segmentby"].append(column)
+            if ord_idx is not None:
+                entry["orderby"].append(column)
+        for t in TIME_TABLES:
+            assert settings[t.name]["segmentby"] == [c.strip() for c in t.segment_by.split(",")], t.name
+            assert settings[t.name]["orderby"] == [c.strip() for c in t.order_by.split(",")], t.name
+        jobs = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT hypertable_name, config->>'compress_after' FROM timescaledb_information.jobs "
+                "WHERE proc_name = 'policy_compression' AND hypertable_schema = 'public'"
+            )
+        }
+        assert set(jobs) == {t.name for t in TIME_TABLES}
+        # No compat functions of ours: TimescaleDB provides time_bucket/first/last itself.
+        assert conn.execute("SELECT to_regtype('_ms_fl_f8_tstz')").fetchone() == (None,)
+
+
+def test_writes_are_idempotent_and_timescaledb_functions_answer(migrated: str) -> None:
+    sql = (
+        "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, is_buyer_maker) "
+        "VALUES ('BTCUSDT', %s, to_timestamp(%s / 1000.0), %s, 1, %s, %s, false) ON CONFLICT DO NOTHING"
+    )
+    rows = [(i, 1_700_000_000_000 + i * 7_000, 100.0 + i, i, i) for i in range(1, 21)]
+    with psycopg.connect(migrated) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(sql, rows)
+            cur.executemany(sql, rows)
+        assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (20,)
+        buckets = conn.execute(
+            "SELECT time_bucket('1 minute', ts) b, first(price, agg_id), last(price, agg_id), count(*) "
+            "FROM agg_trades GROUP BY b ORDER BY b"
+        ).fetchall()
+        assert sum(b[3] for b in buckets) == 20
+        assert buckets[0][1] == 101.0 and buckets[-1][2] == 120.0
+        chunks = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'agg_trades'"
+        )
+        assert chunks.fetchone()[0] >= 1
+
+
+def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(timescale_url: str) -> None:
+    migrate.downgrade(timescale_url)
+    before = catalog_snapshot(timescale_url)
+    migrate.upgrade(timescale_url)
+    once = catalog_snapshot(timescale_url)
+    migrate.upgrade(timescale_url)
+    assert catalog_snapshot(timescale_url) == once
+    assert once["alembic"] == [("0002",)]
+    migrate.downgrade(timescale_url)
+    after = catalog_snapshot(timescale_url)
+    assert [r for r in after["relations"] if not r[0].startswith("alembic_version")] == [
+        r for r in before["relations"] if not r[0].startswith("alembic_version")
+    ]
+    assert after["functions"] == before["functions"]
+    assert after["types"] == before["types"]
+    with psycopg.connect(timescale_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"
+        ).fetchone()
+        assert left == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_schema = 'public'"
+        ).fetchone() == (0,)
+
+
+def test_apache_only_engine_gets_hypertables_without_compression(pglite_url: str) -> None:
+    """An Apache-only build cannot be started here (the licence is fixed per server), so the same
+    code path is taken on PGlite through the engine override and checked for real."""
+    migrate.downgrade(pglite_url)
+    migrate.upgrade(pglite_url, engine="timescaledb-apache")
+    try:
+        with psycopg.connect(pglite_url) as conn:
+            assert conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone() == (
+                "timescaledb-apache",
+            )
+            rows = conn.execute(
+                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables "
+                "WHERE hypertable_schema = 'public'"
+            ).fetchall()
+            assert {r[0] for r in rows} == {t.name for t in TIME_TABLES}
+            assert not any(r[1] for r in rows)
+            jobs = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_schema = 'public'"
+            ).fetchone()
+            assert jobs == (0,)
+    finally:
+        migrate.downgrade(pglite_url)
+
+
+def test_engine_override_postgresql_builds_plain_tables_on_timescaledb(pglite_url: str) -> None:
+    migrate.downgrade(pglite_url)
+    migrate.upgrade(pglite_url, engine="postgresql")
+    try:
+        with psycopg.connect(pglite_url) as conn:
+            assert conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone() == (
+                "postgresql",
+            )
+            assert conn.execute(
+                "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"
+            ).fetchone() == (0,)
+            # The extension's own time_bucket answers; no compat overloads were added beside it.
+            assert conn.execute("SELECT to_regtype('_ms_fl_f8_tstz')").fetchone() == (None,)
+            got = conn.execute(
+                "SELECT time_bucket('5 minutes'::interval, '2024-01-01 10:07+00'::timestamptz)"
+            )
+            assert str(got.fetchone()[0]).startswith("2024-01-01 10:05")
+    finally:
+        migrate.downgrade(pglite_url)
