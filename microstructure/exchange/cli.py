@@ -1,0 +1,199 @@
+"""`microstructure exchange serve`: run the local Binance-compatible exchange."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from microstructure.exchange.config import ExchangeConfig, FaultConfig
+
+
+def _symbols(value: str) -> tuple[str, ...]:
+    syms = tuple(s.strip().upper() for s in value.split(",") if s.strip())
+    if not syms:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of symbols")
+    return syms
+
+
+def _days(value: str) -> tuple[str, ...]:
+    out = []
+    for d in value.split(","):
+        d = d.strip()
+        if d:
+            try:
+                datetime.strptime(d, "%Y-%m-%d")
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD dates, got {d!r}") from None
+            out.append(d)
+    return tuple(out)
+
+
+def _when(value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date/time such as 2022-08-12T12:00, got {value!r}"
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = subparsers.add_parser(
+        "exchange",
+        help="local Binance USD-M Futures look-alike (REST, websocket, archives) for demos and tests",
+        description="A local exchange speaking Binance USD-M Futures' wire formats: synthetic or replayed data, "
+        "fault injection. REST, websockets and data.binance.vision-style archives on one port.",
+    )
+    sub = group.add_subparsers(dest="exchange_command", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser(
+        "serve",
+        help="serve until interrupted (SIGINT/SIGTERM), printing the base URL",
+        description="Serve REST (/fapi/...), websockets (/ws, /stream) and archives (/data/futures/um/...) "
+        "on one port. Point the collectors' REST, websocket and archive base URLs at it.",
+    )
+    add_serve_options(p)
+    p.set_defaults(handler=cmd_serve)
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    d = ExchangeConfig()
+    p.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
+    p.add_argument("--port", type=int, default=9000, help="port (default 9000; 0 picks a free one)")
+    p.add_argument(
+        "--symbols", type=_symbols, default=d.symbols, help="comma-separated symbols (default BTCUSDT)"
+    )
+    p.add_argument(
+        "--history-days", type=int, default=d.history_days, help="full days of history before today"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="market seed: same seed and options, same data")
+    p.add_argument(
+        "--trades-per-day",
+        type=int,
+        default=d.trades_per_day,
+        help=f"aggregate trades per day of a BTCUSDT-like symbol (default {d.trades_per_day}; Binance has ~2.5M)",
+    )
+    p.add_argument(
+        "--live-rate",
+        type=float,
+        default=None,
+        help="aggregate trades per second per symbol from start on (load tests); default: as history",
+    )
+    p.add_argument(
+        "--clock-start",
+        type=_when,
+        default=None,
+        help="exchange time at start, e.g. 2022-08-12T12:00 (default: now); history ends there",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=d.cache_dir,
+        help=f"archive and segment cache (default {d.cache_dir})",
+    )
+    p.add_argument(
+        "--weight-limit", type=int, default=d.weight_limit, help="request weight per minute per client"
+    )
+    p.add_argument(
+        "--ban-seconds", type=float, default=d.ban_seconds, help="418 ban length after ignoring a 429"
+    )
+    p.add_argument(
+        "--ping-interval", type=float, default=d.ping_interval, help="seconds between server pings"
+    )
+    p.add_argument("--pong-timeout", type=float, default=d.pong_timeout, help="seconds to answer a ping")
+    p.add_argument("--max-lifetime", type=float, default=d.max_lifetime, help="websocket lifetime in seconds")
+    p.add_argument("--replay-dir", type=Path, default=None, help="serve this folder of real archives instead")
+    f = p.add_argument_group("fault injection")
+    f.add_argument(
+        "--ws-close-after", type=int, default=0, metavar="N", help="drop each websocket after N messages"
+    )
+    f.add_argument(
+        "--ws-close-random", type=float, default=0.0, metavar="S", help="drop websockets after ~S s (random)"
+    )
+    f.add_argument(
+        "--ws-skip-agg-trades",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="lose aggTrade messages with prob. P",
+    )
+    f.add_argument(
+        "--ws-break-depth", type=float, default=0.0, metavar="P", help="lose diff-depth events with prob. P"
+    )
+    f.add_argument(
+        "--ws-malformed", type=float, default=0.0, metavar="P", help="truncate messages with prob. P"
+    )
+    f.add_argument(
+        "--rest-429-rate", type=float, default=0.0, metavar="P", help="answer 429 to REST with prob. P"
+    )
+    f.add_argument(
+        "--rest-delay", type=float, default=0.0, metavar="S", help="delay every HTTP answer by S seconds"
+    )
+    f.add_argument(
+        "--missing-archive-days", type=_days, default=(), metavar="DAYS", help="YYYY-MM-DD,... answer 404"
+    )
+    f.add_argument(
+        "--bad-checksum-days", type=_days, default=(), metavar="DAYS", help="YYYY-MM-DD,... wrong CHECKSUM"
+    )
+    f.add_argument(
+        "--monthly-disorder", action="store_true", help="monthly archives out of order, with duplicates"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
+    faults = FaultConfig(
+        ws_close_after=args.ws_close_after,
+        ws_close_random=args.ws_close_random,
+        ws_skip_agg_trades=args.ws_skip_agg_trades,
+        ws_break_depth=args.ws_break_depth,
+        ws_malformed=args.ws_malformed,
+        rest_429_rate=args.rest_429_rate,
+        rest_delay=args.rest_delay,
+        missing_archive_days=args.missing_archive_days,
+        bad_checksum_days=args.bad_checksum_days,
+        monthly_disorder=args.monthly_disorder,
+    )
+    return ExchangeConfig(
+        symbols=args.symbols,
+        seed=args.seed,
+        history_days=args.history_days,
+        trades_per_day=args.trades_per_day,
+        live_rate=args.live_rate,
+        clock_start=args.clock_start,
+        host=args.host,
+        port=args.port,
+        cache_dir=args.cache_dir,
+        weight_limit=args.weight_limit,
+        ban_seconds=args.ban_seconds,
+        ping_interval=args.ping_interval,
+        pong_timeout=args.pong_timeout,
+        max_lifetime=args.max_lifetime,
+        replay_dir=args.replay_dir,
+        faults=faults,
+    )
+
+
+def cmd_serve(args: argparse.Namespace, settings: Any = None) -> int:
+    from microstructure.exchange.server import serve_forever
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"microstructure exchange: error: {exc}") from None
+
+    async def run() -> None:
+        task = asyncio.create_task(serve_forever(config))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,172 @@
+"""Settings of the local exchange: the market it simulates, the server, and the faults it injects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+DAY_MS = 86_400_000
+DATA_VERSION = 2  # bump when generated data or archive formats change: invalidates caches
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    """Static description of one contract: precision and a typical price and activity level."""
+
+    symbol: str
+    base_asset: str
+    quote_asset: str
+    tick: int  # tick size in units of 10**-price_decimals
+    price_decimals: int
+    step: int  # lot size in units of 10**-qty_decimals
+    qty_decimals: int
+    start_price: float
+    activity: float  # relative number of trades per day (BTCUSDT = 1)
+    daily_vol: float  # typical daily return standard deviation
+    median_lots: float  # median raw trade size in lots
+    onboard_ms: int = 1569398400000
+
+    @property
+    def tick_size(self) -> float:
+        return self.tick / 10**self.price_decimals
+
+    @property
+    def step_size(self) -> float:
+        return self.step / 10**self.qty_decimals
+
+
+KNOWN_SYMBOLS: dict[str, SymbolSpec] = {
+    s.symbol: s
+    for s in (
+        SymbolSpec("BTCUSDT", "BTC", "USDT", 10, 2, 1, 3, 65000.0, 1.0, 0.025, 6),
+        SymbolSpec("ETHUSDT", "ETH", "USDT", 1, 2, 1, 3, 3200.0, 0.8, 0.032, 60),
+        SymbolSpec("SOLUSDT", "SOL", "USDT", 10, 4, 1, 2, 150.0, 0.5, 0.045, 150),
+        SymbolSpec("BNBUSDT", "BNB", "USDT", 10, 3, 1, 2, 580.0, 0.3, 0.03, 30),
+        SymbolSpec("XRPUSDT", "XRP", "USDT", 1, 4, 1, 1, 0.6, 0.4, 0.04, 8000),
+        SymbolSpec("DOGEUSDT", "DOGE", "USDT", 1, 6, 1, 0, 0.15, 0.4, 0.05, 30000),
+    )
+}
+
+
+def symbol_spec(symbol: str) -> SymbolSpec:
+    """Spec of a known symbol, else a deterministic generic contract quoted in USDT."""
+    symbol = symbol.upper()
+    if symbol in KNOWN_SYMBOLS:
+        return KNOWN_SYMBOLS[symbol]
+    quote = "USDT" if symbol.endswith("USDT") else "USDC" if symbol.endswith("USDC") else "USDT"
+    base = symbol[: -len(quote)] if symbol.endswith(quote) else symbol
+    h = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "big")
+    price = 1.0 + (h % 2000) / 10.0
+    return SymbolSpec(symbol, base, quote, 1, 3, 1, 1, price, 0.2, 0.05, 50)
+
+
+def parse_date(value: str | date) -> date:
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(value)
+
+
+@dataclass
+class FaultConfig:
+    """Faults injected for a run; every knob is off by default.
+
+    ws_close_after       close each websocket (abruptly, no close frame) after N messages sent
+    ws_close_random      mean seconds before a websocket is closed at a random time (exponential)
+    ws_skip_agg_trades   probability that an aggTrade message is silently not sent (ids go missing)
+    ws_break_depth       probability that a diff-depth event is not sent (the next one's pu breaks)
+    ws_malformed         probability that a message is sent truncated / malformed
+    rest_429_rate        probability that a REST request answers 429 regardless of its weight
+    rest_delay           seconds added before every HTTP answer (REST and archives)
+    missing_archive_days archive days (YYYY-MM-DD) that answer 404 for every data type
+    bad_checksum_days    archive days whose .CHECKSUM does not match the zip
+    monthly_disorder     monthly archives come out of order with duplicated rows (as Binance's can)
+    """
+
+    ws_close_after: int = 0
+    ws_close_random: float = 0.0
+    ws_skip_agg_trades: float = 0.0
+    ws_break_depth: float = 0.0
+    ws_malformed: float = 0.0
+    rest_429_rate: float = 0.0
+    rest_delay: float = 0.0
+    missing_archive_days: tuple[str, ...] = ()
+    bad_checksum_days: tuple[str, ...] = ()
+    monthly_disorder: bool = False
+
+    def any(self) -> bool:
+        return self != FaultConfig()
+
+
+@dataclass
+class ExchangeConfig:
+    """What the local exchange simulates and how it serves it.
+
+    symbols         contracts listed (any name; known ones get realistic precision and prices)
+    seed            one seed for the whole market: same config, same data
+    history_days    full days of history before today (archives, REST)
+    trades_per_day  aggregate trades per day for a BTCUSDT-like symbol (others scale by activity);
+                    Binance's BTCUSDT has ~2-3 million; the default keeps tests fast
+    live_rate       aggregate trades per second per symbol from server start on (None: as history)
+    clock_start     the exchange clock's time at start (None: wall clock); set it in the past to
+                    produce pre-2022-08-11 headerless archives or to replay recorded data
+    host, port      where to listen (port 0: pick a free one)
+    cache_dir       where generated archives are cached, keyed by seed and config
+    weight_limit    request weight per client address per minute (X-MBX-USED-WEIGHT-1M)
+    ban_seconds     how long a client that keeps sending after a 429 is answered 418
+    ping_interval   seconds between server pings on each websocket
+    pong_timeout    seconds a client has to answer a ping before it is dropped
+    max_lifetime    seconds a websocket connection lives at most
+    max_client_messages  messages per second a websocket client may send before being dropped
+    replay_dir      serve this folder of data.binance.vision archives instead of generating
+    """
+
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    seed: int = 1
+    history_days: int = 3
+    trades_per_day: int = 30_000
+    live_rate: float | None = None
+    clock_start: datetime | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    cache_dir: Path = Path(".microstructure/exchange-cache")
+    weight_limit: int = 2400
+    ban_seconds: float = 120.0
+    ping_interval: float = 180.0
+    pong_timeout: float = 10.0
+    max_lifetime: float = 86_400.0
+    max_client_messages: int = 10
+    replay_dir: Path | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symbols, str):
+            self.symbols = tuple(s for s in self.symbols.split(",") if s)
+        self.symbols = tuple(s.strip().upper() for s in self.symbols)
+        if not self.symbols:
+            raise ValueError("at least one symbol is required")
+        if self.history_days < 0:
+            raise ValueError("history_days must be >= 0")
+        if self.trades_per_day < 100:
+            raise ValueError("trades_per_day must be >= 100")
+        if self.live_rate is not None and self.live_rate <= 0:
+            raise ValueError("live_rate must be > 0")
+        self.cache_dir = Path(self.cache_dir)
+        if self.replay_dir is not None:
+            self.replay_dir = Path(self.replay_dir)
+        if self.clock_start is not None and self.clock_start.tzinfo is None:
+            self.clock_start = self.clock_start.replace(tzinfo=UTC)
+
+    def market_key(self, symbol: str, origin_day: int) -> str:
+        """Cache key of one symbol's generated history: everything the data depends on."""
+        payload = {
+            "v": DATA_VERSION,
+            "symbol": symbol,
+            "seed": self.seed,
+            "trades_per_day": self.trades_per_day,
+            "origin_day": origin_day,
+            "spec": asdict(symbol_spec(symbol)),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

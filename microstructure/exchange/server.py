@@ -1,0 +1,201 @@
+"""The local exchange: one aiohttp application serving REST, websockets and archives on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import date
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from microstructure.exchange import archives, rest, streams
+from microstructure.exchange.config import DAY_MS, ExchangeConfig, symbol_spec
+from microstructure.exchange.market import SymbolMarket
+from microstructure.exchange.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+class LocalExchange:
+    """A Binance USD-M Futures look-alike. Use as `async with LocalExchange(cfg) as ex: ex.base_url`.
+
+    base_url   http://HOST:PORT  (REST base and data.binance.vision base alike)
+    ws_url     ws://HOST:PORT    (websocket base: /ws/<stream>, /stream?streams=a/b)
+    now_ms()   the exchange clock (wall clock, shifted when config.clock_start is set)
+    """
+
+    def __init__(self, config: ExchangeConfig | None = None) -> None:
+        self.config = config or ExchangeConfig()
+        cfg = self.config
+        wall = int(time.time() * 1000)
+        self.clock_offset_ms = int(cfg.clock_start.timestamp() * 1000) - wall if cfg.clock_start else 0
+        now = self.now_ms()
+        self.started_ms = now
+        self.today_ms = now // DAY_MS * DAY_MS
+        self.origin_ms = self.today_ms - cfg.history_days * DAY_MS
+        self.live_start_ms = now // 1000 * 1000
+        self.markets: dict[str, SymbolMarket] = {}
+        if cfg.replay_dir is not None:
+            from microstructure.exchange.replay import load_replay
+
+            self.markets = load_replay(cfg, self)
+        else:
+            origin_day = self.origin_ms // DAY_MS
+            for sym in cfg.symbols:
+                self.markets[sym] = SymbolMarket(
+                    symbol_spec(sym),
+                    cfg.seed,
+                    cfg.trades_per_day,
+                    self.origin_ms,
+                    self.live_start_ms,
+                    cfg.live_rate,
+                    store_dir=cfg.cache_dir / "segments",
+                    store_key=cfg.market_key(sym, origin_day),
+                )
+        self.archive_store = archives.ArchiveStore(cfg.cache_dir / "archives")
+        self.limiter = RateLimiter(cfg.weight_limit, cfg.ban_seconds)
+        self.hub = streams.Hub()
+        self.connections: set[streams.Connection] = set()
+        self.request_count = 0
+        self.producer: streams.Producer | None = None
+        self._producer_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._archive_locks: dict[str, asyncio.Lock] = {}
+        self.host = cfg.host
+        self.port = cfg.port
+
+    # ---- clock and urls
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    # ---- lifecycle
+    def prepare(self) -> None:
+        """Generate history and today (blocking; run in a thread from async code)."""
+        ahead = self.now_ms() + 10_000
+        for market in self.markets.values():
+            market.ensure(ahead)
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[rest.make_middleware(self)])
+        app["exchange"] = self
+        app.add_routes(rest.routes(self))
+        app.add_routes(streams.ws_routes(self))
+        return app
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.prepare)
+        self._runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, shutdown_timeout=0.5)
+        await site.start()
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.producer = streams.Producer(self)
+        self._producer_task = asyncio.create_task(self.producer.run())
+        log.info("local exchange listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        if self._producer_task is not None:
+            self._producer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer_task
+            self._producer_task = None
+        for conn in list(self.connections):
+            conn.abort()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> LocalExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # ---- archives
+    def archive_available(self, ref: archives.ArchiveRef) -> bool:
+        if ref.symbol not in self.markets:
+            return False
+        if ref.period == "daily" and ref.kind not in archives.DAILY_TYPES:
+            return False
+        if ref.period == "monthly" and ref.kind not in archives.MONTHLY_TYPES:
+            return False
+        _t0, t1 = ref.bounds()
+        if t1 > self.now_ms():  # a period's archive appears only once the period has ended
+            return False
+        market = self.markets[ref.symbol]
+        if t1 <= market.origin_ms:
+            return False
+        return not (ref.period == "daily" and ref.date in self.config.faults.missing_archive_days)
+
+    def archive_key(self, ref: archives.ArchiveRef) -> str:
+        """Disk cache key, or '' to keep it in memory (periods that hold live-rate data)."""
+        market = self.markets[ref.symbol]
+        _, t1 = ref.bounds()
+        if self.config.replay_dir is not None:
+            return ""
+        if self.config.live_rate and t1 > market.live_start_ms:
+            return ""
+        key = self.config.market_key(ref.symbol, market.origin_ms // DAY_MS)
+        if ref.period == "monthly" and self.config.faults.monthly_disorder:
+            key += "-disorder"
+        return key
+
+    async def archive_bytes(self, ref: archives.ArchiveRef) -> bytes | None:
+        if not self.archive_available(ref):
+            return None
+        lock = self._archive_locks.setdefault(ref.path, asyncio.Lock())
+        async with lock:
+            market = self.markets[ref.symbol]
+            _, t1 = ref.bounds()
+            disorder = ref.period == "monthly" and self.config.faults.monthly_disorder
+
+            def build() -> bytes:
+                market_end = market.end_ms
+                if market_end < t1:
+                    raise RuntimeError("market does not cover the archive period yet")
+                return archives.build_csv(market, ref, disorder)
+
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.archive_store.get, self.archive_key(ref), ref, build
+            )
+
+    def checksum_broken(self, ref: archives.ArchiveRef) -> bool:
+        return ref.period == "daily" and ref.date in self.config.faults.bad_checksum_days
+
+    # ---- helpers for tests and tools
+    def history_dates(self) -> list[date]:
+        return [archives.ms_date(self.origin_ms + i * DAY_MS) for i in range(self.config.history_days)]
+
+    def archive_url(self, kind: str, symbol: str, day: date | str, period: str = "daily") -> str:
+        d = day if isinstance(day, str) else (day.isoformat() if period == "daily" else day.strftime("%Y-%m"))
+        return f"{self.base_url}/{archives.ArchiveRef(period, kind, symbol, d).path}"
+
+
+async def serve_forever(config: ExchangeConfig, ready: asyncio.Event | None = None) -> None:
+    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    async with LocalExchange(config) as ex:
+        print(f"local exchange: REST and archives {ex.base_url}  websocket {ex.ws_url}", flush=True)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+
+
+def default_cache_dir() -> Path:
+    return Path(".microstructure/exchange-cache")
