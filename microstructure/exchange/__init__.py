@@ -8,6 +8,14 @@ async with LocalExchange(ExchangeConfig(symbols=("BTCUSDT",), history_days=2)) a
 """
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig, SymbolSpec, symbol_spec
-from microstructure.exchange.server import LocalExchange, serve_forever
+from microstructure.exchange.server import ExchangeThread, LocalExchange, serve_forever
 
-__all__ = ["ExchangeConfig", "FaultConfig", "LocalExchange", "SymbolSpec", "serve_forever", "symbol_spec"]
+__all__ = [
+    "ExchangeConfig",
+    "ExchangeThread",
+    "FaultConfig",
+    "LocalExchange",
+    "SymbolSpec",
+    "serve_forever",
+    "symbol_spec",
+]

@@ -19,6 +19,8 @@ from microstructure.exchange.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
+EXCHANGE_KEY: web.AppKey[LocalExchange] = web.AppKey("exchange")
+
 
 class LocalExchange:
     """A Binance USD-M Futures look-alike. Use as `async with LocalExchange(cfg) as ex: ex.base_url`.
@@ -89,16 +91,18 @@ class LocalExchange:
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[rest.make_middleware(self)])
-        app["exchange"] = self
+        app[EXCHANGE_KEY] = self
         app.add_routes(rest.routes(self))
         app.add_routes(streams.ws_routes(self))
         return app
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.prepare)
-        self._runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            self.make_app(), handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         server = site._server
         if server is not None and getattr(server, "sockets", None):
@@ -199,3 +203,59 @@ async def serve_forever(config: ExchangeConfig, ready: asyncio.Event | None = No
 
 def default_cache_dir() -> Path:
     return Path(".microstructure/exchange-cache")
+
+
+class ExchangeThread:
+    """Run a LocalExchange on its own event loop in a background thread (for synchronous code/tests).
+
+    with ExchangeThread(ExchangeConfig(...)) as ex:
+        requests.get(ex.base_url + "/fapi/v1/ping")
+    """
+
+    def __init__(self, config: ExchangeConfig | None = None) -> None:
+        import threading
+
+        self.exchange = LocalExchange(config)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="local-exchange", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.exchange.start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.exchange.stop())
+        self.loop.close()
+
+    def call(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run fn(*args) on the exchange's loop thread and return its result."""
+        import concurrent.futures
+
+        fut: concurrent.futures.Future[object] = concurrent.futures.Future()
+
+        def go() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(go)
+        return fut.result(timeout=30)
+
+    def __enter__(self) -> LocalExchange:
+        self._thread.start()
+        self._ready.wait(timeout=300)
+        if self._error is not None:
+            raise self._error
+        return self.exchange
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
