@@ -1,0 +1,471 @@
+"""Async REST client for Binance USD-M Futures (or the local exchange), polite about request weight.
+
+Rate limits (per IP, per calendar minute of the server clock):
+- every response carries X-MBX-USED-WEIGHT-1M: the client keeps the server's count of the current
+  minute (never below its own reservations) and, when a request's weight would take the minute past
+  `weight_budget_per_min`, waits for the next minute boundary of the SERVER clock (offset learnt from
+  `server_time()`) before sending it;
+- 429: the Retry-After header (seconds) blocks every request of this client for that long, then the
+  request is retried (counted in `stats.rate_limited`);
+- 418: the IP is banned; `IpBanned` is raised with the ban's length and nothing is sent until it ends;
+- network errors and 5xx are retried with jittered exponential backoff (`max_retries`);
+- other 4xx answers carrying Binance's {"code", "msg"} raise `BinanceError(code, msg)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pyarrow as pa
+
+from microstructure.ingest.records import AGG_TRADES
+
+log = logging.getLogger(__name__)
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+AGG_TRADES_MAX_LIMIT = 1000
+
+# Request weights of Binance's USD-M Futures API documentation.
+WEIGHTS: dict[str, int] = {
+    "/fapi/v1/ping": 1,
+    "/fapi/v1/time": 1,
+    "/fapi/v1/exchangeInfo": 1,
+    "/fapi/v1/aggTrades": 20,
+    "/fapi/v1/premiumIndex": 1,
+    "/fapi/v1/fundingRate": 1,
+    "/fapi/v1/openInterest": 1,
+    "/futures/data/openInterestHist": 1,  # documented as 0; counted as 1 to stay on the safe side
+}
+DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+
+
+def depth_weight(limit: int) -> int:
+    """/fapi/v1/depth weight by limit: 2 up to 50 levels, 5 for 100, 10 for 500, 20 for 1000."""
+    if limit <= 50:
+        return 2
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 10
+    return 20
+
+
+class RestError(RuntimeError):
+    """Base of the errors this client raises."""
+
+
+class BinanceError(RestError):
+    """The exchange refused the request with a Binance error body {"code": ..., "msg": ...}."""
+
+    def __init__(self, code: int | None, msg: str, status: int = 400, path: str = "") -> None:
+        self.code, self.msg, self.status, self.path = code, msg, status, path
+        where = f" ({path})" if path else ""
+        super().__init__(f"Binance error {code}: {msg} [HTTP {status}]{where}")
+
+
+class IpBanned(RestError):
+    """HTTP 418: this IP is banned for `retry_after` seconds. Never retried."""
+
+    def __init__(self, retry_after: float, until_ms: int | None, msg: str = "") -> None:
+        self.retry_after = retry_after
+        self.until_ms = until_ms
+        until = (
+            datetime.fromtimestamp(until_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if until_ms
+            else "unknown"
+        )
+        text = (
+            f"IP banned by the exchange (HTTP 418) for {retry_after:g} s, until {until}; "
+            "not retrying: wait for the ban to end and lower --weight-budget"
+        )
+        if msg:
+            text += f" (exchange said: {msg})"
+        super().__init__(text)
+
+
+class RetriesExhausted(RestError):
+    """The request kept failing (network errors, 5xx or 429s) beyond the retry limits."""
+
+
+@dataclass
+class RestStats:
+    requests: int = 0  # HTTP requests sent (every attempt)
+    weight_used: int = 0  # weight of the requests the exchange accepted
+    rate_limited: int = 0  # 429 answers
+    retries: int = 0  # attempts repeated after a network error, 5xx or 429
+    budget_waits: int = 0  # times a request waited for the next minute to stay under the budget
+    budget_wait_s: float = 0.0
+    max_used_weight_1m: int = 0  # highest X-MBX-USED-WEIGHT-1M seen
+    last_used_weight_1m: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_AGG_EMPTY = AGG_TRADES.empty_table()
+
+
+def agg_trades_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Binance aggTrades JSON rows -> an AGG_TRADES table (columns built with one pass per field)."""
+    if not rows:
+        return _AGG_EMPTY
+    n = len(rows)
+    a = np.fromiter((r["a"] for r in rows), dtype=np.int64, count=n)
+    ts = np.fromiter((r["T"] for r in rows), dtype=np.int64, count=n)
+    first = np.fromiter((r["f"] for r in rows), dtype=np.int64, count=n)
+    last = np.fromiter((r["l"] for r in rows), dtype=np.int64, count=n)
+    maker = np.fromiter((r["m"] for r in rows), dtype=np.bool_, count=n)
+    # Decimal strings -> float64 with Arrow's correctly rounded parser (same as the archive path).
+    price = pa.array([r["p"] for r in rows], pa.string()).cast(pa.float64())
+    qty = pa.array([r["q"] for r in rows], pa.string()).cast(pa.float64())
+    return pa.Table.from_arrays(
+        [
+            pa.array(a),
+            pa.array(ts),
+            price,
+            qty,
+            pa.array(first),
+            pa.array(last),
+            pa.array(maker),
+            pa.nulls(n, pa.int64()),
+        ],
+        schema=AGG_TRADES,
+    )
+
+
+class BinanceRest:
+    """`async with BinanceRest(settings.rest_url) as rest: table = await rest.agg_trades("BTCUSDT")`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        weight_budget_per_min: int = 1200,
+        max_retries: int = 6,
+        max_rate_limited: int = 30,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if weight_budget_per_min < 20:
+            raise ValueError(f"weight budget: expected at least 20 per minute, got {weight_budget_per_min}")
+        self.base_url = base_url.rstrip("/")
+        self.budget = weight_budget_per_min
+        self.max_retries = max_retries
+        self.max_rate_limited = max_rate_limited
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.stats = RestStats()
+        self.clock_offset_ms = 0  # server clock - local clock, learnt from server_time()
+        self._session = session
+        self._own_session = session is None
+        self._lock = asyncio.Lock()
+        self._window = -1  # server minute the weight count refers to
+        self._used = 0  # weight used (server's count or our reservations, whichever is higher)
+        self._blocked_until = 0.0  # monotonic time before which nothing is sent (after a 429)
+        self._banned: IpBanned | None = None
+        self._banned_until_mono = 0.0
+
+    # ---- lifecycle
+    async def __aenter__(self) -> BinanceRest:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._own_session = True
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        if self._own_session:
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("BinanceRest is not open: use `async with BinanceRest(...)`")
+        return self._session
+
+    # ---- clock and weight
+    def server_now_ms(self) -> int:
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    def used_weight(self) -> int:
+        """Weight of the current server minute, as far as this client knows."""
+        return self._used if self._window == self.server_now_ms() // MINUTE_MS else 0
+
+    async def _reserve(self, weight: int) -> int:
+        """Wait until the request fits the budget (and any 429 back-off has passed); return its window."""
+        async with self._lock:
+            while True:
+                if self._banned is not None and time.monotonic() < self._banned_until_mono:
+                    raise self._banned
+                wait = self._blocked_until - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                now = self.server_now_ms()
+                window = now // MINUTE_MS
+                if window != self._window:
+                    self._window, self._used = window, 0
+                if self._used + weight <= self.budget or self._used == 0:
+                    self._used += weight
+                    return window
+                # Sleep to the next minute of the server clock (+ a margin for clock error).
+                sleep_s = ((window + 1) * MINUTE_MS - now) / 1000 + 0.25
+                self.stats.budget_waits += 1
+                self.stats.budget_wait_s += sleep_s
+                log.info(
+                    "weight %d + %d would exceed the budget of %d/min: waiting %.1f s for the next minute",
+                    self._used,
+                    weight,
+                    self.budget,
+                    sleep_s,
+                )
+                await asyncio.sleep(sleep_s)
+
+    def _observe(self, headers: Any, window: int) -> None:
+        raw = headers.get("X-MBX-USED-WEIGHT-1M") or headers.get("x-mbx-used-weight-1m")
+        if raw is None:
+            return
+        try:
+            used = int(raw)
+        except ValueError:
+            return
+        self.stats.last_used_weight_1m = used
+        self.stats.max_used_weight_1m = max(self.stats.max_used_weight_1m, used)
+        # Apply it only when the answer is known to belong to the minute we are counting.
+        if window == self._window == self.server_now_ms() // MINUTE_MS:
+            self._used = max(self._used, used)
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+
+    # ---- the request loop
+    async def request(
+        self, path: str, params: dict[str, Any] | None = None, *, weight: int | None = None
+    ) -> Any:
+        """GET `path` with `params`; the parsed JSON body. Retries, weights and errors as described above."""
+        if weight is None:
+            weight = WEIGHTS.get(path, 1)
+        query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        url = self.base_url + path
+        failures = 0
+        limited = 0
+        while True:
+            window = await self._reserve(weight)
+            self.stats.requests += 1
+            try:
+                async with self.session.get(url, params=query, timeout=self.timeout) as resp:
+                    self._observe(resp.headers, window)
+                    status = resp.status
+                    body = await resp.read()
+                    headers = resp.headers
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                failures += 1
+                if failures > self.max_retries:
+                    raise RetriesExhausted(
+                        f"GET {path}: {type(exc).__name__}: {exc} (gave up after {failures} attempts)"
+                    ) from exc
+                delay = self._backoff(failures)
+                self.stats.retries += 1
+                log.warning(
+                    "GET %s failed (%s: %s); retry %d in %.2f s",
+                    path,
+                    type(exc).__name__,
+                    exc,
+                    failures,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if status == 200:
+                self.stats.weight_used += weight
+                try:
+                    return json.loads(body)
+                except ValueError as exc:
+                    raise RestError(f"GET {path}: invalid JSON in the answer: {body[:200]!r}") from exc
+            if status == 418:
+                retry_after = _retry_after(headers, default=120.0)
+                until_ms = self.server_now_ms() + int(retry_after * 1000)
+                code, msg = _error_body(body)
+                self._banned = IpBanned(retry_after, until_ms, msg)
+                self._banned_until_mono = time.monotonic() + retry_after
+                log.error("%s", self._banned)
+                raise self._banned
+            if status == 429:
+                self.stats.rate_limited += 1
+                limited += 1
+                retry_after = _retry_after(headers, default=60.0)
+                # Nothing at all is sent before Retry-After has passed: sending again is what gets a ban.
+                self._blocked_until = max(self._blocked_until, time.monotonic() + retry_after + 0.05)
+                if limited > self.max_rate_limited:
+                    raise RetriesExhausted(f"GET {path}: still rate limited (429) after {limited} waits")
+                self.stats.retries += 1
+                log.warning("GET %s: 429 rate limited; waiting %.1f s (Retry-After)", path, retry_after)
+                continue
+            if status >= 500:
+                failures += 1
+                if failures > self.max_retries:
+                    raise RetriesExhausted(f"GET {path}: HTTP {status} (gave up after {failures} attempts)")
+                delay = self._backoff(failures)
+                self.stats.retries += 1
+                log.warning("GET %s: HTTP %d; retry %d in %.2f s", path, status, failures, delay)
+                await asyncio.sleep(delay)
+                continue
+            code, msg = _error_body(body)
+            raise BinanceError(code, msg, status, path)
+
+    # ---- endpoints
+    async def ping(self) -> None:
+        await self.request("/fapi/v1/ping")
+
+    async def server_time(self) -> int:
+        """Server time in ms; also learns the offset of the server clock (minute windows follow it)."""
+        t0 = time.time()
+        body = await self.request("/fapi/v1/time")
+        t1 = time.time()
+        server = int(body["serverTime"])
+        self.clock_offset_ms = server - int((t0 + t1) / 2 * 1000)
+        return server
+
+    async def exchange_info(self) -> dict[str, Any]:
+        return await self.request("/fapi/v1/exchangeInfo")  # type: ignore[no-any-return]
+
+    async def symbols(self, *, trading_only: bool = False) -> dict[str, dict[str, Any]]:
+        """Listed contracts by name (exchangeInfo.symbols)."""
+        info = await self.exchange_info()
+        return {
+            s["symbol"]: s
+            for s in info.get("symbols", [])
+            if not trading_only or s.get("status") == "TRADING"
+        }
+
+    async def agg_trades_raw(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = AGG_TRADES_MAX_LIMIT,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
+            raise ValueError(f"limit: expected 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
+        if from_id is not None and (start_ms is not None or end_ms is not None):
+            raise ValueError("fromId cannot be combined with startTime/endTime")
+        if start_ms is not None and end_ms is not None and not 0 <= end_ms - start_ms < HOUR_MS:
+            raise ValueError("startTime..endTime must be a window shorter than one hour")
+        params = {
+            "symbol": symbol,
+            "fromId": from_id,
+            "startTime": start_ms,
+            "endTime": end_ms,
+            "limit": limit,
+        }
+        return await self.request("/fapi/v1/aggTrades", params)  # type: ignore[no-any-return]
+
+    async def agg_trades(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = AGG_TRADES_MAX_LIMIT,
+    ) -> pa.Table:
+        """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live)."""
+        rows = await self.agg_trades_raw(
+            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit
+        )
+        return agg_trades_table(rows)
+
+    async def depth(self, symbol: str, limit: int = 1000) -> dict[str, Any]:
+        if limit not in DEPTH_LIMITS:
+            raise ValueError(f"depth limit: expected one of {DEPTH_LIMITS}, got {limit}")
+        return await self.request(  # type: ignore[no-any-return]
+            "/fapi/v1/depth", {"symbol": symbol, "limit": limit}, weight=depth_weight(limit)
+        )
+
+    async def premium_index(self, symbol: str | None = None) -> Any:
+        weight = 1 if symbol else 10
+        return await self.request("/fapi/v1/premiumIndex", {"symbol": symbol}, weight=weight)
+
+    async def funding_rate(
+        self,
+        symbol: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        params = {"symbol": symbol, "startTime": start_ms, "endTime": end_ms, "limit": limit}
+        return await self.request("/fapi/v1/fundingRate", params)  # type: ignore[no-any-return]
+
+    async def open_interest(self, symbol: str) -> dict[str, Any]:
+        return await self.request("/fapi/v1/openInterest", {"symbol": symbol})  # type: ignore[no-any-return]
+
+    async def open_interest_hist(
+        self,
+        symbol: str,
+        period: str = "5m",
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "symbol": symbol,
+            "period": period,
+            "startTime": start_ms,
+            "endTime": end_ms,
+            "limit": limit,
+        }
+        return await self.request("/futures/data/openInterestHist", params)  # type: ignore[no-any-return]
+
+
+def _param(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _retry_after(headers: Any, default: float) -> float:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return default
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(raw))
+    return default
+
+
+def _error_body(body: bytes) -> tuple[int | None, str]:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None, body[:300].decode("utf-8", "replace").strip() or "(empty body)"
+    if isinstance(obj, dict) and "msg" in obj:
+        code = obj.get("code")
+        return (int(code) if isinstance(code, int | str) and str(code).lstrip("-").isdigit() else None), str(
+            obj["msg"]
+        )
+    return None, str(obj)[:300]
