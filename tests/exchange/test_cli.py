@@ -1,0 +1,66 @@
+"""`microstructure exchange serve` and `python -m microstructure.exchange serve`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import run
+
+from microstructure.exchange.cli import add_parser, config_from_args
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["exchange", "serve", *argv])
+
+
+def test_options_map_to_config() -> None:
+    args = parse(
+        "--port", "9100", "--symbols", "btcusdt,ETHUSDT", "--history-days", "5", "--seed", "9",
+        "--trades-per-day", "1000", "--live-rate", "2500", "--clock-start", "2022-08-12T12:00",
+        "--ws-close-after", "7", "--ws-skip-agg-trades", "0.1", "--rest-429-rate", "0.2",
+        "--missing-archive-days", "2022-08-10", "--bad-checksum-days", "2022-08-09,2022-08-11",
+        "--monthly-disorder",
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.symbols == ("BTCUSDT", "ETHUSDT") and cfg.port == 9100 and cfg.history_days == 5
+    assert cfg.seed == 9 and cfg.trades_per_day == 1000 and cfg.live_rate == 2500
+    assert cfg.clock_start is not None and cfg.clock_start.isoformat() == "2022-08-12T12:00:00+00:00"
+    f = cfg.faults
+    assert f.ws_close_after == 7 and f.ws_skip_agg_trades == 0.1 and f.rest_429_rate == 0.2
+    assert f.missing_archive_days == ("2022-08-10",) and f.bad_checksum_days == ("2022-08-09", "2022-08-11")
+    assert f.monthly_disorder
+
+
+def test_serve_prints_base_url_answers_and_stops_on_sigterm(tmp_path) -> None:
+    import aiohttp
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "microstructure.exchange", "serve", "--port", "0", "--history-days", "1",
+         "--cache-dir", str(tmp_path / "cache")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("local exchange:"), line
+        base = line.split()[5]
+        assert base.startswith("http://127.0.0.1:")
+
+        async def ping() -> tuple[int, str]:
+            async with aiohttp.ClientSession() as s, s.get(base + "/fapi/v1/ping") as r:
+                return r.status, await r.text()
+
+        assert run(ping()) == (200, "{}")
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
