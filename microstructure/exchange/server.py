@@ -33,8 +33,13 @@ class LocalExchange:
     def __init__(self, config: ExchangeConfig | None = None) -> None:
         self.config = config or ExchangeConfig()
         cfg = self.config
+        clock_start = cfg.clock_start
+        if cfg.replay_dir is not None and clock_start is None:
+            from microstructure.exchange.replay import replay_clock_start
+
+            clock_start = replay_clock_start(cfg.replay_dir)
         wall = int(time.time() * 1000)
-        self.clock_offset_ms = int(cfg.clock_start.timestamp() * 1000) - wall if cfg.clock_start else 0
+        self.clock_offset_ms = int(clock_start.timestamp() * 1000) - wall if clock_start else 0
         now = self.now_ms()
         self.started_ms = now
         self.today_ms = now // DAY_MS * DAY_MS
@@ -169,6 +174,13 @@ class LocalExchange:
             market = self.markets[ref.symbol]
             _, t1 = ref.bounds()
             disorder = ref.period == "monthly" and self.config.faults.monthly_disorder
+
+            if self.config.replay_dir is not None:
+                from microstructure.exchange.replay import original_file
+
+                original = original_file(market, ref.filename)
+                if original is not None:
+                    return await asyncio.get_running_loop().run_in_executor(None, original.read_bytes)
 
             def build() -> bytes:
                 market_end = market.end_ms
