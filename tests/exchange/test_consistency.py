@@ -75,3 +75,32 @@ def test_archive_rest_and_websocket_form_one_sequence(tmp_cfg) -> None:
         live, again = live_and_again[:40], live_and_again[40:]
         assert live == again
         assert [r[0] for r in live] == list(range(live[0][0], live[0][0] + 40))
+
+
+def test_crossing_midnight_keeps_one_sequence(tmp_cfg) -> None:
+    from datetime import UTC, datetime
+
+    cfg = tmp_cfg(
+        history_days=1,
+        live_rate=200.0,
+        symbols=("BTCUSDT",),
+        clock_start=datetime(2024, 3, 6, 23, 59, 59, 200000, tzinfo=UTC),
+    )
+    midnight = int(datetime(2024, 3, 7, tzinfo=UTC).timestamp() * 1000)
+    with ExchangeThread(cfg) as ex:
+        assert fetch_bytes(ex.archive_url("aggTrades", "BTCUSDT", "2024-03-06"))[0] == 404  # not ended yet
+
+        async def go() -> list[dict]:
+            out = []
+            async with connect(ex.ws_url + "/ws/btcusdt@aggTrade") as ws:
+                while not out or out[-1]["T"] < midnight + 300:
+                    out.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+            return out
+
+        msgs = run(go())
+        assert msgs[0]["T"] < midnight <= msgs[-1]["T"]
+        assert [m["a"] for m in msgs] == list(range(msgs[0]["a"], msgs[0]["a"] + len(msgs)))
+        # the day that just ended is now an archive, and it ends right before the first new-day trade
+        rows = archive_rows(ex, "2024-03-06")
+        first_new = next(m for m in msgs if m["T"] >= midnight)
+        assert rows[-1][0] + 1 == first_new["a"] and rows[-1][4] + 1 == first_new["f"]

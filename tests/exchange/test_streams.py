@@ -260,3 +260,29 @@ def test_server_pings_drop_silent_clients_and_lifetime(tmp_cfg) -> None:
 def test_rest_and_stream_clock_agree(exchange) -> None:
     _, _, t = fetch(exchange, "/fapi/v1/time")
     assert abs(t["serverTime"] - exchange.now_ms()) < 2_000
+
+
+def test_client_sending_too_fast_is_dropped(exchange) -> None:
+    async def go() -> int | None:
+        async with connect(exchange.ws_url + "/ws") as ws:
+            try:
+                for i in range(15):
+                    await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            except websockets.ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    assert run(go()) == 1008
+
+
+def test_invalid_stream_name_in_url_is_refused(exchange) -> None:
+    async def go() -> int:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(exchange.ws_url.replace("ws://", "http://") + "/ws/nonsense") as r,
+        ):
+            return r.status
+
+    assert run(go()) == 400
