@@ -8,7 +8,7 @@ import io
 import zipfile
 from datetime import UTC, date, datetime
 
-from conftest import fetch_bytes
+from exchange_helpers import fetch_bytes
 
 from microstructure.exchange import ExchangeThread
 from microstructure.exchange.archives import COLUMNS

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import run
+from exchange_helpers import run
 
 from microstructure.exchange.cli import add_parser, config_from_args
 

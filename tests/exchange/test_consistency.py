@@ -9,7 +9,7 @@ import json
 import zipfile
 
 import aiohttp
-from conftest import fetch_bytes, run
+from exchange_helpers import fetch_bytes, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeThread

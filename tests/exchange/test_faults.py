@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 import websockets
-from conftest import fetch, fetch_bytes, run
+from exchange_helpers import fetch, fetch_bytes, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeThread, FaultConfig

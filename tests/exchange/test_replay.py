@@ -7,7 +7,7 @@ import json
 import zipfile
 from datetime import UTC, datetime
 
-from conftest import fetch, fetch_bytes, run
+from exchange_helpers import fetch, fetch_bytes, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeConfig, ExchangeThread

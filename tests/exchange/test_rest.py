@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import FIXED_START, fetch, run
+from exchange_helpers import FIXED_START, fetch, run
 
 from microstructure.exchange import ExchangeThread
 

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import websockets
-from conftest import fetch, run
+from exchange_helpers import fetch, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeThread
