@@ -1,0 +1,210 @@
+"""Archive download (sha256, 404, cache) and CSV parsing (header detection, disorder, malformed rows)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import zipfile
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from conftest import generator_trades
+
+from microstructure.exchange.config import ExchangeConfig, FaultConfig
+from microstructure.exchange.server import LocalExchange
+from microstructure.ingest import archives as A
+from microstructure.ingest.records import AGG_TRADES
+
+HEADER = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+ROWS = [
+    "100,64000.10,0.005,1000,1001,1660003200123,true",
+    "101,64000.20,1.250,1002,1002,1660003200456,false",
+    "102,63999.90,0.010,1003,1005,1660003201000,true",
+]
+EXPECTED = {
+    "agg_id": [100, 101, 102],
+    "ts_ms": [1660003200123, 1660003200456, 1660003201000],
+    "price": [64000.10, 64000.20, 63999.90],
+    "quantity": [0.005, 1.25, 0.010],
+    "first_trade_id": [1000, 1002, 1003],
+    "last_trade_id": [1001, 1002, 1005],
+    "is_buyer_maker": [True, False, True],
+    "recv_ms": [None, None, None],
+}
+
+
+def make_zip(csv_text: str, name: str = "BTCUSDT-aggTrades-2022-08-09.csv") -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, csv_text)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_header_and_headerless_files_parse_the_same(header: bool) -> None:
+    text = "\n".join(([HEADER] if header else []) + ROWS) + "\n"
+    arc = A.parse_aggtrades_zip(make_zip(text))
+    assert arc.header is header
+    assert arc.table.schema == AGG_TRADES
+    assert arc.table.to_pydict() == EXPECTED
+    assert (arc.malformed, arc.duplicates, arc.reordered, arc.first_id, arc.last_id) == (
+        0,
+        0,
+        False,
+        100,
+        102,
+    )
+
+
+def test_header_is_detected_by_content_not_by_date_and_capitalised_booleans() -> None:
+    # a headerless file "after" 2022-08-11 and a header with another column order
+    rows = [r.replace("true", "True").replace("false", "False") for r in ROWS]
+    plain = A.parse_archive_csv("aggTrades", ("\n".join(rows) + "\n").encode())
+    assert not plain.header and plain.table.column("is_buyer_maker").to_pylist() == [True, False, True]
+    cols = HEADER.split(",")
+    order = [6, 0, 1, 2, 3, 4, 5]
+    shuffled = [",".join(cols[i] for i in order)] + [",".join(r.split(",")[i] for i in order) for r in ROWS]
+    parsed = A.parse_archive_csv("aggTrades", io.BytesIO(("\r\n".join(shuffled) + "\r\n").encode()))
+    assert parsed.header
+    assert parsed.table.column("agg_trade_id").to_pylist() == [100, 101, 102]
+    assert parsed.table.column("is_buyer_maker").to_pylist() == [True, False, True]
+
+
+def test_monthly_disorder_and_duplicates_are_sorted_and_removed() -> None:
+    rng = np.random.default_rng(7)
+    ids = np.arange(5000, 8000)
+    lines = [
+        f"{i},{100 + i % 97}.5,0.{i % 9 + 1},{i * 2},{i * 2 + 1},{1660000000000 + i * 10},{'true' if i % 3 else 'false'}"
+        for i in ids
+    ]
+    dup = rng.choice(len(lines), 40, replace=False)
+    shuffled = [lines[i] for i in rng.permutation(len(lines))] + [lines[i] for i in dup]
+    arc = A.parse_aggtrades_zip(make_zip("\n".join(shuffled) + "\n"))
+    assert arc.rows == 3000 and arc.duplicates == 40 and arc.conflicting_duplicates == 0 and arc.reordered
+    assert arc.table.column("agg_id").to_pylist() == ids.tolist()
+    assert arc.table.column("ts_ms").to_pylist() == (1660000000000 + ids * 10).tolist()
+    assert arc.missing_ids() == 0
+
+
+def test_malformed_rows_are_counted_logged_with_their_text_and_the_rest_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = [
+        "103,64000.00,0.001,1006",  # too few columns
+        "104,64000.00,abc,1007,1007,1660003202000,true",  # not a number
+        "105,64000.00,0.002,1008,1008,1660003203000,maybe",  # not a boolean
+        "106,64000.00,,1009,1009,1660003204000,false",  # empty field
+        "107,64000.00,0.003,1010,1010,1660003205000,true,extra",  # too many columns
+    ]
+    text = "\n".join([HEADER, ROWS[0], bad[0], ROWS[1], bad[1], bad[2], bad[3], ROWS[2], bad[4]]) + "\n"
+    with caplog.at_level(logging.WARNING, logger="microstructure.ingest.archives"):
+        arc = A.parse_aggtrades_zip(make_zip(text), url="http://x/BTCUSDT-aggTrades-2022-08-11.zip")
+    assert arc.table.to_pydict() == EXPECTED
+    assert arc.malformed == 5
+    assert sorted(arc.malformed_rows) == sorted(bad)
+    logged = [r.getMessage() for r in caplog.records if "malformed row" in r.getMessage()]
+    assert len(logged) == 5
+    for row in bad:
+        assert any(repr(row) in m and "BTCUSDT-aggTrades-2022-08-11.zip" in m for m in logged), row
+
+
+def test_other_archive_types_have_csv_specs() -> None:
+    funding = A.parse_archive_csv(
+        "fundingRate", b"calc_time,funding_interval_hours,last_funding_rate\n1704067200000,8,0.00010000\n"
+    )
+    assert funding.header and funding.table.to_pydict() == {
+        "calc_time": [1704067200000],
+        "funding_interval_hours": [8],
+        "last_funding_rate": [0.0001],
+    }
+    depth = A.parse_archive_csv("bookDepth", b"2024-01-01 00:00:07,-5,1234.5,79000000.25\n")
+    assert not depth.header
+    assert depth.table.column("timestamp").to_pylist() == [1704067207000]
+    with pytest.raises(ValueError, match="archive type"):
+        A.parse_archive_csv("trades", b"")
+    assert A.archive_path("markPriceKlines", "btcusdt", "daily", date(2024, 1, 2)) == (
+        "data/futures/um/daily/markPriceKlines/BTCUSDT/1m/BTCUSDT-1m-2024-01-02.zip"
+    )
+    assert A.archive_path("aggTrades", "BTCUSDT", "monthly", date(2024, 1, 2)) == (
+        "data/futures/um/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01.zip"
+    )
+
+
+def test_download_verifies_checksums_refuses_mismatch_and_reports_missing(
+    exchange_cache: Path, tmp_path: Path
+) -> None:
+    cfg = ExchangeConfig(
+        history_days=3,
+        trades_per_day=5_000,
+        cache_dir=exchange_cache,
+        clock_start=datetime(2022, 8, 12, 3, tzinfo=UTC),
+        faults=FaultConfig(bad_checksum_days=("2022-08-10",), missing_archive_days=("2022-08-09",)),
+    )
+    cache = tmp_path / "archives"
+    tmp = tmp_path / "tmp"
+
+    async def main() -> None:
+        async with LocalExchange(cfg) as ex, aiohttp.ClientSession() as s:
+            with pytest.raises(A.ArchiveMissing, match="2022-08-09"):
+                await A.load_aggtrades_archive(
+                    s, ex.base_url, "BTCUSDT", "daily", date(2022, 8, 9), tmp_dir=tmp
+                )
+            with pytest.raises(A.ArchiveMissing, match="2022-08-12"):  # today: not published yet
+                await A.load_aggtrades_archive(
+                    s, ex.base_url, "BTCUSDT", "daily", date(2022, 8, 12), tmp_dir=tmp
+                )
+            with pytest.raises(A.ChecksumMismatch) as info:
+                await A.load_aggtrades_archive(
+                    s, ex.base_url, "BTCUSDT", "daily", date(2022, 8, 10), cache_dir=cache, tmp_dir=tmp
+                )
+            assert "2022-08-10" in str(info.value) and "refused" in str(info.value)
+            assert info.value.expected != info.value.actual
+            assert not [p for p in cache.rglob("*") if p.is_file()]  # nothing kept of a refused archive
+
+            arc = await A.load_aggtrades_archive(
+                s, ex.base_url, "BTCUSDT", "daily", date(2022, 8, 11), cache_dir=cache, tmp_dir=tmp
+            )
+            url = ex.archive_url("aggTrades", "BTCUSDT", date(2022, 8, 11))
+            async with s.get(url) as r:
+                body = await r.read()
+            assert arc.sha256 == hashlib.sha256(body).hexdigest() and arc.size == len(body)
+            assert arc.header  # 2022-08-11: Binance's files have a header from that day on
+            t0 = int(datetime(2022, 8, 11, tzinfo=UTC).timestamp() * 1000)
+            ref = generator_trades(ex, "BTCUSDT", t0, t0 + 86_400_000)
+            got = arc.table.to_pydict()
+            for col, values in ref.items():
+                assert got[col] == values, col
+            cached = cache / "data" / url.split("/data/", 1)[1]
+            assert cached.read_bytes() == body
+            again = await A.download_archive(s, url, cache_dir=cache)
+            assert again.cached and again.path == cached
+            assert not list(tmp.glob("*"))  # temporary downloads are removed after parsing
+
+    asyncio.run(main())
+
+
+def test_monthly_archive_with_disorder_equals_the_days(exchange_cache: Path) -> None:
+    cfg = ExchangeConfig(
+        history_days=35,
+        trades_per_day=600,
+        cache_dir=exchange_cache,
+        clock_start=datetime(2024, 3, 2, 1, tzinfo=UTC),
+        faults=FaultConfig(monthly_disorder=True),
+    )
+
+    async def main() -> None:
+        async with LocalExchange(cfg) as ex, aiohttp.ClientSession() as s:
+            month = await A.load_aggtrades_archive(s, ex.base_url, "BTCUSDT", "monthly", "2024-02")
+            assert month.reordered and month.duplicates > 0 and month.conflicting_duplicates == 0
+            t0 = int(datetime(2024, 2, 1, tzinfo=UTC).timestamp() * 1000)
+            t1 = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
+            ref = generator_trades(ex, "BTCUSDT", t0, t1)
+            assert month.table.column("agg_id").to_pylist() == ref["agg_id"]
+            assert month.table.column("price").to_pylist() == ref["price"]
+
+    asyncio.run(main())
