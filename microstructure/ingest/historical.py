@@ -340,7 +340,7 @@ class _Progress:
 
 @dataclass
 class _Unit:
-    kind: str  # month | day | rest
+    kind: str  # month | day | rest | check (stored complete, if it joins the day loaded before it)
     days: list[date]
     month: str = ""
     task: asyncio.Task[Any] | None = None
@@ -356,12 +356,12 @@ class _SymbolRun:
         self.ckpt_detail: dict[str, Any] = {}
 
     # ---- planning
-    async def _is_complete(self, d: date) -> bool:
+    async def _is_complete(self, d: date, *, ignore_left: bool = False) -> bool:
         c = self.cov.get(d)
         if c is None or not c.dense:
             return False
         prev = self.cov.get(d - timedelta(days=1))
-        if prev is not None and prev.last_id + 1 != c.first_id:
+        if not ignore_left and prev is not None and prev.last_id + 1 != c.first_id:
             return False
         nxt = self.cov.get(d + timedelta(days=1))
         if nxt is not None:
@@ -391,9 +391,14 @@ class _SymbolRun:
         days = day_range(ctx.start, ctx.end)
         self.report.days = len(days)
         todo: list[date] = []
+        check: set[date] = set()
         for d in days:
             if await self._is_complete(d):
                 self.report.days_skipped.append(d)
+            elif todo and todo[-1] == d - timedelta(days=1) and await self._is_complete(d, ignore_left=True):
+                # Complete but for the join with the day before, which this run loads first: decided then.
+                check.add(d)
+                todo.append(d)
             else:
                 todo.append(d)
         # The id just before the first day to load, when the stored day before it is known to end there.
@@ -411,13 +416,17 @@ class _SymbolRun:
                 units.append(_Unit("rest", [d]))
                 i += 1
                 continue
+            if d in check:
+                units.append(_Unit("check", [d]))
+                i += 1
+                continue
             mdays = month_days(d.year, d.month)
             if (
                 ctx.use_monthly
                 and d.day == 1
                 and mdays[-1] < ctx.today
                 and mdays[-1] <= ctx.end
-                and all(x in todo_set for x in mdays)
+                and all(x in todo_set and x not in check for x in mdays)
             ):
                 units.append(_Unit("month", mdays, month=d.strftime("%Y-%m")))
                 i += len(mdays)
@@ -451,7 +460,7 @@ class _SymbolRun:
     def _prefetch(self, queue: deque[_Unit], current: _Unit) -> None:
         ahead = [current, *list(queue)[: self.ctx.prefetch]]
         for u in ahead:
-            if u.kind != "rest" and u.task is None:
+            if u.kind in ("day", "month") and u.task is None:
                 u.task = asyncio.create_task(self._fetch(u))
 
     async def _submit(self, table: pa.Table, source: str) -> None:
@@ -606,6 +615,16 @@ class _SymbolRun:
                 if unit.kind == "rest":
                     self._prefetch(queue, unit)
                     await self._rest_fill(unit.days[0])
+                    continue
+                if unit.kind == "check":
+                    d = unit.days[0]
+                    c = self.cov[d]
+                    if self.last_id is not None and self.last_id + 1 == c.first_id:
+                        self.report.days_skipped.append(d)
+                        self.last_id = c.last_id
+                        ctx.progress.update(self.symbol, days=1)
+                    else:
+                        queue.appendleft(_Unit("day", [d]))
                     continue
                 self._prefetch(queue, unit)
                 assert unit.task is not None
