@@ -1,0 +1,274 @@
+"""Local order books from the diff-depth stream, by Binance's documented procedure.
+
+Per symbol:
+1. buffer the `<s>@depth@100ms` events;
+2. fetch /fapi/v1/depth?limit=1000 (lastUpdateId L);
+3. drop buffered events with u < L; the first applied event must have U <= L <= u (if the buffer
+   starts after L the snapshot is too old: fetch again);
+4. every later event must have pu equal to the previous event's u; otherwise the book is out of sync:
+   that symbol alone is resynced from step 1 (counted in `resyncs`, recorded in ingest_events with
+   kind 'resync'); the other symbols keep going;
+5. quantities are absolute; a quantity of 0 removes the level.
+
+A sampler takes the top 20 of every synced book every 500 ms (only when the book moved on since the
+last sample) and hands them to the snapshot sink as rows with source='diff': ts = T and event_ms = E
+of the last applied event, first/last/prev update ids = its U/u/pu.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from microstructure.ingest.book_values import LEVELS
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFER = 20_000
+SYNC_WAIT_S = 5.0  # how long to wait for the stream to reach a snapshot's lastUpdateId
+
+
+@dataclass
+class DiffEvent:
+    E: int
+    T: int
+    U: int
+    u: int
+    pu: int
+    b: list[Any]
+    a: list[Any]
+    recv_ms: int
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def parse_diff_event(data: dict[str, Any], recv_ms: int) -> DiffEvent:
+    if data.get("e") != "depthUpdate":
+        raise ValueError(f"expected e=depthUpdate, got {data.get('e')!r}")
+    b, a = data["b"], data["a"]
+    if not isinstance(b, list) or not isinstance(a, list):
+        raise TypeError("b/a: expected lists of [price, qty]")
+    ev = DiffEvent(
+        _int(data["E"]), _int(data["T"]), _int(data["U"]), _int(data["u"]), _int(data["pu"]), b, a, recv_ms
+    )
+    # parse the levels now so that a malformed one is refused before it touches a book
+    ev.b = [(float(p), float(q)) for p, q in b]
+    ev.a = [(float(p), float(q)) for p, q in a]
+    return ev
+
+
+@dataclass
+class LocalBook:
+    symbol: str
+    bids: dict[float, float] = field(default_factory=dict)
+    asks: dict[float, float] = field(default_factory=dict)
+    synced: bool = False
+    last_u: int | None = None
+    last: DiffEvent | None = None
+    buffer: deque[DiffEvent] = field(default_factory=deque)
+    sampled_u: int | None = None
+    snapshot_id: int | None = None
+
+    def apply(self, ev: DiffEvent) -> None:
+        for side, levels in ((self.bids, ev.b), (self.asks, ev.a)):
+            for p, q in levels:
+                if q == 0.0:
+                    side.pop(p, None)
+                else:
+                    side[p] = q
+        self.last_u = ev.u
+        self.last = ev
+
+    def load(self, snap: dict[str, Any]) -> None:
+        self.bids = {float(p): float(q) for p, q in snap["bids"] if float(q) != 0.0}
+        self.asks = {float(p): float(q) for p, q in snap["asks"] if float(q) != 0.0}
+        self.last_u = int(snap["lastUpdateId"])
+        self.snapshot_id = self.last_u
+
+    def top(self, n: int = LEVELS) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        bp = heapq.nlargest(n, self.bids)
+        ap = heapq.nsmallest(n, self.asks)
+        return [(p, self.bids[p]) for p in bp], [(p, self.asks[p]) for p in ap]
+
+
+class DiffBooks:
+    """The local books of several symbols fed from one diff-stream connection."""
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        rest: Any,
+        *,
+        sink: Any = None,
+        events: Any = None,
+        health: Any = None,
+        collector: str = "book_diff",
+        depth_limit: int = 1000,
+    ) -> None:
+        self.books = {s: LocalBook(s) for s in symbols}
+        self.rest = rest
+        self.sink = sink
+        self.events = events
+        self.health = health
+        self.collector = collector
+        self.depth_limit = depth_limit
+        self.resyncs: dict[str, int] = defaultdict(int)
+        self.syncs: dict[str, int] = defaultdict(int)  # completed synchronisations (first one included)
+        self.breaks: list[tuple[str, int, int]] = []  # (symbol, expected pu, received pu)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # ---- stream side
+    def on_event(self, symbol: str, data: dict[str, Any], recv_ms: int) -> None:
+        ev = parse_diff_event(data, recv_ms)
+        if data.get("s") not in (None, symbol):
+            raise ValueError(f"symbol {data.get('s')!r} on the stream of {symbol}")
+        book = self.books[symbol]
+        if not book.synced:
+            book.buffer.append(ev)
+            if len(book.buffer) > MAX_BUFFER:
+                book.buffer.popleft()
+            self._ensure_sync(symbol)
+            return
+        assert book.last_u is not None
+        if ev.pu != book.last_u:
+            if ev.u <= book.last_u:
+                return  # an event we already applied (overlapping connections)
+            self._resync(symbol, ev)
+            return
+        book.apply(ev)
+
+    def _resync(self, symbol: str, ev: DiffEvent) -> None:
+        book = self.books[symbol]
+        self.resyncs[symbol] += 1
+        self.breaks.append((symbol, book.last_u or -1, ev.pu))
+        detail = {"expected_pu": book.last_u, "pu": ev.pu, "U": ev.U, "u": ev.u, "T": ev.T}
+        log.warning(
+            "%s: diff stream out of sequence (pu %s, expected %s): resync", symbol, ev.pu, book.last_u
+        )
+        if self.events is not None:
+            self.events.record(self.collector, symbol, "resync", detail)
+        if self.health is not None:
+            self.health.add("book_resyncs")
+        book.synced = False
+        book.bids.clear()
+        book.asks.clear()
+        book.buffer.clear()
+        book.buffer.append(ev)
+        self._ensure_sync(symbol)
+
+    def _ensure_sync(self, symbol: str) -> None:
+        task = self._tasks.get(symbol)
+        if task is None or task.done():
+            self._tasks[symbol] = asyncio.create_task(self._sync(symbol))
+
+    # ---- synchronisation
+    async def _sync(self, symbol: str) -> None:
+        book = self.books[symbol]
+        attempt = 0
+        while not book.synced:
+            attempt += 1
+            if attempt > 1:
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+            try:
+                snap = await self.rest.depth(symbol, self.depth_limit)
+            except Exception as exc:  # a failed snapshot is retried; the miss is recorded
+                log.warning("%s: depth snapshot failed (%s); retrying", symbol, exc)
+                if self.events is not None:
+                    self.events.record(
+                        self.collector, symbol, "poll_miss", {"endpoint": "/fapi/v1/depth", "error": str(exc)}
+                    )
+                continue
+            L = int(snap["lastUpdateId"])
+            # wait for the stream to reach the snapshot
+            waited = 0.0
+            while not (book.buffer and book.buffer[-1].u >= L) and waited < SYNC_WAIT_S:
+                await asyncio.sleep(0.02)
+                waited += 0.02
+            while book.buffer and book.buffer[0].u < L:
+                book.buffer.popleft()
+            if not book.buffer or not (book.buffer[0].U <= L <= book.buffer[0].u):
+                log.info("%s: snapshot %d does not join the buffered events; fetching again", symbol, L)
+                continue
+            book.load(snap)
+            ok = True
+            first = True
+            while book.buffer:
+                ev = book.buffer.popleft()
+                if not first and ev.pu != book.last_u:
+                    ok = False
+                    self.breaks.append((symbol, book.last_u or -1, ev.pu))
+                    self.resyncs[symbol] += 1
+                    if self.events is not None:
+                        self.events.record(
+                            self.collector,
+                            symbol,
+                            "resync",
+                            {"expected_pu": book.last_u, "pu": ev.pu, "U": ev.U, "u": ev.u, "during": "sync"},
+                        )
+                    book.buffer.clear()
+                    book.buffer.append(ev)
+                    break
+                book.apply(ev)
+                first = False
+            if ok:
+                book.synced = True
+                self.syncs[symbol] += 1
+                log.info("%s: local book synced at update id %s", symbol, book.last_u)
+
+    # ---- sampling
+    def sample(self) -> int:
+        """Hand the top 20 of every synced book that moved since its last sample to the sink."""
+        from microstructure.ingest.book import SnapshotRow
+
+        n = 0
+        for symbol, book in self.books.items():
+            if not book.synced or book.last is None or book.last_u == book.sampled_u:
+                continue
+            bids, asks = book.top(LEVELS)
+            ev = book.last
+            row = SnapshotRow(
+                event_ms=ev.E,
+                ts_ms=ev.T,
+                first_update_id=ev.U,
+                last_update_id=ev.u,
+                prev_update_id=ev.pu,
+                bids=[list(x) for x in bids],
+                asks=[list(x) for x in asks],
+                recv_ms=ev.recv_ms,
+            )
+            book.sampled_u = book.last_u
+            if self.sink is not None and self.sink.add(symbol, row):
+                n += 1
+        return n
+
+    async def sampler(self, stop: asyncio.Event, every_ms: int = 500) -> None:
+        loop = asyncio.get_running_loop()
+        period = every_ms / 1000.0
+        next_at = loop.time() + period
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
+            if stop.is_set():
+                break
+            self.sample()
+            next_at += period
+            if next_at < loop.time():
+                next_at = loop.time() + period
+
+    async def close(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+        for t in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
