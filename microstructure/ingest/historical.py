@@ -356,24 +356,20 @@ class _SymbolRun:
         self.ckpt_detail: dict[str, Any] = {}
 
     # ---- planning
-    async def _is_complete(self, d: date, *, ignore_left: bool = False) -> bool:
+    async def _ends_at_day_end(self, d: date) -> bool:
+        """The stored last id of `d` is the day's last trade."""
         c = self.cov.get(d)
-        if c is None or not c.dense:
-            return False
-        prev = self.cov.get(d - timedelta(days=1))
-        if not ignore_left and prev is not None and prev.last_id + 1 != c.first_id:
+        if c is None or d >= self.ctx.today:
             return False
         nxt = self.cov.get(d + timedelta(days=1))
-        if nxt is not None:
-            return nxt.first_id == c.last_id + 1
-        if d >= self.ctx.today:
-            return False
+        if nxt is not None and nxt.first_id == c.last_id + 1:
+            return True
         if (
             self.ckpt_detail.get("complete_day") == d.isoformat()
             and self.ckpt_detail.get("complete_last_id") == c.last_id
         ):
             return True
-        # The next day is not stored: the next trade after the day's last id must belong to a later day.
+        # Ask the exchange: the trade after the day's last stored id must belong to a later day.
         page = await self.ctx.rest.agg_trades_raw(self.symbol, from_id=c.last_id + 1, limit=1)
         return (
             bool(page)
@@ -381,7 +377,21 @@ class _SymbolRun:
             and int(page[0]["T"]) >= day_start_ms(d + timedelta(days=1))
         )
 
+    async def _starts_at_day_start(self, d: date) -> bool:
+        """The stored first id of `d` is the day's first trade (its predecessor is in an earlier day)."""
+        c = self.cov[d]
+        prev = self.cov.get(d - timedelta(days=1))
+        if prev is not None and prev.last_id + 1 == c.first_id:
+            return True
+        page = await self.ctx.rest.agg_trades_raw(self.symbol, from_id=max(c.first_id - 1, 0), limit=1)
+        if not page:
+            return False
+        a, t = int(page[0]["a"]), int(page[0]["T"])
+        # the predecessor traded before the day, or there is none (the symbol's first trade)
+        return (a == c.first_id - 1 and t < day_start_ms(d)) or a == c.first_id
+
     async def plan(self) -> deque[_Unit]:
+        """Days to load as units; a stored day is complete when dense and starting/ending at the day's edges."""
         ctx = self.ctx
         async with ctx.pool.acquire() as conn:
             self.cov = await load_coverage(
@@ -393,20 +403,28 @@ class _SymbolRun:
         todo: list[date] = []
         check: set[date] = set()
         for d in days:
-            if await self._is_complete(d):
+            c = self.cov.get(d)
+            if c is None or not c.dense or d >= ctx.today or not await self._ends_at_day_end(d):
+                todo.append(d)
+                continue
+            prev = self.cov.get(d - timedelta(days=1))
+            if prev is not None and prev.last_id + 1 == c.first_id:
                 self.report.days_skipped.append(d)
-            elif todo and todo[-1] == d - timedelta(days=1) and await self._is_complete(d, ignore_left=True):
-                # Complete but for the join with the day before, which this run loads first: decided then.
+            elif todo and todo[-1] == d - timedelta(days=1):
+                # Whether it starts at the day's first trade shows once the day before is loaded.
                 check.add(d)
                 todo.append(d)
+            elif await self._starts_at_day_start(d):
+                self.report.days_skipped.append(d)
             else:
                 todo.append(d)
         # The id just before the first day to load, when the stored day before it is known to end there.
         if todo:
             before = todo[0] - timedelta(days=1)
-            c = self.cov.get(before)
-            if c is not None and (before in self.report.days_skipped or await self._is_complete(before)):
-                self.last_id = c.last_id
+            if before in self.cov and (
+                before in self.report.days_skipped or await self._ends_at_day_end(before)
+            ):
+                self.last_id = self.cov[before].last_id
         units: deque[_Unit] = deque()
         todo_set = set(todo)
         i = 0
@@ -678,6 +696,8 @@ class _SymbolRun:
                     with contextlib.suppress(BaseException):
                         await u.task
         self.ctx.progress.update(self.symbol, note="done")
+        for days in (self.report.days_skipped, self.report.days_archive, self.report.days_rest):
+            days.sort()
         return self.report
 
     def _sync_last_id(self, d: date) -> None:

@@ -258,3 +258,39 @@ def test_interrupted_state_is_completed_without_reloading_or_doubling(
             assert full["ts_ms"][n - 1] >= cut_d12 and not rep.gaps
 
     asyncio.run(main())
+
+
+def test_a_day_stored_only_from_its_middle_is_loaded_even_when_the_next_day_joins(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """E.g. a live collector started at noon: that day is dense and joins the next, but lacks its morning."""
+
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            import asyncpg
+            import pyarrow as pa
+
+            ref = generator_trades(ex, "BTCUSDT", ex.origin_ms, ex.now_ms() + 1)
+            noon = day_start_ms(D10) + 12 * 3_600_000
+            keep = [i for i, t in enumerate(ref["ts_ms"]) if noon <= t < day_start_ms(D12)]
+            table = pa.table({c: [ref[c][i] for i in keep] for c in COLUMNS}).append_column(
+                "recv_ms", pa.nulls(len(keep), pa.int64())
+            )
+            conn = await asyncpg.connect(db_url)
+            try:
+                await writer_module().write_batch(conn, "agg_trades", "BTCUSDT", table)
+            finally:
+                await conn.close()
+            seen = count_archive_requests(ex)
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            report = await run_collect(settings, db_url, ["BTCUSDT"], D10, D11)
+            rep = report.symbols["BTCUSDT"]
+            assert rep.days_archive == [D10] and rep.days_skipped == [D11] and not rep.days_rest
+            assert {p.rsplit("/", 1)[1] for p in seen} == {"BTCUSDT-aggTrades-2022-08-10.zip"}
+            db = stored_rows(db_url, "BTCUSDT")
+            want = [i for i, t in enumerate(ref["ts_ms"]) if day_start_ms(D10) <= t < day_start_ms(D12)]
+            for col in COLUMNS:
+                assert db[col] == [ref[col][i] for i in want], col
+            assert report.ok
+
+    asyncio.run(main())
