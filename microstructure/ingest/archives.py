@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from microstructure.ingest.records import AGG_TRADES
+from microstructure.ingest.records import AGG_TRADES, FUNDING_RATES, OPEN_INTEREST
 
 log = logging.getLogger(__name__)
 
@@ -546,6 +546,39 @@ def aggtrades_records(parsed: ParsedCsv, *, where: str = "") -> tuple[pa.Table, 
             )
         table = table.filter(pa.array(keep))
     return table, duplicates, conflicts, reordered
+
+
+def archive_records(kind: str, parsed: ParsedCsv) -> tuple[str, pa.Table]:
+    """(writer kind, batch) for an archive type whose rows have a batch schema in records.py.
+
+    aggTrades -> agg_trades (sorted, de-duplicated); fundingRate -> funding_rates; metrics ->
+    open_interest (source 'metrics'). Other types have no batch schema yet: NotImplementedError.
+    """
+    t = parsed.table
+    n = t.num_rows
+    if kind == "aggTrades":
+        return "agg_trades", aggtrades_records(parsed)[0]
+    if kind == "fundingRate":
+        return "funding_rates", pa.Table.from_arrays(
+            [
+                t.column("calc_time"),
+                t.column("last_funding_rate"),
+                pa.nulls(n, pa.float64()),
+                t.column("funding_interval_hours").cast(pa.int32()),
+            ],
+            schema=FUNDING_RATES,
+        )
+    if kind == "metrics":
+        return "open_interest", pa.Table.from_arrays(
+            [
+                t.column("create_time"),
+                t.column("sum_open_interest"),
+                t.column("sum_open_interest_value"),
+                pa.array(["metrics"] * n, pa.string()),
+            ],
+            schema=OPEN_INTEREST,
+        )
+    raise NotImplementedError(f"{kind}: parsed by parse_archive_csv, but no batch schema to write it yet")
 
 
 def _zip_member_opener(

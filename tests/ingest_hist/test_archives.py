@@ -125,6 +125,27 @@ def test_other_archive_types_have_csv_specs() -> None:
     depth = A.parse_archive_csv("bookDepth", b"2024-01-01 00:00:07,-5,1234.5,79000000.25\n")
     assert not depth.header
     assert depth.table.column("timestamp").to_pylist() == [1704067207000]
+    kind, batch = A.archive_records("fundingRate", funding)
+    assert kind == "funding_rates" and batch.to_pydict() == {
+        "funding_ms": [1704067200000],
+        "funding_rate": [0.0001],
+        "mark_price": [None],
+        "funding_interval_hours": [8],
+    }
+    metrics = A.parse_archive_csv(
+        "metrics", b"2024-01-01 00:05:00,BTCUSDT,80000.5,5000000000.25,1.1,1.2,1.3,0.9\n"
+    )
+    kind, batch = A.archive_records("metrics", metrics)
+    assert kind == "open_interest" and batch.to_pylist() == [
+        {
+            "ts_ms": 1704067500000,
+            "open_interest": 80000.5,
+            "open_interest_value": 5000000000.25,
+            "source": "metrics",
+        }
+    ]
+    with pytest.raises(NotImplementedError, match="bookDepth"):
+        A.archive_records("bookDepth", depth)
     with pytest.raises(ValueError, match="archive type"):
         A.parse_archive_csv("trades", b"")
     assert A.archive_path("markPriceKlines", "btcusdt", "daily", date(2024, 1, 2)) == (

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import sys
 import zipfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -294,3 +295,34 @@ def test_a_day_stored_only_from_its_middle_is_loaded_even_when_the_next_day_join
             assert report.ok
 
     asyncio.run(main())
+
+
+def test_progress_bars_on_a_terminal_only(
+    db_url: str,
+    tmp_path: Path,
+    exchange_cache: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run(progress: bool) -> None:
+        from microstructure.ingest.historical import collect_aggtrades_historical
+
+        async with LocalExchange(exchange(exchange_cache, trades_per_day=4_000)) as ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            w = writer_module().Writer(db_url, settings.home / "spill")
+            await w.start()
+            try:
+                await collect_aggtrades_historical(
+                    settings, db_url, ["BTCUSDT"], D11, D12, progress=progress, writer=w
+                )
+            finally:
+                await w.close()
+
+    asyncio.run(run(True))  # captured stderr is not a terminal: no bars
+    assert "rows/s" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    asyncio.run(run(False))
+    assert "rows/s" not in capsys.readouterr().err
+    asyncio.run(run(True))
+    err = capsys.readouterr().err
+    assert "BTCUSDT" in err and "rows/s" in err and "2/2" in err and "days" in err
