@@ -1,0 +1,686 @@
+"""Market data: mark price, funding, open interest and liquidations, live and historical.
+
+Live (`collect_market_live`), one combined-stream connection plus REST polls:
+- `<s>@markPrice@1s` -> mark_prices (mark p, index i, estimated settle P, funding rate r, next funding T);
+- settled funding rates -> funding_rates: /fapi/v1/fundingRate is polled at start, whenever a
+  symbol's next funding time moves on (a settlement just happened; polled until the new row is
+  there) and on an interval;
+- open interest -> open_interest (source 'rest'): /fapi/v1/openInterest every `oi_interval` s;
+- liquidations -> liquidations: `<s>@forceOrder`, or `!forceOrder@arr` filtered to the symbols when
+  there are many. The exchange samples them (at most the latest order per symbol per second), so
+  counts and volumes are lower bounds.
+A REST poll that fails (after the client's own retries) is retried with backoff and each miss is
+recorded in ingest_events (kind 'poll_miss'). A stream silent for `stale_timeout` s is reconnected.
+
+Historical (`collect_market_historical`):
+- settled funding: monthly fundingRate archives (calc_time,funding_interval_hours,last_funding_rate)
+  and REST /fapi/v1/fundingRate, paginated;
+- open interest: daily metrics archives (5-minute) into futures_metrics AND open_interest (source
+  'metrics'); /futures/data/openInterestHist (5m) for the part of the range in the last 30 days
+  (source 'hist');
+- 1m mark / index / premium-index klines from their daily archives into price_klines.
+Archive CSVs have a header line only from 2022-08-11; it is detected from the first line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import numpy as np
+import pyarrow as pa
+
+from microstructure.config import Settings
+from microstructure.ingest.book import (
+    DAY_MS,
+    EventLog,
+    Health,
+    HistoricalReport,
+    day_range,
+    load_archive_table,
+    merge_rows,
+    ms_of_day,
+    ms_to_ts,
+    open_writer,
+    resolve_days,
+    run_stream,
+    sleep_or_stop,
+    stop_after,
+)
+from microstructure.ingest.records import FUNDING_RATES, LIQUIDATIONS, MARK_PRICES, OPEN_INTEREST
+
+log = logging.getLogger(__name__)
+
+COLLECTOR = "market"
+FORCE_ALL_FROM = 20  # from this many symbols on, one !forceOrder@arr stream instead of one per symbol
+HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
+KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _opt_num(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    return _num(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+# ---------------------------------------------------------------- batches
+
+
+def mark_prices_table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """(E, p, i, P, r, T, recv_ms) rows -> MARK_PRICES."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+    return pa.Table.from_arrays(
+        [
+            pa.array(cols[0], pa.int64()),
+            pa.array(cols[1], pa.float64()),
+            pa.array(cols[2], pa.float64()),
+            pa.array(cols[3], pa.float64()),
+            pa.array(cols[4], pa.float64()),
+            pa.array(cols[5], pa.int64()),
+            pa.array(cols[6], pa.int64()),
+        ],
+        schema=MARK_PRICES,
+    )
+
+
+def liquidations_table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(LIQUIDATIONS)
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(cols, LIQUIDATIONS, strict=True)], schema=LIQUIDATIONS
+    )
+
+
+def funding_table(rows: list[tuple[int, float, float | None, int | None]]) -> pa.Table:
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 4
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(cols, FUNDING_RATES, strict=True)], schema=FUNDING_RATES
+    )
+
+
+def open_interest_table(ts: Any, oi: Any, value: Any, source: str) -> pa.Table:
+    ts = np.asarray(ts, dtype=np.int64)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ts),
+            pa.array(np.asarray(oi, dtype=np.float64)),
+            pa.array(value, pa.float64(), from_pandas=True)
+            if value is not None
+            else pa.nulls(len(ts), pa.float64()),
+            pa.array([source] * len(ts), pa.string()),
+        ],
+        schema=OPEN_INTEREST,
+    )
+
+
+def funding_rows_from_rest(rows: list[dict[str, Any]]) -> list[tuple[int, float, float | None, int | None]]:
+    out = []
+    for r in rows:
+        out.append((int(r["fundingTime"]), float(r["fundingRate"]), _opt_num(r.get("markPrice")), None))
+    return out
+
+
+# ---------------------------------------------------------------- live
+
+
+@dataclass
+class MarketReport:
+    symbols: list[str]
+    mark_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    liquidation_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    funding_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    oi_polls: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # successful polls = rows
+    poll_misses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    funding_polls: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def summary_lines(self) -> list[str]:
+        out = [f"market data for {self.seconds:.1f} s:"]
+        for s in self.symbols:
+            out.append(
+                f"  {s}: {self.mark_rows.get(s, 0)} mark prices, {self.funding_rows.get(s, 0)} funding rates, "
+                f"{self.oi_polls.get(s, 0)} open-interest polls ({self.poll_misses.get(s, 0)} missed), "
+                f"{self.liquidation_rows.get(s, 0)} liquidations (sampled by the exchange: a lower bound)"
+            )
+        out.append(f"  malformed messages: {self.malformed}; reconnects: {self.reconnects}")
+        return out
+
+
+class MarketLive:
+    """State and tasks of the live market-data collector (shared writer, health and events)."""
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        writer: Any,
+        rest: Any,
+        health: Health,
+        events: EventLog,
+        report: MarketReport,
+        *,
+        oi_interval: float,
+        funding_interval: float,
+        poll_retries: int = 3,
+        poll_backoff: float = 1.0,
+    ) -> None:
+        self.symbols = list(symbols)
+        self.wanted = set(self.symbols)
+        self.writer = writer
+        self.rest = rest
+        self.health = health
+        self.events = events
+        self.report = report
+        self.oi_interval = oi_interval
+        self.funding_interval = funding_interval
+        self.poll_retries = poll_retries
+        self.poll_backoff = poll_backoff
+        self.marks: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self.liqs: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self.next_funding: dict[str, int] = {}
+        self.funding_due: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self.funding_seen: dict[str, set[int]] = defaultdict(set)
+        self.last_mark_E: dict[str, int] = {}
+
+    # ---- streams
+    def streams(self) -> list[str]:
+        out = [f"{s.lower()}@markPrice@1s" for s in self.symbols]
+        if len(self.symbols) >= FORCE_ALL_FROM:
+            out.append("!forceOrder@arr")
+        else:
+            out += [f"{s.lower()}@forceOrder" for s in self.symbols]
+        return out
+
+    def on_message(self, stream: str, data: dict[str, Any], recv_ms: int) -> None:
+        e = data.get("e")
+        if e == "markPriceUpdate":
+            sym = _str(data["s"])
+            if sym not in self.wanted:
+                return
+            E = _int(data["E"])
+            row = (
+                E,
+                _num(data["p"]),
+                _opt_num(data.get("i")),
+                _opt_num(data.get("P")),
+                _opt_num(data.get("r")),
+                _int(data["T"]) if data.get("T") is not None else None,
+                recv_ms,
+            )
+            if self.last_mark_E.get(sym, -1) >= E:
+                return  # a repeat (reconnect overlap)
+            self.last_mark_E[sym] = E
+            self.marks[sym].append(row)
+            T = row[5]
+            if T is not None:
+                prev = self.next_funding.get(sym)
+                if prev is not None and prev < T:
+                    self.funding_due.put_nowait((sym, prev))  # a settlement at `prev` just happened
+                self.next_funding[sym] = T
+        elif e == "forceOrder":
+            o = data["o"]
+            if not isinstance(o, dict):
+                raise TypeError("forceOrder: o is not an object")
+            sym = _str(o["s"])
+            if sym not in self.wanted:
+                return
+            side = _str(o["S"])
+            if side not in ("BUY", "SELL"):
+                raise ValueError(f"forceOrder side {side!r}")
+            self.liqs[sym].append(
+                (
+                    _int(data["E"]),
+                    _int(o["T"]),
+                    side,
+                    o.get("o"),
+                    o.get("f"),
+                    _num(o["q"]),
+                    _num(o["p"]),
+                    _opt_num(o.get("ap")),
+                    o.get("X"),
+                    _opt_num(o.get("l")),
+                    _opt_num(o.get("z")),
+                    recv_ms,
+                )
+            )
+        else:
+            raise ValueError(f"unexpected event type {e!r} on {stream}")
+
+    async def flush(self) -> None:
+        marks, self.marks = self.marks, defaultdict(list)
+        liqs, self.liqs = self.liqs, defaultdict(list)
+        for sym, rows in marks.items():
+            if rows:
+                await self.writer.submit("mark_prices", sym, mark_prices_table(rows))
+                self.report.mark_rows[sym] += len(rows)
+        for sym, rows in liqs.items():
+            if rows:
+                await self.writer.submit("liquidations", sym, liquidations_table(rows))
+                self.report.liquidation_rows[sym] += len(rows)
+
+    # ---- polls
+    async def poll(self, what: str, symbol: str, stop: asyncio.Event, fn: Any) -> Any:
+        """fn() with retries and backoff; every failed attempt is a recorded poll_miss. None if given up."""
+        for attempt in range(1, self.poll_retries + 2):
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.report.poll_misses[symbol] += 1
+                self.health.add("poll_misses")
+                log.warning(
+                    "%s %s: poll failed (%s: %s), attempt %d", what, symbol, type(exc).__name__, exc, attempt
+                )
+                self.events.record(
+                    COLLECTOR,
+                    symbol,
+                    "poll_miss",
+                    {"endpoint": what, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                if attempt > self.poll_retries:
+                    return None
+                delay = self.poll_backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+                if await sleep_or_stop(stop, delay):
+                    return None
+        return None
+
+    async def oi_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not stop.is_set():
+            await asyncio.gather(*(self.oi_once(s, stop) for s in self.symbols))
+            next_at += self.oi_interval
+            if await sleep_or_stop(stop, max(0.0, next_at - loop.time())):
+                return
+
+    async def oi_once(self, symbol: str, stop: asyncio.Event) -> None:
+        body = await self.poll("/fapi/v1/openInterest", symbol, stop, lambda: self.rest.open_interest(symbol))
+        if body is None:
+            return
+        table = open_interest_table([int(body["time"])], [float(body["openInterest"])], None, "rest")
+        await self.writer.submit("open_interest", symbol, table)
+        self.report.oi_polls[symbol] += 1
+
+    async def funding_once(
+        self, symbol: str, stop: asyncio.Event, start_ms: int | None = None, limit: int = 10
+    ) -> list[int]:
+        rows = await self.poll(
+            "/fapi/v1/fundingRate",
+            symbol,
+            stop,
+            lambda: self.rest.funding_rate(symbol, start_ms=start_ms, limit=limit),
+        )
+        self.report.funding_polls += 1
+        if not rows:
+            return []
+        parsed = funding_rows_from_rest(rows)
+        new = [r for r in parsed if r[0] not in self.funding_seen[symbol]]
+        if new:
+            await self.writer.submit("funding_rates", symbol, funding_table(new))
+            self.funding_seen[symbol].update(r[0] for r in new)
+            self.report.funding_rows[symbol] += len(new)
+        return [r[0] for r in parsed]
+
+    async def funding_loop(self, stop: asyncio.Event) -> None:
+        """Latest settlements at start and on an interval; each detected settlement until its row is there."""
+        await asyncio.gather(*(self.funding_once(s, stop, limit=3) for s in self.symbols))
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.funding_interval
+        waiting: dict[tuple[str, int], int] = {}
+        while not stop.is_set():
+            timeout = max(0.0, next_at - loop.time())
+            if waiting:
+                timeout = min(timeout, 2.0)
+            try:
+                sym, t = await asyncio.wait_for(self.funding_due.get(), timeout)
+                waiting[(sym, t)] = 0
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                return
+            for (sym, t), tries in list(waiting.items()):
+                times = await self.funding_once(sym, stop, start_ms=t, limit=10)
+                if t in times or tries >= 30:
+                    if t not in times:
+                        self.events.record(
+                            COLLECTOR,
+                            sym,
+                            "poll_miss",
+                            {
+                                "endpoint": "/fapi/v1/fundingRate",
+                                "funding_ms": t,
+                                "error": "settlement not published",
+                            },
+                        )
+                    del waiting[(sym, t)]
+                else:
+                    waiting[(sym, t)] = tries + 1
+            if loop.time() >= next_at:
+                await asyncio.gather(*(self.funding_once(s, stop, limit=3) for s in self.symbols))
+                next_at = loop.time() + self.funding_interval
+
+
+async def collect_market_live(
+    settings: Settings,
+    dsn: str,
+    symbols: Sequence[str],
+    *,
+    live_seconds: float | None = None,
+    writer: Any = None,
+    stop_event: asyncio.Event | None = None,
+    health: Health | None = None,
+    events: EventLog | None = None,
+    rest: Any = None,
+    oi_interval: float = 60.0,
+    funding_interval: float = 3600.0,
+    flush_interval: float = 1.0,
+    stale_timeout: float = 10.0,
+    poll_retries: int = 3,
+    poll_backoff: float = 1.0,
+) -> MarketReport:
+    """Mark prices, funding, open interest and liquidations of `symbols` until stopped (see module doc)."""
+    from microstructure.ingest.binance_rest import BinanceRest
+
+    symbols = [s.upper() for s in symbols]
+    stop = stop_event or asyncio.Event()
+    health = health or Health()
+    own_events = events is None
+    events = events or EventLog(dsn)
+    own_writer = writer is None
+    if own_writer:
+        writer = await open_writer(settings, dsn)
+    own_rest = rest is None
+    if own_rest:
+        rest = BinanceRest(settings.rest_url)
+        await rest.open()
+    report = MarketReport(list(symbols))
+    m = MarketLive(
+        symbols,
+        writer,
+        rest,
+        health,
+        events,
+        report,
+        oi_interval=oi_interval,
+        funding_interval=funding_interval,
+        poll_retries=poll_retries,
+        poll_backoff=poll_backoff,
+    )
+    started = time.monotonic()
+    timer = stop_after(stop, live_seconds)
+    tasks = [
+        asyncio.create_task(
+            run_stream(
+                settings.ws_url,
+                m.streams(),
+                m.on_message,
+                stop=stop,
+                name=COLLECTOR,
+                health=health,
+                events=events,
+                collector=COLLECTOR,
+                stale_timeout=stale_timeout,
+            )
+        ),
+        asyncio.create_task(m.oi_loop(stop)),
+        asyncio.create_task(m.funding_loop(stop)),
+    ]
+    if own_events:
+        tasks.append(asyncio.create_task(events.run(stop)))
+    try:
+        while not await sleep_or_stop(stop, flush_interval):
+            await m.flush()
+            for t in tasks:
+                if t.done() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        await asyncio.wait(tasks, timeout=5.0)
+    finally:
+        stop.set()
+        if timer is not None:
+            timer.cancel()
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await m.flush()
+        if own_writer:
+            await writer.close()
+        else:
+            await writer.flush()
+        if own_events:
+            await events.flush()
+        if own_rest:
+            await rest.close()
+    hs = health.stream(COLLECTOR)
+    report.malformed = hs.malformed
+    report.reconnects = hs.reconnects + hs.stale_reconnects
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ---------------------------------------------------------------- historical
+
+
+def months_in(first: date, last: date) -> list[date]:
+    out = []
+    m = date(first.year, first.month, 1)
+    while m <= last:
+        out.append(m)
+        m = date(m.year + (m.month == 12), m.month % 12 + 1, 1)
+    return out
+
+
+def month_end(m: date) -> date:
+    nxt = date(m.year + (m.month == 12), m.month % 12 + 1, 1)
+    return nxt - timedelta(days=1)
+
+
+async def collect_market_historical(
+    settings: Settings,
+    dsn: str,
+    symbols: Sequence[str],
+    start: date | None = None,
+    end: date | None = None,
+    *,
+    days: int | None = None,
+    writer: Any = None,
+    rest: Any = None,
+    hist_period: str = "5m",
+) -> HistoricalReport:
+    """Settled funding, open interest, futures metrics and 1m mark/index/premium klines of a day range.
+
+    Everything is idempotent: rows already stored are kept as they are.
+    """
+    from microstructure.ingest.binance_rest import BinanceRest
+
+    collector = "market_historical"
+    first, last, server_ms = await resolve_days(settings, start, end, days)
+    report = HistoricalReport("market data (funding, open interest, metrics, price klines)")
+    events = EventLog(dsn)
+    own_writer = writer is None
+    if own_writer:
+        writer = await open_writer(settings, dsn)
+    own_rest = rest is None
+    if own_rest:
+        rest = BinanceRest(settings.rest_url)
+        await rest.open()
+    t0 = ms_of_day(first)
+    t1 = ms_of_day(last) + DAY_MS  # exclusive
+    today_ms = server_ms // DAY_MS * DAY_MS
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def archive(kind: str, sym: str, period: str, when: date | str) -> pa.Table | None:
+                return await load_archive_table(
+                    session, settings.archive_url, kind, sym, period, when, report, events, collector
+                )
+
+            for sym in symbols:
+                # -- funding: monthly archives for months that have ended, then REST over the range
+                n_fund = 0
+                for month in months_in(first, last):
+                    if ms_of_day(month_end(month)) + DAY_MS > today_ms:
+                        continue  # this month's archive is not published yet: REST covers it
+                    tbl = await archive("fundingRate", sym, "monthly", month.strftime("%Y-%m"))
+                    if tbl is None:
+                        continue
+                    t = tbl.column("calc_time").to_numpy()
+                    sel = (t >= t0) & (t < t1)
+                    rows = [
+                        (int(a), float(b), None, int(c))
+                        for a, b, c in zip(
+                            t[sel],
+                            tbl.column("last_funding_rate").to_numpy()[sel],
+                            tbl.column("funding_interval_hours").to_numpy()[sel],
+                            strict=True,
+                        )
+                    ]
+                    if rows:
+                        await writer.submit("funding_rates", sym, funding_table(rows))
+                        n_fund += len(rows)
+                    report.days_loaded[sym] += 1
+                cursor = t0
+                while cursor < t1:
+                    page = await rest.funding_rate(sym, start_ms=cursor, end_ms=t1 - 1, limit=1000)
+                    rows = funding_rows_from_rest(page)
+                    if rows:
+                        await writer.submit("funding_rates", sym, funding_table(rows))
+                        n_fund += len(rows)
+                    if len(page) < 1000:
+                        break
+                    cursor = rows[-1][0] + 1
+                report.notes.append(f"{sym}: {n_fund} settled funding rates handed to the writer")
+
+                # -- daily archives: metrics (futures_metrics + open_interest 'metrics') and klines
+                covered: set[date] = set()
+                for d in day_range(first, last):
+                    tbl = await archive("metrics", sym, "daily", d)
+                    if tbl is not None:
+                        covered.add(d)
+                        report.days_loaded[sym] += 1
+                        ts = tbl.column("create_time").to_numpy()
+                        cols = (
+                            "sum_open_interest",
+                            "sum_open_interest_value",
+                            "count_toptrader_long_short_ratio",
+                            "sum_toptrader_long_short_ratio",
+                            "count_long_short_ratio",
+                            "sum_taker_long_short_vol_ratio",
+                        )
+                        records = list(
+                            zip(
+                                [sym] * tbl.num_rows,
+                                ms_to_ts(ts.tolist()),
+                                *(tbl.column(c).to_pylist() for c in cols),
+                                strict=True,
+                            )
+                        )
+                        report.rows[sym] += await merge_rows(
+                            conn, "futures_metrics", ("symbol", "ts", *cols), records
+                        )
+                        oi = tbl.column("sum_open_interest").to_numpy()
+                        value = tbl.column("sum_open_interest_value").to_numpy()
+                        await writer.submit(
+                            "open_interest", sym, open_interest_table(ts, oi, value, "metrics")
+                        )
+                    for kind, name in KLINE_KINDS.items():
+                        ktbl = await archive(kind, sym, "daily", d)
+                        if ktbl is None:
+                            continue
+                        report.days_loaded[sym] += 1
+                        n = ktbl.num_rows
+                        records = list(
+                            zip(
+                                [sym] * n,
+                                [name] * n,
+                                ms_to_ts(ktbl.column("open_time").to_pylist()),
+                                ktbl.column("open").to_pylist(),
+                                ktbl.column("high").to_pylist(),
+                                ktbl.column("low").to_pylist(),
+                                ktbl.column("close").to_pylist(),
+                                ms_to_ts(ktbl.column("close_time").to_pylist()),
+                                strict=True,
+                            )
+                        )
+                        report.rows[sym] += await merge_rows(
+                            conn,
+                            "price_klines",
+                            ("symbol", "kind", "ts", "open", "high", "low", "close", "close_ts"),
+                            records,
+                        )
+
+                # -- openInterestHist for the days of the range in the last 30 days without metrics
+                hist_from = max(t0, server_ms - HIST_DAYS * DAY_MS + 60_000)
+                hist_days = [d for d in day_range(first, last) if d not in covered]
+                n_hist = 0
+                for d in hist_days:
+                    lo, hi = max(ms_of_day(d), hist_from), min(ms_of_day(d) + DAY_MS, t1, server_ms)
+                    cursor = lo
+                    while cursor < hi:
+                        page = await rest.open_interest_hist(
+                            sym, hist_period, start_ms=cursor, end_ms=hi - 1, limit=500
+                        )
+                        if not page:
+                            break
+                        ts = [int(r["timestamp"]) for r in page]
+                        await writer.submit(
+                            "open_interest",
+                            sym,
+                            open_interest_table(
+                                ts,
+                                [float(r["sumOpenInterest"]) for r in page],
+                                [_opt_num(r.get("sumOpenInterestValue")) for r in page],
+                                "hist",
+                            ),
+                        )
+                        n_hist += len(page)
+                        if len(page) < 500:
+                            break
+                        cursor = ts[-1] + 1
+                if n_hist:
+                    report.notes.append(f"{sym}: {n_hist} open-interest rows from openInterestHist")
+        await writer.flush()
+    finally:
+        await conn.close()
+        await events.flush()
+        if own_writer:
+            await writer.close()
+        if own_rest:
+            await rest.close()
+    return report
