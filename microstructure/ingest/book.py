@@ -758,8 +758,8 @@ async def load_archive_table(
     report: HistoricalReport,
     events: EventLog,
     collector: str,
-) -> pa.Table | None:
-    """Download, verify and parse one archive; None (recorded) when missing or refused."""
+) -> Any:
+    """Download, verify and parse one archive (archives.ParsedCsv); None (recorded) when missing or refused."""
     from microstructure.ingest import archives
 
     url = archives.archive_url(archive_url, kind, symbol, period, when)
@@ -791,7 +791,7 @@ async def load_archive_table(
             "malformed",
             {"url": url, "rows": parsed.malformed, "sample": parsed.malformed_rows[:5]},
         )
-    return parsed.table
+    return parsed
 
 
 async def collect_book_historical(
@@ -817,7 +817,7 @@ async def collect_book_historical(
         async with aiohttp.ClientSession() as session:
             for symbol in symbols:
                 for d in day_range(first, last):
-                    table = await load_archive_table(
+                    parsed = await load_archive_table(
                         session,
                         settings.archive_url,
                         "bookDepth",
@@ -828,8 +828,9 @@ async def collect_book_historical(
                         events,
                         collector,
                     )
-                    if table is None:
+                    if parsed is None:
                         continue
+                    table = parsed.table
                     ts = table.column("timestamp").to_numpy()
                     records = list(
                         zip(

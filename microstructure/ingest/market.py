@@ -526,6 +526,7 @@ async def collect_market_historical(
 
     Everything is idempotent: rows already stored are kept as they are.
     """
+    from microstructure.ingest import archives
     from microstructure.ingest.binance_rest import BinanceRest
 
     collector = "market_historical"
@@ -546,7 +547,7 @@ async def collect_market_historical(
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def archive(kind: str, sym: str, period: str, when: date | str) -> pa.Table | None:
+            async def archive(kind: str, sym: str, period: str, when: date | str) -> Any:
                 return await load_archive_table(
                     session, settings.archive_url, kind, sym, period, when, report, events, collector
                 )
@@ -557,23 +558,15 @@ async def collect_market_historical(
                 for month in months_in(first, last):
                     if ms_of_day(month_end(month)) + DAY_MS > today_ms:
                         continue  # this month's archive is not published yet: REST covers it
-                    tbl = await archive("fundingRate", sym, "monthly", month.strftime("%Y-%m"))
-                    if tbl is None:
+                    parsed = await archive("fundingRate", sym, "monthly", month.strftime("%Y-%m"))
+                    if parsed is None:
                         continue
-                    t = tbl.column("calc_time").to_numpy()
-                    sel = (t >= t0) & (t < t1)
-                    rows = [
-                        (int(a), float(b), None, int(c))
-                        for a, b, c in zip(
-                            t[sel],
-                            tbl.column("last_funding_rate").to_numpy()[sel],
-                            tbl.column("funding_interval_hours").to_numpy()[sel],
-                            strict=True,
-                        )
-                    ]
-                    if rows:
-                        await writer.submit("funding_rates", sym, funding_table(rows))
-                        n_fund += len(rows)
+                    _, batch = archives.archive_records("fundingRate", parsed)
+                    t = batch.column("funding_ms").to_numpy()
+                    batch = batch.filter(pa.array((t >= t0) & (t < t1)))
+                    if batch.num_rows:
+                        await writer.submit("funding_rates", sym, batch)
+                        n_fund += batch.num_rows
                     report.days_loaded[sym] += 1
                 cursor = t0
                 while cursor < t1:
@@ -590,8 +583,9 @@ async def collect_market_historical(
                 # -- daily archives: metrics (futures_metrics + open_interest 'metrics') and klines
                 covered: set[date] = set()
                 for d in day_range(first, last):
-                    tbl = await archive("metrics", sym, "daily", d)
-                    if tbl is not None:
+                    parsed = await archive("metrics", sym, "daily", d)
+                    if parsed is not None:
+                        tbl = parsed.table
                         covered.add(d)
                         report.days_loaded[sym] += 1
                         ts = tbl.column("create_time").to_numpy()
@@ -614,15 +608,13 @@ async def collect_market_historical(
                         report.rows[sym] += await merge_rows(
                             conn, "futures_metrics", ("symbol", "ts", *cols), records
                         )
-                        oi = tbl.column("sum_open_interest").to_numpy()
-                        value = tbl.column("sum_open_interest_value").to_numpy()
-                        await writer.submit(
-                            "open_interest", sym, open_interest_table(ts, oi, value, "metrics")
-                        )
+                        _, batch = archives.archive_records("metrics", parsed)
+                        await writer.submit("open_interest", sym, batch)
                     for kind, name in KLINE_KINDS.items():
-                        ktbl = await archive(kind, sym, "daily", d)
-                        if ktbl is None:
+                        kparsed = await archive(kind, sym, "daily", d)
+                        if kparsed is None:
                             continue
+                        ktbl = kparsed.table
                         report.days_loaded[sym] += 1
                         n = ktbl.num_rows
                         records = list(
