@@ -375,13 +375,11 @@ def _int(v: Any) -> int:
     return v
 
 
-def _levels(v: Any) -> list[Any]:
+def _levels(v: Any) -> list[tuple[float, float]]:
+    """The top 20 [price, qty] levels as floats (ValueError/TypeError when one does not parse)."""
     if not isinstance(v, list):
         raise TypeError(f"expected a list of [price, qty] levels, got {type(v).__name__}")
-    for lvl in v[:LEVELS]:
-        if not isinstance(lvl, list) or len(lvl) != 2:
-            raise TypeError(f"expected [price, qty], got {lvl!r}")
-    return v
+    return [(float(p), float(q)) for p, q in v[:LEVELS]]
 
 
 @dataclass

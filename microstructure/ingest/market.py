@@ -364,11 +364,17 @@ class MarketLive:
             timeout = max(0.0, next_at - loop.time())
             if waiting:
                 timeout = min(timeout, 2.0)
-            try:
-                sym, t = await asyncio.wait_for(self.funding_due.get(), timeout)
+            getter = asyncio.ensure_future(self.funding_due.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait(
+                {getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            if getter in done:
+                sym, t = getter.result()
                 waiting[(sym, t)] = 0
-            except TimeoutError:
-                pass
+            else:
+                getter.cancel()
             if stop.is_set():
                 return
             for (sym, t), tries in list(waiting.items()):

@@ -1,0 +1,318 @@
+"""`microstructure collect book-depth | market | all`.
+
+Registered into the `collect` group by `add_parsers(collect_subparsers)`; every handler is
+`(args, settings) -> exit code` and applies the database migrations first. Exit codes: 0 done,
+1 done with refused archives or a failed collector, 2 bad arguments/setup, 3 exchange unreachable.
+Also runnable alone: `python -m microstructure.ingest.cli_market all --symbol BTCUSDT ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from microstructure.config import ENV_PREFIX, SettingError, Settings
+from microstructure.ingest.book import BOOK_DEPTH_HELP
+from microstructure.ingest.cli import (
+    apply_urls,
+    parse_day,
+    parse_int,
+    parse_seconds,
+    parse_symbols,
+    prepare_database,
+)
+
+DEFAULT_OI_INTERVAL = 60.0
+
+
+def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
+    p.add_argument(
+        "--symbol",
+        action="append",
+        required=True,
+        metavar="SYMBOL",
+        help="contract, e.g. BTCUSDT (repeatable; comma-separated lists accepted)",
+    )
+    p.add_argument("--mode", default="live", metavar="MODE", help="live (default) | historical")
+    p.add_argument("--days", metavar="N", help="historical: the last N complete UTC days")
+    p.add_argument("--start", metavar="YYYY-MM-DD", help="historical: first UTC day")
+    p.add_argument("--end", metavar="YYYY-MM-DD", help="historical: last UTC day (default: yesterday)")
+    if source:
+        p.add_argument(
+            "--source",
+            default="depth20",
+            metavar="SOURCE",
+            help="live book source: depth20 (default: the <s>@depth20@500ms stream, one row per message) | "
+            "diff (a local order book from <s>@depth@100ms and /fapi/v1/depth, top 20 sampled every 500 ms)",
+        )
+    p.add_argument(
+        "--exchange-url",
+        metavar="URL",
+        default=os.environ.get(ENV_PREFIX + "EXCHANGE_URL") or None,
+        help="one base for REST, websocket and archives, e.g. the local exchange http://127.0.0.1:8765 "
+        f"(env {ENV_PREFIX}EXCHANGE_URL)",
+    )
+    p.add_argument("--rest-url", metavar="URL", help=f"REST base (env {ENV_PREFIX}REST_URL)")
+    p.add_argument("--ws-url", metavar="URL", help=f"websocket base (env {ENV_PREFIX}WS_URL)")
+    p.add_argument(
+        "--archive-url", metavar="URL", help=f"data.binance.vision base (env {ENV_PREFIX}ARCHIVE_URL)"
+    )
+    p.add_argument(
+        "--live-seconds", metavar="N", help="live: stop after N seconds (default: until SIGINT/SIGTERM)"
+    )
+    if oi:
+        p.add_argument(
+            "--oi-interval",
+            metavar="SECONDS",
+            default=str(DEFAULT_OI_INTERVAL),
+            help=f"live: seconds between /fapi/v1/openInterest polls (default {DEFAULT_OI_INTERVAL:g})",
+        )
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add book-depth, market and all to the `collect` subcommands."""
+    book = sub.add_parser(
+        "book-depth",
+        help="order book: live top-20 snapshots (depth20 or local diff book); historical bookDepth bands",
+        description="Live mode stores a top-20 order book snapshot every 500 ms per symbol in book_snapshots, "
+        "with the per-snapshot values (mid, spread, imbalances, slopes, OFI). " + BOOK_DEPTH_HELP,
+    )
+    _common(book, source=True, oi=False)
+    book.set_defaults(handler=cmd_book_depth)
+    market = sub.add_parser(
+        "market",
+        help="mark price, funding, open interest and liquidations (live or historical)",
+        description="Live mode: <s>@markPrice@1s into mark_prices, settled funding rates into funding_rates "
+        "(polled when a settlement passes), open interest polled every --oi-interval seconds, liquidations "
+        "from <s>@forceOrder (sampled by the exchange: counts are lower bounds). Failed polls are retried "
+        "and recorded in ingest_events as poll_miss. Historical mode: fundingRate monthly archives and REST, "
+        "metrics archives (futures_metrics and open_interest), openInterestHist (last 30 days), 1m "
+        "mark/index/premium klines into price_klines.",
+    )
+    _common(market, source=False, oi=True)
+    market.set_defaults(handler=cmd_market)
+    every = sub.add_parser(
+        "all",
+        help="every collector in one process (aggregate trades, book, market data)",
+        description="Live mode runs aggregate trades, book snapshots and market data together with one "
+        "writer; SIGINT/SIGTERM stops them, flushes every pending batch and exits 0. Historical mode runs "
+        "the aggTrades, bookDepth and market-data loaders over the same days.",
+    )
+    _common(every, source=True, oi=True)
+    every.set_defaults(handler=cmd_all)
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _mode(args: argparse.Namespace) -> str:
+    mode = (args.mode or "").strip().lower()
+    if mode not in ("live", "historical"):
+        raise SettingError(f"--mode: expected live or historical, got {args.mode!r}")
+    return mode
+
+
+def _days(args: argparse.Namespace) -> tuple[date | None, date | None, int | None]:
+    if args.live_seconds is not None:
+        raise SettingError("--live-seconds: only with --mode live")
+    if args.days is not None:
+        if args.start or args.end:
+            raise SettingError("--days: give either --days N or --start/--end, not both")
+        return None, None, parse_int(args.days, "--days", 1)
+    if not args.start:
+        raise SettingError("--start: historical mode needs --start YYYY-MM-DD (and --end) or --days N")
+    start = parse_day(args.start, "--start")
+    end = parse_day(args.end, "--end") if args.end else None
+    if end is not None and end < start:
+        raise SettingError(f"--end: expected a day on or after --start {start}, got {args.end!r}")
+    return start, end, None
+
+
+def _live_args(args: argparse.Namespace) -> float | None:
+    for flag, value in (("--days", args.days), ("--start", args.start), ("--end", args.end)):
+        if value is not None:
+            raise SettingError(f"{flag}: only with --mode historical")
+    return parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
+
+
+def _source(args: argparse.Namespace) -> str:
+    source = (getattr(args, "source", None) or "depth20").strip().lower()
+    if source not in ("depth20", "diff"):
+        raise SettingError(f"--source: expected depth20 or diff, got {args.source!r}")
+    return source
+
+
+def _oi(args: argparse.Namespace) -> float:
+    return parse_seconds(getattr(args, "oi_interval", DEFAULT_OI_INTERVAL), "--oi-interval")
+
+
+def _run(coro_factory: Any, settings: Settings) -> Any:
+    """asyncio.run the collector; exchange failures become exit code 3 with one line."""
+    import aiohttp
+
+    from microstructure.ingest.archives import ArchiveError
+    from microstructure.ingest.binance_rest import RestError
+
+    try:
+        return asyncio.run(coro_factory())
+    except (RestError, ArchiveError) as exc:
+        print(f"microstructure: error: {exc}", file=sys.stderr)
+        return 3
+    except (aiohttp.ClientError, OSError) as exc:
+        print(
+            f"microstructure: error: cannot reach the exchange at {settings.rest_url}: {exc}", file=sys.stderr
+        )
+        return 3
+
+
+def _finish(report: Any) -> int:
+    if isinstance(report, int):
+        return report
+    for line in report.summary_lines():
+        print(line, flush=True)
+    return 0 if getattr(report, "ok", True) else 1
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
+    from microstructure.ingest.book import collect_book_historical, collect_book_live
+
+    mode = _mode(args)
+    symbols = parse_symbols(args.symbol)
+    source = _source(args)
+    apply_urls(args, settings)
+    if mode == "historical":
+        if args.source and source != "depth20":
+            raise SettingError("--source: only with --mode live (historical bookDepth has no levels)")
+        start, end, days = _days(args)
+        url = prepare_database(settings)
+        return _finish(
+            _run(lambda: collect_book_historical(settings, url, symbols, start, end, days=days), settings)
+        )
+    live_seconds = _live_args(args)
+    url = prepare_database(settings)
+
+    async def live() -> Any:
+        stop = _signal_stop()
+        return await collect_book_live(
+            settings, url, symbols, source=source, live_seconds=live_seconds, stop_event=stop
+        )
+
+    return _finish(_run(live, settings))
+
+
+def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
+    from microstructure.ingest.market import collect_market_historical, collect_market_live
+
+    mode = _mode(args)
+    symbols = parse_symbols(args.symbol)
+    oi_interval = _oi(args)
+    apply_urls(args, settings)
+    if mode == "historical":
+        start, end, days = _days(args)
+        url = prepare_database(settings)
+        return _finish(
+            _run(lambda: collect_market_historical(settings, url, symbols, start, end, days=days), settings)
+        )
+    live_seconds = _live_args(args)
+    url = prepare_database(settings)
+
+    async def live() -> Any:
+        stop = _signal_stop()
+        return await collect_market_live(
+            settings, url, symbols, live_seconds=live_seconds, oi_interval=oi_interval, stop_event=stop
+        )
+
+    return _finish(_run(live, settings))
+
+
+def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
+    from microstructure.ingest.collect_all import collect_all
+
+    mode = _mode(args)
+    symbols = parse_symbols(args.symbol)
+    source = _source(args)
+    oi_interval = _oi(args)
+    apply_urls(args, settings)
+    start = end = None
+    days = None
+    live_seconds = None
+    if mode == "historical":
+        start, end, days = _days(args)
+    else:
+        live_seconds = _live_args(args)
+    url = prepare_database(settings)
+    return _finish(
+        _run(
+            lambda: collect_all(
+                settings,
+                url,
+                symbols,
+                mode=mode,
+                live_seconds=live_seconds,
+                book_source=source,
+                oi_interval=oi_interval,
+                start=start,
+                end=end,
+                days=days,
+            ),
+            settings,
+        )
+    )
+
+
+def _signal_stop() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM (live runs stop cleanly and flush)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+# ---------------------------------------------------------------- standalone
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microstructure collect")
+    parser.add_argument("--database-url", metavar="URL")
+    parser.add_argument("--home", metavar="DIR")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="collect_command", metavar="KIND", required=True)
+    add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pathlib import Path
+
+    from microstructure.db.connect import DatabaseUnavailable
+    from microstructure.logging_setup import configure
+
+    args = build_parser().parse_args(argv)
+    configure(args.verbose, False)
+    try:
+        settings = Settings()
+        if args.database_url:
+            settings.database_url = args.database_url
+        if args.home:
+            settings.home = Path(args.home).expanduser().resolve()
+        return int(args.handler(args, settings) or 0)
+    except (SettingError, DatabaseUnavailable) as exc:
+        print(f"microstructure: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""`collect all`: every collector in one process, one writer pipeline, one health view.
+
+Live: aggregate trades (microstructure.ingest.live, when it is there), book snapshots (depth20 or
+local diff books) and market data (mark price, funding, open interest, liquidations) run side by
+side over one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM
+(or `live_seconds`, or a caller's `stop_event`) stops every collector; each hands over what it
+buffered, the writer flushes every pending batch and closes, and the run ends with exit code 0.
+
+Historical: aggregate trades (archives + REST), bookDepth bands and the market-data loaders over the
+same day range, one after the other, through the same writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from microstructure.config import Settings
+from microstructure.ingest.book import (
+    EventLog,
+    Health,
+    collect_book_historical,
+    collect_book_live,
+    open_writer,
+)
+from microstructure.ingest.market import collect_market_historical, collect_market_live
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AllReport:
+    mode: str
+    symbols: list[str]
+    parts: dict[str, Any] = field(default_factory=dict)  # collector name -> its report
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    health: Health | None = None
+    events: dict[str, int] = field(default_factory=dict)
+    spill_files_left: int = 0
+    seconds: float = 0.0
+    stopped_by: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(getattr(p, "ok", True) for p in self.parts.values())
+
+    def summary_lines(self) -> list[str]:
+        out = [f"collect all ({self.mode}) for {', '.join(self.symbols)}: {self.seconds:.1f} s"]
+        if self.stopped_by:
+            out.append(f"  stopped by {self.stopped_by}; every pending batch flushed")
+        for name, part in self.parts.items():
+            lines = part.summary_lines() if hasattr(part, "summary_lines") else [f"{name}: {part}"]
+            out.extend("  " + line for line in lines)
+        for name, err in self.errors.items():
+            out.append(f"  {name} FAILED: {err}")
+        out.extend("  note: " + n for n in self.notes)
+        if self.health is not None:
+            out.append("  health:")
+            out.extend("  " + line for line in self.health.lines())
+        if self.events:
+            out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
+        out.append(f"  spill files left: {self.spill_files_left}")
+        return out
+
+
+def _aggtrades_live() -> Any:
+    try:
+        live = importlib.import_module("microstructure.ingest.live")
+    except ModuleNotFoundError as exc:
+        if exc.name != "microstructure.ingest.live":
+            raise
+        return None
+    return getattr(live, "collect_aggtrades_live", None)
+
+
+def _accepted(fn: Any, offered: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `offered` that `fn` accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return offered
+    return {k: v for k, v in offered.items() if k in params}
+
+
+def spill_files(settings: Settings) -> int:
+    folder = Path(settings.home) / "spill"
+    if not folder.exists():
+        return 0
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+async def collect_all(
+    settings: Settings,
+    dsn: str,
+    symbols: Sequence[str],
+    *,
+    mode: str = "live",
+    live_seconds: float | None = None,
+    book_source: str = "depth20",
+    oi_interval: float = 60.0,
+    start: date | None = None,
+    end: date | None = None,
+    days: int | None = None,
+    writer: Any = None,
+    stop_event: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    stale_timeout: float = 10.0,
+    include_aggtrades: bool = True,
+) -> AllReport:
+    """Run every collector for `symbols` (see the module doc); the combined report."""
+    if mode not in ("live", "historical"):
+        raise ValueError(f"mode: expected live or historical, got {mode!r}")
+    symbols = [s.upper() for s in symbols]
+    report = AllReport(mode, list(symbols))
+    started = time.monotonic()
+    own_writer = writer is None
+    if own_writer:
+        writer = await open_writer(settings, dsn)
+    try:
+        if mode == "live":
+            await _live(
+                settings,
+                dsn,
+                symbols,
+                report,
+                writer=writer,
+                stop=stop_event or asyncio.Event(),
+                live_seconds=live_seconds,
+                book_source=book_source,
+                oi_interval=oi_interval,
+                handle_signals=handle_signals,
+                stale_timeout=stale_timeout,
+                include_aggtrades=include_aggtrades,
+            )
+        else:
+            await _historical(
+                settings,
+                dsn,
+                symbols,
+                report,
+                writer=writer,
+                start=start,
+                end=end,
+                days=days,
+                include_aggtrades=include_aggtrades,
+            )
+    finally:
+        if own_writer:
+            await writer.close()
+        else:
+            await writer.flush()
+    report.spill_files_left = spill_files(settings)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _live(
+    settings: Settings,
+    dsn: str,
+    symbols: list[str],
+    report: AllReport,
+    *,
+    writer: Any,
+    stop: asyncio.Event,
+    live_seconds: float | None,
+    book_source: str,
+    oi_interval: float,
+    handle_signals: bool,
+    stale_timeout: float,
+    include_aggtrades: bool,
+) -> None:
+    from microstructure.ingest.binance_rest import BinanceRest
+
+    health = Health()
+    events = EventLog(dsn)
+    report.health = health
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+
+            def on_signal(sig: int = sig) -> None:
+                log.info("%s received: stopping every collector and flushing", signal.Signals(sig).name)
+                report.stopped_by = signal.Signals(sig).name
+                stop.set()
+
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+    timer = None
+    if live_seconds is not None:
+        timer = loop.call_later(live_seconds, stop.set)
+    async with BinanceRest(settings.rest_url) as rest:
+        shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
+        jobs: dict[str, Any] = {
+            "book": collect_book_live(
+                settings, dsn, symbols, source=book_source, stale_timeout=stale_timeout, **shared
+            ),
+            "market": collect_market_live(
+                settings, dsn, symbols, oi_interval=oi_interval, stale_timeout=stale_timeout, **shared
+            ),
+        }
+        agg = _aggtrades_live() if include_aggtrades else None
+        if agg is not None:
+            kwargs = _accepted(agg, shared)
+            if "stop_event" not in kwargs:
+                kwargs.update(_accepted(agg, {"live_seconds": live_seconds}))
+            jobs["aggtrades"] = agg(settings, dsn, symbols, **kwargs)
+        elif include_aggtrades:
+            report.notes.append("live aggregate trades are not available in this build (no ingest/live.py)")
+        names = list(jobs)
+        tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}
+        events_task = asyncio.create_task(events.run(stop))
+        try:
+            # a collector that fails stops the others (they flush what they hold)
+            pending = set(tasks.values())
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                if any(t.exception() is not None for t in done if not t.cancelled()):
+                    stop.set()
+            for name in names:
+                t = tasks[name]
+                if t.cancelled():
+                    report.errors[name] = "cancelled"
+                elif t.exception() is not None:
+                    exc = t.exception()
+                    report.errors[name] = f"{type(exc).__name__}: {exc}"
+                    log.error("collector %s failed", name, exc_info=exc)
+                else:
+                    report.parts[name] = t.result()
+        finally:
+            stop.set()
+            if timer is not None:
+                timer.cancel()
+            for t in tasks.values():
+                if not t.done():
+                    t.cancel()
+            for t in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await events_task
+            await events.flush()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+    report.events = dict(events.counts)
+
+
+async def _historical(
+    settings: Settings,
+    dsn: str,
+    symbols: list[str],
+    report: AllReport,
+    *,
+    writer: Any,
+    start: date | None,
+    end: date | None,
+    days: int | None,
+    include_aggtrades: bool,
+) -> None:
+    if include_aggtrades:
+        from microstructure.ingest.historical import collect_aggtrades_historical
+
+        try:
+            report.parts["aggtrades"] = await collect_aggtrades_historical(
+                settings, dsn, symbols, start, end, days=days, progress=False, writer=writer
+            )
+        except Exception as exc:  # the other loaders still run
+            report.errors["aggtrades"] = f"{type(exc).__name__}: {exc}"
+            log.error("historical aggTrades failed", exc_info=exc)
+    for name, fn, kw in (
+        ("book_depth", collect_book_historical, {}),
+        ("market", collect_market_historical, {"writer": writer}),
+    ):
+        try:
+            report.parts[name] = await fn(settings, dsn, symbols, start, end, days=days, **kw)
+        except Exception as exc:
+            report.errors[name] = f"{type(exc).__name__}: {exc}"
+            log.error("historical %s failed", name, exc_info=exc)
