@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from conftest import count_archive_requests, generator_trades, run_collect, stored_rows, writer_module
+from ih_helpers import count_archive_requests, generator_trades, run_collect, stored_rows, writer_module
 
 from microstructure.config import Settings
 from microstructure.exchange.config import ExchangeConfig, FaultConfig

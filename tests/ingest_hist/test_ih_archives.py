@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from conftest import generator_trades
+from ih_helpers import generator_trades
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange

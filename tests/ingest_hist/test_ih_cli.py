@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import generator_trades, stored_rows, writer_module
+from ih_helpers import generator_trades, stored_rows, writer_module
 
 from microstructure.cli import build_parser, main
 from microstructure.exchange.config import ExchangeConfig

@@ -8,9 +8,9 @@ from pathlib import Path
 
 if importlib.util.find_spec("microstructure.ingest.writer") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import standin_writer
+    import ih_standin_writer
 
-    sys.modules["microstructure.ingest.writer"] = standin_writer
+    sys.modules["microstructure.ingest.writer"] = ih_standin_writer
 
 from microstructure.cli import main
 

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from conftest import generator_trades, stored_rows
+from ih_helpers import generator_trades, stored_rows
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import ExchangeThread
 from microstructure.ingest.historical import day_start_ms
 
-TARGET = Path(__file__).resolve().parent / "kill_target.py"
+TARGET = Path(__file__).resolve().parent / "ih_kill_target.py"
 COLUMNS = ["agg_id", "ts_ms", "price", "quantity", "first_trade_id", "last_trade_id", "is_buyer_maker"]
 
 
