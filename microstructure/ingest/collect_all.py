@@ -119,6 +119,7 @@ async def collect_all(
     handle_signals: bool = True,
     stale_timeout: float = 10.0,
     include_aggtrades: bool = True,
+    health: Health | None = None,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report."""
     if mode not in ("live", "historical"):
@@ -144,6 +145,7 @@ async def collect_all(
                 handle_signals=handle_signals,
                 stale_timeout=stale_timeout,
                 include_aggtrades=include_aggtrades,
+                health=health or Health(),
             )
         else:
             await _historical(
@@ -181,10 +183,10 @@ async def _live(
     handle_signals: bool,
     stale_timeout: float,
     include_aggtrades: bool,
+    health: Health,
 ) -> None:
     from microstructure.ingest.binance_rest import BinanceRest
 
-    health = Health()
     events = EventLog(dsn)
     report.health = health
     loop = asyncio.get_running_loop()

@@ -99,14 +99,17 @@ def test_exchange_dropped_events_are_detected(db_url, ib_cache, tmp_path) -> Non
         db_url, ib_cache, tmp_path, faults={"ws_break_depth": 0.04}, seconds=6.0
     )
     raw_breaks = set()
-    late_breaks = set()  # after the first second: the book was synced by then
+    late_breaks = set()  # breaks while the book was synced (1 s after the start or a resync)
     for sym, seq in received.items():
+        last_break = 0
         for i in range(1, len(seq)):
             a, b = seq[i - 1], seq[i]
             if b[2] != a[1]:
                 raw_breaks.add((sym, a[1], b[2]))
-                if i > 10:
+                # a break while the book is (re)syncing can fall before the new snapshot: harmless
+                if i > 10 and i - last_break > 10:
                     late_breaks.add((sym, a[1], b[2]))
+                last_break = i
     assert late_breaks, "the fault injected no break; raise ws_break_depth"
     recorded = set()
     for e in events:

@@ -1,0 +1,160 @@
+"""`collect all` benchmark: CPU of the collector process per 1,000 messages/s, 10 symbols.
+
+    python bench/bench_collect_all.py [--symbols 10] [--live-rate 300] [--seconds 20] [--book-source depth20]
+
+Starts `python -m microstructure.exchange serve` in its own process (its CPU is not counted) with
+`--symbols` contracts and a live aggregate-trade rate per symbol, a database (MICROSTRUCTURE_DATABASE_URL,
+else an embedded PostgreSQL in a temporary folder; the server's CPU is not counted either), then runs
+`collect_all` live in this process. After a warm-up it measures, over `--seconds`, the process CPU
+time (user + system) and the websocket messages received by every collector, and reports the CPU
+per 1,000 messages/s: the share of one core that each 1,000 messages per second cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+SYMBOLS = [
+    "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT",
+    "DOTUSDT", "LTCUSDT", "TRXUSDT", "NEARUSDT", "ATOMUSDT", "UNIUSDT", "APTUSDT",
+]  # fmt: skip
+
+
+def writer_note() -> str:
+    if importlib.util.find_spec("microstructure.ingest.writer") is not None:
+        return "project writer"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest_book"))
+    import ib_standin_writer
+
+    from microstructure.ingest import book
+
+    book.writer_class = lambda: ib_standin_writer.Writer
+    return "stand-in writer (tests/ingest_book): the project writer is not in this build"
+
+
+def database(tmp: Path) -> tuple[str, object | None]:
+    import psycopg
+
+    from microstructure.db import migrate
+
+    url = os.environ.get("MICROSTRUCTURE_DATABASE_URL")
+    server = None
+    if not url:
+        from microstructure.db.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(tmp / "pg")
+        admin = server.ensure_running().dsn("postgres")
+    else:
+        admin = url
+    name = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin.rsplit("/", 1)[0] + "/" + name
+    migrate.upgrade(dsn)
+    return dsn, server
+
+
+async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: float, seconds: float) -> dict:
+    from microstructure.ingest.book import Health
+    from microstructure.ingest.collect_all import collect_all
+
+    health = Health()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        collect_all(
+            settings, dsn, symbols, book_source=source, oi_interval=60, stop_event=stop, health=health,
+            handle_signals=False,
+        )
+    )  # fmt: skip
+
+    def messages() -> int:
+        return sum(s.messages for s in health.streams.values())
+
+    await asyncio.sleep(warmup)
+    m0, c0, t0 = messages(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    m1, c1, t1 = messages(), time.process_time(), time.monotonic()
+    stop.set()
+    report = await task
+    agg = report.parts.get("aggtrades")
+    wall, cpu, n = t1 - t0, c1 - c0, m1 - m0
+    return {
+        "messages": n,
+        "msg_per_s": n / wall,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_share": cpu / wall,
+        "cpu_per_1000_msg_s": (cpu / wall) / (n / wall / 1000) if n else float("nan"),
+        "streams": {k: v.messages for k, v in health.streams.items()},
+        "aggtrades": "yes" if agg is not None else "; ".join(report.notes) or "no",
+        "errors": report.errors,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--symbols", type=int, default=10)
+    p.add_argument("--live-rate", type=float, default=300.0, help="aggregate trades per second per symbol")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--book-source", default="depth20", choices=("depth20", "diff"))
+    args = p.parse_args()
+    symbols = SYMBOLS[: args.symbols]
+    note = writer_note()
+    from microstructure.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "microstructure.exchange", "serve", "--port", "0",
+                "--symbols", ",".join(symbols), "--history-days", "0", "--live-rate", str(args.live_rate),
+                "--cache-dir", str(tmp / "cache"),
+            ],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        server = None
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            base = next(w for w in line.split() if w.startswith("http"))
+            dsn, server = database(tmp)
+            settings = Settings(database_url=dsn, home=tmp / "home")
+            settings.point_at_exchange(base)
+            r = asyncio.run(measure(settings, dsn, symbols, args.book_source, args.warmup, args.seconds))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()  # type: ignore[attr-defined]
+    print(f"writer: {note}; aggregate trades collector: {r['aggtrades']}")
+    print(
+        f"symbols {len(symbols)}, book source {args.book_source}, live rate {args.live_rate:g}/s per symbol"
+    )
+    print(
+        f"messages {r['messages']} in {r['wall_s']:.1f} s = {r['msg_per_s']:.0f}/s; per stream {r['streams']}"
+    )
+    print(f"process CPU {r['cpu_s']:.2f} s = {100 * r['cpu_share']:.1f} % of a core")
+    print(f"CPU per 1,000 messages/s: {100 * r['cpu_per_1000_msg_s']:.1f} % of a core")
+    if r["errors"]:
+        print(f"errors: {r['errors']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
