@@ -77,6 +77,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--keep-archives", action="store_true", help="historical: keep verified archives under HOME/archives"
     )
     agg.set_defaults(handler=cmd_collect_aggtrades)
+    # The other collectors (book-depth, market, all) join the same `collect` group when present.
+    try:
+        from microstructure.ingest import cli_market
+    except ModuleNotFoundError as exc:
+        if exc.name != "microstructure.ingest.cli_market":
+            raise
+    else:
+        cli_market.add_parsers(sub)
 
 
 # ---------------------------------------------------------------- argument checks
