@@ -342,10 +342,103 @@ async def run_stream(
     ):
         try:
             handler(stream_name, data, recv_ms)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        except MALFORMED_ERRORS as exc:
             note_malformed(
                 h, events, collector, data.get("s") if isinstance(data, dict) else None, name, data, exc
             )
+
+
+MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+class SharedStreams:
+    """One combined-stream connection for several collectors (collect all).
+
+    Each collector registers its streams and handler instead of opening its own connection; messages
+    are routed by stream name. Messages and malformed ones are counted under the owning collector's
+    name (as with its own connection); reconnects under the connection's name `name`.
+    """
+
+    def __init__(self, ws_base: str, *, expected: int, health: Health, events: EventLog | None,
+                 stale_timeout: float = 10.0, name: str = "streams") -> None:  # fmt: skip
+        self.ws_base = ws_base
+        self.expected = expected
+        self.health = health
+        self.events = events
+        self.stale_timeout = stale_timeout
+        self.name = name
+        self.routes: dict[str, tuple[Handler, str]] = {}
+        self.registered = 0
+        self.ready = asyncio.Event()
+
+    def register(self, streams: Sequence[str], handler: Handler, owner: str) -> None:
+        for s in streams:
+            self.routes[s] = (handler, owner)
+        self.registered += 1
+        if self.registered >= self.expected:
+            self.ready.set()
+
+    def dispatch(self, stream: str, data: Any, recv_ms: int) -> None:
+        route = self.routes.get(stream)
+        if route is None:
+            return
+        handler, owner = route
+        h = self.health.stream(owner)
+        h.messages += 1
+        h.last_recv_ms = recv_ms
+        try:
+            handler(stream, data, recv_ms)
+        except MALFORMED_ERRORS as exc:
+            symbol = data.get("s") if isinstance(data, dict) else None
+            note_malformed(h, self.events, owner, symbol, owner, data, exc)
+
+    async def run(self, stop: asyncio.Event, wait_for_collectors: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), wait_for_collectors)
+        if not self.routes:
+            return
+        async for stream_name, data, recv_ms in combined_stream(
+            self.ws_base,
+            list(self.routes),
+            stop=stop,
+            name=self.name,
+            health=self.health,
+            events=self.events,
+            collector=self.name,
+            stale_timeout=self.stale_timeout,
+        ):
+            self.dispatch(stream_name, data, recv_ms)
+
+
+async def start_stream(
+    settings: Settings,
+    streams: Sequence[str],
+    handler: Handler,
+    *,
+    shared: SharedStreams | None,
+    stop: asyncio.Event,
+    health: Health,
+    events: EventLog | None,
+    collector: str,
+    stale_timeout: float,
+) -> asyncio.Task[None] | None:
+    """Register with the shared connection, or start this collector's own connection (a task)."""
+    if shared is not None:
+        shared.register(streams, handler, collector)
+        return None
+    return asyncio.create_task(
+        run_stream(
+            settings.ws_url,
+            streams,
+            handler,
+            stop=stop,
+            name=collector,
+            health=health,
+            events=events,
+            collector=collector,
+            stale_timeout=stale_timeout,
+        )
+    )
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -566,6 +659,7 @@ async def collect_book_live(
     diff_speed: str = "100ms",
     sample_ms: int = 500,
     message_filter: Callable[[str, dict[str, Any]], bool] | None = None,
+    shared_streams: SharedStreams | None = None,
 ) -> BookReport:
     """Collect live top-20 book snapshots of `symbols` until `live_seconds` pass or `stop_event` is set.
 
@@ -628,21 +722,19 @@ async def collect_book_live(
 
             streams = list(wanted)
             tasks.append(asyncio.create_task(books.sampler(stop, sample_ms)))
-        tasks.append(
-            asyncio.create_task(
-                run_stream(
-                    settings.ws_url,
-                    streams,
-                    handle,
-                    stop=stop,
-                    name=f"{collector}",
-                    health=health,
-                    events=events,
-                    collector=collector,
-                    stale_timeout=stale_timeout,
-                )
-            )
+        stream_task = await start_stream(
+            settings,
+            streams,
+            handle,
+            shared=shared_streams,
+            stop=stop,
+            health=health,
+            events=events,
+            collector=collector,
+            stale_timeout=stale_timeout,
         )
+        if stream_task is not None:
+            tasks.append(stream_task)
         if own_events:
             tasks.append(asyncio.create_task(events.run(stop)))
         while not await sleep_or_stop(stop, flush_interval):
@@ -674,7 +766,8 @@ async def collect_book_live(
             await own_rest.close()
     hs = health.stream(collector)
     report.malformed = hs.malformed
-    report.reconnects = hs.reconnects + hs.stale_reconnects
+    conn = health.stream(shared_streams.name) if shared_streams is not None else hs
+    report.reconnects = conn.reconnects + conn.stale_reconnects
     if books is not None:
         report.resyncs.update(books.resyncs)
     report.seconds = time.monotonic() - started

@@ -29,6 +29,7 @@ from microstructure.config import Settings
 from microstructure.ingest.book import (
     EventLog,
     Health,
+    SharedStreams,
     collect_book_historical,
     collect_book_live,
     open_writer,
@@ -205,14 +206,19 @@ async def _live(
     timer = None
     if live_seconds is not None:
         timer = loop.call_later(live_seconds, stop.set)
+    # book and market data share one websocket connection; aggregate trades keep their own (their
+    # collector manages gap fills and redundancy itself)
+    streams = SharedStreams(
+        settings.ws_url, expected=2, health=health, events=events, stale_timeout=stale_timeout
+    )
     async with BinanceRest(settings.rest_url) as rest:
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
             "book": collect_book_live(
-                settings, dsn, symbols, source=book_source, stale_timeout=stale_timeout, **shared
+                settings, dsn, symbols, source=book_source, shared_streams=streams, **shared
             ),
             "market": collect_market_live(
-                settings, dsn, symbols, oi_interval=oi_interval, stale_timeout=stale_timeout, **shared
+                settings, dsn, symbols, oi_interval=oi_interval, shared_streams=streams, **shared
             ),
         }
         agg = _aggtrades_live() if include_aggtrades else None
@@ -226,13 +232,18 @@ async def _live(
         names = list(jobs)
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}
         events_task = asyncio.create_task(events.run(stop))
+        stream_task = asyncio.create_task(streams.run(stop), name="collect-streams")
         try:
             # a collector that fails stops the others (they flush what they hold)
-            pending = set(tasks.values())
+            pending = set(tasks.values()) | {stream_task}
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 if any(t.exception() is not None for t in done if not t.cancelled()):
                     stop.set()
+            if not stream_task.cancelled() and stream_task.exception() is not None:
+                exc = stream_task.exception()
+                report.errors["streams"] = f"{type(exc).__name__}: {exc}"
+                log.error("the shared websocket connection failed", exc_info=exc)
             for name in names:
                 t = tasks[name]
                 if t.cancelled():
@@ -253,8 +264,9 @@ async def _live(
             for t in tasks.values():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await events_task
+            for t in (stream_task, events_task):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
             await events.flush()
             for sig in installed:
                 loop.remove_signal_handler(sig)

@@ -46,6 +46,7 @@ from microstructure.ingest.book import (
     EventLog,
     Health,
     HistoricalReport,
+    SharedStreams,
     day_range,
     load_archive_table,
     merge_rows,
@@ -53,8 +54,8 @@ from microstructure.ingest.book import (
     ms_to_ts,
     open_writer,
     resolve_days,
-    run_stream,
     sleep_or_stop,
+    start_stream,
     stop_after,
 )
 from microstructure.ingest.records import FUNDING_RATES, LIQUIDATIONS, MARK_PRICES, OPEN_INTEREST
@@ -416,6 +417,7 @@ async def collect_market_live(
     stale_timeout: float = 10.0,
     poll_retries: int = 3,
     poll_backoff: float = 1.0,
+    shared_streams: SharedStreams | None = None,
 ) -> MarketReport:
     """Mark prices, funding, open interest and liquidations of `symbols` until stopped (see module doc)."""
     from microstructure.ingest.binance_rest import BinanceRest
@@ -447,23 +449,20 @@ async def collect_market_live(
     )
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)
-    tasks = [
-        asyncio.create_task(
-            run_stream(
-                settings.ws_url,
-                m.streams(),
-                m.on_message,
-                stop=stop,
-                name=COLLECTOR,
-                health=health,
-                events=events,
-                collector=COLLECTOR,
-                stale_timeout=stale_timeout,
-            )
-        ),
-        asyncio.create_task(m.oi_loop(stop)),
-        asyncio.create_task(m.funding_loop(stop)),
-    ]
+    tasks = [asyncio.create_task(m.oi_loop(stop)), asyncio.create_task(m.funding_loop(stop))]
+    stream_task = await start_stream(
+        settings,
+        m.streams(),
+        m.on_message,
+        shared=shared_streams,
+        stop=stop,
+        health=health,
+        events=events,
+        collector=COLLECTOR,
+        stale_timeout=stale_timeout,
+    )
+    if stream_task is not None:
+        tasks.append(stream_task)
     if own_events:
         tasks.append(asyncio.create_task(events.run(stop)))
     try:
@@ -494,7 +493,8 @@ async def collect_market_live(
             await rest.close()
     hs = health.stream(COLLECTOR)
     report.malformed = hs.malformed
-    report.reconnects = hs.reconnects + hs.stale_reconnects
+    conn = health.stream(shared_streams.name) if shared_streams is not None else hs
+    report.reconnects = conn.reconnects + conn.stale_reconnects
     report.seconds = time.monotonic() - started
     return report
 
