@@ -79,7 +79,9 @@ async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: f
     )  # fmt: skip
 
     def messages() -> int:
-        return sum(s.messages for s in health.streams.values())
+        # book and market messages arrive on the shared connection "streams" (also counted per collector)
+        routed = {"book_depth20", "book_diff", "market"}
+        return sum(v.messages for k, v in health.streams.items() if k not in routed)
 
     await asyncio.sleep(warmup)
     m0, c0, t0 = messages(), time.process_time(), time.monotonic()
@@ -102,6 +104,60 @@ async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: f
     }
 
 
+def hot_path(n: int = 50_000) -> dict[str, float]:
+    """Marginal cost without the network: JSON decode, checks, batch build, values, for n depth20 and
+    n markPrice messages (a writer that discards the batches)."""
+    import json
+    import random
+
+    from microstructure.ingest.book import BookReport, Health, SnapshotSink, parse_depth_event
+    from microstructure.ingest.market import MarketLive, MarketReport
+
+    class Null:
+        async def submit(self, kind, symbol, batch):  # type: ignore[no-untyped-def]
+            pass
+
+    rnd = random.Random(1)
+    msgs = []
+    for i in range(n):
+        mid = 65000 + rnd.randint(-50, 50) * 0.1
+        b = [[f"{mid - 0.05 - 0.1 * j:.2f}", f"{rnd.randint(1, 5000) / 1000:.3f}"] for j in range(20)]
+        a = [[f"{mid + 0.05 + 0.1 * j:.2f}", f"{rnd.randint(1, 5000) / 1000:.3f}"] for j in range(20)]
+        d = {"e": "depthUpdate", "E": 10 * i + 5, "T": 10 * i, "s": "BTCUSDT", "U": 8 * i + 1, "u": 8 * i + 8,
+             "pu": 8 * i, "b": b, "a": a}  # fmt: skip
+        msgs.append(json.dumps({"stream": "btcusdt@depth20@500ms", "data": d}))
+    marks = [
+        json.dumps({"stream": "btcusdt@markPrice@1s", "data": {"e": "markPriceUpdate", "E": 1000 * i, "s": "BTCUSDT",
+                    "p": "65000.12345678", "i": "64990.1", "P": "64990.2", "r": "0.0001", "T": 28_800_000}})
+        for i in range(n)
+    ]  # fmt: skip
+
+    async def run() -> tuple[float, float]:
+        sink = SnapshotSink(Null(), "depth20", BookReport(["BTCUSDT"], "depth20"), Health(), None, "bench")
+        c0 = time.process_time()
+        for k, text in enumerate(msgs):
+            obj = json.loads(text)
+            sink.add("BTCUSDT", parse_depth_event(obj["data"], 0))
+            if k % 1000 == 999:
+                await sink.flush()
+        await sink.flush()
+        c1 = time.process_time()
+        m = MarketLive(["BTCUSDT"], Null(), None, Health(), None, MarketReport(["BTCUSDT"]),  # type: ignore[arg-type]
+                       oi_interval=60, funding_interval=3600)  # fmt: skip
+        c2 = time.process_time()
+        for k, text in enumerate(marks):
+            obj = json.loads(text)
+            m.on_message(obj["stream"], obj["data"], 0)
+            if k % 1000 == 999:
+                await m.flush()
+        await m.flush()
+        c3 = time.process_time()
+        return c1 - c0, c3 - c2
+
+    book_s, mark_s = asyncio.run(run())
+    return {"n": n, "book_us": book_s / n * 1e6, "mark_us": mark_s / n * 1e6}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--symbols", type=int, default=10)
@@ -109,7 +165,13 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--book-source", default="depth20", choices=("depth20", "diff"))
+    p.add_argument("--hot-path", action="store_true", help="only the in-process hot path (no network)")
     args = p.parse_args()
+    if args.hot_path:
+        h = hot_path()
+        for what, us in (("depth20 message", h["book_us"]), ("markPrice message", h["mark_us"])):
+            print(f"{what}: {us:.1f} us CPU each = {us / 10:.1f} % of a core per 1,000 messages/s")
+        return 0
     symbols = SYMBOLS[: args.symbols]
     note = writer_note()
     from microstructure.config import Settings
