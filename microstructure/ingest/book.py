@@ -191,15 +191,6 @@ async def open_writer(settings: Settings, dsn: str) -> Any:
 Handler = Callable[[str, Any, int], None]
 
 
-def _ws_module() -> Any:
-    """The project's generic stream manager when it is there (ingest/ws.py), else None."""
-    try:
-        from microstructure.ingest import ws  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return ws if hasattr(ws, "combined_stream") else None
-
-
 async def combined_stream(
     ws_base: str,
     streams: Sequence[str],
