@@ -1,0 +1,467 @@
+"""The writer every collector shares: binary COPY into staging, idempotent merge, one transaction a batch.
+
+`write_batch` is the unit: COPY the Arrow batch (vectorised binary encoding) into a temporary staging
+table, `INSERT ... SELECT ... ON CONFLICT DO NOTHING` into the raw table (natural keys make a
+repeated batch a no-op), and for aggregate trades update coverage and gaps, all in one transaction.
+
+`Writer` runs it in the background: `submit` returns at once; batches wait in a bounded memory queue
+and are written in submission order. When the queue is full or the database is unreachable, batches
+spill to Arrow IPC files (written to a temporary name, fsynced, renamed) and are replayed in order
+once the database answers; a file is deleted only after its batch committed. Leftover files of a
+killed run are replayed on start. A batch the database refuses as data (not a connection problem)
+is moved to `rejected/` with a log line, so it cannot block the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from microstructure.ingest import coverage
+from microstructure.ingest.pgcopy import ColumnSpec, encode_copy_binary
+from microstructure.ingest.records import KINDS
+
+log = logging.getLogger(__name__)
+
+# Arrow millisecond columns and the timestamptz columns they fill.
+TIME_COLUMNS = {
+    "ts_ms": "ts",
+    "event_ms": "event_ts",
+    "recv_ms": "recv_ts",
+    "funding_ms": "funding_ts",
+    "next_funding_ms": "next_funding_ts",
+    "trade_ms": "trade_ts",
+}
+
+
+def _pg_type(name: str, typ: pa.DataType) -> str:
+    if name in TIME_COLUMNS:
+        return "timestamptz"
+    if pa.types.is_int64(typ):
+        return "bigint"
+    if pa.types.is_int32(typ):
+        return "integer"
+    if pa.types.is_floating(typ):
+        return "double precision"
+    if pa.types.is_boolean(typ):
+        return "boolean"
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return "text"
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return "float8[]"
+    raise TypeError(f"column {name}: no PostgreSQL type for {typ}")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str
+    table: str
+    schema: pa.Schema
+    copy_columns: tuple[ColumnSpec, ...]  # symbol first, then the batch's columns
+    db_columns: tuple[str, ...]
+
+    @property
+    def stage(self) -> str:
+        return f"stage_{self.table}"
+
+    def stage_sql(self) -> str:
+        return f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+
+    def merge_sql(self) -> str:
+        cols = ", ".join(self.db_columns)
+        insert = f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} ON CONFLICT DO NOTHING"
+        if self.kind == "agg_trades":
+            # Rows inserted per UTC day, for coverage.
+            return (
+                f"WITH ins AS ({insert} RETURNING ts) SELECT (extract(epoch FROM ts) * 1000)::bigint / 86400000 "
+                "AS day, count(*) AS n FROM ins GROUP BY 1"
+            )
+        return insert
+
+
+def _kind_spec(kind: str) -> KindSpec:
+    table, schema = KINDS[kind]
+    copy_cols = [ColumnSpec("__symbol", "text")]
+    db_cols = ["symbol"]
+    for f in schema:
+        copy_cols.append(ColumnSpec(f.name, _pg_type(f.name, f.type)))
+        db_cols.append(TIME_COLUMNS.get(f.name, f.name))
+    return KindSpec(kind, table, schema, tuple(copy_cols), tuple(db_cols))
+
+
+SPECS = {kind: _kind_spec(kind) for kind in KINDS}
+
+
+def conform(kind: str, batch: pa.Table) -> pa.Table:
+    """The batch with exactly the kind's columns in order and types (missing nullable columns are null)."""
+    spec = SPECS[kind]
+    cols = []
+    for f in spec.schema:
+        if f.name in batch.column_names:
+            cols.append(batch.column(f.name).cast(f.type))
+        elif f.nullable:
+            cols.append(pa.nulls(batch.num_rows, f.type))
+        else:
+            raise ValueError(f"{kind} batch lacks the column {f.name!r}")
+    return pa.Table.from_arrays(cols, schema=spec.schema)
+
+
+async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: pa.Table) -> int:
+    """Write one batch in one transaction; returns the rows inserted (duplicates are skipped)."""
+    spec = SPECS[kind]
+    batch = conform(kind, batch)
+    if batch.num_rows == 0:
+        return 0
+    table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
+    payload = encode_copy_binary(table, list(spec.copy_columns))
+    async with conn.transaction():
+        if kind == "agg_trades":
+            # Serialise writers of one symbol: the gap bookkeeping reads what others write.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agg_trades:' || $1))", symbol)
+        await conn.execute(spec.stage_sql())
+        await conn.copy_to_table(
+            spec.stage, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
+        )
+        if kind != "agg_trades":
+            status = await conn.execute(spec.merge_sql())
+            return int(status.split()[-1])
+        per_day = {int(r["day"]): int(r["n"]) for r in await conn.fetch(spec.merge_sql())}
+        await coverage.add_batch(
+            conn,
+            symbol,
+            np.asarray(batch.column("agg_id").to_numpy(), dtype=np.int64),
+            np.asarray(batch.column("ts_ms").to_numpy(), dtype=np.int64),
+            per_day,
+        )
+        return sum(per_day.values())
+
+
+CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, CONNECTION_ERRORS)
+
+
+@dataclass
+class WriterStats:
+    batches_submitted: int = 0
+    rows_submitted: int = 0
+    batches_committed: int = 0
+    rows_committed: int = 0
+    rows_inserted: int = 0
+    batches_spilled: int = 0
+    batches_replayed: int = 0
+    batches_rejected: int = 0
+    db_errors: int = 0
+    last_commit_unix: float | None = None
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    @property
+    def duplicates_skipped(self) -> int:
+        return self.rows_committed - self.rows_inserted
+
+    def latency_quantile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        return float(np.quantile(np.fromiter(self.latencies_ms, dtype=np.float64), q))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "batches_submitted": self.batches_submitted,
+            "rows_submitted": self.rows_submitted,
+            "rows_committed": self.rows_committed,
+            "rows_inserted": self.rows_inserted,
+            "duplicates_skipped": self.duplicates_skipped,
+            "batches_spilled": self.batches_spilled,
+            "batches_replayed": self.batches_replayed,
+            "batches_rejected": self.batches_rejected,
+            "db_errors": self.db_errors,
+            "commit_latency_p50_ms": self.latency_quantile(0.5),
+            "commit_latency_p99_ms": self.latency_quantile(0.99),
+        }
+
+
+@dataclass
+class _Item:
+    kind: str
+    symbol: str
+    batch: pa.Table
+    submitted: float  # time.monotonic()
+    spill_file: Path | None = None
+
+
+OnCommit = Callable[[str, str, pa.Table, int], Awaitable[None] | None]
+
+
+class Writer:
+    """Background writer with a bounded queue and spill files; see the module doc."""
+
+    def __init__(
+        self,
+        dsn: str,
+        spill_dir: Path,
+        *,
+        max_queue_batches: int = 256,
+        max_queue_rows: int = 2_000_000,
+        pool_size: int = 2,
+        max_backoff: float = 5.0,
+        on_commit: OnCommit | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.spill_dir = Path(spill_dir)
+        self.max_queue_batches = max_queue_batches
+        self.max_queue_rows = max_queue_rows
+        self.pool_size = pool_size
+        self.max_backoff = max_backoff
+        self.on_commit = on_commit
+        self.stats = WriterStats()
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._spilled: deque[Path] = deque()
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._current: _Item | None = None  # the batch being written (popped from the queue)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        leftovers = sorted(p for p in self.spill_dir.glob("*.arrow") if p.is_file())
+        for tmp in self.spill_dir.glob("*.arrow.tmp"):
+            tmp.unlink(missing_ok=True)  # a spill that never finished writing: its batch is still upstream
+        self._spilled.extend(leftovers)
+        self._seq = 1 + max((int(p.name.split("-", 1)[0]) for p in leftovers), default=0)
+        if leftovers:
+            log.info("replaying %d spill files left by an earlier run", len(leftovers))
+        self._task = asyncio.create_task(self._run(), name="writer")
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is committed; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue or self._spilled or self._current is not None:
+            self._idle.clear()
+            self._wake.set()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush (up to `timeout` s), then stop. What could not be written stays in spill files."""
+        flushed = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not flushed:
+            # Keep submission order on disk: the batch being written and the queue were submitted
+            # before anything already spilled, so they take the next numbers and the older files
+            # are renumbered after them.
+            pending = [i for i in [self._current, *self._queue] if i is not None and i.spill_file is None]
+            self._queue.clear()
+            self._current = None
+            later = list(self._spilled)
+            self._spilled.clear()
+            for item in pending:
+                self._spill(item)
+            for path in later:  # move after the batches that were submitted before them
+                renamed = self.spill_dir / f"{self._seq:012d}-{path.name.split('-', 1)[1]}"
+                self._seq += 1
+                os.replace(path, renamed)
+                self._spilled.append(renamed)
+            log.warning(
+                "writer closed with %d batches in spill files, replayed on the next start", len(self._spilled)
+            )
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> Writer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- submit --------------------------------------------------------------------------------
+    async def submit(self, kind: str, symbol: str, batch: pa.Table) -> None:
+        if kind not in SPECS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
+        if batch.num_rows == 0:
+            return
+        self.stats.batches_submitted += 1
+        self.stats.rows_submitted += batch.num_rows
+        item = _Item(kind, symbol, batch, time.monotonic())
+        full = (
+            len(self._queue) >= self.max_queue_batches
+            or self._queued_rows + batch.num_rows > self.max_queue_rows
+        )
+        if self._spilled or full:
+            # Once anything is spilled, later batches follow it to disk so that order is kept.
+            self._spill(item)
+        else:
+            self._queue.append(item)
+            self._queued_rows += batch.num_rows
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue) + len(self._spilled)
+
+    # -- spill files ---------------------------------------------------------------------------
+    def _spill(self, item: _Item) -> None:
+        name = f"{self._seq:012d}-{item.kind}-{item.symbol}.arrow"
+        self._seq += 1
+        path = self.spill_dir / name
+        tmp = path.with_suffix(".arrow.tmp")
+        meta = {b"kind": item.kind.encode(), b"symbol": item.symbol.encode()}
+        table = conform(item.kind, item.batch)
+        table = table.replace_schema_metadata(meta)
+        with open(tmp, "wb") as fh:
+            with ipc.new_file(fh, table.schema) as w:
+                w.write_table(table)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self._spilled.append(path)
+        self.stats.batches_spilled += 1
+
+    @staticmethod
+    def _read_spill(path: Path) -> _Item:
+        with ipc.open_file(path) as r:
+            table = r.read_all()
+        meta = table.schema.metadata or {}
+        return _Item(
+            meta[b"kind"].decode(),
+            meta[b"symbol"].decode(),
+            table.replace_schema_metadata(None),
+            time.monotonic(),
+            spill_file=path,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _next(self) -> _Item | None:
+        if self._queue:
+            item = self._queue.popleft()
+            self._queued_rows -= item.batch.num_rows
+            return item
+        if self._spilled:
+            path = self._spilled[0]
+            try:
+                return self._read_spill(path)
+            except (OSError, pa.ArrowInvalid, KeyError) as exc:
+                log.error("spill file unreadable, moved aside", extra={"file": str(path), "error": str(exc)})
+                self._spilled.popleft()
+                self._reject_file(path)
+                return self._next()
+        return None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.dsn, timeout=10)
+        return self._conn
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            item = self._next()
+            if item is None:
+                self._current = None
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._current = item
+            while True:
+                try:
+                    conn = await self._connection()
+                    inserted = await write_batch(conn, item.kind, item.symbol, item.batch)
+                except Exception as exc:
+                    if not is_connection_error(exc):
+                        self._reject(item, exc)
+                        break
+                    self.stats.db_errors += 1
+                    if self._conn is not None:
+                        self._conn.terminate()
+                        self._conn = None
+                    log.warning(
+                        "database unavailable, retrying",
+                        extra={"error": str(exc)[:200], "backoff_s": round(backoff, 2)},
+                    )
+                    # Memory stays bounded while we wait: new batches spill once the queue is full.
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                backoff = 0.1
+                await self._committed(item, inserted)
+                break
+            self._current = None
+
+    async def _committed(self, item: _Item, inserted: int) -> None:
+        s = self.stats
+        s.batches_committed += 1
+        s.rows_committed += item.batch.num_rows
+        s.rows_inserted += inserted
+        s.last_commit_unix = time.time()
+        s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
+        if item.spill_file is not None:
+            self._spilled.popleft()
+            item.spill_file.unlink(missing_ok=True)
+            s.batches_replayed += 1
+        if self.on_commit is not None:
+            result = self.on_commit(item.kind, item.symbol, item.batch, inserted)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _reject(self, item: _Item, exc: BaseException) -> None:
+        self.stats.batches_rejected += 1
+        log.error(
+            "batch refused by the database, moved to rejected/",
+            extra={
+                "kind": item.kind,
+                "symbol": item.symbol,
+                "rows": item.batch.num_rows,
+                "error": str(exc)[:500],
+            },
+        )
+        if item.spill_file is not None:
+            self._spilled.popleft()
+            self._reject_file(item.spill_file)
+        else:
+            self._spill(item)
+            self._reject_file(self._spilled.pop())
+
+    def _reject_file(self, path: Path) -> None:
+        target = self.spill_dir / "rejected"
+        target.mkdir(exist_ok=True)
+        os.replace(path, target / path.name)
