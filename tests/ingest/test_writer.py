@@ -114,11 +114,29 @@ def test_binary_copy_round_trip(db_url: str, rows: list[tuple]) -> None:
     got = run(go())
     assert len(got) == len(rows)
     for r, (i, f, b, s, a, ms) in zip(got, rows, strict=True):
-        assert r["i"] == i and r["b"] == b and r["s"] == s and r["ms"] == ms
+        # NUL cannot live in PostgreSQL text; the encoder stores U+FFFD in its place.
+        expected_s = None if s is None else s.replace("\x00", "\ufffd")
+        assert r["i"] == i and r["b"] == b and r["s"] == expected_s and r["ms"] == ms
         assert (r["f"] is None and f is None) or (
             f is not None and (r["f"] == f or (np.isnan(f) and np.isnan(r["f"])))
         )
         assert r["a"] == a
+
+
+def test_text_with_nul_is_kept_with_replacement(db_url: str) -> None:
+    table = pa.table({"s": pa.array(["a\x00b", "\x00", "ok"], pa.string())})
+    payload = encode_copy_binary(table, [ColumnSpec("s", "text")])
+
+    async def go() -> list:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute("CREATE TEMP TABLE nul (n serial, s text)")
+            await conn.copy_to_table("nul", source=io.BytesIO(payload), format="binary", columns=["s"])
+            return [r["s"] for r in await conn.fetch("SELECT s FROM nul ORDER BY n")]
+        finally:
+            await conn.close()
+
+    assert run(go()) == ["a\ufffdb", "\ufffd", "ok"]
 
 
 def test_agg_trades_idempotent_with_coverage_and_gaps(db_url: str) -> None:
