@@ -73,6 +73,9 @@ def _free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As PostgreSQL binds: a port whose old connections sit in TIME_WAIT (a server that was just
+        # stopped) is free to it, and keeping the port keeps every DSN handed out so far valid.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
