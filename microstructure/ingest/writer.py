@@ -166,6 +166,19 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
+# A batch is refused at once only for what another try cannot change: its rows break a type or a
+# constraint (SQLSTATE classes 22 and 23). Any other failure (a client protocol state left behind by
+# a server that went away mid-statement, a lock timeout, ...) is tried again on a fresh connection
+# a few times before the batch is set aside.
+DATA_ERROR_CLASSES = ("22", "23")
+OTHER_ERROR_TRIES = 3
+
+
+def is_data_error(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state[:2] in DATA_ERROR_CLASSES
+
+
 @dataclass
 class WriterStats:
     batches_submitted: int = 0
@@ -229,6 +242,7 @@ class Writer:
         max_queue_rows: int = 2_000_000,
         pool_size: int = 2,
         max_backoff: float = 5.0,
+        close_timeout: float = 60.0,
         on_commit: OnCommit | None = None,
     ) -> None:
         self.dsn = dsn
@@ -237,6 +251,7 @@ class Writer:
         self.max_queue_rows = max_queue_rows
         self.pool_size = pool_size
         self.max_backoff = max_backoff
+        self.close_timeout = close_timeout
         self.on_commit = on_commit
         self.stats = WriterStats()
         self._queue: deque[_Item] = deque()
@@ -277,8 +292,10 @@ class Writer:
         return True
 
     async def close(self, timeout: float | None = None) -> None:
-        """Flush (up to `timeout` s), then stop. What could not be written stays in spill files."""
-        flushed = await self.flush(timeout)
+        """Flush (up to `timeout` s, default `close_timeout`), then stop. What could not be written
+        stays in spill files, replayed by the next writer on the same folder: a collector asked to
+        stop while the database is away still stops."""
+        flushed = await self.flush(self.close_timeout if timeout is None else timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -402,21 +419,28 @@ class Writer:
                 await self._wake.wait()
                 continue
             self._current = item
+            other_failures = 0
             while True:
                 try:
                     conn = await self._connection()
                     inserted = await write_batch(conn, item.kind, item.symbol, item.batch)
                 except Exception as exc:
-                    if not is_connection_error(exc):
-                        self._reject(item, exc)
-                        break
-                    self.stats.db_errors += 1
-                    if self._conn is not None:
+                    if self._conn is not None:  # whatever state it is in, the next try starts clean
                         self._conn.terminate()
                         self._conn = None
+                    connection_error = is_connection_error(exc)
+                    if not connection_error:
+                        other_failures += 1
+                        if is_data_error(exc) or other_failures >= OTHER_ERROR_TRIES:
+                            self._reject(item, exc)
+                            break
+                    self.stats.db_errors += 1
                     log.warning(
-                        "database unavailable, retrying",
-                        extra={"error": str(exc)[:200], "backoff_s": round(backoff, 2)},
+                        "database unavailable, retrying" if connection_error else "batch failed, retrying",
+                        extra={
+                            "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                            "backoff_s": round(backoff, 2),
+                        },
                     )
                     # Memory stays bounded while we wait: new batches spill once the queue is full.
                     await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -451,7 +475,7 @@ class Writer:
                 "kind": item.kind,
                 "symbol": item.symbol,
                 "rows": item.batch.num_rows,
-                "error": str(exc)[:500],
+                "error": f"{type(exc).__name__}: {str(exc)[:500]}",
             },
         )
         if item.spill_file is not None:
