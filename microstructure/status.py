@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -52,7 +53,7 @@ def print_status(report: StatusReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # pipes and logs get whole columns
     if not report.symbols:
         console.print("no aggregate trades stored yet")
     else:

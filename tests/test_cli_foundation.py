@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from microstructure.cli import build_parser
 from microstructure.db.embedded import EmbeddedPostgres
@@ -95,14 +94,33 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
     assert "stopped" in run_cli("db", "status", home=home).stdout
 
 
-@pytest.mark.parametrize("argv", [["demo"]])
-def test_demo_prints_the_schema_it_created(tmp_path: Path, argv: list[str]) -> None:
+def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
+    argv = ["demo", "--history-days", "1", "--live-seconds", "4", "--trades-per-day", "5000"]
     try:
         res = run_cli(*argv, home=home)
         assert res.returncode == 0, res.stderr
+        assert "== backfill" in res.stdout and "== live" in res.stdout
         for table in ("agg_trades", "book_snapshots", "mark_prices", "agg_trade_gaps"):
             assert table in res.stdout
         assert "engine postgresql" in res.stdout
+        dsn = run_cli("db", "url", home=home).stdout.strip()
+        with psycopg.connect(dsn) as conn:
+            for sym in ("BTCUSDT", "ETHUSDT"):
+                n, lo, hi, days = conn.execute(
+                    "SELECT count(*), min(agg_id), max(agg_id), count(DISTINCT ts::date) "
+                    "FROM agg_trades WHERE symbol = %s",
+                    (sym,),
+                ).fetchone()
+                assert n == hi - lo + 1 and days == 2  # yesterday's archive + today, no id missing
+                assert (
+                    conn.execute("SELECT count(*) FROM book_snapshots WHERE symbol = %s", (sym,)).fetchone()[
+                        0
+                    ]
+                    >= 4
+                )  # 500 ms snapshots over the 4 s live run
+            assert conn.execute("SELECT count(*) FROM agg_trade_gaps WHERE status = 'open'").fetchone() == (
+                0,
+            )
     finally:
         run_cli("db", "stop", home=home)

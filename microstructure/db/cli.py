@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from microstructure.config import Settings
 from microstructure.db import migrate
@@ -91,7 +92,7 @@ def print_schema(url: str) -> None:
     from rich.table import Table
 
     s = migrate.summarize(url)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # pipes and logs get whole columns
     console.print(
         f"[bold]schema[/] revision {s.revision or 'none'} · engine {s.engine or '?'} · "
         f"PostgreSQL {s.server_version}"
