@@ -199,7 +199,9 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     live_seconds = (
         parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
     )
-    return run_live(settings, symbols, live_seconds=live_seconds, redundant=args.redundant)
+    return run_live(
+        settings, symbols, live_seconds=live_seconds, redundant=args.redundant, weight_budget=budget
+    )
 
 
 def prepare_database(settings: Settings) -> str:
@@ -267,24 +269,22 @@ def run_historical(
     return 0 if report.ok else 1
 
 
-def run_live(settings: Settings, symbols: list[str], *, live_seconds: float | None, redundant: bool) -> int:
-    import importlib
+def run_live(
+    settings: Settings, symbols: list[str], *, live_seconds: float | None, redundant: bool, weight_budget: int
+) -> int:
+    from microstructure.ingest.live import collect_aggtrades_live
 
-    try:
-        live = importlib.import_module("microstructure.ingest.live")
-    except ModuleNotFoundError as exc:
-        if exc.name != "microstructure.ingest.live":
-            raise
-        _error(
-            "--mode live: live mode is not available in this build (microstructure.ingest.live is missing)"
-        )
-        return 2
     url = prepare_database(settings)
     report = asyncio.run(
-        live.collect_aggtrades_live(settings, url, symbols, live_seconds=live_seconds, redundant=redundant)
+        collect_aggtrades_live(
+            settings,
+            url,
+            symbols,
+            live_seconds=live_seconds,
+            redundant=redundant,
+            weight_budget=weight_budget,
+        )
     )
-    lines = report.summary_lines() if hasattr(report, "summary_lines") else [str(report)]
-    for line in lines:
+    for line in report.summary_lines():
         print(line)
-    ok = getattr(report, "ok", True)
-    return 0 if ok else 1
+    return 0 if report.ok else 1

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 COLLECTOR = "aggtrades-live"
 STREAMS_PER_CONNECTION = 200
 REST_PAGE = 1000
+# A gap wider than this is not fetched page by page from REST (1,000 ids per request, weight 20):
+# it stays an open gap in agg_trade_gaps, shown by `status`, for historical mode (archives) to fill.
+MAX_REST_FILL_IDS = 500_000
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SymbolLive:
     duplicates: int = 0
     gaps_detected: int = 0
     gap_ids_filled: int = 0
+    gaps_left_for_historical: int = 0
 
 
 @dataclass
@@ -69,8 +73,13 @@ class LiveReport:
         ]
         for sym, s in self.symbols.items():
             lines.append(
-                f"{sym}: {s.ws_rows:,} from websocket, {s.rest_rows:,} by REST ({s.gaps_detected} gaps filled), "
+                f"{sym}: {s.ws_rows:,} from websocket, {s.rest_rows:,} by REST ({s.gaps_detected} gaps), "
                 f"{s.duplicates:,} duplicates dropped"
+                + (
+                    f"; {s.gaps_left_for_historical} gaps too wide for REST left open: run --mode historical"
+                    if s.gaps_left_for_historical
+                    else ""
+                )
             )
         if self.writer:
             p99 = self.writer.get("commit_latency_p99_ms")
@@ -135,8 +144,10 @@ class AggTradesLive:
         batch_ms: int,
         rotate_after: float,
         stale_timeout: float,
+        max_rest_fill_ids: int = MAX_REST_FILL_IDS,
     ) -> None:
         self.settings = settings
+        self.max_rest_fill_ids = max_rest_fill_ids
         self.symbols = [s.upper() for s in symbols]
         self.writer = writer
         self.rest = rest
@@ -172,7 +183,21 @@ class AggTradesLive:
             return
         if prev is not None and a > prev + 1:
             stats.gaps_detected += 1
-            self.gap_queue.put_nowait((sym, prev + 1, a - 1, None))
+            if a - 1 - prev <= self.max_rest_fill_ids:
+                self.gap_queue.put_nowait((sym, prev + 1, a - 1, None))
+            else:
+                stats.gaps_left_for_historical += 1
+                log.warning(
+                    "gap too wide for REST, left open for historical mode",
+                    extra={"symbol": sym, "from_id": prev + 1, "to_id": a - 1},
+                )
+                if self.events is not None:
+                    self.events.record(
+                        COLLECTOR,
+                        sym,
+                        "gap_left_open",
+                        {"from_id": prev + 1, "to_id": a - 1, "ids": a - 1 - prev},
+                    )
         self.last[sym] = a
         buf.a.append(a)
         buf.p.append(p)
@@ -358,6 +383,7 @@ async def collect_aggtrades_live(
     rotate_after: float = 23 * 3600,
     stale_timeout: float = 30.0,
     weight_budget: int = 1200,
+    max_rest_fill_ids: int = MAX_REST_FILL_IDS,
 ) -> LiveReport:
     """Collect live aggregate trades until `live_seconds` pass, `stop_event` is set or SIGINT/SIGTERM."""
     own_stop = stop_event is None
@@ -387,6 +413,7 @@ async def collect_aggtrades_live(
             settings, symbols, writer=writer, rest=rest, stop=stop, health=health or Health(), events=events,
             last_ids=await stored_last_ids(dsn, symbols), redundant=redundant, batch_rows=batch_rows,
             batch_ms=batch_ms, rotate_after=rotate_after, stale_timeout=stale_timeout,
+            max_rest_fill_ids=max_rest_fill_ids,
         )  # fmt: skip
         report = await collector.run()
         await writer.flush(timeout=writer.close_timeout if own_writer else None)

@@ -134,6 +134,38 @@ def test_redundant_connections_and_rotation_store_each_id_once(db_url: str, tmp_
     assert report.writer["rows_inserted"] == report.writer["rows_committed"]
 
 
+def test_a_gap_too_wide_for_rest_is_left_open_for_historical_mode(db_url: str, tmp_path: Path) -> None:
+    cfg = exchange_config(tmp_path)
+
+    async def go() -> tuple[object, int]:
+        async with LocalExchange(cfg) as ex:
+            first_live = int(ex.markets["BTCUSDT"].trades_between(0, ex.now_ms() + 1).a[-1])
+            old = first_live - 5_000  # as if the last run stopped 5,000 ids ago
+            with psycopg.connect(db_url) as conn:
+                conn.execute(
+                    "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, "
+                    "is_buyer_maker) VALUES ('BTCUSDT', %s, now() - interval '1 hour', 1, 1, 1, 1, false)",
+                    (old,),
+                )
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            report = await collect_aggtrades_live(
+                settings, db_url, ["BTCUSDT"], live_seconds=2, batch_ms=100, max_rest_fill_ids=1_000
+            )
+            return report, old
+
+    report, old = asyncio.run(go())
+    btc = report.symbols["BTCUSDT"]  # type: ignore[attr-defined]
+    assert btc.gaps_left_for_historical == 1 and btc.gap_ids_filled == btc.rest_rows
+    assert btc.rest_rows < 1_000  # only the tail at the stop, not the 5,000 missing ids
+    assert any("run --mode historical" in line for line in report.summary_lines())  # type: ignore[attr-defined]
+    with psycopg.connect(db_url) as conn:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM agg_trades WHERE symbol = 'BTCUSDT' AND agg_id > %s", (old,)
+        ).fetchone()
+        assert 0 < n < 5_000
+
+
 def test_database_stopped_mid_run_loses_nothing(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "pg")
     dsn = server.ensure_running().dsn()
