@@ -123,6 +123,25 @@ def test_binary_copy_round_trip(db_url: str, rows: list[tuple]) -> None:
         assert r["a"] == a
 
 
+def test_direct_and_merged_agg_trade_batches_store_each_id_once(db_url: str) -> None:
+    # 1..50 into an empty range (direct COPY), a batch repeating an id inside itself (merge path),
+    # then 40..60 overlapping what is stored (merge path): 1..60 once each, coverage counts 60.
+    first = trades(np.arange(1, 51), T0, 1000)
+    twice = trades(np.array([70, 70, 71]), T0 + 70_000, 1000)
+    overlap = trades(np.arange(40, 61), T0 + 39_000, 1000)
+    assert run(_write(db_url, "agg_trades", "BTCUSDT", first)) == 50
+    assert run(_write(db_url, "agg_trades", "BTCUSDT", twice)) == 2
+    assert run(_write(db_url, "agg_trades", "BTCUSDT", overlap)) == 10
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM agg_trades"
+        ).fetchone() == (62, 62, 1, 71)
+        assert conn.execute("SELECT sum(row_count) FROM agg_trade_coverage").fetchone() == (62,)
+        assert conn.execute(
+            "SELECT from_id, to_id FROM agg_trade_gaps WHERE status = 'open'"
+        ).fetchall() == [(61, 69)]
+
+
 def test_text_with_nul_is_kept_with_replacement(db_url: str) -> None:
     table = pa.table({"s": pa.array(["a\x00b", "\x00", "ok"], pa.string())})
     payload = encode_copy_binary(table, [ColumnSpec("s", "text")])
