@@ -14,55 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.util
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import database, exchange_process, stop_database
 
 SYMBOLS = [
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT",
     "DOTUSDT", "LTCUSDT", "TRXUSDT", "NEARUSDT", "ATOMUSDT", "UNIUSDT", "APTUSDT",
 ]  # fmt: skip
-
-
-def writer_note() -> str:
-    if importlib.util.find_spec("microstructure.ingest.writer") is not None:
-        return "project writer"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest_book"))
-    import ib_standin_writer
-
-    from microstructure.ingest import book
-
-    book.writer_class = lambda: ib_standin_writer.Writer
-    return "stand-in writer (tests/ingest_book): the project writer is not in this build"
-
-
-def database(tmp: Path) -> tuple[str, object | None]:
-    import psycopg
-
-    from microstructure.db import migrate
-
-    url = os.environ.get("MICROSTRUCTURE_DATABASE_URL")
-    server = None
-    if not url:
-        from microstructure.db.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(tmp / "pg")
-        admin = server.ensure_running().dsn("postgres")
-    else:
-        admin = url
-    name = "bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin.rsplit("/", 1)[0] + "/" + name
-    migrate.upgrade(dsn)
-    return dsn, server
 
 
 async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: float, seconds: float) -> dict:
@@ -173,38 +137,21 @@ def main() -> int:
             print(f"{what}: {us:.1f} us CPU each = {us / 10:.1f} % of a core per 1,000 messages/s")
         return 0
     symbols = SYMBOLS[: args.symbols]
-    note = writer_note()
     from microstructure.config import Settings
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "microstructure.exchange", "serve", "--port", "0",
-                "--symbols", ",".join(symbols), "--history-days", "0", "--live-rate", str(args.live_rate),
-                "--cache-dir", str(tmp / "cache"),
-            ],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
         server = None
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            base = next(w for w in line.split() if w.startswith("http"))
-            dsn, server = database(tmp)
-            settings = Settings(database_url=dsn, home=tmp / "home")
-            settings.point_at_exchange(base)
-            r = asyncio.run(measure(settings, dsn, symbols, args.book_source, args.warmup, args.seconds))
-        finally:
-            proc.send_signal(signal.SIGTERM)
+        extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
+        with exchange_process(symbols, tmp / "cache", *extra) as base:
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()  # type: ignore[attr-defined]
-    print(f"writer: {note}; aggregate trades collector: {r['aggtrades']}")
+                dsn, server = database(tmp)
+                settings = Settings(database_url=dsn, home=tmp / "home")
+                settings.point_at_exchange(base)
+                r = asyncio.run(measure(settings, dsn, symbols, args.book_source, args.warmup, args.seconds))
+            finally:
+                stop_database(server)
+    print(f"aggregate trades collector: {r['aggtrades']}")
     print(
         f"symbols {len(symbols)}, book source {args.book_source}, live rate {args.live_rate:g}/s per symbol"
     )

@@ -1,0 +1,34 @@
+"""`python -m bench` (`make bench`): every benchmark with the arguments BENCHMARKS.md quotes.
+
+Runs them one after another, each in its own process, and prints their reports. Takes several
+minutes (the first run also generates and caches the exchange's BTCUSDT-like archive days).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+RUNS = [
+    ["bench_exchange.py", "--trades-per-day", "2500000", "--live-rate", "3000", "--seconds", "10"],
+    ["bench_historical.py", "--days", "3", "--trades-per-day", "2500000"],
+    ["bench_live.py", "--symbols", "2", "--live-rate", "3000", "--seconds", "60"],
+    ["bench_collect_all.py", "--symbols", "10", "--seconds", "15"],
+    ["bench_collect_all.py", "--symbols", "10", "--seconds", "15", "--book-source", "diff"],
+    ["bench_collect_all.py", "--hot-path"],
+]
+
+
+def main() -> int:
+    failed = 0
+    for run in RUNS:
+        print(f"\n$ python bench/{' '.join(run)}", flush=True)
+        failed += subprocess.call([sys.executable, str(HERE / run[0]), *run[1:]]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

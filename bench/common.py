@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: a scratch database and the local exchange in its own process.
+
+The exchange runs as a separate process (`python -m microstructure.exchange serve`) and the embedded
+PostgreSQL in its own processes, so a benchmark's CPU figures (time.process_time) are the collector's
+alone. Without MICROSTRUCTURE_DATABASE_URL, an embedded server is started in the temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def database(tmp: Path) -> tuple[str, object | None]:
+    """A new, migrated database: (its DSN, the embedded server to stop or None)."""
+    import psycopg
+
+    from microstructure.db import migrate
+
+    url = os.environ.get("MICROSTRUCTURE_DATABASE_URL")
+    server = None
+    if not url:
+        from microstructure.db.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(tmp / "pg")
+        admin = server.ensure_running().dsn("postgres")
+    else:
+        admin = url
+    name = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin.rsplit("/", 1)[0] + "/" + name
+    migrate.upgrade(dsn)
+    return dsn, server
+
+
+def stop_database(server: object | None) -> None:
+    if server is not None:
+        with contextlib.suppress(Exception):
+            server.stop()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def exchange_process(symbols: list[str], cache_dir: Path, *extra: str) -> Iterator[str]:
+    """Run the local exchange in its own process; yields its base URL (REST, websocket, archives)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "microstructure.exchange", "serve", "--port", "0", "--symbols", ",".join(symbols),
+         "--cache-dir", str(cache_dir), *extra],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        base = next((w for w in line.split() if w.startswith("http")), None)
+        if base is None:
+            raise RuntimeError(f"the local exchange did not start: {line!r}")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def quantile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values), q)) if values else float("nan")
