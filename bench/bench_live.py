@@ -29,8 +29,8 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
 async def measure(settings, dsn: str, symbols: list[str], warmup: float, seconds: float) -> dict:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from microstructure.ingest.book import Health
     from microstructure.ingest.live import collect_aggtrades_live
+    from microstructure.ingest.streams import Health
     from microstructure.ingest.writer import Writer
 
     window = {"on": False}

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import logging
 import signal
 import time
@@ -26,15 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.book import (
-    EventLog,
-    Health,
-    SharedStreams,
-    collect_book_historical,
-    collect_book_live,
-    open_writer,
-)
+from microstructure.ingest.book import collect_book_historical, collect_book_live
+from microstructure.ingest.live import collect_aggtrades_live
 from microstructure.ingest.market import collect_market_historical, collect_market_live
+from microstructure.ingest.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.writer import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +67,6 @@ class AllReport:
             out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         out.append(f"  spill files left: {self.spill_files_left}")
         return out
-
-
-def _aggtrades_live() -> Any:
-    try:
-        live = importlib.import_module("microstructure.ingest.live")
-    except ModuleNotFoundError as exc:
-        if exc.name != "microstructure.ingest.live":
-            raise
-        return None
-    return getattr(live, "collect_aggtrades_live", None)
-
-
-def _accepted(fn: Any, offered: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `offered` that `fn` accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return offered
-    return {k: v for k, v in offered.items() if k in params}
 
 
 def spill_files(settings: Settings) -> int:
@@ -221,14 +194,8 @@ async def _live(
                 settings, dsn, symbols, oi_interval=oi_interval, shared_streams=streams, **shared
             ),
         }
-        agg = _aggtrades_live() if include_aggtrades else None
-        if agg is not None:
-            kwargs = _accepted(agg, shared)
-            if "stop_event" not in kwargs:
-                kwargs.update(_accepted(agg, {"live_seconds": live_seconds}))
-            jobs["aggtrades"] = agg(settings, dsn, symbols, **kwargs)
-        elif include_aggtrades:
-            report.notes.append("live aggregate trades are not available in this build (no ingest/live.py)")
+        if include_aggtrades:
+            jobs["aggtrades"] = collect_aggtrades_live(settings, dsn, symbols, **shared)
         names = list(jobs)
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}
         events_task = asyncio.create_task(events.run(stop))

@@ -29,8 +29,8 @@ import pyarrow as pa
 
 from microstructure.config import Settings
 from microstructure.ingest.binance_rest import BinanceRest
-from microstructure.ingest.book import MALFORMED_ERRORS, EventLog, Health, combined_stream, note_malformed
 from microstructure.ingest.records import AGG_TRADES
+from microstructure.ingest.streams import MALFORMED_ERRORS, EventLog, Health, combined_stream, note_malformed
 
 log = logging.getLogger(__name__)
 

@@ -43,22 +43,22 @@ import pyarrow as pa
 from microstructure.config import Settings
 from microstructure.ingest.book import (
     DAY_MS,
-    EventLog,
-    Health,
     HistoricalReport,
-    SharedStreams,
     day_range,
     load_archive_table,
-    merge_rows,
     ms_of_day,
-    ms_to_ts,
-    open_writer,
     resolve_days,
+)
+from microstructure.ingest.records import FUNDING_RATES, LIQUIDATIONS, MARK_PRICES, OPEN_INTEREST
+from microstructure.ingest.streams import (
+    EventLog,
+    Health,
+    SharedStreams,
     sleep_or_stop,
     start_stream,
     stop_after,
 )
-from microstructure.ingest.records import FUNDING_RATES, LIQUIDATIONS, MARK_PRICES, OPEN_INTEREST
+from microstructure.ingest.writer import merge_rows, ms_to_ts, open_writer
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,18 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from microstructure.config import Settings
 from microstructure.ingest import coverage
 from microstructure.ingest.pgcopy import ColumnSpec, encode_copy_binary
 from microstructure.ingest.records import KINDS
@@ -504,3 +507,37 @@ class Writer:
         target = self.spill_dir / "rejected"
         target.mkdir(exist_ok=True)
         os.replace(path, target / path.name)
+
+
+def ms_to_ts(ms: Iterable[int | None]) -> list[datetime | None]:
+    return [None if t is None else datetime.fromtimestamp(t / 1000, tz=UTC) for t in ms]
+
+
+async def merge_rows(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
+) -> int:
+    """COPY records into a temporary staging table, then INSERT ... ON CONFLICT DO NOTHING.
+
+    For the tables the writer does not cover (book_depth_bands, futures_metrics, price_klines);
+    the number of new rows.
+    """
+    if not records:
+        return 0
+    stage = f"stage_{table}"
+    cols = ", ".join(columns)
+    async with conn.transaction():
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_records_to_table(stage, records=records, columns=list(columns))
+        status = await conn.execute(
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
+        )
+    return int(status.split()[-1])
+
+
+async def open_writer(settings: Settings, dsn: str) -> Writer:
+    """A started Writer spilling under the project folder (HOME/spill)."""
+    writer = Writer(dsn, Path(settings.home) / "spill")
+    await writer.start()
+    return writer

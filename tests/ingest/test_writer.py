@@ -137,9 +137,9 @@ def test_direct_and_merged_agg_trade_batches_store_each_id_once(db_url: str) -> 
             "SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM agg_trades"
         ).fetchone() == (62, 62, 1, 71)
         assert conn.execute("SELECT sum(row_count) FROM agg_trade_coverage").fetchone() == (62,)
-        assert conn.execute(
-            "SELECT from_id, to_id FROM agg_trade_gaps WHERE status = 'open'"
-        ).fetchall() == [(61, 69)]
+        assert conn.execute("SELECT from_id, to_id FROM agg_trade_gaps WHERE status = 'open'").fetchall() == [
+            (61, 69)
+        ]
 
 
 def test_text_with_nul_is_kept_with_replacement(db_url: str) -> None:

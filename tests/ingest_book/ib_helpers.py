@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import json
 import time
 from datetime import UTC, datetime
@@ -16,20 +14,14 @@ import aiohttp
 
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig
+from microstructure.ingest.writer import Writer
 
 # 5 s into a minute, away from funding boundaries unless a test wants one
 FIXED_START = datetime(2024, 3, 6, 12, 0, 5, tzinfo=UTC)
 
 
-def writer_module() -> Any:
-    """The real writer once it exists, else the stand-in of this folder."""
-    if importlib.util.find_spec("microstructure.ingest.writer") is not None:
-        return importlib.import_module("microstructure.ingest.writer")
-    return importlib.import_module("ib_standin_writer")
-
-
 async def make_writer(dsn: str, spill: Path) -> Any:
-    w = writer_module().Writer(dsn, spill)
+    w = Writer(dsn, spill)
     await w.start()
     return w
 

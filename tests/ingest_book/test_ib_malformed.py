@@ -9,8 +9,9 @@ import time
 from ib_helpers import exchange_config, fetch_all, make_writer, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.book import EventLog, Health, collect_book_live
+from microstructure.ingest.book import collect_book_live
 from microstructure.ingest.market import collect_market_live
+from microstructure.ingest.streams import EventLog, Health
 
 BAD = {
     "btcusdt@depth20@500ms": [

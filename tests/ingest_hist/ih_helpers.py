@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
 
-
-def writer_module() -> Any:
-    """The real writer once it exists, else the stand-in of this folder."""
-
-    if importlib.util.find_spec("microstructure.ingest.writer") is not None:
-        return importlib.import_module("microstructure.ingest.writer")
-    return importlib.import_module("ih_standin_writer")
+from microstructure.ingest.writer import Writer
 
 
 def generator_trades(ex: Any, symbol: str, t0_ms: int, t1_ms: int) -> dict[str, list[Any]]:
@@ -32,10 +24,10 @@ def generator_trades(ex: Any, symbol: str, t0_ms: int, t1_ms: int) -> dict[str, 
 
 
 async def run_collect(settings: Any, dsn: str, symbols: list[str], start: Any, end: Any, **kw: Any) -> Any:
-    """collect_aggtrades_historical with the writer (real or stand-in) started and closed around it."""
+    """collect_aggtrades_historical with a writer started and closed around it."""
     from microstructure.ingest.historical import collect_aggtrades_historical
 
-    w = writer_module().Writer(dsn, settings.home / "spill")
+    w = Writer(dsn, settings.home / "spill")
     await w.start()
     try:
         return await collect_aggtrades_historical(

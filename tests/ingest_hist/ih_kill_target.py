@@ -1,16 +1,8 @@
-"""`python kill_target.py <microstructure CLI args>`: the CLI, with the stand-in writer while the real one is absent."""
+"""`python ih_kill_target.py <microstructure CLI args>`: the CLI in a process the test can SIGKILL."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
-
-if importlib.util.find_spec("microstructure.ingest.writer") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ih_standin_writer
-
-    sys.modules["microstructure.ingest.writer"] = ih_standin_writer
 
 from microstructure.cli import main
 

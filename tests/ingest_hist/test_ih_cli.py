@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from ih_helpers import generator_trades, stored_rows, writer_module
+from ih_helpers import generator_trades, stored_rows
 
 from microstructure.cli import build_parser, main
 from microstructure.exchange.config import ExchangeConfig
@@ -81,16 +79,20 @@ def test_collect_is_registered_with_its_flags() -> None:
     assert args.handler.__name__ == "cmd_collect_aggtrades"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("microstructure.ingest.live") is not None,
-    reason="live mode exists: its own tests",
-)
-def test_live_mode_without_the_live_collector_says_so(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_live_run_from_the_cli(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(["--home", str(tmp_path), "collect", "aggtrades", "--symbol", "BTCUSDT", "--mode", "live"])
-    assert rc == 2
-    assert "live mode is not available" in capsys.readouterr().err
+    cfg = ExchangeConfig(symbols=("BTCUSDT",), history_days=0, live_rate=100.0, cache_dir=exchange_cache)
+    with ExchangeThread(cfg) as ex:
+        rc = main(
+            ["--database-url", db_url, "--home", str(tmp_path / "home"), "collect", "aggtrades",
+             "--symbol", "BTCUSDT", "--mode", "live", "--live-seconds", "2", "--exchange-url", ex.base_url]
+        )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.startswith("aggTrades live: 2.0 s") and "BTCUSDT: " in out
+    ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+    assert len(ids) > 50 and ids == list(range(ids[0], ids[0] + len(ids)))  # consecutive, no gap
 
 
 def test_historical_run_from_the_cli(
@@ -100,8 +102,6 @@ def test_historical_run_from_the_cli(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    module = writer_module()
-    monkeypatch.setitem(sys.modules, "microstructure.ingest.writer", module)
     cfg = ExchangeConfig(
         symbols=("BTCUSDT", "ETHUSDT"),
         history_days=2,

@@ -15,11 +15,12 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from ih_helpers import count_archive_requests, generator_trades, run_collect, stored_rows, writer_module
+from ih_helpers import count_archive_requests, generator_trades, run_collect, stored_rows
 
 from microstructure.config import Settings
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange
+from microstructure.ingest import writer as writer_module
 from microstructure.ingest.historical import UnknownSymbols, day_start_ms
 
 COLUMNS = ["agg_id", "ts_ms", "price", "quantity", "first_trade_id", "last_trade_id", "is_buyer_maker"]
@@ -228,7 +229,7 @@ def test_interrupted_state_is_completed_without_reloading_or_doubling(
             import asyncpg
             import pyarrow as pa
 
-            writer = writer_module()
+            writer = writer_module
             ref = generator_trades(ex, "BTCUSDT", ex.origin_ms, ex.now_ms() + 1)
             cut_d10 = day_start_ms(D10) + 10 * 3_600_000
             cut_d12 = day_start_ms(D12) + 3 * 3_600_000
@@ -279,7 +280,7 @@ def test_a_day_stored_only_from_its_middle_is_loaded_even_when_the_next_day_join
             )
             conn = await asyncpg.connect(db_url)
             try:
-                await writer_module().write_batch(conn, "agg_trades", "BTCUSDT", table)
+                await writer_module.write_batch(conn, "agg_trades", "BTCUSDT", table)
             finally:
                 await conn.close()
             seen = count_archive_requests(ex)
@@ -309,7 +310,7 @@ def test_progress_bars_on_a_terminal_only(
 
         async with LocalExchange(exchange(exchange_cache, trades_per_day=4_000)) as ex:
             settings = settings_for(tmp_path, db_url, ex.base_url)
-            w = writer_module().Writer(db_url, settings.home / "spill")
+            w = writer_module.Writer(db_url, settings.home / "spill")
             await w.start()
             try:
                 await collect_aggtrades_historical(

@@ -1,0 +1,396 @@
+"""What the live collectors share: health counters, the ingest_events log, combined-stream readers.
+
+- `Health` / `StreamHealth`: messages, malformed messages, reconnects and last-message time per
+  stream, shown by the collectors' summaries;
+- `EventLog`: ingest_events rows (reconnect, resync, gap_fill, poll_miss, malformed ...), written
+  in small batches, never blocking a collector;
+- `combined_stream` / `run_stream`: one Binance combined websocket (`/stream?streams=a/b`) with
+  reconnects (jittered backoff), staleness detection and malformed-message accounting;
+- `SharedStreams`: one connection per up to 200 streams serving several collectors, routed by
+  stream name (`collect all`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from microstructure.config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED_MALFORMED = 20  # per stream: the first ones are logged with their text, then counted only
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ================================================================ shared: health, events, writing
+
+
+@dataclass
+class StreamHealth:
+    messages: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    stale_reconnects: int = 0
+    last_recv_ms: int = 0
+
+
+@dataclass
+class Health:
+    """One health view for every collector of a process: counters by name, printed by summary()."""
+
+    streams: dict[str, StreamHealth] = field(default_factory=lambda: defaultdict(StreamHealth))
+    counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def stream(self, name: str) -> StreamHealth:
+        return self.streams[name]
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def malformed_total(self) -> int:
+        return sum(s.malformed for s in self.streams.values()) + self.counters.get("malformed", 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "streams": {k: vars(v).copy() for k, v in self.streams.items()},
+            "counters": dict(self.counters),
+        }
+
+    def lines(self) -> list[str]:
+        out = []
+        for name, s in sorted(self.streams.items()):
+            out.append(
+                f"  {name}: {s.messages} messages, {s.malformed} malformed, {s.reconnects} reconnects "
+                f"({s.stale_reconnects} for silence)"
+            )
+        for name, n in sorted(self.counters.items()):
+            out.append(f"  {name}: {n}")
+        return out
+
+
+class EventLog:
+    """ingest_events rows (resync, poll_miss, malformed, reconnect, ...), written in small batches.
+
+    record() never blocks or fails; flush() writes what is pending (kept for the next try when the
+    database does not answer).
+    """
+
+    def __init__(self, dsn: str | None) -> None:
+        self.dsn = dsn
+        self.pending: list[tuple[datetime, str, str | None, str, str]] = []
+        self.written = 0
+        self.counts: dict[str, int] = defaultdict(int)
+        self._lock = asyncio.Lock()
+
+    def record(self, collector: str, symbol: str | None, kind: str, detail: dict[str, Any]) -> None:
+        self.counts[kind] += 1
+        self.pending.append(
+            (datetime.now(tz=UTC), collector, symbol, kind, json.dumps(detail, default=str)[:8000])
+        )
+
+    async def flush(self) -> None:
+        if not self.pending or not self.dsn:
+            return
+        async with self._lock:
+            batch, self.pending = self.pending, []
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    await conn.executemany(
+                        "INSERT INTO ingest_events (ts, collector, symbol, kind, detail) "
+                        "VALUES ($1, $2, $3, $4, $5::jsonb)",
+                        batch,
+                    )
+                finally:
+                    await conn.close()
+                self.written += len(batch)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("ingest_events: %d rows not written yet (%s)", len(batch), exc)
+                self.pending = batch + self.pending
+
+    async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            await self.flush()
+
+
+# ================================================================ shared: combined streams
+
+
+Handler = Callable[[str, Any, int], None]
+
+
+async def combined_stream(
+    ws_base: str,
+    streams: Sequence[str],
+    *,
+    stop: asyncio.Event,
+    name: str,
+    health: Health,
+    events: EventLog | None = None,
+    collector: str = "",
+    stale_timeout: float = 10.0,
+    backoff_max: float = 5.0,
+    session: aiohttp.ClientSession | None = None,
+) -> AsyncIterator[tuple[str, Any, int]]:
+    """(stream, data, recv_ms) of a combined-stream connection, reconnecting forever until `stop`.
+
+    - no message for `stale_timeout` seconds: the connection is dropped and made again;
+    - closed or failed connections come back with jittered exponential backoff (capped);
+    - a message that is not JSON or not {"stream","data"} is counted, logged (the first ones with their
+      text) and recorded in ingest_events; the stream goes on.
+    """
+    h = health.stream(name)
+    url = ws_base.rstrip("/") + "/stream?streams=" + "/".join(streams)
+    own = session is None
+    sess = session or aiohttp.ClientSession()
+    attempt = 0
+    try:
+        while not stop.is_set():
+            try:
+                async with sess.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=1 << 22) as ws:
+                    attempt = 0
+                    while not stop.is_set():
+                        recv = asyncio.ensure_future(ws.receive())
+                        stopper = asyncio.ensure_future(stop.wait())
+                        done, _ = await asyncio.wait(
+                            {recv, stopper}, timeout=stale_timeout, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        stopper.cancel()
+                        if recv not in done:
+                            recv.cancel()
+                            with contextlib.suppress(asyncio.CancelledError, Exception):
+                                await recv
+                            if stop.is_set():
+                                return
+                            h.stale_reconnects += 1
+                            log.warning("%s: no message for %.1f s; reconnecting", name, stale_timeout)
+                            if events is not None:
+                                events.record(
+                                    collector, None, "reconnect", {"stream": name, "reason": "stale"}
+                                )
+                            break
+                        msg = recv.result()
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            recv_ms = now_ms()
+                            h.messages += 1
+                            h.last_recv_ms = recv_ms
+                            try:
+                                obj = json.loads(msg.data)
+                                stream_name, data = obj["stream"], obj["data"]
+                                if not isinstance(stream_name, str) or not isinstance(data, dict):
+                                    raise TypeError("stream/data of the wrong type")
+                            except (ValueError, KeyError, TypeError) as exc:
+                                note_malformed(h, events, collector, None, name, msg.data, exc)
+                                continue
+                            yield stream_name, data, recv_ms
+                        elif msg.type in (
+                            aiohttp.WSMsgType.CLOSE,
+                            aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.ERROR,
+                        ):
+                            break
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("%s: connection failed: %s", name, exc)
+            if stop.is_set():
+                return
+            attempt += 1
+            h.reconnects += 1
+            delay = random.uniform(0.5, 1.0) * min(backoff_max, 0.1 * 2 ** min(attempt, 10))
+            log.info("%s: reconnecting in %.2f s", name, delay)
+            if events is not None:
+                events.record(collector, None, "reconnect", {"stream": name, "attempt": attempt})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    finally:
+        if own:
+            await sess.close()
+
+
+def note_malformed(
+    h: StreamHealth,
+    events: EventLog | None,
+    collector: str,
+    symbol: str | None,
+    name: str,
+    text: Any,
+    exc: BaseException,
+) -> None:
+    h.malformed += 1
+    sample = text if isinstance(text, str) else json.dumps(text, default=str)
+    if h.malformed <= MAX_LOGGED_MALFORMED:
+        log.warning("%s: malformed message skipped (%s: %s): %.300s", name, type(exc).__name__, exc, sample)
+    elif h.malformed == MAX_LOGGED_MALFORMED + 1:
+        log.warning("%s: more malformed messages; counting without logging each", name)
+    if events is not None and h.malformed <= 1000:
+        events.record(
+            collector,
+            symbol,
+            "malformed",
+            {"stream": name, "error": f"{type(exc).__name__}: {exc}", "text": sample[:500]},
+        )
+
+
+async def run_stream(
+    ws_base: str,
+    streams: Sequence[str],
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    name: str,
+    health: Health,
+    events: EventLog | None,
+    collector: str,
+    stale_timeout: float,
+) -> None:
+    """Feed every (stream, data, recv_ms) of a combined-stream connection to `handler`.
+
+    A handler that raises ValueError/KeyError/TypeError marks the message malformed (counted, logged,
+    recorded); anything else propagates.
+    """
+    h = health.stream(name)
+    async for stream_name, data, recv_ms in combined_stream(
+        ws_base,
+        streams,
+        stop=stop,
+        name=name,
+        health=health,
+        events=events,
+        collector=collector,
+        stale_timeout=stale_timeout,
+    ):
+        try:
+            handler(stream_name, data, recv_ms)
+        except MALFORMED_ERRORS as exc:
+            note_malformed(
+                h, events, collector, data.get("s") if isinstance(data, dict) else None, name, data, exc
+            )
+
+
+MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+class SharedStreams:
+    """One combined-stream connection for several collectors (collect all).
+
+    Each collector registers its streams and handler instead of opening its own connection; messages
+    are routed by stream name. Messages and malformed ones are counted under the owning collector's
+    name (as with its own connection); reconnects under the connection's name `name`.
+    """
+
+    def __init__(self, ws_base: str, *, expected: int, health: Health, events: EventLog | None,
+                 stale_timeout: float = 10.0, name: str = "streams") -> None:  # fmt: skip
+        self.ws_base = ws_base
+        self.expected = expected
+        self.health = health
+        self.events = events
+        self.stale_timeout = stale_timeout
+        self.name = name
+        self.routes: dict[str, tuple[Handler, str]] = {}
+        self.registered = 0
+        self.ready = asyncio.Event()
+
+    def register(self, streams: Sequence[str], handler: Handler, owner: str) -> None:
+        for s in streams:
+            self.routes[s] = (handler, owner)
+        self.registered += 1
+        if self.registered >= self.expected:
+            self.ready.set()
+
+    def dispatch(self, stream: str, data: Any, recv_ms: int) -> None:
+        route = self.routes.get(stream)
+        if route is None:
+            return
+        handler, owner = route
+        h = self.health.stream(owner)
+        h.messages += 1
+        h.last_recv_ms = recv_ms
+        try:
+            handler(stream, data, recv_ms)
+        except MALFORMED_ERRORS as exc:
+            symbol = data.get("s") if isinstance(data, dict) else None
+            note_malformed(h, self.events, owner, symbol, owner, data, exc)
+
+    async def run(self, stop: asyncio.Event, wait_for_collectors: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), wait_for_collectors)
+        if not self.routes:
+            return
+        async for stream_name, data, recv_ms in combined_stream(
+            self.ws_base,
+            list(self.routes),
+            stop=stop,
+            name=self.name,
+            health=self.health,
+            events=self.events,
+            collector=self.name,
+            stale_timeout=self.stale_timeout,
+        ):
+            self.dispatch(stream_name, data, recv_ms)
+
+
+async def start_stream(
+    settings: Settings,
+    streams: Sequence[str],
+    handler: Handler,
+    *,
+    shared: SharedStreams | None,
+    stop: asyncio.Event,
+    health: Health,
+    events: EventLog | None,
+    collector: str,
+    stale_timeout: float,
+) -> asyncio.Task[None] | None:
+    """Register with the shared connection, or start this collector's own connection (a task)."""
+    if shared is not None:
+        shared.register(streams, handler, collector)
+        return None
+    return asyncio.create_task(
+        run_stream(
+            settings.ws_url,
+            streams,
+            handler,
+            stop=stop,
+            name=collector,
+            health=health,
+            events=events,
+            collector=collector,
+            stale_timeout=stale_timeout,
+        )
+    )
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True when `stop` was set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+def stop_after(stop: asyncio.Event, live_seconds: float | None) -> asyncio.Task[None] | None:
+    if live_seconds is None:
+        return None
+
+    async def later() -> None:
+        await asyncio.sleep(live_seconds)
+        stop.set()
+
+    return asyncio.create_task(later())
