@@ -242,7 +242,18 @@ class _Item:
     symbol: str
     batch: pa.Table
     submitted: float  # time.monotonic()
-    spill_file: Path | None = None
+    spill_files: list[Path] = field(default_factory=list)  # the files it was read from, in order
+    parts: list[_Item] = field(default_factory=list)  # the queued batches it joins (coalesced)
+
+    @property
+    def count(self) -> int:
+        """How many submitted batches this item carries."""
+        return len(self.spill_files) or len(self.parts) or 1
+
+
+# A backlog (a slow database, spill files to replay) is written in fewer, larger transactions:
+# consecutive batches of one kind and symbol are joined up to this many rows.
+COALESCE_ROWS = 200_000
 
 
 OnCommit = Callable[[str, str, pa.Table, int], Awaitable[None] | None]
@@ -281,6 +292,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._current: _Item | None = None  # the batch being written (popped from the queue)
+        self._singles = 0  # after a joined batch was refused: take this many batches one by one
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -322,7 +334,12 @@ class Writer:
             # Keep submission order on disk: the batch being written and the queue were submitted
             # before anything already spilled, so they take the next numbers and the older files
             # are renumbered after them.
-            pending = [i for i in [self._current, *self._queue] if i is not None and i.spill_file is None]
+            pending = [
+                part
+                for i in [self._current, *self._queue]
+                if i is not None and not i.spill_files
+                for part in (i.parts or [i])  # a joined batch goes back to disk as its batches
+            ]
             self._queue.clear()
             self._current = None
             later = list(self._spilled)
@@ -401,25 +418,61 @@ class Writer:
             meta[b"symbol"].decode(),
             table.replace_schema_metadata(None),
             time.monotonic(),
-            spill_file=path,
+            spill_files=[path],
         )
 
     # -- the loop ------------------------------------------------------------------------------
     def _next(self) -> _Item | None:
+        single = self._singles > 0
+        self._singles = max(0, self._singles - 1)
         if self._queue:
-            item = self._queue.popleft()
-            self._queued_rows -= item.batch.num_rows
-            return item
-        if self._spilled:
-            path = self._spilled[0]
+            parts = [self._queue.popleft()]
+            rows = parts[0].batch.num_rows
+            while not single and self._queue:
+                nxt = self._queue[0]
+                if (nxt.kind, nxt.symbol) != (
+                    parts[0].kind,
+                    parts[0].symbol,
+                ) or rows + nxt.batch.num_rows > COALESCE_ROWS:
+                    break
+                parts.append(self._queue.popleft())
+                rows += nxt.batch.num_rows
+            self._queued_rows -= rows
+            if len(parts) == 1:
+                return parts[0]
+            first = parts[0]
+            batch = pa.concat_tables([conform(first.kind, p.batch) for p in parts])
+            return _Item(first.kind, first.symbol, batch, min(p.submitted for p in parts), parts=parts)
+        items: list[_Item] = []
+        for path in list(self._spilled):
+            if items and (
+                single
+                or path.name.split("-", 1)[1] != items[0].spill_files[0].name.split("-", 1)[1]
+                or sum(i.batch.num_rows for i in items) >= COALESCE_ROWS
+            ):
+                break
             try:
-                return self._read_spill(path)
+                items.append(self._read_spill(path))
             except (OSError, pa.ArrowInvalid, KeyError) as exc:
+                if items:
+                    break  # the good ones first; this file is dealt with on the next call
                 log.error("spill file unreadable, moved aside", extra={"file": str(path), "error": str(exc)})
                 self._spilled.popleft()
                 self._reject_file(path)
                 return self._next()
-        return None
+        if not items:
+            return None
+        if len(items) == 1:
+            return items[0]
+        first = items[0]
+        batch = pa.concat_tables([i.batch for i in items])
+        return _Item(
+            first.kind,
+            first.symbol,
+            batch,
+            first.submitted,
+            spill_files=[p for i in items for p in i.spill_files],
+        )
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -471,14 +524,14 @@ class Writer:
 
     async def _committed(self, item: _Item, inserted: int) -> None:
         s = self.stats
-        s.batches_committed += 1
+        s.batches_committed += item.count
         s.rows_committed += item.batch.num_rows
         s.rows_inserted += inserted
         s.last_commit_unix = time.time()
         s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
-        if item.spill_file is not None:
+        for path in item.spill_files:
             self._spilled.popleft()
-            item.spill_file.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             s.batches_replayed += 1
         if self.on_commit is not None:
             result = self.on_commit(item.kind, item.symbol, item.batch, inserted)
@@ -486,6 +539,15 @@ class Writer:
                 await result
 
     def _reject(self, item: _Item, exc: BaseException) -> None:
+        if item.count > 1:
+            # A joined batch was refused: nothing of it committed. Its batches go one by one, so
+            # only the bad one is set aside.
+            log.info("joined batch refused, writing its %d batches one by one", item.count)
+            self._singles = item.count
+            if item.parts:
+                self._queue.extendleft(reversed(item.parts))
+                self._queued_rows += item.batch.num_rows
+            return
         self.stats.batches_rejected += 1
         log.error(
             "batch refused by the database, moved to rejected/",
@@ -496,9 +558,9 @@ class Writer:
                 "error": f"{type(exc).__name__}: {str(exc)[:500]}",
             },
         )
-        if item.spill_file is not None:
+        if item.spill_files:
             self._spilled.popleft()
-            self._reject_file(item.spill_file)
+            self._reject_file(item.spill_files[0])
         else:
             self._spill(item)
             self._reject_file(self._spilled.pop())

@@ -142,6 +142,66 @@ def test_direct_and_merged_agg_trade_batches_store_each_id_once(db_url: str) -> 
         ]
 
 
+def test_a_bad_batch_inside_a_joined_backlog_is_the_only_one_set_aside(db_url: str, tmp_path: Path) -> None:
+    def liq(side: str, t: int) -> pa.Table:
+        return pa.table({"ts_ms": [t], "trade_ms": [t], "side": [side], "quantity": [1.0], "price": [100.0]})
+
+    async def go() -> Writer:
+        w = Writer(db_url, tmp_path / "spill")
+        await w.start()
+        # Submitted back to back, the three wait in the queue together and are joined into one write.
+        for k, side in enumerate(["BUY", "SIDEWAYS", "SELL"]):
+            await w.submit("liquidations", "BTCUSDT", liq(side, T0 + k))
+        assert await w.flush(timeout=30)
+        await w.close()
+        return w
+
+    w = run(go())
+    assert w.stats.batches_rejected == 1 and w.stats.rows_inserted == 2 and w.stats.batches_committed == 2
+    rejected = list((tmp_path / "spill" / "rejected").glob("*.arrow"))
+    assert len(rejected) == 1
+    assert pa.ipc.open_file(rejected[0]).read_all().column("side").to_pylist() == ["SIDEWAYS"]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT side FROM liquidations ORDER BY side").fetchall() == [("BUY",), ("SELL",)]
+
+
+def test_spill_backlog_is_replayed_in_joined_batches(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+
+    async def down() -> None:
+        w = Writer("postgresql://nobody@127.0.0.1:1/none", spill, max_backoff=0.2, max_queue_batches=1)
+        await w.start()
+        for k in range(40):
+            await w.submit("agg_trades", "BTCUSDT", trades(range(1 + 10 * k, 11 + 10 * k)))
+        await w.submit("agg_trades", "ETHUSDT", trades(range(1, 11)))
+        await w.close(timeout=0.5)
+
+    run(down())
+    assert len(list(spill.glob("*.arrow"))) == 41
+    server = EmbeddedPostgres(tmp_path / "pg")
+    dsn = server.ensure_running().dsn()
+    try:
+        migrate.upgrade(dsn)
+
+        async def up() -> Writer:
+            w = Writer(dsn, spill)
+            await w.start()
+            assert await w.flush(timeout=60)
+            await w.close()
+            return w
+
+        w = run(up())
+        assert w.stats.batches_replayed == 41 and w.stats.batches_committed == 41
+        assert len(w.stats.latencies_ms) == 2  # one transaction per symbol's run of files
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute(
+                "SELECT symbol, count(*), max(agg_id) FROM agg_trades GROUP BY 1 ORDER BY 1"
+            ).fetchall() == [("BTCUSDT", 400, 400), ("ETHUSDT", 10, 10)]
+    finally:
+        server.stop()
+    assert list(spill.glob("*.arrow")) == []
+
+
 def test_text_with_nul_is_kept_with_replacement(db_url: str) -> None:
     table = pa.table({"s": pa.array(["a\x00b", "\x00", "ok"], pa.string())})
     payload = encode_copy_binary(table, [ColumnSpec("s", "text")])
