@@ -105,6 +105,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "the aggTrades, bookDepth and market-data loaders over the same days.",
     )
     _common(every, source=True, oi=True)
+    every.add_argument(
+        "--health-port",
+        metavar="PORT",
+        default=os.environ.get(ENV_PREFIX + "HEALTH_PORT") or None,
+        help="live: serve GET /health (JSON, 503 when a stream is silent or batches wait on disk) and "
+        f"GET /metrics (Prometheus) on 127.0.0.1:PORT (env {ENV_PREFIX}HEALTH_PORT; default: off)",
+    )
     every.set_defaults(handler=cmd_all)
 
 
@@ -249,6 +256,11 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
         start, end, days = _days(args)
     else:
         live_seconds = _live_args(args)
+    health_port = None
+    if args.health_port is not None:
+        health_port = parse_int(args.health_port, "--health-port", 0, 65535)
+        if mode != "live":
+            raise SettingError("--health-port: only with --mode live")
     url = prepare_database(settings)
     return _finish(
         _run(
@@ -263,6 +275,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 start=start,
                 end=end,
                 days=days,
+                health_port=health_port,
             ),
             settings,
         )

@@ -25,6 +25,7 @@ from typing import Any
 
 from microstructure.config import Settings
 from microstructure.ingest.book import collect_book_historical, collect_book_live
+from microstructure.ingest.health_http import HealthServer
 from microstructure.ingest.live import collect_aggtrades_live
 from microstructure.ingest.market import collect_market_historical, collect_market_live
 from microstructure.ingest.streams import EventLog, Health, SharedStreams
@@ -45,6 +46,7 @@ class AllReport:
     spill_files_left: int = 0
     seconds: float = 0.0
     stopped_by: str = ""
+    health_url: str = ""
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,7 @@ async def collect_all(
     stale_timeout: float = 10.0,
     include_aggtrades: bool = True,
     health: Health | None = None,
+    health_port: int | None = None,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report."""
     if mode not in ("live", "historical"):
@@ -120,6 +123,7 @@ async def collect_all(
                 stale_timeout=stale_timeout,
                 include_aggtrades=include_aggtrades,
                 health=health or Health(),
+                health_port=health_port,
             )
         else:
             await _historical(
@@ -158,6 +162,7 @@ async def _live(
     stale_timeout: float,
     include_aggtrades: bool,
     health: Health,
+    health_port: int | None,
 ) -> None:
     from microstructure.ingest.binance_rest import BinanceRest
 
@@ -200,6 +205,12 @@ async def _live(
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}
         events_task = asyncio.create_task(events.run(stop))
         stream_task = asyncio.create_task(streams.run(stop), name="collect-streams")
+        health_server = None
+        if health_port is not None:
+            health_server = HealthServer(health, writer, events, stale_after=max(60.0, 3 * stale_timeout))
+            port = await health_server.start(health_port)
+            report.health_url = f"http://127.0.0.1:{port}/health"
+            log.info("health endpoint: %s (and /metrics)", report.health_url)
         try:
             # a collector that fails stops the others (they flush what they hold)
             pending = set(tasks.values()) | {stream_task}
@@ -235,6 +246,8 @@ async def _live(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await events.flush()
+            if health_server is not None:
+                await health_server.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
     report.events = dict(events.counts)

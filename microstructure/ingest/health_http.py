@@ -1,0 +1,110 @@
+"""Health and counters of a running collector over HTTP, for probes and Prometheus.
+
+    GET /health    JSON: per stream messages, malformed, reconnects and seconds since the last
+                   message; writer counters (rows, batches, spill files, commit latency); event
+                   counts. 200 when every stream has spoken within `stale_after` seconds and nothing
+                   waits in spill files, else 503 with the reasons.
+    GET /metrics   the same counters in Prometheus' text format.
+
+Started by `collect all --health-port N` on 127.0.0.1 (a setting: `host`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from microstructure.ingest.streams import EventLog, Health, now_ms
+
+
+@dataclass
+class HealthServer:
+    health: Health
+    writer: Any = None
+    events: EventLog | None = None
+    stale_after: float = 60.0
+    started_ms: int = field(default_factory=now_ms)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    def snapshot(self) -> tuple[bool, dict[str, Any]]:
+        now = now_ms()
+        uptime = (now - self.started_ms) / 1000
+        problems: list[str] = []
+        streams: dict[str, Any] = {}
+        for name, s in sorted(self.health.streams.items()):
+            silent = (now - s.last_recv_ms) / 1000 if s.last_recv_ms else None
+            streams[name] = {**vars(s), "seconds_since_last_message": silent}
+            if (silent is None and uptime > self.stale_after) or (
+                silent is not None and silent > self.stale_after
+            ):
+                problems.append(f"{name}: no message for {silent or uptime:.0f} s")
+        writer: dict[str, Any] = {}
+        if self.writer is not None:
+            writer = {**self.writer.stats.as_dict(), "queue_depth": self.writer.queue_depth}
+            writer.pop("last_commit_unix", None)
+            spilled = len(getattr(self.writer, "_spilled", ()))
+            writer["spill_files"] = spilled
+            if spilled:
+                problems.append(f"writer: {spilled} batches wait in spill files (database unreachable?)")
+        body = {
+            "status": "ok" if not problems else "degraded",
+            "problems": problems,
+            "uptime_s": round(uptime, 1),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "streams": streams,
+            "counters": dict(self.health.counters),
+            "writer": writer,
+            "events": dict(self.events.counts) if self.events is not None else {},
+        }
+        return not problems, body
+
+    def metrics(self) -> str:
+        _, body = self.snapshot()
+        lines = [
+            "# TYPE microstructure_up gauge",
+            f"microstructure_up {1 if body['status'] == 'ok' else 0}",
+        ]
+        for key in ("messages", "malformed", "reconnects", "stale_reconnects"):
+            lines.append(f"# TYPE microstructure_stream_{key}_total counter")
+            lines += [
+                f'microstructure_stream_{key}_total{{stream="{name}"}} {s[key]}'
+                for name, s in body["streams"].items()
+            ]
+        for key, value in body["writer"].items():
+            if isinstance(value, int | float) and value is not None:
+                kind = "gauge" if key in ("queue_depth", "spill_files") or "latency" in key else "counter"
+                name = f"microstructure_writer_{key}" + ("_total" if kind == "counter" else "")
+                lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        if body["events"]:
+            lines.append("# TYPE microstructure_events_total counter")
+            lines += [
+                f'microstructure_events_total{{kind="{k}"}} {v}' for k, v in sorted(body["events"].items())
+            ]
+        return "\n".join(lines) + "\n"
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ok, body = self.snapshot()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics(), content_type="text/plain")
+
+    async def start(self, port: int, host: str = "127.0.0.1") -> int:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
