@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import database, exchange_process, stop_database
+from common import live_setup
 
 SYMBOLS = [
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT",
@@ -138,20 +137,9 @@ def main() -> int:
             print(f"{what}: {us:.1f} us CPU each = {us / 10:.1f} % of a core per 1,000 messages/s")
         return 0
     symbols = SYMBOLS[: args.symbols]
-    from microstructure.config import Settings
-
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        server = None
-        extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
-        with exchange_process(symbols, tmp / "cache", *extra) as base:
-            try:
-                dsn, server = database(tmp)
-                settings = Settings(database_url=dsn, home=tmp / "home")
-                settings.point_at_exchange(base)
-                r = asyncio.run(measure(settings, dsn, symbols, args.book_source, args.warmup, args.seconds))
-            finally:
-                stop_database(server)
+    extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
+    with live_setup(symbols, *extra) as (settings, dsn):
+        r = asyncio.run(measure(settings, dsn, symbols, args.book_source, args.warmup, args.seconds))
     print(f"aggregate trades collector: {r['aggtrades']}")
     print(
         f"symbols {len(symbols)}, book source {args.book_source}, live rate {args.live_rate:g}/s per symbol"

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import database, exchange_process, quantile, stop_database
+from common import live_setup, quantile
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
 
@@ -86,21 +85,10 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     args = p.parse_args()
 
-    from microstructure.config import Settings
-
     symbols = SYMBOLS[: args.symbols]
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        server = None
-        extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
-        with exchange_process(symbols, tmp / "cache", *extra) as base:
-            try:
-                dsn, server = database(tmp)
-                settings = Settings(database_url=dsn, home=tmp / "home")
-                settings.point_at_exchange(base)
-                r = asyncio.run(measure(settings, dsn, symbols, args.warmup, args.seconds))
-            finally:
-                stop_database(server)
+    extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
+    with live_setup(symbols, *extra) as (settings, dsn):
+        r = asyncio.run(measure(settings, dsn, symbols, args.warmup, args.seconds))
     report = r["report"]
     print(
         f"{len(symbols)} symbols at {args.live_rate:g} trades/s each (offered), {r['wall_s']:.0f} s measured"

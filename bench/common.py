@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,25 @@ def exchange_process(symbols: list[str], cache_dir: Path, *extra: str) -> Iterat
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def live_setup(symbols: list[str], *exchange_args: str) -> Iterator[tuple[object, str]]:
+    """A temporary folder, the local exchange (own process), a fresh database and Settings pointing
+    at both; yields (settings, dsn)."""
+    from microstructure.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with exchange_process(symbols, tmp / "cache", *exchange_args) as base:
+            server = None
+            try:
+                dsn, server = database(tmp)
+                settings = Settings(database_url=dsn, home=tmp / "home")
+                settings.point_at_exchange(base)
+                yield settings, dsn
+            finally:
+                stop_database(server)
 
 
 def quantile(values: list[float], q: float) -> float:
