@@ -209,7 +209,7 @@ class AggTradesLive:
         buf.recv.append(recv_ms)
         stats.ws_rows += 1
         if len(buf) >= self.batch_rows:
-            asyncio.get_running_loop().create_task(self.writer.submit("agg_trades", sym, buf.take()))
+            self.writer.submit_nowait("agg_trades", sym, buf.take())
 
     async def flush_buffers(self) -> None:
         for sym, buf in self.buffers.items():

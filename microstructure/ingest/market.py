@@ -142,9 +142,16 @@ def open_interest_table(ts: Any, oi: Any, value: Any, source: str) -> pa.Table:
 
 
 def funding_rows_from_rest(rows: list[dict[str, Any]]) -> list[tuple[int, float, float | None, int | None]]:
-    out = []
-    for r in rows:
-        out.append((int(r["fundingTime"]), float(r["fundingRate"]), _opt_num(r.get("markPrice")), None))
+    """Rows of /fapi/v1/fundingRate. REST does not say the funding interval; for each settlement
+    after the first of a page it is the whole hours since the previous one (8, or 4/1 for symbols
+    Binance moved to shorter intervals), as the archives' funding_interval_hours."""
+    out: list[tuple[int, float, float | None, int | None]] = []
+    prev: int | None = None
+    for r in sorted(rows, key=lambda r: int(r["fundingTime"])):
+        t = int(r["fundingTime"])
+        hours = round((t - prev) / 3_600_000) if prev is not None else None
+        out.append((t, float(r["fundingRate"]), _opt_num(r.get("markPrice")), hours if hours else None))
+        prev = t
     return out
 
 

@@ -367,6 +367,11 @@ class Writer:
 
     # -- submit --------------------------------------------------------------------------------
     async def submit(self, kind: str, symbol: str, batch: pa.Table) -> None:
+        """Hand a batch over (never waits for the database); see submit_nowait."""
+        self.submit_nowait(kind, symbol, batch)
+
+    def submit_nowait(self, kind: str, symbol: str, batch: pa.Table) -> None:
+        """Queue a batch, or spill it to disk when the queue is full or earlier batches are on disk."""
         if kind not in SPECS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
         if batch.num_rows == 0:

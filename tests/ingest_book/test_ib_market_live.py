@@ -126,3 +126,19 @@ def test_live_market_data(db_url, ib_cache, tmp_path) -> None:
         assert (o["s"], d["E"], o["T"], o["S"], float(o["p"]), float(o["q"])) in keyset
     assert len(liqs) == sum(report.liquidation_rows.values()) == len(sent_liq)
     assert report.malformed == 0
+
+
+def test_rest_funding_rows_carry_the_interval_since_the_previous_settlement() -> None:
+    from microstructure.ingest.market import funding_rows_from_rest
+
+    h = 3_600_000
+    page = [  # out of order on purpose; Binance's settlement times carry a few ms of jitter
+        {"symbol": "BTCUSDT", "fundingTime": 16 * h + 2, "fundingRate": "0.00010000", "markPrice": "65000.1"},
+        {"symbol": "BTCUSDT", "fundingTime": 8 * h + 5, "fundingRate": "-0.00002000", "markPrice": ""},
+        {"symbol": "BTCUSDT", "fundingTime": 20 * h + 1, "fundingRate": "0.00030000", "markPrice": "65100"},
+    ]
+    assert funding_rows_from_rest(page) == [
+        (8 * h + 5, -0.00002, None, None),
+        (16 * h + 2, 0.0001, 65000.1, 8),
+        (20 * h + 1, 0.0003, 65100.0, 4),
+    ]
