@@ -89,6 +89,18 @@ class KindSpec:
     def merge_sql(self) -> str:
         cols = ", ".join(self.db_columns)
         insert = f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} ON CONFLICT DO NOTHING"
+        if self.kind == "funding_rates":
+            # A settlement is the same fact from every source, but each source knows part of it: the
+            # archives lack mark_price, REST lacks the interval of a page's first row. A repeat
+            # completes what is still null and changes nothing else.
+            return (
+                f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} "
+                "ON CONFLICT (symbol, funding_ts) DO UPDATE SET "
+                "mark_price = coalesce(funding_rates.mark_price, excluded.mark_price), "
+                "funding_interval_hours = coalesce(funding_rates.funding_interval_hours, excluded.funding_interval_hours) "
+                "WHERE (funding_rates.mark_price IS NULL AND excluded.mark_price IS NOT NULL) "
+                "OR (funding_rates.funding_interval_hours IS NULL AND excluded.funding_interval_hours IS NOT NULL)"
+            )
         if self.kind == "agg_trades":
             # Rows inserted per UTC day, for coverage.
             return (
@@ -126,7 +138,8 @@ def conform(kind: str, batch: pa.Table) -> pa.Table:
 
 
 async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: pa.Table) -> int:
-    """Write one batch in one transaction; returns the rows inserted (duplicates are skipped)."""
+    """Write one batch in one transaction; returns the rows inserted (duplicates are skipped; for
+    funding_rates a repeat that completes a null mark price or interval counts too)."""
     spec = SPECS[kind]
     batch = conform(kind, batch)
     if batch.num_rows == 0:

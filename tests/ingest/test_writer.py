@@ -332,6 +332,35 @@ def test_every_kind_writes_idempotently(db_url: str) -> None:
     assert BOOK_SNAPSHOTS.field("bid_px").type == pa.list_(pa.float64())
 
 
+def test_a_funding_settlement_seen_again_completes_its_nulls_and_changes_nothing_else(db_url: str) -> None:
+    h = 3_600_000
+    archive = pa.table(  # monthly archive: interval, no mark price
+        {
+            "funding_ms": [T0, T0 + 8 * h],
+            "funding_rate": [1e-4, 2e-4],
+            "funding_interval_hours": pa.array([8, 8], pa.int32()),
+        }
+    )
+    rest = pa.table(  # REST page: mark price; the page's first row has no interval; a different rate
+        {
+            "funding_ms": [T0, T0 + 8 * h, T0 + 16 * h],
+            "funding_rate": [9e-4, 2e-4, 3e-4],
+            "mark_price": [100.0, 101.0, 102.0],
+            "funding_interval_hours": pa.array([None, 8, 8], pa.int32()),
+        }
+    )
+    assert run(_write(db_url, "funding_rates", "ETHUSDT", archive)) == 2
+    assert run(_write(db_url, "funding_rates", "ETHUSDT", rest)) == 3  # 1 new, 2 completed
+    assert run(_write(db_url, "funding_rates", "ETHUSDT", rest)) == 0
+    assert run(_write(db_url, "funding_rates", "ETHUSDT", archive)) == 0
+    with psycopg.connect(db_url) as conn:
+        got = conn.execute(
+            "SELECT funding_rate, mark_price, funding_interval_hours FROM funding_rates ORDER BY funding_ts"
+        ).fetchall()
+    # the first source's rate stays; only nulls were filled
+    assert got == [(1e-4, 100.0, 8), (2e-4, 101.0, 8), (3e-4, 102.0, 8)]
+
+
 def test_database_down_spills_then_replays_in_order(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "pg")
     dsn = server.ensure_running().dsn()
