@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from microstructure.config import Settings
 from microstructure.ingest.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
-from microstructure.ingest.records import BOOK_SNAPSHOTS
+from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS
 from microstructure.ingest.streams import (
     EventLog,
     Health,
@@ -45,7 +45,7 @@ from microstructure.ingest.streams import (
     start_stream,
     stop_after,
 )
-from microstructure.ingest.writer import merge_rows, ms_to_ts, open_writer
+from microstructure.ingest.writer import merge_table, open_writer
 
 log = logging.getLogger(__name__)
 
@@ -515,19 +515,17 @@ async def collect_book_historical(
                     if parsed is None:
                         continue
                     table = parsed.table
-                    ts = table.column("timestamp").to_numpy()
-                    records = list(
-                        zip(
-                            [symbol] * table.num_rows,
-                            ms_to_ts(ts.tolist()),
-                            table.column("percentage").to_pylist(),
-                            table.column("depth").to_pylist(),
-                            table.column("notional").to_pylist(),
-                            strict=True,
-                        )
+                    bands = pa.table(
+                        {
+                            "symbol": pa.array([symbol] * table.num_rows, pa.string()),
+                            "ts": table.column("timestamp"),
+                            "percentage": table.column("percentage"),
+                            "depth": table.column("depth"),
+                            "notional": table.column("notional"),
+                        }
                     )
-                    report.rows[symbol] += await merge_rows(
-                        conn, "book_depth_bands", ("symbol", "ts", "percentage", "depth", "notional"), records
+                    report.rows[symbol] += await merge_table(
+                        conn, "book_depth_bands", bands, BOOK_DEPTH_BANDS
                     )
                     report.days_loaded[symbol] += 1
     finally:

@@ -49,7 +49,14 @@ from microstructure.ingest.book import (
     ms_of_day,
     resolve_days,
 )
-from microstructure.ingest.records import FUNDING_RATES, LIQUIDATIONS, MARK_PRICES, OPEN_INTEREST
+from microstructure.ingest.records import (
+    FUNDING_RATES,
+    FUTURES_METRICS,
+    LIQUIDATIONS,
+    MARK_PRICES,
+    OPEN_INTEREST,
+    PRICE_KLINES,
+)
 from microstructure.ingest.streams import (
     EventLog,
     Health,
@@ -58,7 +65,7 @@ from microstructure.ingest.streams import (
     start_stream,
     stop_after,
 )
-from microstructure.ingest.writer import merge_rows, ms_to_ts, open_writer
+from microstructure.ingest.writer import merge_table, open_writer
 
 log = logging.getLogger(__name__)
 
@@ -601,25 +608,15 @@ async def collect_market_historical(
                         tbl = parsed.table
                         covered.add(d)
                         report.days_loaded[sym] += 1
-                        ts = tbl.column("create_time").to_numpy()
-                        cols = (
-                            "sum_open_interest",
-                            "sum_open_interest_value",
-                            "count_toptrader_long_short_ratio",
-                            "sum_toptrader_long_short_ratio",
-                            "count_long_short_ratio",
-                            "sum_taker_long_short_vol_ratio",
+                        metrics = pa.table(
+                            {
+                                "symbol": pa.array([sym] * tbl.num_rows, pa.string()),
+                                "ts": tbl.column("create_time"),
+                                **{c: tbl.column(c) for c in list(FUTURES_METRICS)[2:]},
+                            }
                         )
-                        records = list(
-                            zip(
-                                [sym] * tbl.num_rows,
-                                ms_to_ts(ts.tolist()),
-                                *(tbl.column(c).to_pylist() for c in cols),
-                                strict=True,
-                            )
-                        )
-                        report.rows[sym] += await merge_rows(
-                            conn, "futures_metrics", ("symbol", "ts", *cols), records
+                        report.rows[sym] += await merge_table(
+                            conn, "futures_metrics", metrics, FUTURES_METRICS
                         )
                         _, batch = archives.archive_records("metrics", parsed)
                         await writer.submit("open_interest", sym, batch)
@@ -630,25 +627,16 @@ async def collect_market_historical(
                         ktbl = kparsed.table
                         report.days_loaded[sym] += 1
                         n = ktbl.num_rows
-                        records = list(
-                            zip(
-                                [sym] * n,
-                                [name] * n,
-                                ms_to_ts(ktbl.column("open_time").to_pylist()),
-                                ktbl.column("open").to_pylist(),
-                                ktbl.column("high").to_pylist(),
-                                ktbl.column("low").to_pylist(),
-                                ktbl.column("close").to_pylist(),
-                                ms_to_ts(ktbl.column("close_time").to_pylist()),
-                                strict=True,
-                            )
+                        klines = pa.table(
+                            {
+                                "symbol": pa.array([sym] * n, pa.string()),
+                                "kind": pa.array([name] * n, pa.string()),
+                                "ts": ktbl.column("open_time"),
+                                **{c: ktbl.column(c) for c in ("open", "high", "low", "close")},
+                                "close_ts": ktbl.column("close_time"),
+                            }
                         )
-                        report.rows[sym] += await merge_rows(
-                            conn,
-                            "price_klines",
-                            ("symbol", "kind", "ts", "open", "high", "low", "close", "close_ts"),
-                            records,
-                        )
+                        report.rows[sym] += await merge_table(conn, "price_klines", klines, PRICE_KLINES)
 
                 # -- openInterestHist for the days of the range in the last 30 days without metrics
                 hist_from = max(t0, server_ms - HIST_DAYS * DAY_MS + 60_000)

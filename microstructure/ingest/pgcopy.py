@@ -24,7 +24,7 @@ class ColumnSpec:
     """One COPY column: the Arrow column it comes from and its PostgreSQL type."""
 
     source: str
-    pg_type: str  # bigint | integer | double precision | boolean | timestamptz | text | float8[]
+    pg_type: str  # bigint | integer | real | double precision | boolean | timestamptz | text | float8[]
 
 
 Part = tuple[np.ndarray, np.ndarray]  # (per-row byte sizes int64, flat uint8 bytes)
@@ -184,6 +184,8 @@ def encode_column(arr: pa.Array | pa.ChunkedArray, pg_type: str) -> Part:
         return _fixed(np.asarray(arr.fill_null(0).to_numpy(), dtype=np.int64), valid, ">i8")
     if pg_type == "integer":
         return _fixed(np.asarray(arr.fill_null(0).to_numpy(), dtype=np.int32), valid, ">i4")
+    if pg_type == "real":
+        return _fixed(np.asarray(arr.fill_null(0.0).to_numpy(), dtype=np.float32), valid, ">f4")
     if pg_type == "double precision":
         return _fixed(np.asarray(arr.fill_null(0.0).to_numpy(), dtype=np.float64), valid, ">f8")
     if pg_type == "boolean":

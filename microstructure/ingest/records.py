@@ -108,3 +108,33 @@ KINDS: dict[str, tuple[str, pa.Schema]] = {
     "open_interest": ("open_interest", OPEN_INTEREST),
     "liquidations": ("liquidations", LIQUIDATIONS),
 }
+
+# The archive-only tables, written by writer.merge_table: column -> PostgreSQL type, in COPY order
+# (timestamptz columns come as epoch milliseconds).
+BOOK_DEPTH_BANDS: dict[str, str] = {
+    "symbol": "text",
+    "ts": "timestamptz",
+    "percentage": "real",
+    "depth": "double precision",
+    "notional": "double precision",
+}
+FUTURES_METRICS: dict[str, str] = {
+    "symbol": "text",
+    "ts": "timestamptz",
+    "sum_open_interest": "double precision",
+    "sum_open_interest_value": "double precision",
+    "count_toptrader_long_short_ratio": "double precision",
+    "sum_toptrader_long_short_ratio": "double precision",
+    "count_long_short_ratio": "double precision",
+    "sum_taker_long_short_vol_ratio": "double precision",
+}
+PRICE_KLINES: dict[str, str] = {
+    "symbol": "text",
+    "kind": "text",
+    "ts": "timestamptz",
+    "open": "double precision",
+    "high": "double precision",
+    "low": "double precision",
+    "close": "double precision",
+    "close_ts": "timestamptz",
+}

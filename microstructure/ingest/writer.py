@@ -24,11 +24,9 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -589,27 +587,23 @@ class Writer:
         os.replace(path, target / path.name)
 
 
-def ms_to_ts(ms: Iterable[int | None]) -> list[datetime | None]:
-    return [None if t is None else datetime.fromtimestamp(t / 1000, tz=UTC) for t in ms]
+async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, types: dict[str, str]) -> int:
+    """Binary COPY of `data` into a temporary staging table, then INSERT ... ON CONFLICT DO NOTHING.
 
-
-async def merge_rows(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
-) -> int:
-    """COPY records into a temporary staging table, then INSERT ... ON CONFLICT DO NOTHING.
-
-    For the tables the writer does not cover (book_depth_bands, futures_metrics, price_klines);
-    the number of new rows.
+    For the archive-only tables the Writer does not cover (book_depth_bands, futures_metrics,
+    price_klines). `types` names the table's columns in COPY order with their PostgreSQL types; each
+    is a column of `data` (timestamptz columns as epoch milliseconds). Returns the number of new rows.
     """
-    if not records:
+    if data.num_rows == 0:
         return 0
+    payload = encode_copy_binary(data, [ColumnSpec(c, t) for c, t in types.items()])
     stage = f"stage_{table}"
-    cols = ", ".join(columns)
+    cols = ", ".join(types)
     async with conn.transaction():
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        await conn.copy_records_to_table(stage, records=records, columns=list(columns))
+        await conn.copy_to_table(stage, source=io.BytesIO(payload), format="binary", columns=list(types))
         status = await conn.execute(
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
         )

@@ -4,9 +4,13 @@ funding pages and openInterestHist, over days on both sides of 2022-08-11 (heade
 from __future__ import annotations
 
 import asyncio
+import io
+import zipfile
 from datetime import UTC, date, datetime
 
+import aiohttp
 import numpy as np
+import pandas as pd
 from ib_helpers import exchange_config, fetch_all, make_writer, ms, settings_for
 
 from microstructure.exchange import LocalExchange
@@ -41,9 +45,21 @@ def test_historical_loaders_read_both_archive_formats(db_url, ib_cache, tmp_path
             await writer.close()
             fundings = {s: ex.markets[s].fundings(day_ms(first), day_ms(last) + DAY) for s in SYMBOLS}
             oi = {s: ex.markets[s].oi_at for s in SYMBOLS}
-            return book, market, fundings, oi
+            csvs = {}
+            async with aiohttp.ClientSession() as http:
+                for kind in ("bookDepth", "metrics", "markPriceKlines"):
+                    path = (
+                        f"{kind}/ETHUSDT/1m/ETHUSDT-1m-2022-08-11"
+                        if kind == "markPriceKlines"
+                        else f"{kind}/ETHUSDT/ETHUSDT-{kind}-2022-08-11"
+                    )
+                    async with http.get(f"{ex.base_url}/data/futures/um/daily/{path}.zip") as r:
+                        assert r.status == 200, path
+                        with zipfile.ZipFile(io.BytesIO(await r.read())) as z:
+                            csvs[kind] = pd.read_csv(z.open(z.namelist()[0]))
+            return book, market, fundings, oi, csvs
 
-    book, market, fundings, oi = asyncio.run(go())
+    book, market, fundings, oi, csvs = asyncio.run(go())
     assert book.missing and market.missing  # 2022-08-12 is not published: recorded, not fatal
     events = asyncio.run(fetch_all(db_url, "SELECT kind, count(*) AS n FROM ingest_events GROUP BY kind"))
     assert {e["kind"]: e["n"] for e in events}["archive_missing"] == len(book.missing) + len(market.missing)
@@ -82,6 +98,35 @@ def test_historical_loaders_read_both_archive_formats(db_url, ib_cache, tmp_path
     assert all(k["n"] == 3 * 1440 for k in klines)
     bands_rows = asyncio.run(fetch_all(db_url, "SELECT DISTINCT percentage FROM book_depth_bands ORDER BY 1"))
     assert [r["percentage"] for r in bands_rows] == [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]
+
+    # values equal the archive CSVs of 2022-08-11 (with a header), read here by pandas
+    def stored(sql: str) -> pd.DataFrame:
+        return pd.DataFrame([dict(r) for r in asyncio.run(fetch_all(db_url, sql))])
+
+    day = "symbol = 'ETHUSDT' AND ts >= '2022-08-11' AND ts < '2022-08-12'"
+    want = csvs["bookDepth"]
+    got = stored(
+        f"SELECT ts, percentage, depth, notional FROM book_depth_bands WHERE {day} ORDER BY ts, percentage"
+    )
+    assert len(got) == len(want) == 28_800
+    want = want.assign(ts=pd.to_datetime(want["timestamp"], utc=True)).sort_values(["ts", "percentage"])
+    assert (got["ts"].to_numpy() == want["ts"].to_numpy()).all()
+    assert np.array_equal(got["percentage"].to_numpy(), want["percentage"].to_numpy(dtype=np.float32))
+    assert np.array_equal(got["depth"].to_numpy(), want["depth"].to_numpy())
+    assert np.array_equal(got["notional"].to_numpy(), want["notional"].to_numpy())
+    want = csvs["metrics"]
+    got = stored(f"SELECT * FROM futures_metrics WHERE {day} ORDER BY ts")
+    assert (got["ts"].to_numpy() == pd.to_datetime(want["create_time"], utc=True).to_numpy()).all()
+    for c in want.columns.drop(["create_time", "symbol"]):
+        assert np.allclose(got[c].to_numpy(float), want[c].to_numpy(float), rtol=0, atol=0, equal_nan=True), c
+    want = csvs["markPriceKlines"]
+    got = stored(f"SELECT * FROM price_klines WHERE kind = 'mark' AND {day} ORDER BY ts")
+    assert (got["ts"].to_numpy() == pd.to_datetime(want["open_time"], unit="ms", utc=True).to_numpy()).all()
+    assert (
+        got["close_ts"].to_numpy() == pd.to_datetime(want["close_time"], unit="ms", utc=True).to_numpy()
+    ).all()
+    for c in ("open", "high", "low", "close"):
+        assert np.array_equal(got[c].to_numpy(), want[c].to_numpy()), c
 
     # funding: every settlement in the range, from the monthly archive (headerless 2022-08) and REST
     funding = asyncio.run(fetch_all(db_url, "SELECT * FROM funding_rates ORDER BY symbol, funding_ts"))
