@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import exchange_process
 
 from microstructure.exchange.archives import ArchiveRef, build_csv, checksum_text, zip_bytes
 from microstructure.exchange.config import DAY_MS, symbol_spec
@@ -95,26 +96,13 @@ async def _read_stream(ws_url: str, seconds: float) -> dict[str, float]:
 
 
 def bench_websocket(live_rate: float, seconds: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "microstructure.exchange", "serve", "--port", "0",
-                "--symbols", "BTCUSDT,ETHUSDT", "--history-days", "0", "--live-rate", str(live_rate),
-                "--cache-dir", str(Path(tmp) / "cache"),
-            ],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            ws_url = line.split()[-1]
-            return asyncio.run(_read_stream(ws_url, seconds))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        exchange_process(
+            ["BTCUSDT", "ETHUSDT"], Path(tmp) / "cache", "--history-days", "0", "--live-rate", str(live_rate)
+        ) as base,
+    ):
+        return asyncio.run(_read_stream("ws" + base.removeprefix("http"), seconds))
 
 
 def main() -> int:
