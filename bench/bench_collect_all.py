@@ -42,9 +42,8 @@ async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: f
     )  # fmt: skip
 
     def messages() -> int:
-        # book and market messages arrive on the shared connection "streams" (also counted per collector)
-        routed = {"book_depth20", "book_diff", "market"}
-        return sum(v.messages for k, v in health.streams.items() if k not in routed)
+        # everything received on the wire: the connections ("streams[i]#n"), not the per-collector counts
+        return sum(v.messages for k, v in health.streams.items() if "#" in k)
 
     await asyncio.sleep(warmup)
     m0, c0, t0 = messages(), time.process_time(), time.monotonic()

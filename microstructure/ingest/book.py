@@ -315,7 +315,7 @@ async def collect_book_live(
 
             streams = list(wanted)
             tasks.append(asyncio.create_task(books.sampler(stop, sample_ms)))
-        stream_task = await start_stream(
+        conns, stream_task = start_stream(
             settings,
             streams,
             handle,
@@ -358,9 +358,9 @@ async def collect_book_live(
         if own_rest is not None:
             await own_rest.close()
     hs = health.stream(collector)
-    report.malformed = hs.malformed
-    conn = health.stream(shared_streams.name) if shared_streams is not None else hs
-    report.reconnects = conn.reconnects + conn.stale_reconnects
+    totals = conns.totals()  # of the shared connections, or of this collector's own
+    report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
+    report.reconnects = totals.reconnects + totals.stale_reconnects
     if books is not None:
         report.resyncs.update(books.resyncs)
     report.seconds = time.monotonic() - started

@@ -1,8 +1,9 @@
 """`collect all`: every collector in one process, one writer pipeline, one health view.
 
-Live: aggregate trades (microstructure.ingest.live, when it is there), book snapshots (depth20 or
-local diff books) and market data (mark price, funding, open interest, liquidations) run side by
-side over one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM
+Live: aggregate trades (microstructure.ingest.live), book snapshots (depth20 or local diff books)
+and market data (mark price, funding, open interest, liquidations) run side by side over shared
+websocket connections (one per up to 200 streams, rotated with overlap before Binance's 24 h limit),
+one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM
 (or `live_seconds`, or a caller's `stop_event`) stops every collector; each hands over what it
 buffered, the writer flushes every pending batch and closes, and the run ends with exit code 0.
 
@@ -184,11 +185,11 @@ async def _live(
     timer = None
     if live_seconds is not None:
         timer = loop.call_later(live_seconds, stop.set)
-    # book and market data share one websocket connection; aggregate trades keep their own (their
-    # collector manages gap fills and redundancy itself)
+    # every collector's streams share the same connections (one per up to 200 streams)
     streams = SharedStreams(
-        settings.ws_url, expected=2, health=health, events=events, stale_timeout=stale_timeout
-    )
+        settings.ws_url, expected=3 if include_aggtrades else 2, health=health, events=events,
+        stale_timeout=stale_timeout,
+    )  # fmt: skip
     async with BinanceRest(settings.rest_url) as rest:
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
@@ -200,7 +201,9 @@ async def _live(
             ),
         }
         if include_aggtrades:
-            jobs["aggtrades"] = collect_aggtrades_live(settings, dsn, symbols, **shared)
+            jobs["aggtrades"] = collect_aggtrades_live(
+                settings, dsn, symbols, shared_streams=streams, **shared
+            )
         names = list(jobs)
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}
         events_task = asyncio.create_task(events.run(stop))

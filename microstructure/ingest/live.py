@@ -7,9 +7,10 @@ connections, rotation overlap, REST fills) and is dropped; an id above it + 1 me
 background while the stream goes on. When the run ends, the tail up to the stop time is fetched the
 same way, so the stored sequence is whole from the first id to the last.
 
-Connections: one combined stream per up to 200 streams; a connection older than `rotate_after` is
+Connections (streams.SharedStreams): one combined stream per up to 200 streams, or a share of the
+connections `collect all` makes for every collector; a connection older than `rotate_after` is
 replaced by a new one that starts before the old one stops (overlap), so rotation before Binance's
-24 h limit loses nothing; `redundant` keeps two connections per chunk at all times.
+24 h limit loses nothing; `redundant` keeps a second, independent set of connections.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ import pyarrow as pa
 from microstructure.config import Settings
 from microstructure.ingest.binance_rest import BinanceRest
 from microstructure.ingest.records import AGG_TRADES
-from microstructure.ingest.streams import MALFORMED_ERRORS, EventLog, Health, combined_stream, note_malformed
+from microstructure.ingest.streams import EventLog, Health, SharedStreams
 
 log = logging.getLogger(__name__)
 
-COLLECTOR = "aggtrades-live"
-STREAMS_PER_CONNECTION = 200
+COLLECTOR = "aggtrades-live"  # in ingest_events
+COLLECTOR_STREAM = "aggTrade"  # its messages in Health
 REST_PAGE = 1000
 # A gap wider than this is not fetched page by page from REST (1,000 ids per request, weight 20):
 # it stays an open gap in agg_trade_gaps, shown by `status`, for historical mode (archives) to fill.
@@ -163,10 +164,11 @@ class AggTradesLive:
         self.buffers = {s: _Buffer() for s in self.symbols}
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
         self.gap_queue: asyncio.Queue[tuple[str, int, int | None, int | None]] = asyncio.Queue()
-        self.conn_counter = 0
 
     # -- messages ------------------------------------------------------------------------------
     def on_message(self, stream: str, data: dict[str, Any], recv_ms: int) -> None:
+        if self.stop.is_set():
+            return  # a shared connection still delivering: the REST tail fill covers from self.last on
         sym = str(data["s"]).upper()
         buf = self.buffers.get(sym)
         if buf is None:
@@ -265,63 +267,26 @@ class AggTradesLive:
             finally:
                 self.gap_queue.task_done()
 
-    # -- connections ---------------------------------------------------------------------------
-    async def connection(self, streams: list[str], conn_stop: asyncio.Event, name: str,
-                         first_message: asyncio.Event | None = None) -> None:  # fmt: skip
-        h = self.health.stream(name)
-        async for stream, data, recv_ms in combined_stream(
-            self.settings.ws_url, streams, stop=conn_stop, name=name, health=self.health, events=self.events,
-            collector=COLLECTOR, stale_timeout=self.stale_timeout,
-        ):  # fmt: skip
-            if first_message is not None and not first_message.is_set():
-                first_message.set()
-            try:
-                self.on_message(stream, data, recv_ms)
-            except MALFORMED_ERRORS as exc:
-                note_malformed(h, self.events, COLLECTOR, data.get("s") if isinstance(data, dict) else None,
-                               name, data, exc)  # fmt: skip
-
-    async def rotating(self, streams: list[str], slot: str) -> None:
-        """One logical connection that replaces itself every `rotate_after` s, with overlap."""
-        current_stop = asyncio.Event()
-        self.conn_counter += 1
-        current = asyncio.create_task(self.connection(streams, current_stop, f"{slot}#{self.conn_counter}"))
-        try:
-            while not self.stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), self.rotate_after)
-                if self.stop.is_set():
-                    break
-                self.conn_counter += 1
-                new_stop, first = asyncio.Event(), asyncio.Event()
-                new = asyncio.create_task(
-                    self.connection(streams, new_stop, f"{slot}#{self.conn_counter}", first)
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(first.wait(), max(self.stale_timeout, 5.0))
-                current_stop.set()
-                await current
-                current, current_stop = new, new_stop
-                self.report.rotations += 1
-        finally:
-            current_stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await current
-
-    async def run(self) -> LiveReport:
+    async def run(self, shared: SharedStreams | None = None) -> LiveReport:
+        """Until `stop`: on `shared` connections (collect all) or on this collector's own, two
+        independent sets of them with `redundant`."""
         started = time.monotonic()
         streams = [f"{s.lower()}@aggTrade" for s in self.symbols]
-        chunks = [
-            streams[i : i + STREAMS_PER_CONNECTION] for i in range(0, len(streams), STREAMS_PER_CONNECTION)
-        ]
-        copies = 2 if self.redundant else 1
         filler = asyncio.create_task(self.gap_filler())
         flusher = asyncio.create_task(self.flusher())
-        conns = [
-            asyncio.create_task(self.rotating(chunk, f"aggTrade[{i}]{'ab'[k] if copies > 1 else ''}"))
-            for i, chunk in enumerate(chunks)
-            for k in range(copies)
-        ]
+        sets = [shared] if shared is not None else []
+        conns = []
+        if shared is None:
+            for k in range(2 if self.redundant else 1):
+                own = SharedStreams(
+                    self.settings.ws_url, expected=1, health=self.health, events=self.events,
+                    stale_timeout=self.stale_timeout, name="aggTrade" + ("ab"[k] if self.redundant else ""),
+                    rotate_after=self.rotate_after,
+                )  # fmt: skip
+                sets.append(own)
+                conns.append(asyncio.create_task(own.run(self.stop)))
+        for conn_set in sets:
+            conn_set.register(streams, self.on_message, COLLECTOR_STREAM)
         try:
             await self.stop.wait()
         finally:
@@ -344,12 +309,12 @@ class AggTradesLive:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
         self.report.seconds = time.monotonic() - started
-        self.report.malformed = sum(
-            s.malformed for n, s in self.health.streams.items() if n.startswith("aggTrade")
+        totals = [c.totals() for c in sets]
+        self.report.malformed = self.health.stream(COLLECTOR_STREAM).malformed + (
+            sum(t.malformed for t in totals) if shared is None else 0
         )
-        self.report.reconnects = sum(
-            s.reconnects for n, s in self.health.streams.items() if n.startswith("aggTrade")
-        )
+        self.report.reconnects = sum(t.reconnects + t.stale_reconnects for t in totals)
+        self.report.rotations = sum(c.rotations for c in sets)
         return self.report
 
 
@@ -384,8 +349,10 @@ async def collect_aggtrades_live(
     stale_timeout: float = 30.0,
     weight_budget: int = 1200,
     max_rest_fill_ids: int = MAX_REST_FILL_IDS,
+    shared_streams: SharedStreams | None = None,
 ) -> LiveReport:
-    """Collect live aggregate trades until `live_seconds` pass, `stop_event` is set or SIGINT/SIGTERM."""
+    """Collect live aggregate trades until `live_seconds` pass, `stop_event` is set or SIGINT/SIGTERM;
+    on `shared_streams` (collect all) instead of connections of its own when given."""
     own_stop = stop_event is None
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -415,7 +382,7 @@ async def collect_aggtrades_live(
             batch_ms=batch_ms, rotate_after=rotate_after, stale_timeout=stale_timeout,
             max_rest_fill_ids=max_rest_fill_ids,
         )  # fmt: skip
-        report = await collector.run()
+        report = await collector.run(shared_streams)
         await writer.flush(timeout=writer.close_timeout if own_writer else None)
         report.writer = writer.stats.as_dict()
         return report

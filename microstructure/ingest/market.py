@@ -464,7 +464,7 @@ async def collect_market_live(
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)
     tasks = [asyncio.create_task(m.oi_loop(stop)), asyncio.create_task(m.funding_loop(stop))]
-    stream_task = await start_stream(
+    conns, stream_task = start_stream(
         settings,
         m.streams(),
         m.on_message,
@@ -506,9 +506,9 @@ async def collect_market_live(
         if own_rest:
             await rest.close()
     hs = health.stream(COLLECTOR)
-    report.malformed = hs.malformed
-    conn = health.stream(shared_streams.name) if shared_streams is not None else hs
-    report.reconnects = conn.reconnects + conn.stale_reconnects
+    totals = conns.totals()  # of the shared connections, or of this collector's own
+    report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
+    report.reconnects = totals.reconnects + totals.stale_reconnects
     report.seconds = time.monotonic() - started
     return report
 

@@ -4,10 +4,10 @@
   stream, shown by the collectors' summaries;
 - `EventLog`: ingest_events rows (reconnect, resync, gap_fill, poll_miss, malformed ...), written
   in small batches, never blocking a collector;
-- `combined_stream` / `run_stream`: one Binance combined websocket (`/stream?streams=a/b`) with
-  reconnects (jittered backoff), staleness detection and malformed-message accounting;
-- `SharedStreams`: one connection per up to 200 streams serving several collectors, routed by
-  stream name (`collect all`).
+- `combined_stream`: one Binance combined websocket (`/stream?streams=a/b`) with reconnects
+  (jittered backoff), staleness detection and malformed-message accounting;
+- `SharedStreams`: connections of up to 200 streams each, rotated with overlap before Binance's 24 h
+  limit, serving one collector or several (`collect all`), routed by stream name.
 """
 
 from __future__ import annotations
@@ -249,64 +249,61 @@ def note_malformed(
         )
 
 
-async def run_stream(
-    ws_base: str,
-    streams: Sequence[str],
-    handler: Handler,
-    *,
-    stop: asyncio.Event,
-    name: str,
-    health: Health,
-    events: EventLog | None,
-    collector: str,
-    stale_timeout: float,
-) -> None:
-    """Feed every (stream, data, recv_ms) of a combined-stream connection to `handler`.
-
-    A handler that raises ValueError/KeyError/TypeError marks the message malformed (counted, logged,
-    recorded); anything else propagates.
-    """
-    h = health.stream(name)
-    async for stream_name, data, recv_ms in combined_stream(
-        ws_base,
-        streams,
-        stop=stop,
-        name=name,
-        health=health,
-        events=events,
-        collector=collector,
-        stale_timeout=stale_timeout,
-    ):
-        try:
-            handler(stream_name, data, recv_ms)
-        except MALFORMED_ERRORS as exc:
-            note_malformed(
-                h, events, collector, data.get("s") if isinstance(data, dict) else None, name, data, exc
-            )
-
-
 MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
-class SharedStreams:
-    """One combined-stream connection for several collectors (collect all).
+STREAMS_PER_CONNECTION = 200  # Binance allows more; 200 keeps a connection's URL and load modest
+ROTATE_AFTER = 23 * 3600.0  # Binance closes a connection at 24 h; replace it before, with overlap
+HANDOFF_GRACE = (
+    5.0  # seconds after a rotation during which copies from the old and new connection are dropped
+)
 
-    Each collector registers its streams and handler instead of opening its own connection; messages
-    are routed by stream name. Messages and malformed ones are counted under the owning collector's
-    name (as with its own connection); reconnects under the connection's name `name`.
+
+def message_key(stream: str, data: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells one exchange message from another on a stream: event time, update id, aggregate
+    id, and for liquidations the order's symbol and trade time. Two connections deliver the same
+    message with the same key. Never raises: a field of an unexpected type keys by its repr."""
+    order = data.get("o")
+    o = order if isinstance(order, dict) else {}
+    fields = (data.get("E"), data.get("u"), data.get("a"), data.get("s"), o.get("s"), o.get("T"))
+    # (a depth message's "a" is its ask levels, a list: repr keeps the key hashable)
+    return (stream, *(v if v is None or isinstance(v, int | float | str) else repr(v) for v in fields))
+
+
+class SharedStreams:
+    """Combined-stream connections serving one or more collectors.
+
+    Collectors register their streams and a handler (`collect all` registers every collector with one
+    instance; a collector running alone has an instance of its own); messages are routed by stream
+    name. Streams are split over connections of up to `per_connection` streams. Each connection is
+    replaced every `rotate_after` seconds by a new one that starts first and takes over once it
+    delivers (Binance ends connections at 24 h); while both deliver, and for a few seconds after,
+    a message already handed on by one is dropped when the other repeats it (`message_key`), so
+    handlers see each message once.
+
+    Messages and handler-raised malformed ones are counted under the owning collector's name;
+    connection-level counts (reconnects, unparseable messages) under `NAME[i]#n`, connection n of
+    slot i.
     """
 
     def __init__(self, ws_base: str, *, expected: int, health: Health, events: EventLog | None,
-                 stale_timeout: float = 10.0, name: str = "streams") -> None:  # fmt: skip
+                 stale_timeout: float = 10.0, name: str = "streams", rotate_after: float = ROTATE_AFTER,
+                 per_connection: int = STREAMS_PER_CONNECTION) -> None:  # fmt: skip
         self.ws_base = ws_base
         self.expected = expected
         self.health = health
         self.events = events
         self.stale_timeout = stale_timeout
         self.name = name
+        self.rotate_after = rotate_after
+        self.per_connection = per_connection
         self.routes: dict[str, tuple[Handler, str]] = {}
         self.registered = 0
         self.ready = asyncio.Event()
+        self.rotations = 0
+        self.connections: list[str] = []  # names of every connection made, for the totals
+        self._handoffs = 0  # slots in a rotation handoff
+        self._seen: set[tuple[Any, ...]] = set()
 
     def register(self, streams: Sequence[str], handler: Handler, owner: str) -> None:
         for s in streams:
@@ -319,6 +316,11 @@ class SharedStreams:
         route = self.routes.get(stream)
         if route is None:
             return
+        if self._handoffs:
+            key = message_key(stream, data)
+            if key in self._seen:
+                return
+            self._seen.add(key)
         handler, owner = route
         h = self.health.stream(owner)
         h.messages += 1
@@ -329,25 +331,79 @@ class SharedStreams:
             symbol = data.get("s") if isinstance(data, dict) else None
             note_malformed(h, self.events, owner, symbol, owner, data, exc)
 
+    def totals(self) -> StreamHealth:
+        """Connection-level counts summed over every connection this instance made."""
+        out = StreamHealth()
+        for name in self.connections:
+            h = self.health.stream(name)
+            out.messages += h.messages
+            out.malformed += h.malformed
+            out.reconnects += h.reconnects
+            out.stale_reconnects += h.stale_reconnects
+            out.last_recv_ms = max(out.last_recv_ms, h.last_recv_ms)
+        return out
+
     async def run(self, stop: asyncio.Event, wait_for_collectors: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), wait_for_collectors)
-        if not self.routes:
+        names = list(self.routes)
+        if not names:
             return
+        n = self.per_connection
+        await asyncio.gather(
+            *(self._slot(names[i : i + n], f"{self.name}[{i // n}]", stop) for i in range(0, len(names), n))
+        )
+
+    async def _connection(self, streams: list[str], name: str, stop: asyncio.Event,
+                          first: asyncio.Event | None = None) -> None:  # fmt: skip
         async for stream_name, data, recv_ms in combined_stream(
-            self.ws_base,
-            list(self.routes),
-            stop=stop,
-            name=self.name,
-            health=self.health,
-            events=self.events,
-            collector=self.name,
-            stale_timeout=self.stale_timeout,
-        ):
+            self.ws_base, streams, stop=stop, name=name, health=self.health, events=self.events,
+            collector=self.name, stale_timeout=self.stale_timeout,
+        ):  # fmt: skip
+            if first is not None and not first.is_set():
+                first.set()
             self.dispatch(stream_name, data, recv_ms)
 
+    async def _slot(self, streams: list[str], slot: str, stop: asyncio.Event) -> None:
+        """One logical connection that replaces itself every `rotate_after` s, with overlap."""
+        live: list[tuple[asyncio.Task[None], asyncio.Event]] = []
 
-async def start_stream(
+        def connect(first: asyncio.Event | None = None) -> None:
+            conn_stop = asyncio.Event()
+            name = f"{slot}#{len(self.connections) + 1}"
+            self.connections.append(name)
+            live.append((asyncio.create_task(self._connection(streams, name, conn_stop, first)), conn_stop))
+
+        connect()
+        grace = min(HANDOFF_GRACE, self.rotate_after / 2)
+        wait = self.rotate_after
+        try:
+            while not await sleep_or_stop(stop, wait):
+                self._handoffs += 1
+                try:
+                    first = asyncio.Event()
+                    connect(first)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(first.wait(), max(self.stale_timeout, 5.0))
+                    old, old_stop = live.pop(0)
+                    old_stop.set()
+                    await old
+                    self.rotations += 1
+                    await sleep_or_stop(stop, grace)  # the new connection may still repeat a few
+                    wait = self.rotate_after - grace
+                finally:
+                    self._handoffs -= 1
+                    if not self._handoffs:
+                        self._seen.clear()
+        finally:
+            for _, conn_stop in live:
+                conn_stop.set()
+            for task, _ in live:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def start_stream(
     settings: Settings,
     streams: Sequence[str],
     handler: Handler,
@@ -358,24 +414,16 @@ async def start_stream(
     events: EventLog | None,
     collector: str,
     stale_timeout: float,
-) -> asyncio.Task[None] | None:
-    """Register with the shared connection, or start this collector's own connection (a task)."""
+) -> tuple[SharedStreams, asyncio.Task[None] | None]:
+    """Register with the shared connections, or make this collector's own (and a task running them)."""
     if shared is not None:
         shared.register(streams, handler, collector)
-        return None
-    return asyncio.create_task(
-        run_stream(
-            settings.ws_url,
-            streams,
-            handler,
-            stop=stop,
-            name=collector,
-            health=health,
-            events=events,
-            collector=collector,
-            stale_timeout=stale_timeout,
-        )
+        return shared, None
+    own = SharedStreams(
+        settings.ws_url, expected=1, health=health, events=events, stale_timeout=stale_timeout, name=collector
     )
+    own.register(streams, handler, collector)
+    return own, asyncio.create_task(own.run(stop), name=f"{collector}-streams")
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

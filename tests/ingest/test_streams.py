@@ -1,0 +1,81 @@
+"""SharedStreams against the local exchange over real websockets: streams split over connections of
+at most `per_connection`, and rotation with overlap that hands every message on exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from microstructure.exchange import ExchangeConfig, LocalExchange
+from microstructure.ingest.streams import Health, SharedStreams, message_key
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+def config(tmp_path: Path) -> ExchangeConfig:
+    return ExchangeConfig(
+        symbols=SYMBOLS,
+        seed=3,
+        history_days=0,
+        trades_per_day=20_000,
+        live_rate=40.0,
+        cache_dir=tmp_path / "c",
+    )
+
+
+async def run_streams(ex: LocalExchange, seconds: float, **kw: Any) -> tuple[SharedStreams, dict[str, list]]:
+    got: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    health = Health()
+    shared = SharedStreams(ex.ws_url, expected=2, health=health, events=None, **kw)
+    trades = [f"{s.lower()}@aggTrade" for s in SYMBOLS]
+    others = [f"{s.lower()}@markPrice@1s" for s in SYMBOLS] + [f"{s.lower()}@depth20@500ms" for s in SYMBOLS]
+    shared.register(trades, lambda stream, data, recv: got[stream].append(data), "trades")
+    shared.register(others, lambda stream, data, recv: got[stream].append(data), "others")
+    stop = asyncio.Event()
+    task = asyncio.create_task(shared.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return shared, got
+
+
+def test_streams_are_split_over_connections_of_at_most_per_connection(tmp_path: Path) -> None:
+    async def go():
+        async with LocalExchange(config(tmp_path)) as ex:
+            return await run_streams(ex, 3.0, per_connection=4)
+
+    shared, got = asyncio.run(go())
+    assert shared.connections == ["streams[0]#1", "streams[1]#2", "streams[2]#3"]  # 9 streams, 4 a connection
+    assert len(got) == 9  # every stream delivered, whichever connection carried it
+    assert all(shared.health.stream(c).messages > 0 for c in shared.connections)
+    assert shared.health.stream("trades").messages == sum(len(got[f"{s.lower()}@aggTrade"]) for s in SYMBOLS)
+
+
+def test_rotation_overlaps_and_hands_each_message_on_once(tmp_path: Path) -> None:
+    async def go():
+        async with LocalExchange(config(tmp_path)) as ex:
+            shared, got = await run_streams(ex, 7.0, rotate_after=1.5)
+            return shared, got
+
+    shared, got = asyncio.run(go())
+    assert shared.rotations >= 3
+    assert len(shared.connections) == shared.rotations + 1
+    for stream, msgs in got.items():
+        keys = [message_key(stream, m) for m in msgs]
+        assert len(keys) == len(set(keys)), f"{stream}: a message handed on twice"
+        if stream.endswith("@aggTrade"):
+            ids = [m["a"] for m in msgs]
+            assert ids == list(range(ids[0], ids[0] + len(ids))), f"{stream}: ids lost or reordered"
+        elif stream.endswith("@markPrice@1s"):
+            times = [m["E"] for m in msgs]
+            # one a second, none lost across rotations
+            assert all(0 < b - a < 1500 for a, b in itertools.pairwise(times)), times
+            assert len(times) >= 6
+        else:
+            updates = [m["u"] for m in msgs]
+            assert updates == sorted(updates) and len(updates) >= 12
+            times = [m["E"] for m in msgs]
+            assert all(0 < b - a < 750 for a, b in itertools.pairwise(times)), times
