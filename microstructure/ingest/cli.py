@@ -14,6 +14,7 @@ from microstructure.config import ENV_PREFIX, SettingError, Settings
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 DEFAULT_WEIGHT_BUDGET = 1200
+DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be silent for a while
 MAX_WEIGHT_BUDGET = 2400
 
 
@@ -64,6 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     agg.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: run until stopped)"
     )
+    add_stale_timeout(agg, DEFAULT_AGG_STALE_TIMEOUT)
     agg.add_argument("--redundant", action="store_true", help="live: two connections per stream, merged")
     agg.add_argument(
         "--weight-budget",
@@ -118,6 +120,15 @@ def parse_seconds(value: str, flag: str) -> float:
     if not x > 0:
         raise SettingError(f"{flag}: expected a number of seconds > 0, got {value!r}")
     return x
+
+
+def add_stale_timeout(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument(
+        "--stale-timeout",
+        metavar="SECONDS",
+        default=str(default),
+        help=f"live: a connection with no message for this long is made again (default {default:g})",
+    )
 
 
 def parse_symbols(values: list[str]) -> list[str]:
@@ -200,7 +211,12 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
         parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
     )
     return run_live(
-        settings, symbols, live_seconds=live_seconds, redundant=args.redundant, weight_budget=budget
+        settings,
+        symbols,
+        live_seconds=live_seconds,
+        redundant=args.redundant,
+        weight_budget=budget,
+        stale_timeout=parse_seconds(args.stale_timeout, "--stale-timeout"),
     )
 
 
@@ -270,7 +286,13 @@ def run_historical(
 
 
 def run_live(
-    settings: Settings, symbols: list[str], *, live_seconds: float | None, redundant: bool, weight_budget: int
+    settings: Settings,
+    symbols: list[str],
+    *,
+    live_seconds: float | None,
+    redundant: bool,
+    weight_budget: int,
+    stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
     from microstructure.ingest.live import collect_aggtrades_live
 
@@ -283,6 +305,7 @@ def run_live(
             live_seconds=live_seconds,
             redundant=redundant,
             weight_budget=weight_budget,
+            stale_timeout=stale_timeout,
         )
     )
     for line in report.summary_lines():

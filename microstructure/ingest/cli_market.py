@@ -20,6 +20,7 @@ from typing import Any
 from microstructure.config import ENV_PREFIX, SettingError, Settings
 from microstructure.ingest.book import BOOK_DEPTH_HELP
 from microstructure.ingest.cli import (
+    add_stale_timeout,
     apply_urls,
     parse_day,
     parse_int,
@@ -29,6 +30,7 @@ from microstructure.ingest.cli import (
 )
 
 DEFAULT_OI_INTERVAL = 60.0
+DEFAULT_STALE_TIMEOUT = 10.0  # mark price arrives every second, depth every 100-500 ms
 
 
 def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
@@ -66,6 +68,7 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
     p.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: until SIGINT/SIGTERM)"
     )
+    add_stale_timeout(p, DEFAULT_STALE_TIMEOUT)
     if oi:
         p.add_argument(
             "--oi-interval",
@@ -141,11 +144,15 @@ def _days(args: argparse.Namespace) -> tuple[date | None, date | None, int | Non
     return start, end, None
 
 
-def _live_args(args: argparse.Namespace) -> float | None:
+def _live_args(args: argparse.Namespace) -> tuple[float | None, float]:
+    """(--live-seconds or None, --stale-timeout)"""
     for flag, value in (("--days", args.days), ("--start", args.start), ("--end", args.end)):
         if value is not None:
             raise SettingError(f"{flag}: only with --mode historical")
-    return parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
+    live_seconds = (
+        parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
+    )
+    return live_seconds, parse_seconds(args.stale_timeout, "--stale-timeout")
 
 
 def _source(args: argparse.Namespace) -> str:
@@ -204,14 +211,15 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         return _finish(
             _run(lambda: collect_book_historical(settings, url, symbols, start, end, days=days), settings)
         )
-    live_seconds = _live_args(args)
+    live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
 
     async def live() -> Any:
         stop = _signal_stop()
         return await collect_book_live(
-            settings, url, symbols, source=source, live_seconds=live_seconds, stop_event=stop
-        )
+            settings, url, symbols, source=source, live_seconds=live_seconds, stop_event=stop,
+            stale_timeout=stale_timeout,
+        )  # fmt: skip
 
     return _finish(_run(live, settings))
 
@@ -229,14 +237,15 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
         return _finish(
             _run(lambda: collect_market_historical(settings, url, symbols, start, end, days=days), settings)
         )
-    live_seconds = _live_args(args)
+    live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
 
     async def live() -> Any:
         stop = _signal_stop()
         return await collect_market_live(
-            settings, url, symbols, live_seconds=live_seconds, oi_interval=oi_interval, stop_event=stop
-        )
+            settings, url, symbols, live_seconds=live_seconds, oi_interval=oi_interval, stop_event=stop,
+            stale_timeout=stale_timeout,
+        )  # fmt: skip
 
     return _finish(_run(live, settings))
 
@@ -252,10 +261,11 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     start = end = None
     days = None
     live_seconds = None
+    stale_timeout = DEFAULT_STALE_TIMEOUT
     if mode == "historical":
         start, end, days = _days(args)
     else:
-        live_seconds = _live_args(args)
+        live_seconds, stale_timeout = _live_args(args)
     health_port = None
     if args.health_port is not None:
         health_port = parse_int(args.health_port, "--health-port", 0, 65535)
@@ -276,6 +286,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 end=end,
                 days=days,
                 health_port=health_port,
+                stale_timeout=stale_timeout,
             ),
             settings,
         )

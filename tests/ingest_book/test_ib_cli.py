@@ -32,6 +32,10 @@ from microstructure.exchange import ExchangeThread
         ),
         (["market", "--symbol", "BTCUSDT", "--days", "3"], "--days: only with --mode historical"),
         (
+            ["all", "--symbol", "BTCUSDT", "--stale-timeout", "-1"],
+            "--stale-timeout: expected a number of seconds > 0, got '-1'",
+        ),
+        (
             ["all", "--symbol", "BTCUSDT", "--live-seconds", "soon"],
             "--live-seconds: expected a number of seconds > 0",
         ),

@@ -33,6 +33,10 @@ BAD = [
         "--live-seconds: expected a number of seconds > 0, got 'soon'",
     ),
     (["--mode", "live", "--days", "2"], "--days: only with --mode historical"),
+    (
+        ["--mode", "live", "--stale-timeout", "never"],
+        "--stale-timeout: expected a number of seconds > 0, got 'never'",
+    ),
     (["--days", "1", "--rest-url", "fapi.binance.com"], "--rest-url: expected a http:// or https:// URL"),
     (["--days", "1", "--ws-url", "http://x"], "--ws-url: expected a ws:// or wss:// URL"),
 ]
