@@ -254,9 +254,8 @@ MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 STREAMS_PER_CONNECTION = 200  # Binance allows more; 200 keeps a connection's URL and load modest
 ROTATE_AFTER = 23 * 3600.0  # Binance closes a connection at 24 h; replace it before, with overlap
-HANDOFF_GRACE = (
-    5.0  # seconds after a rotation during which copies from the old and new connection are dropped
-)
+# seconds after a rotation during which copies from the old and new connection are still dropped
+HANDOFF_GRACE = 5.0
 
 
 def message_key(stream: str, data: dict[str, Any]) -> tuple[Any, ...]:
@@ -374,11 +373,26 @@ class SharedStreams:
             self.connections.append(name)
             live.append((asyncio.create_task(self._connection(streams, name, conn_stop, first)), conn_stop))
 
+        async def watch(seconds: float) -> bool:
+            """Sleep up to `seconds` while the current connection runs; True once `stop` is set. A
+            connection that failed (a handler's bug, not a network error: those it retries itself)
+            raises here rather than leaving the slot without a connection until the next rotation."""
+            current = live[-1][0]
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({stopper, current}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if current.done() and not stop.is_set():
+                current.result()
+                raise RuntimeError(f"{slot}: connection ended before stop")
+            return stop.is_set()
+
         connect()
         grace = min(HANDOFF_GRACE, self.rotate_after / 2)
         wait = self.rotate_after
         try:
-            while not await sleep_or_stop(stop, wait):
+            while not await watch(wait):
                 self._handoffs += 1
                 try:
                     first = asyncio.Event()
@@ -389,7 +403,7 @@ class SharedStreams:
                     old_stop.set()
                     await old
                     self.rotations += 1
-                    await sleep_or_stop(stop, grace)  # the new connection may still repeat a few
+                    await watch(grace)  # the new connection may still repeat a few
                     wait = self.rotate_after - grace
                 finally:
                     self._handoffs -= 1

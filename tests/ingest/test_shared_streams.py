@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from microstructure.exchange import ExchangeConfig, LocalExchange
 from microstructure.ingest.streams import Health, SharedStreams, message_key
 
@@ -79,3 +81,23 @@ def test_rotation_overlaps_and_hands_each_message_on_once(tmp_path: Path) -> Non
             assert updates == sorted(updates) and len(updates) >= 12
             times = [m["E"] for m in msgs]
             assert all(0 < b - a < 750 for a, b in itertools.pairwise(times)), times
+
+
+def test_a_handler_bug_ends_the_run_at_once_instead_of_leaving_the_streams_unread(tmp_path: Path) -> None:
+    """Malformed messages (ValueError, KeyError, ...) are counted; any other error is a bug and
+    surfaces from run() instead of silently ending the connection until the next rotation."""
+
+    def handler(stream: str, data: dict, recv_ms: int) -> None:
+        raise RuntimeError("bug in a collector")
+
+    async def go() -> float:
+        async with LocalExchange(config(tmp_path)) as ex:
+            shared = SharedStreams(ex.ws_url, expected=1, health=Health(), events=None)
+            shared.register(["btcusdt@markPrice@1s"], handler, "bug")
+            stop = asyncio.Event()
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(RuntimeError, match="bug in a collector"):
+                await asyncio.wait_for(shared.run(stop), 10)
+            return asyncio.get_running_loop().time() - t0
+
+    assert asyncio.run(go()) < 5
