@@ -106,5 +106,35 @@ def test_funding_mark_oi_liquidations() -> None:
     assert m.oi_at(ORIGIN + DAY_MS) > 0
     liq = m.liquidations(ORIGIN, ORIGIN + 2 * DAY_MS)
     assert len(liq["T"]) > 10
-    # liquidations cluster in large moves: more of them in minutes with large |returns|
-    assert set(np.unique(liq["sell"]).tolist()) <= {True, False}
+
+
+def test_liquidations_cluster_in_large_moves_against_the_move() -> None:
+    """The generator's rule: a minute holds Poisson(3 * max(|z| - 1.8, 0) + 0.03) liquidations, z the
+    minute's mid return in units of the typical one-minute volatility, each on the side against the move
+    (SELL, a long closed, when the price fell). Recomputed here from the quotes alone."""
+    m = market()
+    t0, t1 = ORIGIN, ORIGIN + 2 * DAY_MS
+    sigma = m.spec.daily_vol / np.sqrt(1440)
+    starts = np.arange(t0, t1, 60_000, dtype=np.int64)
+    mid_end = np.array([sum(m.quote_at(int(t) + 59_999)) / 2 for t in starts])
+    mid_before = np.array([sum(m.quote_at(int(t) - 1)) / 2 for t in starts])
+    ret = np.log(mid_end / mid_before)
+    z = np.abs(ret) / sigma
+    liq = m.liquidations(t0, t1)
+    minute = (liq["T"] - t0) // 60_000
+    per_minute = np.bincount(minute, minlength=len(starts))
+    quiet, large = z < 1.0, z >= 2.5
+    assert quiet.sum() > 1000 and large.sum() > 20
+    quiet_rate, large_rate = per_minute[quiet].mean(), per_minute[large].mean()
+    assert quiet_rate < 0.06, quiet_rate  # the 0.03 per minute background
+    assert large_rate > 2.0, large_rate  # 3 per unit of |z| above 1.8
+    assert large_rate > 40 * quiet_rate
+    # most liquidations fall in the few minutes with large moves
+    assert per_minute[z >= 1.8].sum() > 0.6 * len(liq["T"]) and (z >= 1.8).mean() < 0.1
+    # the total matches the rule's expected count (Poisson: within 4 standard deviations)
+    expected = (3.0 * np.maximum(z - 1.8, 0.0) + 0.03).sum()
+    assert abs(len(liq["T"]) - expected) < 4 * np.sqrt(expected)
+    # side against the move in every minute that moved
+    moved = ret[minute] != 0
+    assert moved.sum() > 0.9 * len(moved)
+    assert np.array_equal(liq["sell"][moved], ret[minute][moved] < 0)
