@@ -78,8 +78,14 @@ class FaultConfig:
     ws_skip_agg_trades   probability that an aggTrade message is silently not sent (ids go missing)
     ws_break_depth       probability that a diff-depth event is not sent (the next one's pu breaks)
     ws_malformed         probability that a message is sent truncated / malformed
+    ws_stall_after       after N messages a websocket goes silent: it stays open and answers pings
+                         but sends no data (what it would have sent is lost)
+    ws_stall_for         seconds a stalled websocket stays silent before sending again (0: until closed)
     rest_429_rate        probability that a REST request answers 429 regardless of its weight
     rest_delay           seconds added before every HTTP answer (REST and archives)
+    rest_malformed       probability that a REST answer (HTTP 200) is malformed: its fields removed
+                         ({} / [{}]) or its text truncated, at random
+    rest_malformed_paths the REST paths rest_malformed applies to (empty: every /fapi/ and /futures/ path)
     missing_archive_days archive days (YYYY-MM-DD) that answer 404 for every data type
     bad_checksum_days    archive days whose .CHECKSUM does not match the zip
     monthly_disorder     monthly archives come out of order with duplicated rows (as Binance's can)
@@ -90,8 +96,12 @@ class FaultConfig:
     ws_skip_agg_trades: float = 0.0
     ws_break_depth: float = 0.0
     ws_malformed: float = 0.0
+    ws_stall_after: int = 0
+    ws_stall_for: float = 0.0
     rest_429_rate: float = 0.0
     rest_delay: float = 0.0
+    rest_malformed: float = 0.0
+    rest_malformed_paths: tuple[str, ...] = ()
     missing_archive_days: tuple[str, ...] = ()
     bad_checksum_days: tuple[str, ...] = ()
     monthly_disorder: bool = False

@@ -169,10 +169,24 @@ def make_middleware(ex: LocalExchange):  # type: ignore[no-untyped-def]
             resp = await handler(request)
         except ApiError as exc:
             resp = error_response(exc.code, exc.msg, exc.status)
+        if (
+            faults.rest_malformed > 0
+            and resp.status == 200
+            and (not faults.rest_malformed_paths or path in faults.rest_malformed_paths)
+            and fault_rng.random() < faults.rest_malformed
+        ):
+            resp = json_response(malformed_body(resp.text or "", fault_rng))
         resp.headers["X-MBX-USED-WEIGHT-1M"] = str(verdict.used)
         return resp
 
     return middleware
+
+
+def malformed_body(text: str, rng: random.Random) -> str:
+    """A broken version of a JSON answer: the same shape with every field removed, or cut in half."""
+    if rng.random() < 0.5:
+        return text[: max(1, len(text) // 2)]
+    return "[{}]" if text.startswith("[") else "{}"
 
 
 # ---------------------------------------------------------------- handlers

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,9 +86,10 @@ class Connection:
     sent: int = 0
     closed: bool = False
     last_pong: float = 0.0
+    stalled_until: float = 0.0  # time.monotonic(); data offered before then is not sent (ws_stall_*)
 
     def offer(self, key: StreamKey, payload: str, wrapped: str) -> None:
-        if self.closed:
+        if self.closed or (self.stalled_until and time.monotonic() < self.stalled_until):
             return
         faults = self.ex.config.faults
         if (
@@ -406,6 +409,13 @@ async def _sender(conn: Connection) -> None:
                 log.info("fault: closing websocket after %d messages", conn.sent)
                 conn.abort()
                 return
+            if faults.ws_stall_after and conn.sent == faults.ws_stall_after:
+                # silent but open: pings are still answered, data is dropped until the stall ends
+                log.info("fault: websocket stalls after %d messages", conn.sent)
+                conn.stalled_until = (
+                    time.monotonic() + faults.ws_stall_for if faults.ws_stall_for > 0 else math.inf
+                )
+                conn.out.clear()
 
 
 async def _pinger(conn: Connection, ex: LocalExchange) -> None:

@@ -160,3 +160,82 @@ def test_aiohttp_client_sees_same_faults(tmp_cfg) -> None:
             return n
 
         assert run(go()) == 10
+
+
+def test_stalled_websocket_stays_open_answers_pings_and_sends_nothing(tmp_cfg) -> None:
+    cfg = tmp_cfg(
+        history_days=0,
+        live_rate=300.0,
+        ping_interval=0.3,
+        pong_timeout=0.5,
+        faults=FaultConfig(ws_stall_after=20),
+    )
+    with ExchangeThread(cfg) as ex:
+
+        async def go() -> tuple[int, float, bool]:
+            async with connect(ex.ws_url + STREAM) as ws:
+                got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(20)]
+                t0 = time.monotonic()
+                try:
+                    await asyncio.wait_for(ws.recv(), 2.0)  # server pings come and go meanwhile
+                    silent = 0.0
+                except TimeoutError:
+                    silent = time.monotonic() - t0
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, 2)  # the server still answers our pings
+                return len(got), silent, ws.state.name == "OPEN"
+
+        n, silent, still_open = run(go())
+    assert n == 20 and silent >= 1.9 and still_open
+
+
+def test_websocket_stall_for_some_seconds_then_data_again(tmp_cfg) -> None:
+    cfg = tmp_cfg(history_days=0, live_rate=300.0, faults=FaultConfig(ws_stall_after=10, ws_stall_for=1.0))
+    with ExchangeThread(cfg) as ex:
+
+        async def go() -> list[tuple[float, dict]]:
+            out = []
+            async with aiohttp.ClientSession() as s, s.ws_connect(ex.ws_url + STREAM) as ws:
+                while len(out) < 30:
+                    msg = await asyncio.wait_for(ws.receive(), 5)
+                    out.append((time.monotonic(), json.loads(msg.data)))
+            return out
+
+        got = run(go())
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(got)]
+    assert max(gaps) >= 0.8 and gaps.index(max(gaps)) == 9  # silent after the 10th message, then on
+    ids = [d["a"] for _, d in got]
+    assert ids[10] - ids[9] > 1  # what the stall would have sent is lost, as from a stalled server
+
+
+def test_malformed_rest_answers_on_chosen_paths(tmp_cfg) -> None:
+    faults = FaultConfig(rest_malformed=1.0, rest_malformed_paths=("/fapi/v1/openInterest",))
+    cfg = tmp_cfg(history_days=0, faults=faults)
+    with ExchangeThread(cfg) as ex:
+
+        async def go() -> tuple[list[tuple[int, str]], int, str]:
+            async with aiohttp.ClientSession() as s:
+                bodies = []
+                for _ in range(16):
+                    async with s.get(
+                        ex.base_url + "/fapi/v1/openInterest", params={"symbol": "BTCUSDT"}
+                    ) as r:
+                        bodies.append((r.status, await r.text()))
+                async with s.get(ex.base_url + "/fapi/v1/time") as r:
+                    time_status, time_text = r.status, await r.text()
+                return bodies, time_status, time_text
+
+        bodies, time_status, time_text = run(go())
+    assert all(status == 200 for status, _ in bodies)
+    kinds = set()
+    for _, text in bodies:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            kinds.add("truncated")
+            assert text.startswith('{"')
+            continue
+        assert obj == {}  # valid JSON without the fields
+        kinds.add("empty")
+    assert kinds == {"truncated", "empty"}
+    assert time_status == 200 and "serverTime" in json.loads(time_text)  # other paths are untouched
