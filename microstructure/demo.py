@@ -21,7 +21,7 @@ import psycopg
 from microstructure.config import Settings
 from microstructure.db import migrate
 from microstructure.db.cli import print_schema
-from microstructure.db.connect import check_connection, resolve_database_url
+from microstructure.db.connect import resolve_database_url
 
 
 def _symbols(text: str) -> list[str]:
@@ -79,7 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 async def run_demo(args: argparse.Namespace, settings: Settings, url: str) -> int:
     from microstructure.exchange import ExchangeConfig, LocalExchange
     from microstructure.ingest.collect_all import collect_all
-    from microstructure.ingest.historical import collect_aggtrades_historical
 
     today = datetime.now(UTC).date()
     exchange = None
@@ -100,9 +99,12 @@ async def run_demo(args: argparse.Namespace, settings: Settings, url: str) -> in
         settings.point_at_exchange(exchange.base_url)
         print(f"local exchange: {exchange.base_url} (REST, archives), {exchange.ws_url} (websocket)")
     try:
-        print(f"\n== backfill: aggregate trades {today - timedelta(days=args.history_days)} .. {today}")
-        hist = await collect_aggtrades_historical(
-            settings, url, args.symbols, today - timedelta(days=args.history_days), today, progress=True
+        start = today - timedelta(days=args.history_days)
+        print(
+            f"\n== backfill {start} .. {today}: aggregate trades, bookDepth bands, funding, metrics, klines"
+        )
+        hist = await collect_all(
+            settings, url, args.symbols, mode="historical", start=start, end=today, handle_signals=False
         )
         print("\n".join(hist.summary_lines()))
         print(f"\n== live: every collector for {args.live_seconds} s")
@@ -118,8 +120,7 @@ async def run_demo(args: argparse.Namespace, settings: Settings, url: str) -> in
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from microstructure.status import collect_status, print_status
 
-    url = resolve_database_url(settings)
-    check_connection(url)
+    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     migrate.upgrade(url)
     print(f'database: {url}   (psql "{url}")')
     code = asyncio.run(run_demo(args, settings, url))

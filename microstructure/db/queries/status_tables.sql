@@ -8,4 +8,10 @@ SELECT 'funding_rates', (SELECT count(*) FROM funding_rates), (SELECT max(fundin
 UNION ALL
 SELECT 'open_interest', (SELECT count(*) FROM open_interest), (SELECT max(ts) FROM open_interest)
 UNION ALL
-SELECT 'liquidations', (SELECT count(*) FROM liquidations), (SELECT max(ts) FROM liquidations);
+SELECT 'liquidations', (SELECT count(*) FROM liquidations), (SELECT max(ts) FROM liquidations)
+UNION ALL  -- archive-only kinds
+SELECT 'book_depth_bands', (SELECT count(*) FROM book_depth_bands), (SELECT max(ts) FROM book_depth_bands)
+UNION ALL
+SELECT 'futures_metrics', (SELECT count(*) FROM futures_metrics), (SELECT max(ts) FROM futures_metrics)
+UNION ALL
+SELECT 'price_klines', (SELECT count(*) FROM price_klines), (SELECT max(ts) FROM price_klines);
