@@ -13,7 +13,6 @@ from exchange_helpers import fetch, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeThread
-from microstructure.exchange.streams import StreamKey
 
 AGG_EVENT = {
     "e": str,
@@ -180,40 +179,242 @@ def test_diff_depth_builds_the_same_book_as_rest(exchange) -> None:
     assert top_a == {p: q for p, q in want_a.items() if float(p) < float(best_ask) + 50}
 
 
-def test_force_order_events(exchange) -> None:
-    market = exchange.markets["BTCUSDT"]
-    liq = market.liquidations(market.origin_ms, market.origin_ms + 86_400_000)
-    assert len(liq["T"]) > 0
-    t0 = int(liq["T"][0]) // 1000 * 1000
+def test_diff_depth_500ms_fields_chain_and_cadence(exchange) -> None:
+    """@depth@500ms next to @depth@100ms: Binance's fields and types, an unbroken U/u/pu chain, one
+    event per 500 ms (five @100ms events in the same time), each diff turning the book at T - 500 ms
+    into the book at T."""
+    from microstructure.exchange.book import book_at
+    from microstructure.exchange.rest import fmt_units
 
-    async def go() -> list[dict]:
-        url = exchange.ws_url + "/stream?streams=btcusdt@forceOrder/!forceOrder@arr"
+    async def go() -> dict[str, list[tuple[float, dict]]]:
+        url = exchange.ws_url + "/stream?streams=btcusdt@depth@500ms/btcusdt@depth@100ms"
+        got: dict[str, list[tuple[float, dict]]] = {"btcusdt@depth@500ms": [], "btcusdt@depth@100ms": []}
         async with connect(url) as ws:
-            await asyncio.sleep(0.2)
-            keys = [
-                StreamKey("btcusdt@forceOrder", "BTCUSDT", "forceOrder"),
-                StreamKey("!forceOrder@arr", None, "forceOrderAll"),
-            ]
-            exchange_thread_call(
-                exchange, lambda: exchange.producer.force_orders(t0, t0 + 1000, exchange.now_ms(), keys)
+            while len(got["btcusdt@depth@500ms"]) < 8:
+                e = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                got[e["stream"]].append((time.monotonic(), e["data"]))
+        return got
+
+    got = run(go())
+    slow = [d for _, d in got["btcusdt@depth@500ms"]]
+    fast = [d for _, d in got["btcusdt@depth@100ms"]]
+    for d in slow + fast:
+        assert set(d) == DEPTH_EVENT and d["e"] == "depthUpdate" and d["s"] == "BTCUSDT"
+        assert all(isinstance(d[k], int) for k in ("E", "T", "U", "u", "pu"))
+        assert d["pu"] < d["U"] <= d["u"] and d["E"] >= d["T"]
+        for side in ("b", "a"):
+            assert isinstance(d[side], list)
+            assert all(len(lv) == 2 and all(isinstance(x, str) for x in lv) for lv in d[side])
+    for events, step in ((slow, 500), (fast, 100)):
+        assert all(d["T"] % step == 0 for d in events)
+        gaps = [b["T"] - a["T"] for a, b in itertools.pairwise(events)]
+        assert all(g > 0 and g % step == 0 for g in gaps)
+        assert sorted(gaps)[len(gaps) // 2] == step  # the cadence (a late producer tick may skip one)
+        # Binance's rule: each event's pu is the previous event's u
+        assert all(b["pu"] == a["u"] for a, b in itertools.pairwise(events))
+    # in the same span of time the @100ms stream sends five times as many events
+    t_first, t_last = slow[0]["T"], slow[-1]["T"]
+    n_fast = sum(t_first < d["T"] <= t_last for d in fast)
+    assert 4 * (len(slow) - 1) <= n_fast <= 5 * (len(slow) - 1)
+    arrivals = [t for t, _ in got["btcusdt@depth@500ms"]]
+    wall_gaps = sorted(b - a for a, b in itertools.pairwise(arrivals))
+    assert 0.3 < wall_gaps[len(wall_gaps) // 2] < 0.8
+    # each 500 ms diff applied to the book 500 ms earlier gives the book at T (all 1000 levels)
+    market = exchange.markets["BTCUSDT"]
+    pd, qd = market.spec.price_decimals, market.spec.qty_decimals
+
+    def side_dict(side) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        return {
+            fmt_units(p, pd): fmt_units(q, qd)
+            for p, q in zip(side.prices.tolist(), side.qty.tolist(), strict=True)
+        }
+
+    for d in slow:
+        before, after = book_at(market, (d["T"] - 500) // 50), book_at(market, d["T"] // 50)
+        assert d["pu"] == before.update_id and d["u"] == after.update_id
+        for key, b_side, a_side in (("b", before.bids, after.bids), ("a", before.asks, after.asks)):
+            book = side_dict(b_side)
+            for p, q in d[key]:
+                if float(q) == 0:
+                    assert book.pop(p, None) is not None
+                else:
+                    book[p] = q
+            assert book == side_dict(a_side)
+        assert d["b"] or d["a"]
+
+
+def test_unsubscribe_stops_events_and_subscribe_starts_them(exchange) -> None:
+    """After the UNSUBSCRIBE reply no event of that stream arrives while another stream keeps flowing;
+    after SUBSCRIBE it flows again, and nothing flows before the first SUBSCRIBE."""
+
+    async def go() -> list[tuple[str, dict]]:
+        log: list[tuple[str, dict]] = []
+
+        async def until(pred, seconds: float) -> None:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    msg = json.loads(
+                        await asyncio.wait_for(ws.recv(), max(deadline - time.monotonic(), 0.01))
+                    )
+                except TimeoutError:
+                    break
+                log.append(("reply", msg) if "id" in msg else ("event", msg))
+                if pred(msg):
+                    return
+
+        async with connect(exchange.ws_url + "/ws") as ws:
+            await until(lambda m: False, 0.6)  # no streams yet: silence
+            log.append(("mark", {"at": "subscribe"}))
+            await ws.send(
+                json.dumps(
+                    {"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "ethusdt@aggTrade"], "id": 1}
+                )
             )
-            return await collect(ws, 2)
+            await until(lambda m: m.get("id") == 1, 5)
+            await until(lambda m: False, 0.8)
+            await ws.send(json.dumps({"method": "UNSUBSCRIBE", "params": ["btcusdt@aggTrade"], "id": 2}))
+            await until(lambda m: m.get("id") == 2, 5)
+            log.append(("mark", {"at": "unsubscribed"}))
+            await until(lambda m: False, 1.0)
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade"], "id": 3}))
+            await until(lambda m: m.get("id") == 3, 5)
+            log.append(("mark", {"at": "resubscribed"}))
+            await until(lambda m: False, 0.8)
+        return log
 
-    events = run(go())
-    assert {e["stream"] for e in events} == {"btcusdt@forceOrder", "!forceOrder@arr"}
-    for e in events:
-        d = e["data"]
-        assert d["e"] == "forceOrder" and set(d) == {"e", "E", "o"}
-        o = d["o"]
-        assert set(o) == {"s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"}
-        assert o["s"] == "BTCUSDT" and o["S"] in ("BUY", "SELL") and o["X"] == "FILLED"
-        assert all(isinstance(o[k], str) for k in ("q", "p", "ap", "l", "z"))
-        assert t0 <= o["T"] < t0 + 1000
+    log = run(go())
+    marks = [i for i, (kind, _) in enumerate(log) if kind == "mark"]
+    before, during, gap, after = (
+        log[: marks[0]],
+        log[marks[0] : marks[1]],
+        log[marks[1] : marks[2]],
+        log[marks[2] :],
+    )
+
+    def trades(part, sym):  # type: ignore[no-untyped-def]
+        return [m for kind, m in part if kind == "event" and m.get("e") == "aggTrade" and m["s"] == sym]
+
+    assert before == []
+    assert len(trades(during, "BTCUSDT")) > 10 and len(trades(during, "ETHUSDT")) > 10
+    assert trades(gap, "BTCUSDT") == [] and len(trades(gap, "ETHUSDT")) > 20  # the connection lives on
+    assert len(trades(after, "BTCUSDT")) > 10
+    # BTC resumes at the live trade, later than where it stopped
+    assert trades(after, "BTCUSDT")[0]["a"] > trades(during, "BTCUSDT")[-1]["a"] + 10
+    assert [m["result"] for kind, m in log if kind == "reply"] == [None, None, None]
 
 
-def exchange_thread_call(exchange, fn) -> None:
-    loop = exchange._producer_task.get_loop()
-    loop.call_soon_threadsafe(fn)
+FORCE_ORDER = {
+    "s": str,
+    "S": str,
+    "o": str,
+    "f": str,
+    "q": str,
+    "p": str,
+    "ap": str,
+    "X": str,
+    "l": str,
+    "z": str,
+    "T": int,
+}
+
+
+def last_per_second(liq: dict, lo: int, hi: int) -> dict[int, int]:
+    """Index of the latest liquidation of each second in [lo, hi) (Binance sends only that one)."""
+    out: dict[int, int] = {}
+    for j, t in enumerate(liq["T"].tolist()):
+        if lo <= t < hi and (t // 1000 not in out or t >= liq["T"][out[t // 1000]]):
+            out[t // 1000] = j
+    return out
+
+
+def test_force_orders_from_the_market_clock_sampled_per_second(tmp_cfg) -> None:
+    """Liquidations reach @forceOrder and !forceOrder@arr by the producer's normal tick, with Binance's
+    fields, and at most the latest one per symbol per second."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from microstructure.exchange import LocalExchange
+
+    # the market is deterministic: find a busy few seconds of the day (several seconds with
+    # liquidations, one second holding more than one), then start the exchange just before them
+    day = datetime(2024, 3, 6, tzinfo=UTC)
+    d0 = int(day.timestamp() * 1000)
+    probe = LocalExchange(tmp_cfg(history_days=1, clock_start=day))
+    probe.prepare()
+    T = probe.markets["BTCUSDT"].liquidations(d0, d0 + 86_400_000)["T"]
+    window = 5_000
+    best = max(
+        (len(set((w // 1000).tolist())), int(t))
+        for t in T.tolist()
+        if len(w := T[(t <= T) & (t + window > T)]) > len(set((w // 1000).tolist()))
+    )
+    assert best[0] >= 3
+    w0 = best[1] // 1000 * 1000
+    w1 = w0 + window + 1000
+    cfg = tmp_cfg(history_days=1, clock_start=datetime.fromtimestamp((w0 - 3_000) / 1000, tz=UTC))
+
+    with ExchangeThread(cfg) as ex:
+
+        async def go() -> tuple[int, list[tuple[str, dict]]]:
+            url = ex.ws_url + "/stream?streams=btcusdt@forceOrder/!forceOrder@arr"
+            got = []
+            async with connect(url) as ws:
+                subscribed = ex.now_ms()
+                while ex.now_ms() < w1 + 1_500:
+                    try:
+                        e = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        continue
+                    got.append((e["stream"], e["data"]))
+            return subscribed, got
+
+        subscribed, got = run(go())
+        lo = (subscribed // 1000 + 1) * 1000  # seconds wholly after the subscription
+        assert lo <= w0, "the exchange started too late for the busy window"
+        for _stream, d in got:
+            assert set(d) == {"e", "E", "o"} and d["e"] == "forceOrder" and isinstance(d["E"], int)
+            o = d["o"]
+            assert set(o) == set(FORCE_ORDER) and all(isinstance(o[k], t) for k, t in FORCE_ORDER.items())
+            assert o["S"] in ("BUY", "SELL") and (o["o"], o["f"], o["X"]) == ("LIMIT", "IOC", "FILLED")
+            assert o["q"] == o["l"] == o["z"] and d["E"] >= o["T"]
+        for stream in ("btcusdt@forceOrder", "!forceOrder@arr"):
+            per_second: dict[tuple[str, int], int] = {}
+            for s, d in got:
+                if s == stream:
+                    key = (d["o"]["s"], d["o"]["T"] // 1000)
+                    per_second[key] = per_second.get(key, 0) + 1
+            assert per_second and max(per_second.values()) == 1  # at most one per symbol per second
+        assert {d["o"]["s"] for s, d in got if s == "btcusdt@forceOrder"} == {"BTCUSDT"}
+
+        # exactly the latest liquidation of each second of the market, in [lo, w1)
+        sampled_out = 0
+        for sym in ("BTCUSDT", "ETHUSDT"):
+            market = ex.markets[sym]
+            liq = market.liquidations(lo, w1)
+            sampled_out += len(liq["T"]) - len(last_per_second(liq, lo, w1))
+            pd, qd = market.spec.price_decimals, market.spec.qty_decimals
+            want = [
+                {
+                    "T": int(liq["T"][j]),
+                    "S": "SELL" if liq["sell"][j] else "BUY",
+                    "q": Decimal(int(liq["qty"][j])).scaleb(-qd),
+                    "p": Decimal(int(liq["price"][j])).scaleb(-pd),
+                    "ap": Decimal(int(liq["avg"][j])).scaleb(-pd),
+                }
+                for j in sorted(last_per_second(liq, lo, w1).values())
+            ]
+            streams = ["!forceOrder@arr"] + (["btcusdt@forceOrder"] if sym == "BTCUSDT" else [])
+            for stream in streams:
+                seen = [
+                    {"T": d["o"]["T"], "S": d["o"]["S"], **{k: Decimal(d["o"][k]) for k in ("q", "p", "ap")}}
+                    for s, d in got
+                    if s == stream and d["o"]["s"] == sym and lo <= d["o"]["T"] < w1
+                ]
+                assert seen == want, (sym, stream)
+            if sym == "BTCUSDT":
+                assert len(want) >= 3
+        assert sampled_out >= 1  # the market had more than one in some second: only the latest was sent
 
 
 def test_server_pings_drop_silent_clients_and_lifetime(tmp_cfg) -> None:
