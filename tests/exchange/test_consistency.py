@@ -13,6 +13,7 @@ from exchange_helpers import fetch_bytes, run
 from websockets.asyncio.client import connect
 
 from microstructure.exchange import ExchangeThread
+from microstructure.exchange.archives import day_ms
 
 KEYS = ("a", "p", "q", "f", "l", "T", "m")
 
@@ -36,6 +37,8 @@ def test_archive_rest_and_websocket_form_one_sequence(tmp_cfg) -> None:
     with ExchangeThread(cfg) as ex:
         (day,) = ex.history_dates()
         archived = archive_rows(ex, day)
+        w_start = day_ms(day) + 5 * 3_600_000 + 12_345
+        w_end = w_start + 3_599_999  # endTime is inclusive
 
         async def go() -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
             async with aiohttp.ClientSession() as s:
@@ -54,9 +57,8 @@ def test_archive_rest_and_websocket_form_one_sequence(tmp_cfg) -> None:
                     rest += got
                     next_id = got[-1][0] + 1
                 after = await page(fromId=archived[-1][0] + 1, limit=5)
-                # REST by time window (under an hour) from the archive's first hour
-                t0 = archived[0][5] // 3_600_000 * 3_600_000
-                by_time = await page(startTime=t0, endTime=t0 + 3_599_999, limit=1000)
+                # REST by time window (just under an hour, not aligned to the hour) inside the day
+                by_time = await page(startTime=w_start, endTime=w_end, limit=1000)
                 # websocket messages, then the same ids through REST
                 async with connect(ex.ws_url + "/ws/btcusdt@aggTrade") as ws:
                     msgs = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(40)]
@@ -68,10 +70,10 @@ def test_archive_rest_and_websocket_form_one_sequence(tmp_cfg) -> None:
         assert rest[: len(archived)] == archived
         assert after[0][0] == archived[-1][0] + 1 and after[0][3] == archived[-1][4] + 1
         assert after[0][5] >= archived[-1][5]
-        assert (
-            by_time
-            == [r for r in archived if by_time[0][5] <= r[5] < by_time[0][5] + 3_600_000][: len(by_time)]
-        )
+        # the window's rows, taken from the archive by the requested bounds alone
+        in_window = [r for r in archived if w_start <= r[5] <= w_end]
+        assert 50 < len(in_window) < 1000
+        assert by_time == in_window
         live, again = live_and_again[:40], live_and_again[40:]
         assert live == again
         assert [r[0] for r in live] == list(range(live[0][0], live[0][0] + 40))
@@ -84,7 +86,7 @@ def test_crossing_midnight_keeps_one_sequence(tmp_cfg) -> None:
         history_days=1,
         live_rate=200.0,
         symbols=("BTCUSDT",),
-        clock_start=datetime(2024, 3, 6, 23, 59, 59, 200000, tzinfo=UTC),
+        clock_start=datetime(2024, 3, 6, 23, 59, 58, 500000, tzinfo=UTC),
     )
     midnight = int(datetime(2024, 3, 7, tzinfo=UTC).timestamp() * 1000)
     with ExchangeThread(cfg) as ex:
@@ -104,3 +106,7 @@ def test_crossing_midnight_keeps_one_sequence(tmp_cfg) -> None:
         rows = archive_rows(ex, "2024-03-06")
         first_new = next(m for m in msgs if m["T"] >= midnight)
         assert rows[-1][0] + 1 == first_new["a"] and rows[-1][4] + 1 == first_new["f"]
+        # the websocket messages of the day's last moments are that archive's last rows, value for value
+        before = [tuple(m[k] for k in KEYS) for m in msgs if m["T"] < midnight]
+        assert len(before) > 50
+        assert rows[-len(before) :] == before
