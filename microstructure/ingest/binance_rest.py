@@ -95,6 +95,15 @@ class IpBanned(RestError):
         super().__init__(text)
 
 
+class MalformedReply(RestError):
+    """HTTP 200 whose body is not JSON; `text` is the body as received (decoded, cut at 2000 characters)."""
+
+    def __init__(self, path: str, body: bytes) -> None:
+        self.path = path
+        self.text = body[:2000].decode("utf-8", "replace")
+        super().__init__(f"GET {path}: invalid JSON in the answer: {body[:200]!r}")
+
+
 class RetriesExhausted(RestError):
     """The request kept failing (network errors, 5xx or 429s) beyond the retry limits."""
 
@@ -305,7 +314,7 @@ class BinanceRest:
                 try:
                     return json.loads(body)
                 except ValueError as exc:
-                    raise RestError(f"GET {path}: invalid JSON in the answer: {body[:200]!r}") from exc
+                    raise MalformedReply(path, body) from exc
             if status == 418:
                 retry_after = _retry_after(headers, default=120.0)
                 until_ms = self.server_now_ms() + int(retry_after * 1000)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -41,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
+from microstructure.ingest.binance_rest import MalformedReply
 from microstructure.ingest.book import (
     DAY_MS,
     HistoricalReport,
@@ -61,6 +63,7 @@ from microstructure.ingest.streams import (
     EventLog,
     Health,
     SharedStreams,
+    note_malformed,
     sleep_or_stop,
     start_stream,
     stop_after,
@@ -152,6 +155,8 @@ def funding_rows_from_rest(rows: list[dict[str, Any]]) -> list[tuple[int, float,
     """Rows of /fapi/v1/fundingRate. REST does not say the funding interval; for each settlement
     after the first of a page it is the whole hours since the previous one (8, or 4/1 for symbols
     Binance moved to shorter intervals), as the archives' funding_interval_hours."""
+    if not isinstance(rows, list):
+        raise TypeError(f"expected a list of funding rows, got {type(rows).__name__}")
     out: list[tuple[int, float, float | None, int | None]] = []
     prev: int | None = None
     for r in sorted(rows, key=lambda r: int(r["fundingTime"])):
@@ -306,14 +311,31 @@ class MarketLive:
                 self.report.liquidation_rows[sym] += len(rows)
 
     # ---- polls
-    async def poll(self, what: str, symbol: str, stop: asyncio.Event, fn: Any) -> Any:
-        """fn() with retries and backoff; every failed attempt is a recorded poll_miss. None if given up."""
+    async def poll(self, what: str, symbol: str, stop: asyncio.Event, fn: Any, parse: Any = None) -> Any:
+        """parse(fn()) with retries and backoff; None if given up. Every failed attempt is a recorded
+        poll_miss; a reply that is not JSON or that `parse` refuses is also counted as malformed,
+        logged with its text and recorded in ingest_events (kind 'malformed'), then retried."""
         for attempt in range(1, self.poll_retries + 2):
+            replied = False
+            reply: Any = None
             try:
-                return await fn()
+                reply = await fn()
+                replied = True
+                return parse(reply) if parse is not None else reply
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, MalformedReply) or replied:
+                    text = exc.text if isinstance(exc, MalformedReply) else json.dumps(reply, default=str)
+                    note_malformed(
+                        self.health.stream(COLLECTOR),
+                        self.events,
+                        COLLECTOR,
+                        symbol,
+                        f"{COLLECTOR} {what}",
+                        text,
+                        exc,
+                    )
                 self.report.poll_misses[symbol] += 1
                 self.health.add("poll_misses")
                 log.warning(
@@ -342,26 +364,30 @@ class MarketLive:
                 return
 
     async def oi_once(self, symbol: str, stop: asyncio.Event) -> None:
-        body = await self.poll("/fapi/v1/openInterest", symbol, stop, lambda: self.rest.open_interest(symbol))
-        if body is None:
+        def parse(body: Any) -> pa.Table:
+            return open_interest_table([_int(body["time"])], [_num(body["openInterest"])], None, "rest")
+
+        table = await self.poll(
+            "/fapi/v1/openInterest", symbol, stop, lambda: self.rest.open_interest(symbol), parse
+        )
+        if table is None:
             return
-        table = open_interest_table([int(body["time"])], [float(body["openInterest"])], None, "rest")
         await self.writer.submit("open_interest", symbol, table)
         self.report.oi_polls[symbol] += 1
 
     async def funding_once(
         self, symbol: str, stop: asyncio.Event, start_ms: int | None = None, limit: int = 10
     ) -> list[int]:
-        rows = await self.poll(
+        parsed = await self.poll(
             "/fapi/v1/fundingRate",
             symbol,
             stop,
             lambda: self.rest.funding_rate(symbol, start_ms=start_ms, limit=limit),
+            funding_rows_from_rest,
         )
         self.report.funding_polls += 1
-        if not rows:
+        if not parsed:
             return []
-        parsed = funding_rows_from_rest(rows)
         new = [r for r in parsed if r[0] not in self.funding_seen[symbol]]
         if new:
             await self.writer.submit("funding_rates", symbol, funding_table(new))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
 import random
 from collections import defaultdict, deque
@@ -27,7 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from microstructure.ingest.binance_rest import MalformedReply
 from microstructure.ingest.book_values import LEVELS
+from microstructure.ingest.streams import StreamHealth, note_malformed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,20 @@ def parse_diff_event(data: dict[str, Any], recv_ms: int) -> DiffEvent:
     return ev
 
 
+def parse_snapshot(snap: Any) -> tuple[int, dict[float, float], dict[float, float]]:
+    """(lastUpdateId, bids, asks) of a /fapi/v1/depth answer; TypeError/KeyError/ValueError when malformed."""
+    if not isinstance(snap, dict):
+        raise TypeError(f"expected a depth object, got {type(snap).__name__}")
+    last_u = _int(snap["lastUpdateId"])
+    sides = []
+    for side in ("bids", "asks"):
+        levels = snap[side]
+        if not isinstance(levels, list):
+            raise TypeError(f"{side}: expected a list of [price, qty]")
+        sides.append({float(p): float(q) for p, q in levels if float(q) != 0.0})
+    return last_u, sides[0], sides[1]
+
+
 @dataclass
 class LocalBook:
     symbol: str
@@ -91,9 +108,7 @@ class LocalBook:
         self.last = ev
 
     def load(self, snap: dict[str, Any]) -> None:
-        self.bids = {float(p): float(q) for p, q in snap["bids"] if float(q) != 0.0}
-        self.asks = {float(p): float(q) for p, q in snap["asks"] if float(q) != 0.0}
-        self.last_u = int(snap["lastUpdateId"])
+        self.last_u, self.bids, self.asks = parse_snapshot(snap)
         self.snapshot_id = self.last_u
 
     def top(self, n: int = LEVELS) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
@@ -127,6 +142,7 @@ class DiffBooks:
         self.syncs: dict[str, int] = defaultdict(int)  # completed synchronisations (first one included)
         self.breaks: list[tuple[str, int, int]] = []  # (symbol, expected pu, received pu)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._malformed = StreamHealth()  # malformed snapshots counted here when there is no health view
 
     # ---- stream side
     def on_event(self, symbol: str, data: dict[str, Any], recv_ms: int) -> None:
@@ -180,16 +196,15 @@ class DiffBooks:
             attempt += 1
             if attempt > 1:
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+            snap: Any = None
+            replied = False
             try:
                 snap = await self.rest.depth(symbol, self.depth_limit)
-            except Exception as exc:  # a failed snapshot is retried; the miss is recorded
-                log.warning("%s: depth snapshot failed (%s); retrying", symbol, exc)
-                if self.events is not None:
-                    self.events.record(
-                        self.collector, symbol, "poll_miss", {"endpoint": "/fapi/v1/depth", "error": str(exc)}
-                    )
+                replied = True
+                L = parse_snapshot(snap)[0]
+            except Exception as exc:  # a failed or malformed snapshot is retried; the miss is recorded
+                self._snapshot_miss(symbol, exc, replied, snap)
                 continue
-            L = int(snap["lastUpdateId"])
             # wait for the stream to reach the snapshot
             waited = 0.0
             while not (book.buffer and book.buffer[-1].u >= L) and waited < SYNC_WAIT_S:
@@ -225,6 +240,26 @@ class DiffBooks:
                 book.synced = True
                 self.syncs[symbol] += 1
                 log.info("%s: local book synced at update id %s", symbol, book.last_u)
+
+    def _snapshot_miss(self, symbol: str, exc: Exception, replied: bool, reply: Any) -> None:
+        """A depth snapshot that failed: a poll_miss event; when it came back malformed (not JSON, or
+        fields missing) also counted as malformed, logged with its text and recorded as 'malformed'."""
+        log.warning("%s: depth snapshot failed (%s: %s); retrying", symbol, type(exc).__name__, exc)
+        if isinstance(exc, MalformedReply) or replied:
+            text = exc.text if isinstance(exc, MalformedReply) else json.dumps(reply, default=str)
+            h = self.health.stream(self.collector) if self.health is not None else self._malformed
+            note_malformed(
+                h, self.events, self.collector, symbol, f"{self.collector} /fapi/v1/depth", text, exc
+            )
+        if self.health is not None:
+            self.health.add("poll_misses")
+        if self.events is not None:
+            self.events.record(
+                self.collector,
+                symbol,
+                "poll_miss",
+                {"endpoint": "/fapi/v1/depth", "error": f"{type(exc).__name__}: {exc}"},
+            )
 
     # ---- sampling
     def sample(self) -> int:
