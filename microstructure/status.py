@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from microstructure.config import Settings
 from microstructure.db import migrate
-from microstructure.db.connect import check_connection, resolve_database_url
+from microstructure.db.connect import resolve_database_url
 from microstructure.db.queries import load
 
 
@@ -122,8 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings)
-    check_connection(url)
+    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     migrate.upgrade(url)
     print_status(collect_status(url, gap_limit=args.gap_limit))
     return 0

@@ -3,14 +3,20 @@ between commands and never started twice by concurrent processes."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from microstructure.cli import build_parser
+from microstructure.cli import build_parser, main
+from microstructure.config import SettingError
+from microstructure.db.capabilities import engine_override
+from microstructure.db.connect import describe_host
 from microstructure.db.embedded import EmbeddedPostgres
 
 
@@ -25,35 +31,102 @@ def run_cli(
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=full_env)
 
 
-def test_help_lists_subcommands_on_every_level() -> None:
+def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command path the CLI has, nested subcommands included: (), ("db",), ("db", "url"), ..."""
+    yield path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _command_paths(sub, (*path, name))
+
+
+def test_help_lists_subcommands_on_every_level(capsys: pytest.CaptureFixture[str]) -> None:
     top = run_cli("--help")
     assert top.returncode == 0
-    for name in ("demo", "db"):
+    for name in ("demo", "db", "status", "exchange", "collect"):
         assert name in top.stdout
     db = run_cli("db", "--help")
     assert db.returncode == 0
     for name in ("url", "status", "stop", "upgrade", "downgrade", "schema"):
         assert name in db.stdout
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, sp in sub.choices.items():  # every command answers --help
-        assert sp.format_help().startswith("usage: microstructure " + name)
+    # Nested levels as a user types them, in a fresh process.
+    for path in (("db", "url"), ("collect", "aggtrades"), ("exchange", "serve")):
+        res = run_cli(*path, "--help")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("usage: microstructure " + " ".join(path)), res.stdout
+    # Every level, walked from the parser tree so a new subcommand is covered without editing this test.
+    paths = list(_command_paths(build_parser()))
+    assert ("collect", "all") in paths and ("db", "downgrade") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0, path
+        assert out.startswith(" ".join(("usage: microstructure", *path))), (path, out[:200])
 
 
-def test_bad_database_url_is_one_clear_line_naming_host_and_reason() -> None:
-    res = run_cli("--database-url", "postgresql://u:secret@127.0.0.1:1/nodb", "db", "upgrade")
-    assert res.returncode == 2
+# (URL, what the one error line must name): unreachable hosts, URLs libpq cannot parse, a socket directory.
+BAD_URLS = [
+    ("postgresql://u:secret@127.0.0.1:1/nodb", ["127.0.0.1:1", "refused"]),
+    ("postgresql://u:secret@127.0.0.1:1/x?foo=bar", ["127.0.0.1:1", "malformed", '"foo"']),
+    ("postgresql://u:secret@[::1/x", ["malformed", "IPv6"]),
+    ("postgresql:///x?host=/nonexistent", ["unix socket /nonexistent/.s.PGSQL.5432", "No such file"]),
+    ("postgresql://u:secret@[::1]:1/x", ["[::1]:1"]),
+]
+BAD_URL_COMMANDS = [
+    ("db", "upgrade"),
+    ("db", "schema"),
+    ("status",),
+    ("collect", "aggtrades", "--symbol", "BTCUSDT", "--mode", "historical", "--days", "1"),
+]
+
+
+def _assert_one_clear_line(res: subprocess.CompletedProcess, must_name: list[str]) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert "127.0.0.1:1" in lines[0] and "refused" in lines[0].lower()
+    assert lines[0].startswith("microstructure: error: "), lines[0]
+    for text in must_name:
+        assert text.lower() in lines[0].lower(), (text, lines[0])
     assert "secret" not in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", BAD_URL_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_bad_database_url_is_one_clear_line_naming_host_and_reason(command: tuple[str, ...]) -> None:
+    for url, must_name in BAD_URLS:
+        _assert_one_clear_line(run_cli("--database-url", url, *command), must_name)
+
+
+def test_bad_database_url_from_the_environment_and_a_wrong_scheme() -> None:
     res = run_cli(
         "db", "upgrade", env={"MICROSTRUCTURE_DATABASE_URL": "postgresql://u@no-such-host.invalid/x"}
     )
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "no-such-host.invalid:5432" in res.stderr and "resolve" in res.stderr
+    _assert_one_clear_line(res, ["no-such-host.invalid:5432", "resolve"])
     res = run_cli("--database-url", "mysql://u@h/x", "db", "upgrade")
-    assert res.returncode == 2 and "expected a postgresql://" in res.stderr
+    _assert_one_clear_line(res, ["expected a postgresql://"])
+    # Printing the DSN needs no connection, but a URL libpq cannot parse is still one line.
+    res = run_cli("--database-url", "postgresql://u:secret@[::1/x", "db", "url")
+    _assert_one_clear_line(res, ["malformed"])
+
+
+def test_describe_host_reads_the_url_as_libpq_does() -> None:
+    assert describe_host("postgresql://u:p@db.example:6543/x") == "db.example:6543"
+    assert describe_host("postgresql://u@h:1/x?host=other&port=7") == "other:7"
+    assert describe_host("postgresql:///x?host=/run/pg") == "unix socket /run/pg/.s.PGSQL.5432"
+    assert describe_host("postgresql://%2Frun%2Fpg:6000/x") == "unix socket /run/pg/.s.PGSQL.6000"
+    assert describe_host("postgresql://h1:1,h2:2/x") == "h1:1 or h2:2"
+    assert describe_host("postgresql://[::1]/x") == "[::1]:5432"
+    assert describe_host("postgresql://u@[::1/x") == "a malformed URL"
+
+
+def test_bad_engine_setting_is_one_line_naming_the_variable(db_url: str) -> None:
+    res = run_cli("--database-url", db_url, "db", "upgrade", env={"MICROSTRUCTURE_ENGINE": "timescale"})
+    _assert_one_clear_line(
+        res, ["MICROSTRUCTURE_ENGINE", "auto, postgresql, timescaledb-apache", "'timescale'"]
+    )
+    with pytest.raises(SettingError, match="MICROSTRUCTURE_ENGINE"):
+        engine_override("nope")
+    assert engine_override("auto") is None and engine_override("postgresql") == "postgresql"
 
 
 def test_bad_argument_names_the_argument() -> None:

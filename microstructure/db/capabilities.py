@@ -14,6 +14,8 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from microstructure.config import SettingError
+
 Engine = Literal["timescaledb", "timescaledb-apache", "postgresql"]
 ENGINE_OVERRIDE_ENV = "MICROSTRUCTURE_ENGINE"
 
@@ -37,6 +39,20 @@ class Capabilities:
         return self.engine == "timescaledb"
 
 
+ENGINE_OVERRIDES = ("auto", "postgresql", "timescaledb-apache")
+
+
+def engine_override(override: str | None = None) -> str | None:
+    """`override`, else MICROSTRUCTURE_ENGINE, checked: None/"auto" (detect), "postgresql" or
+    "timescaledb-apache". Anything else is a SettingError naming the variable and the accepted values."""
+    value = override or os.environ.get(ENGINE_OVERRIDE_ENV) or None
+    if value not in (None, *ENGINE_OVERRIDES):
+        raise SettingError(
+            f"{ENGINE_OVERRIDE_ENV}: expected one of {', '.join(ENGINE_OVERRIDES)}, got {value!r}"
+        )
+    return None if value == "auto" else value
+
+
 def _scalar(conn: Connection, sql: str) -> str | None:
     row = conn.execute(text(sql)).fetchone()
     return None if row is None or row[0] is None else str(row[0])
@@ -50,14 +66,10 @@ def detect(conn: Connection, *, install: bool = True, override: str | None = Non
     builds hypertables without compression, as on an Apache-only build. It never widens: asking
     for TimescaleDB where the extension is absent gives plain PostgreSQL.
     """
-    override = override or os.environ.get(ENGINE_OVERRIDE_ENV) or None
+    override = engine_override(override)
     server_version = _scalar(conn, "SHOW server_version") or "?"
     if override == "postgresql":
         return Capabilities("postgresql", server_version)
-    if override not in (None, "auto", "timescaledb-apache"):
-        raise ValueError(
-            f"{ENGINE_OVERRIDE_ENV}: expected auto, postgresql or timescaledb-apache, got {override!r}"
-        )
     installed = _scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     if installed is None and install:
         available = _scalar(conn, "SELECT name FROM pg_available_extensions WHERE name = 'timescaledb'")

@@ -38,13 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
-    print(resolve_database_url(settings))
+    print(resolve_database_url(settings, check=False))  # printing a DSN needs no connection
     return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
-        url = resolve_database_url(settings)
+        url = resolve_database_url(settings, check=False)
         version = check_connection(url)
         print(f"database: external, PostgreSQL {version}")
     else:
@@ -71,8 +71,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings)
-    check_connection(url)
+    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     migrate.upgrade(url, args.revision)
     summary = migrate.summarize(url)
     print(f"schema at revision {summary.revision} ({summary.engine})")
@@ -80,8 +79,7 @@ def cmd_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_downgrade(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings)
-    check_connection(url)
+    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     migrate.downgrade(url, args.revision)
     print(f"schema downgraded to {args.revision}")
     return 0
@@ -110,7 +108,6 @@ def print_schema(url: str) -> None:
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings)
-    check_connection(url)
+    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     print_schema(url)
     return 0

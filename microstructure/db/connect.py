@@ -1,36 +1,117 @@
-"""Which database to use, and a clear one-line error when it cannot be reached."""
+"""Which database to use, and a clear one-line error when it cannot be reached.
+
+Every command that opens the database goes through `resolve_database_url`, which checks the URL's
+syntax and (for an external database) connects once, so a bad URL ends in one `DatabaseUnavailable`
+line naming the host and the reason, never a driver traceback from deeper down.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import os
+import re
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from microstructure.config import Settings
+
+SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
+DEFAULT_SOCKET = "the default unix socket"
+MALFORMED = "a malformed URL"
 
 
 class DatabaseUnavailable(RuntimeError):
     """The database URL cannot be used; the message is one line naming the host and the reason."""
 
 
-def describe_host(url: str) -> str:
+def _password(url: str) -> str | None:
+    """The URL's password as written (best effort, also for URLs urlsplit rejects)."""
+    m = re.match(r"[^:/?#]+://([^/?#]*)@", url)
+    if m and ":" in m.group(1):
+        return m.group(1).split(":", 1)[1] or None
+    return None
+
+
+def _redact(message: str, url: str) -> str:
+    """`message` on one line, with the URL's password (libpq may echo the whole URL) masked."""
+    message = " ".join(message.split())
+    password = _password(url)
+    if password:
+        message = message.replace(password, "***")
+        if unquote(password) != password:
+            message = message.replace(unquote(password), "***")
+    return message
+
+
+def _host_port(url: str) -> tuple[str | None, str | None]:
+    """Host and port as libpq reads them: the URL's netloc, overridden by ?host= / ?port=."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or "localhost"
-        port = parts.port or 5432
+        params = conninfo_to_dict(libpq_url(url))
+        host, port = params.get("host") or params.get("hostaddr"), params.get("port")
+        return (str(host) if host else None), (str(port) if port else None)
+    except ProgrammingError:
+        pass  # e.g. an unknown query parameter: read what we can ourselves
+    parts = urlsplit(url)  # ValueError for a malformed netloc: the caller says so
+    query = parse_qs(parts.query)
+    host = (query.get("host") or query.get("hostaddr") or [None])[-1] or parts.hostname
+    port = (query.get("port") or [None])[-1]
+    if port is None:
+        netloc = parts.netloc.rpartition("@")[2]
+        m = re.search(r":(\d*)$", netloc)
+        port = m.group(1) if m and m.group(1) else None
+    return (unquote(host) if host else None), port
+
+
+def describe_host(url: str) -> str:
+    """Where libpq will connect: `host:port`, `unix socket DIR/.s.PGSQL.PORT`, or several joined by "or"."""
+    try:
+        host, port = _host_port(url)
     except ValueError:
-        return "an unparseable URL"
-    return f"{host}:{port}"
+        return MALFORMED
+    host = host or os.environ.get("PGHOST") or os.environ.get("PGHOSTADDR") or ""
+    ports = (port or os.environ.get("PGPORT") or "5432").split(",")
+    hosts = host.split(",")
+    where = []
+    for i, h in enumerate(hosts):
+        p = ports[i] if i < len(ports) else ports[-1]
+        p = p or "5432"
+        if not h:
+            where.append(f"{DEFAULT_SOCKET} (port {p})")
+        elif h.startswith("/") or re.match(r"[A-Za-z]:[\\/]", h):
+            where.append(f"unix socket {h.rstrip('/')}/.s.PGSQL.{p}")
+        elif ":" in h:
+            where.append(f"[{h}]:{p}")
+        else:
+            where.append(f"{h}:{p}")
+    return " or ".join(where)
 
 
 def check_url_syntax(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg"):
+    """Raise DatabaseUnavailable (one line, no password) if libpq could not even parse the URL."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in SCHEMES:
         raise DatabaseUnavailable(
             f"database URL {url.split('@')[-1]!r}: expected a postgresql://user:pass@host:port/dbname URL"
         )
     try:
-        parts.port  # noqa: B018 - raises on a non-numeric port
+        conninfo_to_dict(libpq_url(url))
+    except ProgrammingError as exc:  # libpq's own reason: bad IPv6 brackets, unknown ?parameter, ...
+        where = describe_host(url)
+        subject = "database URL" if where == MALFORMED else f"database URL for {where}"
+        raise DatabaseUnavailable(f"{subject} is malformed: {_redact(str(exc), url)}") from None
+    try:
+        parts = urlsplit(url)
     except ValueError as exc:
-        raise DatabaseUnavailable(f"database URL host {parts.netloc.split('@')[-1]!r}: {exc}") from None
+        raise DatabaseUnavailable(f"database URL is malformed: {_redact(str(exc), url)}") from None
+    if "," not in parts.netloc:  # libpq allows host1:port1,host2:port2; urlsplit does not
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise DatabaseUnavailable(f"database URL host {parts.netloc.split('@')[-1]!r}: {exc}") from None
 
 
 def libpq_url(url: str) -> str:
@@ -53,19 +134,31 @@ def check_connection(url: str, timeout: int = 10) -> str:
     try:
         with psycopg.connect(libpq_url(url), connect_timeout=timeout) as conn:
             return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-    except psycopg.OperationalError as exc:
-        reason = " ".join(str(exc).split())
+    except psycopg.Error as exc:
+        reason = _redact(str(exc), url)
+        where = describe_host(url)
+        socket = re.search(r'on socket "([^"]+)"', reason)
+        if where.startswith(DEFAULT_SOCKET) and socket:
+            where = f"unix socket {socket.group(1)}"
         # libpq repeats the host in its message; keep the reason part short and on one line.
         for marker in ("failed: ", "error: "):
             if marker in reason:
                 reason = reason.split(marker)[-1]
-        raise DatabaseUnavailable(f"cannot connect to database at {describe_host(url)}: {reason}") from None
+        raise DatabaseUnavailable(f"cannot connect to database at {where}: {reason}") from None
 
 
-def resolve_database_url(settings: Settings, *, start_embedded: bool = True) -> str:
-    """`settings.database_url` if set, else the embedded server's DSN (starting it if asked)."""
+def resolve_database_url(settings: Settings, *, start_embedded: bool = True, check: bool = True) -> str:
+    """`settings.database_url` if set, else the embedded server's DSN (starting it if asked).
+
+    An external URL is always checked for syntax and, with `check` (the default, what every command
+    that opens the database wants), connected to once: the single place a bad URL becomes one clear
+    `DatabaseUnavailable` line. `check=False` is for commands that only print the URL.
+    """
     if settings.database_url:
-        check_url_syntax(settings.database_url)
+        if check:
+            check_connection(settings.database_url)
+        else:
+            check_url_syntax(settings.database_url)
         return libpq_url(settings.database_url)
     from microstructure.db.embedded import EmbeddedPostgres
 

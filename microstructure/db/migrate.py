@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, pool, text
 
+from microstructure.db.capabilities import engine_override
 from microstructure.db.connect import sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -25,6 +26,7 @@ def alembic_config(url: str, engine: str | None = None) -> Config:
 
 def upgrade(url: str, revision: str = "head", *, engine: str | None = None) -> None:
     """Bring the schema to `revision`; a no-op when it is already there. Safe to call concurrently."""
+    engine_override(engine)  # a bad MICROSTRUCTURE_ENGINE is a one-line SettingError, even on a no-op
     command.upgrade(alembic_config(url, engine), revision)
 
 
