@@ -195,5 +195,24 @@ def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> N
             assert conn.execute("SELECT count(*) FROM agg_trade_gaps WHERE status = 'open'").fetchone() == (
                 0,
             )
+            # the backfill loads yesterday's archives of the other kinds too, for both symbols
+            yesterday = "(now() AT TIME ZONE 'UTC')::date - 1"
+            for table, where in (
+                ("book_depth_bands", f"(ts AT TIME ZONE 'UTC')::date = {yesterday}"),
+                ("futures_metrics", f"(ts AT TIME ZONE 'UTC')::date = {yesterday}"),
+                ("price_klines", f"(ts AT TIME ZONE 'UTC')::date = {yesterday}"),
+                ("funding_rates", "true"),
+            ):
+                symbols = conn.execute(
+                    f"SELECT DISTINCT symbol FROM {table} WHERE {where} ORDER BY 1"
+                ).fetchall()
+                assert symbols == [("BTCUSDT",), ("ETHUSDT",)], table
+            klines = conn.execute(
+                f"SELECT symbol, kind, count(*) FROM price_klines WHERE (ts AT TIME ZONE 'UTC')::date = {yesterday}"
+                " GROUP BY 1, 2 ORDER BY 1, 2"
+            ).fetchall()
+            assert klines == [
+                (s, k, 1440) for s in ("BTCUSDT", "ETHUSDT") for k in ("index", "mark", "premium")
+            ]
     finally:
         run_cli("db", "stop", home=home)
