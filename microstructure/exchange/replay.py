@@ -4,10 +4,18 @@ The folder may be laid out like data.binance.vision (data/futures/um/daily/aggTr
 flat: every `<SYMBOL>-aggTrades-YYYY-MM-DD.zip` (daily) and `<SYMBOL>-aggTrades-YYYY-MM.zip` (monthly)
 under it is read, duplicates dropped and rows sorted by aggregate id. Each day becomes a segment:
 REST and websocket aggregate trades come from those rows, the book's touch from the trade prices
-(a sell printed at the bid, a buy at the ask), mark and index from the mid. Archive requests are
-answered with the original files when the folder has them (CHECKSUM from the sibling file, else
-computed), else built from the rows like the generator's. Without clock_start the exchange clock
-starts at the beginning of the last day found: that day streams live, the days before are history.
+(a sell printed at the bid, a buy at the ask), mark and index from the mid. Without clock_start the
+exchange clock starts at the beginning of the last day found: that day streams live, the days before
+are history.
+
+Archive requests are answered with the recorded file, byte for byte, whenever the folder holds one of
+that kind and period: `<SYMBOL>-<kind>-<date>.zip` for aggTrades, bookDepth, metrics and fundingRate,
+and `<SYMBOL>-1m-<date>.zip` for the kline kinds (those need the kind in a parent folder's name, as in
+data.binance.vision's `markPriceKlines/<SYMBOL>/1m/`). Its .CHECKSUM is the sibling `<file>.CHECKSUM`
+as recorded when there is one, else the sha256 of the served zip. Recorded files are served even for
+periods before the first aggTrades day, but only once the period has ended on the exchange clock.
+Kinds with no recorded file are built from the trade rows like the generator's (flat funding,
+open interest and premium): only the symbols with aggTrades archives are listed.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from microstructure.exchange.archives import day_ms
+from microstructure.exchange.archives import DAILY_TYPES, KLINE_TYPES, MONTHLY_TYPES, ArchiveRef, day_ms
 from microstructure.exchange.config import DAY_MS, ExchangeConfig, SymbolSpec, symbol_spec
 from microstructure.exchange.market import MarketState, Segment, SymbolMarket
 
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-aggTrades-(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.zip$")
+ANY_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<kind>[A-Za-z]+|1m)-(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.zip$")
 NAMES = [
     "agg_trade_id",
     "price",
@@ -52,6 +61,27 @@ def find_files(root: Path) -> dict[str, list[Path]]:
         m = FILE_RE.match(path.name)
         if m:
             out.setdefault(m["symbol"], []).append(path)
+    return out
+
+
+def find_archives(root: Path) -> dict[str, dict[str, Path]]:
+    """Every recorded archive under root: symbol -> {data.binance.vision path: file}."""
+    out: dict[str, dict[str, Path]] = {}
+    for path in sorted(root.rglob("*.zip")):
+        m = ANY_RE.match(path.name)
+        if not m:
+            continue
+        kind = m["kind"]
+        if kind == "1m":  # kline files do not name their kind: take it from a parent folder
+            kind = next((p for p in reversed(path.parent.parts) if p in KLINE_TYPES), "")
+            if not kind:
+                log.warning("replay: %s is a kline archive outside a *Klines folder: ignored", path)
+                continue
+        period = "daily" if len(m["date"]) == 10 else "monthly"
+        if kind not in (DAILY_TYPES if period == "daily" else MONTHLY_TYPES):
+            continue
+        ref = ArchiveRef(period, kind, m["symbol"], m["date"])
+        out.setdefault(ref.symbol, {})[ref.path] = path
     return out
 
 
@@ -114,7 +144,7 @@ class ReplayMarket(SymbolMarket):
             self._t0s.append(seg.t0)
             self._id0s.append(seg.agg_id0)
         self._state = segments[-1].end
-        self.files = files  # archive filename -> original file
+        self.files = files  # data.binance.vision path -> recorded file
 
     @property
     def end_ms(self) -> int:  # recorded data never needs generating
@@ -182,6 +212,7 @@ def _segment(t0: int, t1: int, cols: dict[str, np.ndarray], spec: SymbolSpec, pd
 def load_replay(cfg: ExchangeConfig, ex: LocalExchange | None = None) -> dict[str, SymbolMarket]:
     assert cfg.replay_dir is not None
     found = find_files(cfg.replay_dir)
+    recorded = find_archives(cfg.replay_dir)
     if not found:
         raise ValueError(f"no <SYMBOL>-aggTrades-<date>.zip archives under {cfg.replay_dir}")
     wanted = [s for s in found if s in cfg.symbols] or list(found)
@@ -212,15 +243,32 @@ def load_replay(cfg: ExchangeConfig, ex: LocalExchange | None = None) -> dict[st
             segments.append(
                 _segment(d * DAY_MS, (d + 1) * DAY_MS, {k: v[sel] for k, v in allc.items()}, spec, pd_, qd)
             )
-        files = {p.name: p for p in found[sym]}
-        markets[sym] = ReplayMarket(spec, cfg.seed, segments, files)
+        markets[sym] = ReplayMarket(spec, cfg.seed, segments, recorded.get(sym, {}))
         log.info("replay %s: %d rows over %d days", sym, len(a), len(segments))
     return markets
 
 
-def original_file(market: SymbolMarket, filename: str) -> Path | None:
+def original_file(market: SymbolMarket, ref: ArchiveRef) -> Path | None:
+    """The recorded file of this archive, if the replay folder holds one."""
     files = getattr(market, "files", None)
-    return files.get(filename) if files else None
+    return files.get(ref.path) if files else None
 
 
-__all__ = ["ReplayMarket", "day_ms", "load_replay", "original_file", "replay_clock_start"]
+def original_checksum(market: SymbolMarket, ref: ArchiveRef) -> Path | None:
+    """The recorded `<file>.CHECKSUM` beside the archive's recorded file, if there is one."""
+    original = original_file(market, ref)
+    if original is None:
+        return None
+    sibling = original.with_name(original.name + ".CHECKSUM")
+    return sibling if sibling.is_file() else None
+
+
+__all__ = [
+    "ReplayMarket",
+    "day_ms",
+    "find_archives",
+    "load_replay",
+    "original_checksum",
+    "original_file",
+    "replay_clock_start",
+]

@@ -355,10 +355,8 @@ def routes(ex: LocalExchange) -> list[web.RouteDef]:
             return not_found(path)
         filename = path.rsplit("/", 1)[-1].removesuffix(".CHECKSUM")
         if is_checksum:
-            digest_of = data
-            if ex.checksum_broken(ref):
-                digest_of = data + b"\0corrupt"
-            return web.Response(text=archives.checksum_text(digest_of, filename), content_type="text/plain")
+            checksum = await ex.archive_checksum(ref, data, filename)
+            return web.Response(body=checksum, content_type="text/plain", charset="utf-8")
         return web.Response(body=data, content_type="application/zip")
 
     return [

@@ -149,9 +149,17 @@ class LocalExchange:
         if t1 > self.now_ms():  # a period's archive appears only once the period has ended
             return False
         market = self.markets[ref.symbol]
-        if t1 <= market.origin_ms:
+        if t1 <= market.origin_ms and self.recorded_archive(ref) is None:
             return False
         return not (ref.period == "daily" and ref.date in self.config.faults.missing_archive_days)
+
+    def recorded_archive(self, ref: archives.ArchiveRef) -> Path | None:
+        """The replay folder's file for this archive (served byte for byte), if any."""
+        if self.config.replay_dir is None or ref.symbol not in self.markets:
+            return None
+        from microstructure.exchange.replay import original_file
+
+        return original_file(self.markets[ref.symbol], ref)
 
     def archive_key(self, ref: archives.ArchiveRef) -> str:
         """Disk cache key, or '' to keep it in memory (periods that hold live-rate data)."""
@@ -175,12 +183,9 @@ class LocalExchange:
             _, t1 = ref.bounds()
             disorder = ref.period == "monthly" and self.config.faults.monthly_disorder
 
-            if self.config.replay_dir is not None:
-                from microstructure.exchange.replay import original_file
-
-                original = original_file(market, ref.filename)
-                if original is not None:
-                    return await asyncio.get_running_loop().run_in_executor(None, original.read_bytes)
+            original = self.recorded_archive(ref)
+            if original is not None:
+                return await asyncio.get_running_loop().run_in_executor(None, original.read_bytes)
 
             def build() -> bytes:
                 market_end = market.end_ms
@@ -194,6 +199,19 @@ class LocalExchange:
 
     def checksum_broken(self, ref: archives.ArchiveRef) -> bool:
         return ref.period == "daily" and ref.date in self.config.faults.bad_checksum_days
+
+    async def archive_checksum(self, ref: archives.ArchiveRef, data: bytes, filename: str) -> bytes:
+        """The .CHECKSUM of an archive whose zip is `data`: the replay folder's recorded sibling file
+        as it is when there is one, else `<sha256>  <filename>`; a wrong digest under the fault."""
+        if self.checksum_broken(ref):
+            return archives.checksum_text(data + b"\0corrupt", filename).encode()
+        if self.config.replay_dir is not None:
+            from microstructure.exchange.replay import original_checksum
+
+            recorded = original_checksum(self.markets[ref.symbol], ref)
+            if recorded is not None:
+                return await asyncio.get_running_loop().run_in_executor(None, recorded.read_bytes)
+        return archives.checksum_text(data, filename).encode()
 
     # ---- helpers for tests and tools
     def history_dates(self) -> list[date]:
