@@ -28,6 +28,7 @@ from microstructure.ingest.cli import (
     parse_symbols,
     prepare_database,
 )
+from microstructure.ingest.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
 
 DEFAULT_OI_INTERVAL = 60.0
 DEFAULT_STALE_TIMEOUT = 10.0  # mark price arrives every second, depth every 100-500 ms
@@ -76,6 +77,14 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             default=str(DEFAULT_OI_INTERVAL),
             help=f"live: seconds between /fapi/v1/openInterest polls (default {DEFAULT_OI_INTERVAL:g})",
         )
+        p.add_argument(
+            "--liquidations-stream",
+            default="auto",
+            metavar="WHICH",
+            help="live: where liquidations come from: per-symbol (one <s>@forceOrder stream each) | all (the "
+            "all-market !forceOrder@arr stream, other symbols' orders ignored) | auto (default: per-symbol "
+            f"below {FORCE_ALL_FROM} symbols, all from {FORCE_ALL_FROM} on)",
+        )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -93,7 +102,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="mark price, funding, open interest and liquidations (live or historical)",
         description="Live mode: <s>@markPrice@1s into mark_prices, settled funding rates into funding_rates "
         "(polled when a settlement passes), open interest polled every --oi-interval seconds, liquidations "
-        "from <s>@forceOrder (sampled by the exchange: counts are lower bounds). Failed polls are retried "
+        "from <s>@forceOrder or !forceOrder@arr (--liquidations-stream; sampled by the exchange: counts are "
+        "lower bounds). Failed polls are retried "
         "and recorded in ingest_events as poll_miss. Historical mode: fundingRate monthly archives and REST, "
         "metrics archives (futures_metrics and open_interest), openInterestHist (last 30 days), 1m "
         "mark/index/premium klines into price_klines.",
@@ -160,6 +170,15 @@ def _source(args: argparse.Namespace) -> str:
     if source not in ("depth20", "diff"):
         raise SettingError(f"--source: expected depth20 or diff, got {args.source!r}")
     return source
+
+
+def _liquidations(args: argparse.Namespace) -> str:
+    value = (args.liquidations_stream or "").strip().lower()
+    if value not in LIQUIDATION_STREAMS:
+        raise SettingError(
+            f"--liquidations-stream: expected per-symbol, all or auto, got {args.liquidations_stream!r}"
+        )
+    return value
 
 
 def _oi(args: argparse.Namespace) -> float:
@@ -230,6 +249,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)
     oi_interval = _oi(args)
+    liquidations = _liquidations(args)
     apply_urls(args, settings)
     if mode == "historical":
         start, end, days = _days(args)
@@ -244,7 +264,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
         stop = _signal_stop()
         return await collect_market_live(
             settings, url, symbols, live_seconds=live_seconds, oi_interval=oi_interval, stop_event=stop,
-            stale_timeout=stale_timeout,
+            stale_timeout=stale_timeout, liquidations_stream=liquidations,
         )  # fmt: skip
 
     return _finish(_run(live, settings))
@@ -257,6 +277,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     symbols = parse_symbols(args.symbol)
     source = _source(args)
     oi_interval = _oi(args)
+    liquidations = _liquidations(args)
     apply_urls(args, settings)
     start = end = None
     days = None
@@ -287,6 +308,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 days=days,
                 health_port=health_port,
                 stale_timeout=stale_timeout,
+                liquidations_stream=liquidations,
             ),
             settings,
         )

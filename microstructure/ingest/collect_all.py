@@ -98,6 +98,7 @@ async def collect_all(
     include_aggtrades: bool = True,
     health: Health | None = None,
     health_port: int | None = None,
+    liquidations_stream: str = "auto",
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report."""
     if mode not in ("live", "historical"):
@@ -125,6 +126,7 @@ async def collect_all(
                 include_aggtrades=include_aggtrades,
                 health=health or Health(),
                 health_port=health_port,
+                liquidations_stream=liquidations_stream,
             )
         else:
             await _historical(
@@ -164,6 +166,7 @@ async def _live(
     include_aggtrades: bool,
     health: Health,
     health_port: int | None,
+    liquidations_stream: str,
 ) -> None:
     from microstructure.ingest.binance_rest import BinanceRest
 
@@ -197,7 +200,13 @@ async def _live(
                 settings, dsn, symbols, source=book_source, shared_streams=streams, **shared
             ),
             "market": collect_market_live(
-                settings, dsn, symbols, oi_interval=oi_interval, shared_streams=streams, **shared
+                settings,
+                dsn,
+                symbols,
+                oi_interval=oi_interval,
+                shared_streams=streams,
+                liquidations_stream=liquidations_stream,
+                **shared,
             ),
         }
         if include_aggtrades:

@@ -6,8 +6,9 @@ Live (`collect_market_live`), one combined-stream connection plus REST polls:
   symbol's next funding time moves on (a settlement just happened; polled until the new row is
   there) and on an interval;
 - open interest -> open_interest (source 'rest'): /fapi/v1/openInterest every `oi_interval` s;
-- liquidations -> liquidations: `<s>@forceOrder`, or `!forceOrder@arr` filtered to the symbols when
-  there are many. The exchange samples them (at most the latest order per symbol per second), so
+- liquidations -> liquidations: `<s>@forceOrder` per symbol, or the all-market `!forceOrder@arr`
+  filtered to the symbols (`liquidations_stream`: 'per-symbol', 'all', or 'auto' = all from
+  FORCE_ALL_FROM symbols on). The exchange samples them (at most the latest order per symbol per second), so
   counts and volumes are lower bounds.
 A REST poll that fails (after the client's own retries) is retried with backoff and each miss is
 recorded in ingest_events (kind 'poll_miss'). A stream silent for `stale_timeout` s is reconnected.
@@ -73,7 +74,10 @@ from microstructure.ingest.writer import merge_table, open_writer
 log = logging.getLogger(__name__)
 
 COLLECTOR = "market"
-FORCE_ALL_FROM = 20  # from this many symbols on, one !forceOrder@arr stream instead of one per symbol
+FORCE_ALL_FROM = (
+    20  # liquidations 'auto': from this many symbols on, !forceOrder@arr instead of one per symbol
+)
+LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
 
@@ -215,7 +219,13 @@ class MarketLive:
         funding_interval: float,
         poll_retries: int = 3,
         poll_backoff: float = 1.0,
+        liquidations_stream: str = "auto",
     ) -> None:
+        if liquidations_stream not in LIQUIDATION_STREAMS:
+            raise ValueError(
+                f"liquidations_stream: expected one of {LIQUIDATION_STREAMS}, got {liquidations_stream!r}"
+            )
+        self.liquidations_stream = liquidations_stream
         self.symbols = list(symbols)
         self.wanted = set(self.symbols)
         self.writer = writer
@@ -237,8 +247,9 @@ class MarketLive:
     # ---- streams
     def streams(self) -> list[str]:
         out = [f"{s.lower()}@markPrice@1s" for s in self.symbols]
-        if len(self.symbols) >= FORCE_ALL_FROM:
-            out.append("!forceOrder@arr")
+        mode = self.liquidations_stream
+        if mode == "all" or (mode == "auto" and len(self.symbols) >= FORCE_ALL_FROM):
+            out.append("!forceOrder@arr")  # every symbol's liquidations; on_message keeps ours
         else:
             out += [f"{s.lower()}@forceOrder" for s in self.symbols]
         return out
@@ -458,10 +469,18 @@ async def collect_market_live(
     poll_retries: int = 3,
     poll_backoff: float = 1.0,
     shared_streams: SharedStreams | None = None,
+    liquidations_stream: str = "auto",
 ) -> MarketReport:
-    """Mark prices, funding, open interest and liquidations of `symbols` until stopped (see module doc)."""
+    """Mark prices, funding, open interest and liquidations of `symbols` until stopped (see module doc).
+
+    `liquidations_stream`: 'per-symbol' (`<s>@forceOrder`), 'all' (`!forceOrder@arr`, other symbols'
+    orders ignored) or 'auto' (all from FORCE_ALL_FROM symbols on)."""
     from microstructure.ingest.binance_rest import BinanceRest
 
+    if liquidations_stream not in LIQUIDATION_STREAMS:
+        raise ValueError(
+            f"liquidations_stream: expected one of {LIQUIDATION_STREAMS}, got {liquidations_stream!r}"
+        )
     symbols = [s.upper() for s in symbols]
     stop = stop_event or asyncio.Event()
     health = health or Health()
@@ -486,6 +505,7 @@ async def collect_market_live(
         funding_interval=funding_interval,
         poll_retries=poll_retries,
         poll_backoff=poll_backoff,
+        liquidations_stream=liquidations_stream,
     )
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)
