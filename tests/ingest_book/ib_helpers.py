@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import time
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+import pandas as pd
 
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig
+from microstructure.exchange.archives import COLUMNS, KLINE_TYPES
 from microstructure.ingest.writer import Writer
 
 # 5 s into a minute, away from funding boundaries unless a test wants one
@@ -99,3 +104,113 @@ def ms(ts: datetime) -> int:
 
 def wall() -> float:
     return time.monotonic()
+
+
+# ---------------------------------------------------------------- archives read by pandas (the oracle)
+
+
+async def archive_csv(
+    base_url: str, kind: str, symbol: str, when: str, period: str = "daily"
+) -> pd.DataFrame:
+    """One data.binance.vision archive of the exchange as pandas reads it (header line or none)."""
+    if kind in KLINE_TYPES:
+        path = f"{kind}/{symbol}/1m/{symbol}-1m-{when}"
+    else:
+        path = f"{kind}/{symbol}/{symbol}-{kind}-{when}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{base_url}/data/futures/um/{period}/{path}.zip") as r,
+    ):
+        assert r.status == 200, path
+        data = await r.read()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        text = z.read(z.namelist()[0]).decode()
+    names = COLUMNS["klines" if kind in KLINE_TYPES else kind].split(",")
+    header = 0 if not text[:1].isdigit() else None
+    return pd.read_csv(io.StringIO(text), header=header, names=names)
+
+
+def stored(dsn: str, sql: str, *args: Any) -> pd.DataFrame:
+    return pd.DataFrame([dict(r) for r in asyncio.run(fetch_all(dsn, sql, *args))])
+
+
+def _day(symbol: str, day: str) -> str:
+    return f"symbol = '{symbol}' AND ts >= '{day}' AND ts < '{day}'::date + 1"
+
+
+def _same_times(got: pd.Series, want_ms: pd.Series) -> None:
+    assert (got.to_numpy() == pd.to_datetime(want_ms, unit="ms", utc=True).to_numpy()).all()
+
+
+def check_book_depth_bands(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None:
+    got = stored(
+        dsn,
+        f"SELECT ts, percentage, depth, notional FROM book_depth_bands WHERE {_day(symbol, day)} ORDER BY ts, percentage",
+    )
+    want = csv.assign(ts=pd.to_datetime(csv["timestamp"], utc=True)).sort_values(["ts", "percentage"])
+    assert len(got) == len(want) > 0
+    assert (got["ts"].to_numpy() == want["ts"].to_numpy()).all()
+    assert np.array_equal(got["percentage"].to_numpy(), want["percentage"].to_numpy(dtype=np.float32))
+    assert np.array_equal(got["depth"].to_numpy(), want["depth"].to_numpy())
+    assert np.array_equal(got["notional"].to_numpy(), want["notional"].to_numpy())
+
+
+def check_metrics(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None:
+    """futures_metrics and open_interest (source 'metrics') of a day equal its metrics archive."""
+    got = stored(dsn, f"SELECT * FROM futures_metrics WHERE {_day(symbol, day)} ORDER BY ts")
+    assert len(got) == len(csv) > 0
+    want_ts = pd.to_datetime(csv["create_time"], utc=True).to_numpy()
+    assert (got["ts"].to_numpy() == want_ts).all()
+    for c in csv.columns.drop(["create_time", "symbol"]):
+        assert np.allclose(got[c].to_numpy(float), csv[c].to_numpy(float), rtol=0, atol=0, equal_nan=True), c
+    oi = stored(dsn, f"SELECT * FROM open_interest WHERE {_day(symbol, day)} ORDER BY ts")
+    assert set(oi["source"]) == {"metrics"}
+    assert (oi["ts"].to_numpy() == want_ts).all()
+    assert np.array_equal(oi["open_interest"].to_numpy(float), csv["sum_open_interest"].to_numpy(float))
+    assert np.array_equal(
+        oi["open_interest_value"].to_numpy(float), csv["sum_open_interest_value"].to_numpy(float)
+    )
+
+
+def check_klines(dsn: str, symbol: str, day: str, kind: str, csv: pd.DataFrame) -> None:
+    """price_klines of one kind (mark | index | premium) and day equal its 1m kline archive."""
+    got = stored(dsn, f"SELECT * FROM price_klines WHERE kind = '{kind}' AND {_day(symbol, day)} ORDER BY ts")
+    assert len(got) == len(csv) == 1440
+    _same_times(got["ts"], csv["open_time"])
+    _same_times(got["close_ts"], csv["close_time"])
+    for c in ("open", "high", "low", "close"):
+        assert np.array_equal(got[c].to_numpy(), csv[c].to_numpy()), c
+
+
+def check_funding_archive(dsn: str, symbol: str, csv: pd.DataFrame, t0: int, t1: int) -> pd.DataFrame:
+    """Stored settlements in [t0, t1) equal the fundingRate archive's; the stored rows."""
+    want = csv[(csv["calc_time"] >= t0) & (csv["calc_time"] < t1)].sort_values("calc_time")
+    got = stored(
+        dsn,
+        "SELECT * FROM funding_rates WHERE symbol = $1 AND funding_ts >= to_timestamp($2 / 1000.0) "
+        "AND funding_ts < to_timestamp($3 / 1000.0) ORDER BY funding_ts",
+        symbol,
+        t0,
+        t1,
+    )
+    assert len(got) == len(want) > 0
+    _same_times(got["funding_ts"], want["calc_time"])
+    assert np.array_equal(got["funding_rate"].to_numpy(), want["last_funding_rate"].to_numpy())
+    assert got["funding_interval_hours"].tolist() == want["funding_interval_hours"].tolist()
+    return got
+
+
+def check_agg_trades(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None:
+    """agg_trades of a day equal its aggTrades archive, id for id."""
+    got = stored(dsn, f"SELECT * FROM agg_trades WHERE {_day(symbol, day)} ORDER BY agg_id")
+    want = csv.sort_values("agg_trade_id").drop_duplicates("agg_trade_id")
+    assert len(got) == len(want) > 0
+    assert got["agg_id"].tolist() == want["agg_trade_id"].tolist()
+    _same_times(got["ts"], want["transact_time"])
+    assert np.array_equal(got["price"].to_numpy(), want["price"].to_numpy())
+    assert np.array_equal(got["quantity"].to_numpy(), want["quantity"].to_numpy())
+    assert got["first_trade_id"].tolist() == want["first_trade_id"].tolist()
+    assert got["last_trade_id"].tolist() == want["last_trade_id"].tolist()
+    assert (
+        got["is_buyer_maker"].tolist() == want["is_buyer_maker"].astype(str).str.lower().eq("true").tolist()
+    )

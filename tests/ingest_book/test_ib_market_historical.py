@@ -4,16 +4,25 @@ funding pages and openInterestHist, over days on both sides of 2022-08-11 (heade
 from __future__ import annotations
 
 import asyncio
-import io
-import zipfile
 from datetime import UTC, date, datetime
+from typing import Any
 
-import aiohttp
 import numpy as np
-import pandas as pd
-from ib_helpers import exchange_config, fetch_all, make_writer, ms, settings_for
+from ib_helpers import (
+    archive_csv,
+    check_book_depth_bands,
+    check_funding_archive,
+    check_klines,
+    check_metrics,
+    exchange_config,
+    fetch_all,
+    make_writer,
+    ms,
+    settings_for,
+)
 
 from microstructure.exchange import LocalExchange
+from microstructure.ingest.binance_rest import BinanceRest
 from microstructure.ingest.book import collect_book_historical
 from microstructure.ingest.market import collect_market_historical
 
@@ -25,8 +34,27 @@ def day_ms(d: date) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
 
 
+class RestFromHorizon(BinanceRest):
+    """REST whose funding history starts at `horizon_ms`, as Binance's reaches back only so far: the
+    settlements before it can come from the monthly archive alone."""
+
+    def __init__(self, base_url: str, horizon_ms: int) -> None:
+        super().__init__(base_url)
+        self.horizon_ms = horizon_ms
+        self.funding_rows = 0
+
+    async def funding_rate(
+        self, symbol: Any = None, start_ms: Any = None, end_ms: Any = None, limit: int = 1000
+    ):
+        rows = await super().funding_rate(symbol, start_ms, end_ms, limit)
+        rows = [r for r in rows if r["fundingTime"] >= self.horizon_ms]
+        self.funding_rows += len(rows)
+        return rows
+
+
 def test_historical_loaders_read_both_archive_formats(db_url, ib_cache, tmp_path) -> None:
     first, last = date(2022, 8, 9), date(2022, 8, 12)
+    horizon = day_ms(date(2022, 8, 11))  # REST funding from here on; before it only the archive has them
 
     async def go():
         cfg = exchange_config(
@@ -41,22 +69,23 @@ def test_historical_loaders_read_both_archive_formats(db_url, ib_cache, tmp_path
             settings = settings_for(ex, db_url, tmp_path)
             book = await collect_book_historical(settings, db_url, SYMBOLS, first, last)
             writer = await make_writer(db_url, tmp_path / "spill")
-            market = await collect_market_historical(settings, db_url, SYMBOLS, first, last, writer=writer)
+            rest = RestFromHorizon(ex.base_url, horizon)
+            await rest.open()
+            market = await collect_market_historical(
+                settings, db_url, SYMBOLS, first, last, writer=writer, rest=rest
+            )
             await writer.close()
+            await rest.close()
+            assert rest.funding_rows > 0  # REST served the part from the horizon on
             fundings = {s: ex.markets[s].fundings(day_ms(first), day_ms(last) + DAY) for s in SYMBOLS}
             oi = {s: ex.markets[s].oi_at for s in SYMBOLS}
-            csvs = {}
-            async with aiohttp.ClientSession() as http:
-                for kind in ("bookDepth", "metrics", "markPriceKlines"):
-                    path = (
-                        f"{kind}/ETHUSDT/1m/ETHUSDT-1m-2022-08-11"
-                        if kind == "markPriceKlines"
-                        else f"{kind}/ETHUSDT/ETHUSDT-{kind}-2022-08-11"
-                    )
-                    async with http.get(f"{ex.base_url}/data/futures/um/daily/{path}.zip") as r:
-                        assert r.status == 200, path
-                        with zipfile.ZipFile(io.BytesIO(await r.read())) as z:
-                            csvs[kind] = pd.read_csv(z.open(z.namelist()[0]))
+            csvs = {
+                kind: await archive_csv(ex.base_url, kind, "ETHUSDT", "2022-08-11")
+                for kind in ("bookDepth", "metrics", "markPriceKlines")
+            }
+            csvs["fundingRate"] = {
+                s: await archive_csv(ex.base_url, "fundingRate", s, "2022-08", "monthly") for s in SYMBOLS
+            }
             return book, market, fundings, oi, csvs
 
     book, market, fundings, oi, csvs = asyncio.run(go())
@@ -100,41 +129,23 @@ def test_historical_loaders_read_both_archive_formats(db_url, ib_cache, tmp_path
     assert [r["percentage"] for r in bands_rows] == [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]
 
     # values equal the archive CSVs of 2022-08-11 (with a header), read here by pandas
-    def stored(sql: str) -> pd.DataFrame:
-        return pd.DataFrame([dict(r) for r in asyncio.run(fetch_all(db_url, sql))])
+    check_book_depth_bands(db_url, "ETHUSDT", "2022-08-11", csvs["bookDepth"])
+    assert len(csvs["bookDepth"]) == 28_800
+    check_metrics(db_url, "ETHUSDT", "2022-08-11", csvs["metrics"])
+    check_klines(db_url, "ETHUSDT", "2022-08-11", "mark", csvs["markPriceKlines"])
 
-    day = "symbol = 'ETHUSDT' AND ts >= '2022-08-11' AND ts < '2022-08-12'"
-    want = csvs["bookDepth"]
-    got = stored(
-        f"SELECT ts, percentage, depth, notional FROM book_depth_bands WHERE {day} ORDER BY ts, percentage"
-    )
-    assert len(got) == len(want) == 28_800
-    want = want.assign(ts=pd.to_datetime(want["timestamp"], utc=True)).sort_values(["ts", "percentage"])
-    assert (got["ts"].to_numpy() == want["ts"].to_numpy()).all()
-    assert np.array_equal(got["percentage"].to_numpy(), want["percentage"].to_numpy(dtype=np.float32))
-    assert np.array_equal(got["depth"].to_numpy(), want["depth"].to_numpy())
-    assert np.array_equal(got["notional"].to_numpy(), want["notional"].to_numpy())
-    want = csvs["metrics"]
-    got = stored(f"SELECT * FROM futures_metrics WHERE {day} ORDER BY ts")
-    assert (got["ts"].to_numpy() == pd.to_datetime(want["create_time"], utc=True).to_numpy()).all()
-    for c in want.columns.drop(["create_time", "symbol"]):
-        assert np.allclose(got[c].to_numpy(float), want[c].to_numpy(float), rtol=0, atol=0, equal_nan=True), c
-    want = csvs["markPriceKlines"]
-    got = stored(f"SELECT * FROM price_klines WHERE kind = 'mark' AND {day} ORDER BY ts")
-    assert (got["ts"].to_numpy() == pd.to_datetime(want["open_time"], unit="ms", utc=True).to_numpy()).all()
-    assert (
-        got["close_ts"].to_numpy() == pd.to_datetime(want["close_time"], unit="ms", utc=True).to_numpy()
-    ).all()
-    for c in ("open", "high", "low", "close"):
-        assert np.array_equal(got[c].to_numpy(), want[c].to_numpy()), c
-
-    # funding: every settlement in the range, from the monthly archive (headerless 2022-08) and REST
+    # funding: every settlement in the range; before the REST horizon from the monthly archive alone
+    # (headerless 2022-08), equal to its CSV read by pandas (no mark price: only REST has one)
     funding = asyncio.run(fetch_all(db_url, "SELECT * FROM funding_rates ORDER BY symbol, funding_ts"))
     for s in SYMBOLS:
-        T, r, _ = fundings[s]
+        T, r, mk = fundings[s]
         got = [(ms(x["funding_ts"]), x["funding_rate"]) for x in funding if x["symbol"] == s]
         assert got == [(int(t), float(f"{v:.8f}")) for t, v in zip(T, r, strict=True)]
         assert len(got) == 12
+        archive_only = check_funding_archive(db_url, s, csvs["fundingRate"][s], day_ms(first), horizon)
+        assert len(archive_only) == 6 and archive_only["mark_price"].isna().all()
+        both = check_funding_archive(db_url, s, csvs["fundingRate"][s], horizon, day_ms(last) + DAY)
+        assert both["mark_price"].tolist() == [float(f"{m:.8f}") for m in mk[6:].tolist()]  # filled by REST
     # open interest values are the exchange's at those times
     rows = asyncio.run(fetch_all(db_url, "SELECT * FROM open_interest WHERE symbol = 'BTCUSDT'"))
     for x in rows[:: max(1, len(rows) // 50)]:
