@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
 
 from microstructure.ingest.writer import Writer
 
@@ -61,3 +65,59 @@ def stored_rows(dsn: str, symbol: str) -> dict[str, list[Any]]:
         ).fetchall()
     names = ["agg_id", "ts_ms", "price", "quantity", "first_trade_id", "last_trade_id", "is_buyer_maker"]
     return {n: [r[i] for r in rows] for i, n in enumerate(names)}
+
+
+class Answers:
+    """What the exchange itself received and answered, recorded on its side (not the client's view).
+
+    requests   (path, query string) of every HTTP request, websocket handshakes included, on arrival
+    answers    (path, status, Retry-After header or None, exchange ms) of every answer
+    verdicts   statuses its rate limiter gave (200, 429 or 418): a 429 here is a real weight overrun,
+               not an injected one (injected 429s return before the limiter is consulted)
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.answers: list[tuple[str, int, str | None, int]] = []
+        self.verdicts: Counter[int] = Counter()
+
+    def statuses(self) -> Counter[int]:
+        return Counter(status for _, status, _, _ in self.answers)
+
+    def retry_after_total(self, status: int = 429) -> float:
+        return sum(float(ra) for _, st, ra, _ in self.answers if st == status and ra is not None)
+
+
+def record_answers(ex: Any, on_request: Callable[[web.Request], None] | None = None) -> Answers:
+    """Record what `ex` (a LocalExchange not started yet) answers: an outermost middleware and a
+    wrapper of its rate limiter. `on_request(request)` runs on each request before the exchange sees it."""
+    rec = Answers()
+    make_app = ex.make_app
+    limiter_check = ex.limiter.check
+
+    def check(client: str, weight: int, now_ms: int) -> Any:
+        verdict = limiter_check(client, weight, now_ms)
+        rec.verdicts[verdict.status] += 1
+        return verdict
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        rec.requests.append((request.path, request.query_string))
+        if on_request is not None:
+            on_request(request)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            rec.answers.append((request.path, exc.status, exc.headers.get("Retry-After"), ex.now_ms()))
+            raise
+        rec.answers.append((request.path, resp.status, resp.headers.get("Retry-After"), ex.now_ms()))
+        return resp
+
+    def recording_app() -> web.Application:
+        app = make_app()
+        app.middlewares.insert(0, record)
+        return app
+
+    ex.make_app = recording_app
+    ex.limiter.check = check
+    return rec

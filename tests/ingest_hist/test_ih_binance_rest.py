@@ -107,7 +107,10 @@ def test_weight_budget_follows_the_used_weight_header(exchange_cache: Path) -> N
     asyncio.run(main())
 
 
-def test_429_storm_slows_down_and_finishes_without_a_ban(exchange_cache: Path) -> None:
+def test_injected_429s_are_waited_out_and_the_pages_finish(exchange_cache: Path) -> None:
+    """The client alone under injected 429s (they never reach the exchange's limiter, so no ban is
+    possible here): the acceptance run with a reachable 418 is test_ih_historical's 429-storm test."""
+
     async def main() -> None:
         cfg = config(exchange_cache, faults=FaultConfig(rest_429_rate=0.35))
         async with LocalExchange(cfg) as ex, BinanceRest(ex.base_url) as rest:
@@ -123,7 +126,6 @@ def test_429_storm_slows_down_and_finishes_without_a_ban(exchange_cache: Path) -
             assert rest.stats.retries == rest.stats.rate_limited
             assert rest.stats.requests == 8 + rest.stats.rate_limited
             assert elapsed >= rest.stats.rate_limited * 1.0  # Retry-After: 1 honoured each time
-            assert all(u.banned_until == 0 for u in ex.limiter.clients.values())
 
     asyncio.run(main())
 

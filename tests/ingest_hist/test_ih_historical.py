@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+import time
 import zipfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from ih_helpers import count_archive_requests, generator_trades, run_collect, stored_rows
+from ih_helpers import count_archive_requests, generator_trades, record_answers, run_collect, stored_rows
 
 from microstructure.config import Settings
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
@@ -116,6 +117,76 @@ def test_three_archived_days_plus_today_by_rest_land_the_exact_id_sequence(
             db2 = stored_rows(db_url, "BTCUSDT")["agg_id"]
             assert db2 == list(range(first, first + len(db2))) and len(db2) >= len(ids)
             assert again.ok
+
+    asyncio.run(main())
+
+
+def test_429_storm_run_slows_down_finishes_exact_and_is_never_banned(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """The issue's 429-storm acceptance on a whole run: 3 archived days, today by REST pages, 30 % of
+    REST answers an injected 429 (Retry-After: 1), and when the pages begin another program of the
+    same IP has used the weight up, so the exchange's limiter answers a real 429 too, after which
+    sending again before its Retry-After is a 418 ban. The run slows down, finishes with the exact
+    id sequence, and the exchange (its own record, not the client's) never answered 418."""
+    limit = 200  # weight per minute; today's pages after the real 429 fit in one minute
+    cfg = exchange(
+        exchange_cache,
+        clock_start=datetime(2022, 8, 12, 6, 0, 52, tzinfo=UTC),  # the minute ends soon after the start
+        weight_limit=limit,
+        ban_seconds=600,
+        faults=FaultConfig(rest_429_rate=0.3),
+    )
+    ex = LocalExchange(cfg)
+    use_up = ex.limiter.check
+
+    def other_program(request: aiohttp.web.Request) -> None:
+        """Until the limiter has answered a real 429: before each REST page, the IP's weight is used up
+        to 10 below the limit (a page weighs 20)."""
+        if (
+            answers.verdicts[429]
+            or request.path != "/fapi/v1/aggTrades"
+            or request.query.get("limit") != "1000"
+        ):
+            return
+        client, now = request.remote or "?", ex.now_ms()
+        missing = limit - 10 - ex.limiter.used(client, now)
+        if missing > 0:
+            use_up(client, missing, now)
+
+    answers = record_answers(ex, on_request=other_program)
+
+    async def main() -> None:
+        async with ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            now_before = ex.now_ms()
+            t0 = time.monotonic()
+            report = await run_collect(settings, db_url, ["BTCUSDT"], None, None, days=3)
+            elapsed = time.monotonic() - t0
+            now_after = ex.now_ms()
+            rep = report.symbols["BTCUSDT"]
+            assert rep.days_archive == [D9, D10, D11] and rep.days_rest == [D12] and report.ok, rep.errors
+
+            # finished with the exact id sequence: none missing, none doubled, today's part from REST
+            ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+            first = ex.markets["BTCUSDT"].first_id()
+            assert ids == list(range(first, first + len(ids)))
+            ref = generator_trades(ex, "BTCUSDT", ex.origin_ms, now_after + 1)
+            n_before = sum(1 for t in ref["ts_ms"] if t <= now_before)
+            assert n_before <= len(ids) <= len(ref["agg_id"])
+            assert ids == ref["agg_id"][: len(ids)]
+            assert rep.rows_rest > 3000 and rep.rest_pages >= 4
+
+            # slowed down: the exchange answered 429s (injected ones and at least one real weight overrun),
+            # the client counted each of them, and the run took at least the sum of their Retry-After
+            statuses = answers.statuses()
+            assert answers.verdicts[429] >= 1, "the limiter never answered 429: a ban was not possible"
+            assert statuses[429] > answers.verdicts[429], "no injected 429"
+            assert report.rest.rate_limited == statuses[429]
+            assert elapsed >= answers.retry_after_total(429)
+            # and never banned, by the exchange's own record
+            assert statuses[418] == 0 and answers.verdicts[418] == 0
+            assert all(u.banned_until == 0 for u in ex.limiter.clients.values())
 
     asyncio.run(main())
 
