@@ -5,7 +5,8 @@ Live (`collect_book_live`):
 - source 'depth20' (default): the `<s>@depth20@500ms` stream; one row per message (levels as sent,
   U/u/pu, E/T, local receive time) plus the per-snapshot values of book_values.py;
 - source 'diff': a local order book per symbol from `<s>@depth@100ms` by Binance's procedure
-  (orderbook.py), its top 20 sampled every 500 ms (source='diff').
+  (orderbook.py), its top 20 (or `depth_levels`, up to 1000) sampled every 500 ms (source='diff');
+  the per-snapshot values always use the top 20, as FEATURES.md defines them.
 Messages are buffered per symbol and turned into one Arrow batch per symbol about every second
 (levels parsed and values computed for the whole batch at once), then handed to the writer.
 
@@ -50,6 +51,7 @@ from microstructure.ingest.writer import merge_table, open_writer
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+DIFF_MAX_LEVELS = 1000  # --depth-levels: at most the levels of the REST snapshot (/fapi/v1/depth?limit=1000)
 
 
 # ================================================================ book snapshots
@@ -104,17 +106,21 @@ def _list_column(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def snapshots_table(
-    rows: Sequence[SnapshotRow], source: str, values_of: Callable[..., dict[str, np.ndarray]]
+    rows: Sequence[SnapshotRow],
+    source: str,
+    values_of: Callable[..., dict[str, np.ndarray]],
+    levels: int = LEVELS,
 ) -> pa.Table:
     """Rows of one symbol (time order) -> a BOOK_SNAPSHOTS batch, levels and values for all at once.
 
-    `values_of(bid_px, bid_qty, ask_px, ask_qty)` computes the per-snapshot values (carrying OFI).
-    Raises ValueError when a price or quantity does not parse.
+    Up to `levels` levels a side are stored; `values_of(bid_px, bid_qty, ask_px, ask_qty)` computes the
+    per-snapshot values (carrying OFI) from the top 20 only. Raises ValueError when a price or
+    quantity does not parse.
     """
     n = len(rows)
-    bp, bq = pad_levels([r.bids for r in rows])
-    ap, aq = pad_levels([r.asks for r in rows])
-    values = values_of(bp, bq, ap, aq)
+    bp, bq = pad_levels([r.bids for r in rows], levels)
+    ap, aq = pad_levels([r.asks for r in rows], levels)
+    values = values_of(bp[:, :LEVELS], bq[:, :LEVELS], ap[:, :LEVELS], aq[:, :LEVELS])
     cols: dict[str, pa.Array] = {
         "ts_ms": pa.array(np.fromiter((r.ts_ms for r in rows), np.int64, n)),
         "event_ms": pa.array(np.fromiter((r.event_ms for r in rows), np.int64, n)),
@@ -172,9 +178,11 @@ class SnapshotSink:
         health: Health,
         events: EventLog | None,
         collector: str,
+        levels: int = LEVELS,
     ) -> None:
         self.writer = writer
         self.source = source
+        self.levels = levels
         self.report = report
         self.health = health
         self.events = events
@@ -199,14 +207,14 @@ class SnapshotSink:
             return self.values.compute(symbol, bp, bq, ap, aq)
 
         try:
-            return snapshots_table(rows, self.source, values_of)
+            return snapshots_table(rows, self.source, values_of, self.levels)
         except ValueError:
             pass  # a level that does not parse: find it, drop that row, keep the others
         good = []
         for r in rows:
             try:
-                pad_levels([r.bids])
-                pad_levels([r.asks])
+                pad_levels([r.bids], self.levels)
+                pad_levels([r.asks], self.levels)
                 good.append(r)
             except ValueError as exc:
                 note_malformed(
@@ -218,7 +226,7 @@ class SnapshotSink:
                     {"b": r.bids, "a": r.asks, "u": r.last_update_id},
                     exc,
                 )
-        return snapshots_table(good, self.source, values_of) if good else None
+        return snapshots_table(good, self.source, values_of, self.levels) if good else None
 
     async def flush(self) -> int:
         n = 0
@@ -253,16 +261,22 @@ async def collect_book_live(
     sample_ms: int = 500,
     message_filter: Callable[[str, dict[str, Any]], bool] | None = None,
     shared_streams: SharedStreams | None = None,
+    depth_levels: int = LEVELS,
 ) -> BookReport:
     """Collect live top-20 book snapshots of `symbols` until `live_seconds` pass or `stop_event` is set.
 
     source 'depth20': `<s>@depth20@500ms`; 'diff': local books from `<s>@depth@<diff_speed>` sampled
-    every `sample_ms`. `writer`/`stop_event`/`health`/`events` are shared when given (collect all);
-    otherwise this function makes its own and closes them. `message_filter(stream, data)` returning
+    every `sample_ms`, storing the top `depth_levels` (20..1000; the values use the top 20).
+    `writer`/`stop_event`/`health`/`events` are shared when given (collect all); otherwise this
+    function makes its own and closes them. `message_filter(stream, data)` returning
     False drops a message before it is handled (tests use it to inject sequence breaks).
     """
     if source not in ("depth20", "diff"):
         raise ValueError(f"source: expected depth20 or diff, got {source!r}")
+    if depth_levels != LEVELS and source != "diff":
+        raise ValueError("depth_levels: only the diff source keeps more than 20 levels")
+    if not LEVELS <= depth_levels <= DIFF_MAX_LEVELS:
+        raise ValueError(f"depth_levels: expected {LEVELS}..{DIFF_MAX_LEVELS}, got {depth_levels}")
     symbols = [s.upper() for s in symbols]
     collector = f"book_{source}"
     stop = stop_event or asyncio.Event()
@@ -273,7 +287,7 @@ async def collect_book_live(
     if own_writer:
         writer = await open_writer(settings, dsn)
     report = BookReport(list(symbols), source)
-    sink = SnapshotSink(writer, source, report, health, events, collector)
+    sink = SnapshotSink(writer, source, report, health, events, collector, depth_levels)
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)
     tasks: list[asyncio.Task[Any]] = []
@@ -302,7 +316,15 @@ async def collect_book_live(
             if rest is None:
                 own_rest = rest = BinanceRest(settings.rest_url)
                 await rest.open()
-            books = DiffBooks(symbols, rest, sink=sink, events=events, health=health, collector=collector)
+            books = DiffBooks(
+                symbols,
+                rest,
+                sink=sink,
+                events=events,
+                health=health,
+                collector=collector,
+                levels=depth_levels,
+            )
             wanted = {f"{s.lower()}@depth@{diff_speed}": s for s in symbols}
 
             def handle(stream: str, data: dict[str, Any], recv_ms: int) -> None:

@@ -18,7 +18,8 @@ from datetime import date
 from typing import Any
 
 from microstructure.config import ENV_PREFIX, SettingError, Settings
-from microstructure.ingest.book import BOOK_DEPTH_HELP
+from microstructure.ingest.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
+from microstructure.ingest.book_values import LEVELS
 from microstructure.ingest.cli import (
     add_stale_timeout,
     apply_urls,
@@ -52,7 +53,15 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             default="depth20",
             metavar="SOURCE",
             help="live book source: depth20 (default: the <s>@depth20@500ms stream, one row per message) | "
-            "diff (a local order book from <s>@depth@100ms and /fapi/v1/depth, top 20 sampled every 500 ms)",
+            "diff (a local order book from <s>@depth@100ms and /fapi/v1/depth, top --depth-levels sampled "
+            "every 500 ms)",
+        )
+        p.add_argument(
+            "--depth-levels",
+            metavar="N",
+            help=f"--source diff: levels a side stored per snapshot in book_snapshots (default {LEVELS}, up to "
+            f"{DIFF_MAX_LEVELS}, the size of the REST snapshot); the per-snapshot values (imbalances, slopes, "
+            f"...) always use the top {LEVELS}",
         )
     p.add_argument(
         "--exchange-url",
@@ -93,7 +102,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "book-depth",
         help="order book: live top-20 snapshots (depth20 or local diff book); historical bookDepth bands",
         description="Live mode stores a top-20 order book snapshot every 500 ms per symbol in book_snapshots, "
-        "with the per-snapshot values (mid, spread, imbalances, slopes, OFI). " + BOOK_DEPTH_HELP,
+        "with the per-snapshot values (mid, spread, imbalances, slopes, OFI); with --source diff, "
+        "--depth-levels N keeps up to 1000 levels a side (the values still use the top 20). "
+        + BOOK_DEPTH_HELP,
     )
     _common(book, source=True, oi=False)
     book.set_defaults(handler=cmd_book_depth)
@@ -181,6 +192,15 @@ def _liquidations(args: argparse.Namespace) -> str:
     return value
 
 
+def _depth_levels(args: argparse.Namespace, source: str, mode: str) -> int:
+    value = getattr(args, "depth_levels", None)
+    if value is None:
+        return LEVELS
+    if source != "diff" or mode != "live":
+        raise SettingError("--depth-levels: only with --mode live --source diff (depth20 sends 20 levels)")
+    return parse_int(value, "--depth-levels", LEVELS, DIFF_MAX_LEVELS)
+
+
 def _oi(args: argparse.Namespace) -> float:
     return parse_seconds(getattr(args, "oi_interval", DEFAULT_OI_INTERVAL), "--oi-interval")
 
@@ -221,6 +241,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)
     source = _source(args)
+    depth_levels = _depth_levels(args, source, mode)
     apply_urls(args, settings)
     if mode == "historical":
         if args.source and source != "depth20":
@@ -237,7 +258,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         stop = _signal_stop()
         return await collect_book_live(
             settings, url, symbols, source=source, live_seconds=live_seconds, stop_event=stop,
-            stale_timeout=stale_timeout,
+            stale_timeout=stale_timeout, depth_levels=depth_levels,
         )  # fmt: skip
 
     return _finish(_run(live, settings))
@@ -276,6 +297,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)
     source = _source(args)
+    depth_levels = _depth_levels(args, source, mode)
     oi_interval = _oi(args)
     liquidations = _liquidations(args)
     apply_urls(args, settings)
@@ -302,6 +324,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 mode=mode,
                 live_seconds=live_seconds,
                 book_source=source,
+                depth_levels=depth_levels,
                 oi_interval=oi_interval,
                 start=start,
                 end=end,

@@ -87,6 +87,7 @@ async def collect_all(
     mode: str = "live",
     live_seconds: float | None = None,
     book_source: str = "depth20",
+    depth_levels: int = 20,
     oi_interval: float = 60.0,
     start: date | None = None,
     end: date | None = None,
@@ -120,6 +121,7 @@ async def collect_all(
                 stop=stop_event or asyncio.Event(),
                 live_seconds=live_seconds,
                 book_source=book_source,
+                depth_levels=depth_levels,
                 oi_interval=oi_interval,
                 handle_signals=handle_signals,
                 stale_timeout=stale_timeout,
@@ -160,6 +162,7 @@ async def _live(
     stop: asyncio.Event,
     live_seconds: float | None,
     book_source: str,
+    depth_levels: int,
     oi_interval: float,
     handle_signals: bool,
     stale_timeout: float,
@@ -197,7 +200,13 @@ async def _live(
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
             "book": collect_book_live(
-                settings, dsn, symbols, source=book_source, shared_streams=streams, **shared
+                settings,
+                dsn,
+                symbols,
+                source=book_source,
+                depth_levels=depth_levels,
+                shared_streams=streams,
+                **shared,
             ),
             "market": collect_market_live(
                 settings,

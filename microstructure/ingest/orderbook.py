@@ -10,9 +10,10 @@ Per symbol:
    kind 'resync'); the other symbols keep going;
 5. quantities are absolute; a quantity of 0 removes the level.
 
-A sampler takes the top 20 of every synced book every 500 ms (only when the book moved on since the
-last sample) and hands them to the snapshot sink as rows with source='diff': ts = T and event_ms = E
-of the last applied event, first/last/prev update ids = its U/u/pu.
+A sampler takes the top `levels` (20 by default, up to the 1000 of the REST snapshot) of every synced
+book every 500 ms (only when the book moved on since the last sample) and hands them to the snapshot
+sink as rows with source='diff': ts = T and event_ms = E of the last applied event, first/last/prev
+update ids = its U/u/pu.
 """
 
 from __future__ import annotations
@@ -130,8 +131,12 @@ class DiffBooks:
         health: Any = None,
         collector: str = "book_diff",
         depth_limit: int = 1000,
+        levels: int = LEVELS,
     ) -> None:
+        if not LEVELS <= levels <= depth_limit:
+            raise ValueError(f"levels: expected {LEVELS}..{depth_limit}, got {levels}")
         self.books = {s: LocalBook(s) for s in symbols}
+        self.levels = levels
         self.rest = rest
         self.sink = sink
         self.events = events
@@ -263,14 +268,14 @@ class DiffBooks:
 
     # ---- sampling
     def sample(self) -> int:
-        """Hand the top 20 of every synced book that moved since its last sample to the sink."""
+        """Hand the top `levels` of every synced book that moved since its last sample to the sink."""
         from microstructure.ingest.book import SnapshotRow
 
         n = 0
         for symbol, book in self.books.items():
             if not book.synced or book.last is None or book.last_u == book.sampled_u:
                 continue
-            bids, asks = book.top(LEVELS)
+            bids, asks = book.top(self.levels)
             ev = book.last
             row = SnapshotRow(
                 event_ms=ev.E,

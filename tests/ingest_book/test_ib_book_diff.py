@@ -8,6 +8,7 @@ import itertools
 import json
 from collections import defaultdict
 
+import numpy as np
 from ib_helpers import exchange_config, fetch_all, make_writer, ms, settings_for
 
 from microstructure.exchange import LocalExchange
@@ -18,16 +19,35 @@ from microstructure.ingest.book import collect_book_live
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
-def true_top20(market, T: int):
+def true_top(market, T: int, levels: int = 20):
     book = book_at(market, T // 50)
     pd_, qd = market.spec.price_decimals, market.spec.qty_decimals
 
     def side(s):
-        px = [float(fmt_units(p, pd_)) for p in s.prices[:20].tolist()]
-        qty = [float(fmt_units(q, qd)) for q in s.qty[:20].tolist()]
+        px = [float(fmt_units(p, pd_)) for p in s.prices[:levels].tolist()]
+        qty = [float(fmt_units(q, qd)) for q in s.qty[:levels].tolist()]
         return px, qty
 
     return book.update_id, side(book.bids), side(book.asks)
+
+
+def independent_values(bids, asks, n: int = 20) -> dict[str, float]:
+    """FEATURES.md's per-snapshot values with numpy from [(price, qty)] levels ("top 20" read as top n)."""
+    b, a = np.array(bids, dtype=float), np.array(asks, dtype=float)
+    mid = (b[0, 0] + a[0, 0]) / 2
+    spread = a[0, 0] - b[0, 0]
+    wmid = (b[0, 0] * a[0, 1] + a[0, 0] * b[0, 1]) / (b[0, 1] + a[0, 1])
+    out = {"mid": mid, "spread": spread, "spread_bps": spread / mid * 1e4}
+    out["weighted_mid_diff_bps"] = (wmid - mid) / mid * 1e4
+    for k in (5, 10, 20):
+        top = k if k < 20 else n
+        sb, sa = b[:top, 1].sum(), a[:top, 1].sum()
+        out[f"imbalance_{k}"] = (sb - sa) / (sb + sa)
+    out["bid_slope"] = b[:n, 1].sum() / (mid - b[n - 1, 0])
+    out["ask_slope"] = a[:n, 1].sum() / (a[n - 1, 0] - mid)
+    out["bid_vol_ratio_5_20"] = b[:5, 1].sum() / b[:n, 1].sum()
+    out["ask_vol_ratio_5_20"] = a[:5, 1].sum() / a[:n, 1].sum()
+    return out
 
 
 def run_diff(db_url, cache, tmp_path, *, drop=None, faults=None, seconds=6.0):
@@ -62,7 +82,7 @@ def run_diff(db_url, cache, tmp_path, *, drop=None, faults=None, seconds=6.0):
             rows = await fetch_all(db_url, "SELECT * FROM book_snapshots ORDER BY symbol, last_update_id")
             events = await fetch_all(db_url, "SELECT * FROM ingest_events WHERE kind = 'resync' ORDER BY id")
             truth = {
-                (r["symbol"], r["last_update_id"]): true_top20(ex.markets[r["symbol"]], ms(r["ts"]))
+                (r["symbol"], r["last_update_id"]): true_top(ex.markets[r["symbol"]], ms(r["ts"]))
                 for r in rows
             }
             return report, rows, events, truth
@@ -118,3 +138,66 @@ def test_exchange_dropped_events_are_detected(db_url, ib_cache, tmp_path) -> Non
     assert late_breaks <= recorded <= raw_breaks  # every break detected, nothing else called one
     assert sum(report.resyncs.values()) == len(events)
     check_books(rows, truth)  # no break went unnoticed into a stored book
+
+
+def test_depth_levels_keep_50_levels_and_values_from_the_top_20(db_url, ib_cache, tmp_path, capsys) -> None:
+    from microstructure.cli import main
+    from microstructure.exchange import ExchangeThread
+
+    with ExchangeThread(exchange_config(ib_cache, live_rate=20.0)) as ex:
+        rc = main(
+            [
+                "--database-url", db_url, "--home", str(tmp_path), "collect", "book-depth", "--symbol",
+                "BTCUSDT,ETHUSDT", "--source", "diff", "--depth-levels", "50", "--live-seconds", "4",
+                "--exchange-url", ex.base_url,
+            ]
+        )  # fmt: skip
+        out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = asyncio.run(fetch_all(db_url, "SELECT * FROM book_snapshots ORDER BY symbol, last_update_id"))
+    assert rows and {r["source"] for r in rows} == {"diff"}
+    for sym in SYMBOLS:
+        assert sum(1 for r in rows if r["symbol"] == sym) >= 3, sym
+    wider = 0
+    for r in rows:
+        # 50 levels a side, equal to the exchange's true book at the same update id
+        uid, (bp, bq), (ap, aq) = true_top(ex.markets[r["symbol"]], ms(r["ts"]), 50)
+        assert uid == r["last_update_id"]
+        assert len(r["bid_px"]) == len(r["ask_qty"]) == 50
+        assert (r["bid_px"], r["bid_qty"], r["ask_px"], r["ask_qty"]) == (bp, bq, ap, aq)
+        # the per-snapshot values come from the top 20 only, as FEATURES.md defines them
+        top20 = independent_values(
+            list(zip(bp[:20], bq[:20], strict=True)), list(zip(ap[:20], aq[:20], strict=True))
+        )
+        for k, v in top20.items():
+            assert np.isclose(r[k], v, rtol=1e-12), (k, r[k], v)
+        all50 = independent_values(list(zip(bp, bq, strict=True)), list(zip(ap, aq, strict=True)), n=50)
+        wider += not np.isclose(all50["imbalance_20"], top20["imbalance_20"]) or not np.isclose(
+            all50["bid_slope"], top20["bid_slope"]
+        )
+    assert wider == len(rows)  # values over 50 levels would differ: the test tells them apart
+
+
+def test_depth_levels_argument_errors_and_help(capsys, tmp_path) -> None:
+    import pytest
+
+    from microstructure.cli import main
+
+    for argv, message in (
+        (["book-depth", "--depth-levels", "50"], "--depth-levels: only with --mode live --source diff"),
+        (
+            ["all", "--source", "diff", "--depth-levels", "1001"],
+            "--depth-levels: expected an integer from 20 to 1000",
+        ),
+        (
+            ["book-depth", "--source", "diff", "--depth-levels", "19"],
+            "--depth-levels: expected an integer from 20",
+        ),
+    ):
+        rc = main(["--home", str(tmp_path), "collect", *argv, "--symbol", "BTCUSDT"])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err, (argv, err)
+    with pytest.raises(SystemExit):
+        main(["collect", "book-depth", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--depth-levels N" in out and "always use the top 20" in out
