@@ -294,20 +294,29 @@ def run_live(
     weight_budget: int,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
+    from microstructure.ingest.binance_rest import RestError
+    from microstructure.ingest.historical import HistoricalError
     from microstructure.ingest.live import collect_aggtrades_live
 
     url = prepare_database(settings)
-    report = asyncio.run(
-        collect_aggtrades_live(
-            settings,
-            url,
-            symbols,
-            live_seconds=live_seconds,
-            redundant=redundant,
-            weight_budget=weight_budget,
-            stale_timeout=stale_timeout,
+    try:
+        report = asyncio.run(
+            collect_aggtrades_live(
+                settings,
+                url,
+                symbols,
+                live_seconds=live_seconds,
+                redundant=redundant,
+                weight_budget=weight_budget,
+                stale_timeout=stale_timeout,
+            )
         )
-    )
+    except HistoricalError as exc:  # an unknown symbol, refused before connecting
+        _error(str(exc))
+        return 2
+    except RestError as exc:  # a 418 ban (stopped after flushing what it had), or unreachable
+        _error(str(exc))
+        return 3
     for line in report.summary_lines():
         print(line)
     return 0 if report.ok else 1

@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.binance_rest import BinanceRest
+from microstructure.ingest.binance_rest import BinanceRest, IpBanned
+from microstructure.ingest.historical import check_symbols
 from microstructure.ingest.records import AGG_TRADES
 from microstructure.ingest.streams import EventLog, Health, SharedStreams
 
@@ -164,6 +165,16 @@ class AggTradesLive:
         self.buffers = {s: _Buffer() for s in self.symbols}
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
         self.gap_queue: asyncio.Queue[tuple[str, int, int | None, int | None]] = asyncio.Queue()
+        self.banned: IpBanned | None = None  # a 418 from REST: the run stops, nothing more is sent
+
+    def _ban(self, exc: IpBanned) -> None:
+        """A 418 while filling: every further REST request would be refused for the ban's length, so
+        the run stops (what is buffered is still flushed) and collect_aggtrades_live raises it."""
+        if self.banned is None:
+            self.banned = exc
+            self.report.errors.append(str(exc))
+            log.error("REST answered 418: stopping the live run", extra={"error": str(exc)})
+        self.stop.set()
 
     # -- messages ------------------------------------------------------------------------------
     def on_message(self, stream: str, data: dict[str, Any], recv_ms: int) -> None:
@@ -257,7 +268,10 @@ class AggTradesLive:
         while True:
             sym, lo, hi, until = await self.gap_queue.get()
             try:
-                await self.fill(sym, lo, hi, until)
+                if self.banned is None:  # banned: the gap stays open in the database, for a later run
+                    await self.fill(sym, lo, hi, until)
+            except IpBanned as exc:
+                self._ban(exc)
             except Exception as exc:  # a failed fill leaves an open gap in the database, visible in status
                 self.report.errors.append(f"{sym}: REST fill {lo}..{hi} failed: {exc}")
                 log.error(
@@ -298,9 +312,11 @@ class AggTradesLive:
             await self.gap_queue.join()  # gaps seen so far are filled
             # The tail: whatever traded up to the stop but did not arrive.
             for sym in self.symbols:
-                if self.last[sym] is not None:
+                if self.last[sym] is not None and self.banned is None:
                     try:
                         await self.fill(sym, self.last[sym] + 1, None, stop_ms)  # type: ignore[operator]
+                    except IpBanned as exc:
+                        self._ban(exc)
                     except Exception as exc:
                         self.report.errors.append(f"{sym}: REST tail fill failed: {exc}")
             filler.cancel()
@@ -352,7 +368,21 @@ async def collect_aggtrades_live(
     shared_streams: SharedStreams | None = None,
 ) -> LiveReport:
     """Collect live aggregate trades until `live_seconds` pass, `stop_event` is set or SIGINT/SIGTERM;
-    on `shared_streams` (collect all) instead of connections of its own when given."""
+    on `shared_streams` (collect all) instead of connections of its own when given.
+
+    Raises UnknownSymbols (before any connection) when exchangeInfo does not list a symbol, and
+    IpBanned when REST answers 418 during the run (after flushing what the run holds)."""
+    own_rest = rest is None
+    if own_rest:
+        rest = BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
+        await rest.open()
+    try:
+        # Before connecting: a symbol the exchange does not list would only make the run wait in silence.
+        symbols = await check_symbols(rest, symbols)
+    except BaseException:
+        if own_rest:
+            await rest.close()
+        raise
     own_stop = stop_event is None
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -364,18 +394,14 @@ async def collect_aggtrades_live(
                 installed.append(sig)
     timer = loop.call_later(live_seconds, stop.set) if live_seconds is not None else None
     own_writer = writer is None
-    if own_writer:
-        from microstructure.ingest.writer import Writer
-
-        writer = Writer(dsn, settings.home / "spill")
-        await writer.start()
-    own_rest = rest is None
-    if own_rest:
-        rest = BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
-        await rest.open()
     own_events = events is None
     events = events or EventLog(dsn)
     try:
+        if own_writer:
+            from microstructure.ingest.writer import Writer
+
+            writer = Writer(dsn, settings.home / "spill")
+            await writer.start()
         collector = AggTradesLive(
             settings, symbols, writer=writer, rest=rest, stop=stop, health=health or Health(), events=events,
             last_ids=await stored_last_ids(dsn, symbols), redundant=redundant, batch_rows=batch_rows,
@@ -385,6 +411,10 @@ async def collect_aggtrades_live(
         report = await collector.run(shared_streams)
         await writer.flush(timeout=writer.close_timeout if own_writer else None)
         report.writer = writer.stats.as_dict()
+        if collector.banned is not None:
+            for line in report.summary_lines():
+                log.info("%s", line)
+            raise collector.banned
         return report
     finally:
         if timer is not None:
@@ -395,5 +425,5 @@ async def collect_aggtrades_live(
             await events.flush()
         if own_rest:
             await rest.close()
-        if own_writer:
+        if own_writer and writer is not None:
             await writer.close()

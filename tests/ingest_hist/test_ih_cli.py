@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from ih_helpers import generator_trades, stored_rows
+from ih_helpers import generator_trades, record_answers, stored_rows
 
 from microstructure.cli import build_parser, main
-from microstructure.exchange.config import ExchangeConfig
+from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import ExchangeThread
 
 BAD = [
@@ -97,6 +102,81 @@ def test_live_run_from_the_cli(
     assert out.startswith("aggTrades live: 2.0 s") and "BTCUSDT: " in out
     ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
     assert len(ids) > 50 and ids == list(range(ids[0], ids[0] + len(ids)))  # consecutive, no gap
+
+
+def test_live_refuses_an_unknown_symbol_before_connecting(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = ExchangeConfig(symbols=("BTCUSDT",), history_days=0, live_rate=100.0, cache_dir=exchange_cache)
+    thread = ExchangeThread(cfg)
+    answers = record_answers(thread.exchange)
+    with thread as ex:
+        t0 = time.monotonic()
+        rc = main(
+            ["--database-url", db_url, "--home", str(tmp_path / "home"), "collect", "aggtrades",
+             "--symbol", "BTCUSDT,nopeusdt", "--mode", "live", "--live-seconds", "60", "--exchange-url", ex.base_url]
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    named = [line for line in err.splitlines() if "NOPEUSDT" in line]
+    assert len(named) == 1 and "unknown symbol: NOPEUSDT" in named[0] and "BTCUSDT" not in named[0], err
+    assert took < 30  # refused at once, not after waiting for --live-seconds
+    assert [path for path, _ in answers.requests] == ["/fapi/v1/exchangeInfo"]  # no websocket, nothing else
+    assert stored_rows(db_url, "BTCUSDT")["agg_id"] == []
+
+
+def test_live_418_during_gap_filling_stops_the_run_with_exit_code_3(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another program of the same IP ignores a 429 and gets the IP banned mid-run: the collector's next
+    REST gap fill is answered 418, and the run stops with the ban's length instead of going on."""
+    cfg = ExchangeConfig(
+        symbols=("BTCUSDT",), history_days=0, live_rate=150.0, cache_dir=exchange_cache,
+        weight_limit=600, ban_seconds=300, faults=FaultConfig(ws_skip_agg_trades=0.03),
+    )  # fmt: skip
+    thread = ExchangeThread(cfg)
+    answers = record_answers(thread.exchange)
+    careless: list[int] = []
+
+    def careless_program(base_url: str) -> None:
+        deadline = time.monotonic() + 60
+        while not any(path == "/stream" for path, _ in answers.requests) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the collector is streaming and filling gaps
+        for _ in range(500):
+            try:
+                with urllib.request.urlopen(
+                    f"{base_url}/fapi/v1/aggTrades?symbol=BTCUSDT&limit=1", timeout=5
+                ):
+                    careless.append(200)
+            except urllib.error.HTTPError as exc:
+                careless.append(exc.code)
+                if exc.code == 418:
+                    return
+
+    with thread as ex:
+        other = threading.Thread(target=careless_program, args=(ex.base_url,), daemon=True)
+        other.start()
+        rc = main(
+            ["--database-url", db_url, "--home", str(tmp_path / "home"), "collect", "aggtrades",
+             "--symbol", "BTCUSDT", "--mode", "live", "--live-seconds", "120", "--exchange-url", ex.base_url]
+        )  # fmt: skip
+        other.join(timeout=10)
+    captured = capsys.readouterr()
+    assert careless and careless[-1] == 418
+    assert rc == 3, captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("microstructure: error:")]
+    assert len(errors) == 1 and "HTTP 418" in errors[0], captured.err
+    assert re.search(r"for (29\d|300) s", errors[0]), errors[0]  # the ban's length
+    assert not captured.out  # no summary of a run that went on to its end
+    # the exchange answered 418 twice: the careless program once, the collector once, which then sent nothing
+    assert answers.statuses()[418] == 2
+    paths = [path for path, _ in answers.requests]
+    assert paths[0] == "/fapi/v1/exchangeInfo" and "/stream" in paths
+    ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+    assert len(ids) > 100  # what it had was written
+    assert not list((tmp_path / "home" / "spill").glob("*.arrow"))
 
 
 def test_historical_run_from_the_cli(
