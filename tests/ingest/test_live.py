@@ -1,12 +1,17 @@
 """Live aggregate trades against the local exchange over real websockets and HTTP: the stored
 sequence equals the exchange's, with faults (dropped connections, skipped ids, malformed messages,
-rotation, redundancy, the database stopped mid-run)."""
+rotation, redundancy, the database stopped mid-run, an IP ban)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import psycopg
 import pytest
@@ -15,6 +20,7 @@ from microstructure.config import Settings
 from microstructure.db import migrate
 from microstructure.db.embedded import EmbeddedPostgres
 from microstructure.exchange import ExchangeConfig, FaultConfig, LocalExchange
+from microstructure.ingest.binance_rest import IpBanned
 from microstructure.ingest.live import collect_aggtrades_live
 from microstructure.ingest.writer import Writer
 
@@ -71,12 +77,65 @@ def expected(ex: LocalExchange, symbol: str, first_id: int, last_id: int) -> lis
     ]
 
 
-def assert_whole_sequence(ex: LocalExchange, dsn: str) -> None:
+def continue_from_a_second_ago(ex: LocalExchange, dsn: str) -> dict[str, int]:
+    """Store each symbol's trade of a second ago with the exchange's values, as a run stopped then
+    would have: the run must continue from the next id, so the sequence's head is known exactly."""
+    since: dict[str, int] = {}
+    with psycopg.connect(dsn) as conn:
+        for sym in SYMBOLS:
+            market = ex.markets[sym]
+            spec = market.spec
+            tr = market.trades_between(0, ex.now_ms() - 1_000)
+            t = int(tr.T[-1])
+            conn.execute(
+                "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, "
+                "is_buyer_maker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    sym,
+                    int(tr.a[-1]),
+                    datetime.fromtimestamp(t // 1000, tz=UTC) + timedelta(milliseconds=t % 1000),
+                    float(tr.price[-1]) / 10**spec.price_decimals,
+                    float(tr.qty[-1]) / 10**spec.qty_decimals,
+                    int(tr.first[-1]),
+                    int(tr.last[-1]),
+                    bool(tr.maker[-1]),
+                ),
+            )
+            since[sym] = int(tr.a[-1])
+    return since
+
+
+def stop_after(ex: LocalExchange, seconds: float) -> tuple[asyncio.Event, list[int]]:
+    """A stop event set after `seconds`; the list receives the exchange's clock at that moment."""
+    stop = asyncio.Event()
+    at: list[int] = []
+
+    def fire() -> None:
+        at.append(ex.now_ms())
+        stop.set()
+
+    asyncio.get_running_loop().call_later(seconds, fire)
+    return stop, at
+
+
+def assert_whole_sequence(ex: LocalExchange, dsn: str, since: dict[str, int], stop_ms: int) -> None:
+    """Stored = the exchange's own sequence for the run: from the id the run continued after (head) to
+    at least the last id the exchange produced up to the stop (tail, which the run's REST tail fill
+    fetches), every id once, values equal."""
     for sym in SYMBOLS:
         ids, rows = stored(dsn, sym)
+        tr = ex.markets[sym].trades_between(0, ex.now_ms() + 1)
+        last_at_stop = int(ex.markets[sym].trades_between(0, stop_ms + 1).a[-1])
         assert len(ids) > 50, sym
-        assert np.all(np.diff(ids) == 1), f"{sym}: ids not consecutive"
-        exp = expected(ex, sym, int(ids[0]), int(ids[-1]))
+        assert ids[0] == since[sym], (
+            f"{sym}: stored ids begin at {ids[0]}, the run continued after {since[sym]}"
+        )
+        assert ids[-1] >= last_at_stop, (
+            f"{sym}: tail lost: last stored {ids[-1]}, exchange at stop {last_at_stop}"
+        )
+        assert ids[-1] <= int(tr.a[-1])
+        assert np.array_equal(ids, np.arange(since[sym], ids[-1] + 1)), f"{sym}: ids missing or doubled"
+        exp = expected(ex, sym, since[sym], int(ids[-1]))
         assert len(exp) == len(rows)
         for got, want in zip(rows, exp, strict=True):
             assert got[0] == want[0] and got[3:] == want[3:]
@@ -92,10 +151,12 @@ def test_live_with_dropped_connections_skipped_ids_and_malformed(db_url: str, tm
         async with LocalExchange(cfg) as ex:
             settings = Settings(home=tmp_path / "home")
             settings.point_at_exchange(ex.base_url)
+            since = continue_from_a_second_ago(ex, db_url)
+            stop, stop_ms = stop_after(ex, 6)
             report = await collect_aggtrades_live(
-                settings, db_url, list(SYMBOLS), live_seconds=6, stale_timeout=5, batch_ms=100
+                settings, db_url, list(SYMBOLS), stop_event=stop, stale_timeout=5, batch_ms=100
             )
-            assert_whole_sequence(ex, db_url)
+            assert_whole_sequence(ex, db_url, since, stop_ms[0])
             return report
 
     report = asyncio.run(go())
@@ -114,16 +175,18 @@ def test_redundant_connections_and_rotation_store_each_id_once(db_url: str, tmp_
         async with LocalExchange(cfg) as ex:
             settings = Settings(home=tmp_path / "home")
             settings.point_at_exchange(ex.base_url)
+            since = continue_from_a_second_ago(ex, db_url)
+            stop, stop_ms = stop_after(ex, 5)
             report = await collect_aggtrades_live(
                 settings,
                 db_url,
                 list(SYMBOLS),
-                live_seconds=5,
+                stop_event=stop,
                 redundant=True,
                 rotate_after=1.5,
                 batch_ms=100,
             )
-            assert_whole_sequence(ex, db_url)
+            assert_whole_sequence(ex, db_url, since, stop_ms[0])
             return report
 
     report = asyncio.run(go())
@@ -182,9 +245,11 @@ def test_database_stopped_for_20_s_mid_run_with_every_fault_loses_nothing(tmp_pa
             # A small memory queue, so the outage overflows it onto disk.
             writer = Writer(dsn, settings.home / "spill", max_queue_batches=8, max_backoff=1.0)
             await writer.start()
+            since = continue_from_a_second_ago(ex, dsn)
+            stop, stop_ms = stop_after(ex, 28)
             task = asyncio.create_task(
                 collect_aggtrades_live(
-                    settings, dsn, list(SYMBOLS), live_seconds=28, batch_ms=100, rotate_after=6, writer=writer
+                    settings, dsn, list(SYMBOLS), stop_event=stop, batch_ms=100, rotate_after=6, writer=writer
                 )
             )
             await asyncio.sleep(3)
@@ -195,7 +260,7 @@ def test_database_stopped_for_20_s_mid_run_with_every_fault_loses_nothing(tmp_pa
             assert (await asyncio.to_thread(server.ensure_running)).dsn() == dsn
             report = await task
             await writer.close()
-            assert_whole_sequence(ex, dsn)
+            assert_whole_sequence(ex, dsn, since, stop_ms[0])
             return report, spilled_while_down
 
     try:
@@ -207,4 +272,52 @@ def test_database_stopped_for_20_s_mid_run_with_every_fault_loses_nothing(tmp_pa
     assert sum(s.gaps_detected for s in report.symbols.values()) >= 2  # type: ignore[attr-defined]
     assert report.writer["db_errors"] >= 1  # type: ignore[attr-defined]
     assert spilled_while_down >= 1  # batches went to disk while the database was away
+    assert not list((tmp_path / "home" / "spill").glob("*.arrow"))
+
+
+def test_a_418_during_gap_filling_stops_the_run_and_flushes_what_it_holds(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Another program of the same IP gets it banned mid-run: the next REST gap fill is answered 418 and
+    the run stops at once, raising IpBanned with the ban's length, after writing the websocket rows it
+    held (batches here are only written at the stop: nothing would reach the database otherwise)."""
+    cfg = dataclasses.replace(
+        exchange_config(tmp_path, ws_skip_agg_trades=0.02), weight_limit=600, ban_seconds=300
+    )
+
+    async def go() -> tuple[IpBanned, list[int], float, int]:
+        async with LocalExchange(cfg) as ex:
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            task = asyncio.create_task(
+                collect_aggtrades_live(
+                    settings, db_url, list(SYMBOLS), live_seconds=300, batch_rows=10**7, batch_ms=3_600_000
+                )
+            )
+            await asyncio.sleep(2.5)
+            assert not task.done()
+            statuses: list[int] = []
+            async with aiohttp.ClientSession() as s:
+                while (not statuses or statuses[-1] != 418) and len(statuses) < 500:
+                    url = ex.base_url + "/fapi/v1/aggTrades"
+                    async with s.get(url, params={"symbol": "BTCUSDT", "limit": "1"}) as r:
+                        statuses.append(r.status)
+            banned_at = time.monotonic()
+            requests_then = ex.request_count
+            with pytest.raises(IpBanned) as info:
+                await asyncio.wait_for(task, 90)
+            return info.value, statuses, time.monotonic() - banned_at, ex.request_count - requests_then
+
+    exc, statuses, stopped_in, requests_after = asyncio.run(go())
+    assert statuses[-1] == 418
+    assert re.search(r"HTTP 418\) for (29\d|300) s", str(exc)), str(exc)
+    # at once, or (if the collector's own request was the one answered 429) after its Retry-After
+    assert stopped_in < 75  # not at live_seconds
+    assert requests_after <= 2  # the one gap fill answered 418 (at most one more already on its way)
+    with psycopg.connect(db_url) as conn:
+        for sym in SYMBOLS:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM agg_trades WHERE symbol = %s AND recv_ts IS NOT NULL", (sym,)
+            ).fetchone()
+            assert n > 100, sym  # the websocket rows it held were written at the stop
     assert not list((tmp_path / "home" / "spill").glob("*.arrow"))
