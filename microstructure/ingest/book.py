@@ -140,6 +140,15 @@ def snapshots_table(
     return pa.Table.from_arrays([cols[f.name] for f in BOOK_SNAPSHOTS], schema=BOOK_SNAPSHOTS)
 
 
+def writer_problems(left: int, rejected: int) -> list[str]:
+    out = []
+    if left:
+        out.append(f"{left} batches left in spill files (not in the database; replayed on the next start)")
+    if rejected:
+        out.append(f"{rejected} batches refused by the database (moved to spill/rejected)")
+    return out
+
+
 @dataclass
 class BookReport:
     symbols: list[str]
@@ -149,10 +158,21 @@ class BookReport:
     malformed: int = 0
     reconnects: int = 0
     seconds: float = 0.0
+    batches_left: int = 0  # in spill files at exit (own writer only; collect all checks its own)
+    batches_rejected: int = 0  # refused by the database (own writer only)
+
+    def problems(self) -> list[str]:
+        """Why this run did not do its job: a symbol with no snapshot stored, batches not in the database."""
+        out = [
+            f"no book snapshot stored for {s} in {self.seconds:.1f} s"
+            for s in self.symbols
+            if not self.rows.get(s)
+        ]
+        return out + writer_problems(self.batches_left, self.batches_rejected)
 
     @property
     def ok(self) -> bool:
-        return True
+        return not self.problems()
 
     def summary_lines(self) -> list[str]:
         out = [f"book snapshots ({self.source}) for {self.seconds:.1f} s:"]
@@ -373,8 +393,10 @@ async def collect_book_live(
         await sink.flush()
         if own_writer:
             await writer.close()
-        else:
-            await writer.flush()
+            report.batches_left = writer.queue_depth
+            report.batches_rejected = writer.stats.batches_rejected
+        else:  # the owner closes it; bounded, so that a stop while the database is away still stops
+            await writer.flush(getattr(writer, "close_timeout", None))
         if own_events:
             await events.flush()
         if own_rest is not None:
@@ -409,6 +431,9 @@ class HistoricalReport:
     refused: list[str] = field(default_factory=list)
     malformed: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        return [f"archives refused (checksum mismatch): {', '.join(self.refused)}"] if self.refused else []
 
     @property
     def ok(self) -> bool:

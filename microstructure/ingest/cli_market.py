@@ -1,8 +1,10 @@
 """`microstructure collect book-depth | market | all`.
 
 Registered into the `collect` group by `add_parsers(collect_subparsers)`; every handler is
-`(args, settings) -> exit code` and applies the database migrations first. Exit codes: 0 done,
-1 done with refused archives or a failed collector, 2 bad arguments/setup, 3 exchange unreachable.
+`(args, settings) -> exit code` and applies the database migrations first. Exit codes: 0 done;
+1 done with refused archives, a failed collector, a symbol of which nothing was stored, or batches
+left out of the database (spilled or refused) at exit, the reason on one line; 2 bad arguments/setup;
+3 exchange unreachable.
 Also runnable alone: `python -m microstructure.ingest.cli_market all --symbol BTCUSDT ...`.
 """
 
@@ -125,7 +127,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "all",
         help="every collector in one process (aggregate trades, book, market data)",
         description="Live mode runs aggregate trades, book snapshots and market data together with one "
-        "writer; SIGINT/SIGTERM stops them, flushes every pending batch and exits 0. Historical mode runs "
+        "writer; SIGINT/SIGTERM stops them, flushes every pending batch and exits 0 (1, with the reason, "
+        "when a collector failed or stored nothing for a symbol, or batches stayed spilled or were refused). "
+        "Historical mode runs "
         "the aggTrades, bookDepth and market-data loaders over the same days.",
     )
     _common(every, source=True, oi=True)
@@ -229,7 +233,11 @@ def _finish(report: Any) -> int:
         return report
     for line in report.summary_lines():
         print(line, flush=True)
-    return 0 if getattr(report, "ok", True) else 1
+    if getattr(report, "ok", True):
+        return 0
+    problems = report.problems() if hasattr(report, "problems") else []
+    print(f"microstructure: error: {'; '.join(problems) or 'see the summary above'}", file=sys.stderr)
+    return 1
 
 
 # ---------------------------------------------------------------- handlers

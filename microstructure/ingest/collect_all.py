@@ -5,7 +5,8 @@ and market data (mark price, funding, open interest, liquidations) run side by s
 websocket connections (one per up to 200 streams, rotated with overlap before Binance's 24 h limit),
 one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM
 (or `live_seconds`, or a caller's `stop_event`) stops every collector; each hands over what it
-buffered, the writer flushes every pending batch and closes, and the run ends with exit code 0.
+buffered, the writer flushes every pending batch and closes, and the run ends with exit code 0 (1
+when a collector failed or stored nothing it was asked for, or batches stay spilled or were refused).
 
 Historical: aggregate trades (archives + REST), bookDepth bands and the market-data loaders over the
 same day range, one after the other, through the same writer.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.book import collect_book_historical, collect_book_live
+from microstructure.ingest.book import collect_book_historical, collect_book_live, writer_problems
 from microstructure.ingest.health_http import HealthServer
 from microstructure.ingest.live import collect_aggtrades_live
 from microstructure.ingest.market import collect_market_historical, collect_market_live
@@ -44,14 +45,27 @@ class AllReport:
     notes: list[str] = field(default_factory=list)
     health: Health | None = None
     events: dict[str, int] = field(default_factory=dict)
-    spill_files_left: int = 0
+    spill_files_left: int = 0  # every file in the spill folder at exit, rejected/ included
+    spill_pending: int = 0  # of which batches waiting to be written (not rejected)
+    batches_rejected: int = 0  # refused by the database during this run
     seconds: float = 0.0
     stopped_by: str = ""
     health_url: str = ""
 
+    def problems(self) -> list[str]:
+        """Why this run did not do its job: a collector failed or stored nothing it was asked for, or
+        batches are not in the database at exit (spilled, or refused during this run)."""
+        out = [f"{name} failed: {err}" for name, err in self.errors.items()]
+        for name, part in self.parts.items():
+            if hasattr(part, "problems"):
+                out += [f"{name}: {p}" for p in part.problems()]
+            elif not getattr(part, "ok", True):
+                out.append(f"{name}: not ok (see its summary)")
+        return out + writer_problems(self.spill_pending, self.batches_rejected)
+
     @property
     def ok(self) -> bool:
-        return not self.errors and all(getattr(p, "ok", True) for p in self.parts.values())
+        return not self.problems()
 
     def summary_lines(self) -> list[str]:
         out = [f"collect all ({self.mode}) for {', '.join(self.symbols)}: {self.seconds:.1f} s"]
@@ -72,11 +86,16 @@ class AllReport:
         return out
 
 
-def spill_files(settings: Settings) -> int:
+def spill_files(settings: Settings, *, rejected: bool = True) -> int:
+    """Files in the spill folder (with those in rejected/ unless `rejected` is False)."""
     folder = Path(settings.home) / "spill"
     if not folder.exists():
         return 0
-    return sum(1 for p in folder.rglob("*") if p.is_file())
+    return sum(
+        1
+        for p in folder.rglob("*")
+        if p.is_file() and (rejected or p.relative_to(folder).parts[0] != "rejected")
+    )
 
 
 async def collect_all(
@@ -110,6 +129,7 @@ async def collect_all(
     own_writer = writer is None
     if own_writer:
         writer = await open_writer(settings, dsn)
+    rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
     try:
         if mode == "live":
             await _live(
@@ -145,9 +165,12 @@ async def collect_all(
     finally:
         if own_writer:
             await writer.close()
-        else:
-            await writer.flush()
+        else:  # the caller closes it; bounded, so that a stop while the database is away still stops
+            await writer.flush(getattr(writer, "close_timeout", None))
     report.spill_files_left = spill_files(settings)
+    report.spill_pending = max(spill_files(settings, rejected=False), getattr(writer, "queue_depth", 0))
+    stats = getattr(writer, "stats", None)
+    report.batches_rejected = getattr(stats, "batches_rejected", 0) - rejected_before
     report.seconds = time.monotonic() - started
     return report
 

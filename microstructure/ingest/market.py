@@ -51,6 +51,7 @@ from microstructure.ingest.book import (
     load_archive_table,
     ms_of_day,
     resolve_days,
+    writer_problems,
 )
 from microstructure.ingest.records import (
     FUNDING_RATES,
@@ -182,14 +183,29 @@ class MarketReport:
     funding_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     oi_polls: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # successful polls = rows
     poll_misses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    oi_failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # polls given up
     funding_polls: int = 0
     malformed: int = 0
     reconnects: int = 0
     seconds: float = 0.0
+    batches_left: int = 0  # in spill files at exit (own writer only; collect all checks its own)
+    batches_rejected: int = 0  # refused by the database (own writer only)
+
+    def problems(self) -> list[str]:
+        """Why this run did not do its job: a symbol without a single mark price stored, or whose every
+        open-interest poll failed; batches not in the database. (No funding settlement or liquidation
+        in a run is normal.)"""
+        out = []
+        for s in self.symbols:
+            if not self.mark_rows.get(s):
+                out.append(f"no mark price stored for {s} in {self.seconds:.1f} s")
+            if not self.oi_polls.get(s) and self.oi_failed.get(s):
+                out.append(f"every open-interest poll of {s} failed ({self.poll_misses.get(s, 0)} misses)")
+        return out + writer_problems(self.batches_left, self.batches_rejected)
 
     @property
     def ok(self) -> bool:
-        return True
+        return not self.problems()
 
     def summary_lines(self) -> list[str]:
         out = [f"market data for {self.seconds:.1f} s:"]
@@ -382,6 +398,7 @@ class MarketLive:
             "/fapi/v1/openInterest", symbol, stop, lambda: self.rest.open_interest(symbol), parse
         )
         if table is None:
+            self.report.oi_failed[symbol] += 1
             return
         await self.writer.submit("open_interest", symbol, table)
         self.report.oi_polls[symbol] += 1
@@ -545,8 +562,10 @@ async def collect_market_live(
         await m.flush()
         if own_writer:
             await writer.close()
-        else:
-            await writer.flush()
+            report.batches_left = writer.queue_depth
+            report.batches_rejected = writer.stats.batches_rejected
+        else:  # the owner closes it; bounded, so that a stop while the database is away still stops
+            await writer.flush(getattr(writer, "close_timeout", None))
         if own_events:
             await events.flush()
         if own_rest:
