@@ -129,7 +129,35 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         "--ws-malformed", type=float, default=0.0, metavar="P", help="truncate messages with prob. P"
     )
     f.add_argument(
+        "--ws-stall-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after N messages a websocket goes silent (open, answering pings, no data)",
+    )
+    f.add_argument(
+        "--ws-stall-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="a stalled websocket sends again after S s (default 0: never)",
+    )
+    f.add_argument(
         "--rest-429-rate", type=float, default=0.0, metavar="P", help="answer 429 to REST with prob. P"
+    )
+    f.add_argument(
+        "--rest-malformed",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer REST with fields removed or the text cut short, with prob. P",
+    )
+    f.add_argument(
+        "--rest-malformed-paths",
+        type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()),
+        default=(),
+        metavar="PATHS",
+        help="/fapi/v1/openInterest,... the paths --rest-malformed applies to (default: all REST)",
     )
     f.add_argument(
         "--rest-delay", type=float, default=0.0, metavar="S", help="delay every HTTP answer by S seconds"
@@ -152,7 +180,11 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         ws_skip_agg_trades=args.ws_skip_agg_trades,
         ws_break_depth=args.ws_break_depth,
         ws_malformed=args.ws_malformed,
+        ws_stall_after=args.ws_stall_after,
+        ws_stall_for=args.ws_stall_for,
         rest_429_rate=args.rest_429_rate,
+        rest_malformed=args.rest_malformed,
+        rest_malformed_paths=args.rest_malformed_paths,
         rest_delay=args.rest_delay,
         missing_archive_days=args.missing_archive_days,
         bad_checksum_days=args.bad_checksum_days,

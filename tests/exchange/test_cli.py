@@ -26,7 +26,8 @@ def test_options_map_to_config() -> None:
         "--trades-per-day", "1000", "--live-rate", "2500", "--clock-start", "2022-08-12T12:00",
         "--ws-close-after", "7", "--ws-skip-agg-trades", "0.1", "--rest-429-rate", "0.2",
         "--missing-archive-days", "2022-08-10", "--bad-checksum-days", "2022-08-09,2022-08-11",
-        "--monthly-disorder",
+        "--monthly-disorder", "--ws-stall-after", "40", "--ws-stall-for", "2.5", "--rest-malformed", "0.3",
+        "--rest-malformed-paths", "/fapi/v1/openInterest, /fapi/v1/fundingRate",
     )  # fmt: skip
     cfg = config_from_args(args)
     assert cfg.symbols == ("BTCUSDT", "ETHUSDT") and cfg.port == 9100 and cfg.history_days == 5
@@ -36,6 +37,8 @@ def test_options_map_to_config() -> None:
     assert f.ws_close_after == 7 and f.ws_skip_agg_trades == 0.1 and f.rest_429_rate == 0.2
     assert f.missing_archive_days == ("2022-08-10",) and f.bad_checksum_days == ("2022-08-09", "2022-08-11")
     assert f.monthly_disorder
+    assert (f.ws_stall_after, f.ws_stall_for, f.rest_malformed) == (40, 2.5, 0.3)
+    assert f.rest_malformed_paths == ("/fapi/v1/openInterest", "/fapi/v1/fundingRate")
 
 
 def test_serve_prints_base_url_answers_and_stops_on_sigterm(tmp_path) -> None:
