@@ -404,7 +404,7 @@ async def collect_book_live(
     hs = health.stream(collector)
     totals = conns.totals()  # of the shared connections, or of this collector's own
     report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
-    report.reconnects = totals.reconnects + totals.stale_reconnects
+    report.reconnects = totals.reconnects  # a stale reconnect is counted there too
     if books is not None:
         report.resyncs.update(books.resyncs)
     report.seconds = time.monotonic() - started

@@ -329,7 +329,7 @@ class AggTradesLive:
         self.report.malformed = self.health.stream(COLLECTOR_STREAM).malformed + (
             sum(t.malformed for t in totals) if shared is None else 0
         )
-        self.report.reconnects = sum(t.reconnects + t.stale_reconnects for t in totals)
+        self.report.reconnects = sum(t.reconnects for t in totals)  # stale ones included
         self.report.rotations = sum(c.rotations for c in sets)
         return self.report
 
@@ -409,7 +409,8 @@ async def collect_aggtrades_live(
             max_rest_fill_ids=max_rest_fill_ids,
         )  # fmt: skip
         report = await collector.run(shared_streams)
-        await writer.flush(timeout=writer.close_timeout if own_writer else None)
+        # bounded even on a shared writer (its owner closes it), so a stop while the database is away still stops
+        await writer.flush(timeout=writer.close_timeout)
         report.writer = writer.stats.as_dict()
         if collector.banned is not None:
             for line in report.summary_lines():

@@ -573,7 +573,7 @@ async def collect_market_live(
     hs = health.stream(COLLECTOR)
     totals = conns.totals()  # of the shared connections, or of this collector's own
     report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
-    report.reconnects = totals.reconnects + totals.stale_reconnects
+    report.reconnects = totals.reconnects  # a stale reconnect is counted there too
     report.seconds = time.monotonic() - started
     return report
 

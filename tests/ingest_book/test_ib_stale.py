@@ -36,6 +36,7 @@ def test_silent_stream_is_reconnected_and_data_keeps_arriving(db_url, ib_cache, 
     report, health = asyncio.run(go())
     stale = sum(s.stale_reconnects for s in health.streams.values())
     assert stale >= 2
+    assert report.reconnects == stale  # every reconnect here was for silence, each counted once
     events = asyncio.run(
         fetch_all(db_url, "SELECT ts, detail FROM ingest_events WHERE kind = 'reconnect' ORDER BY ts")
     )
