@@ -209,15 +209,26 @@ def _oi(args: argparse.Namespace) -> float:
     return parse_seconds(getattr(args, "oi_interval", DEFAULT_OI_INTERVAL), "--oi-interval")
 
 
-def _run(coro_factory: Any, settings: Settings) -> Any:
-    """asyncio.run the collector; exchange failures become exit code 3 with one line."""
+def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
+    """asyncio.run the collector once exchangeInfo lists every symbol (an unknown one is exit code 2
+    before anything starts: live streams of it would only stay silent); exchange failures become exit
+    code 3 with one line."""
     import aiohttp
 
     from microstructure.ingest.archives import ArchiveError
-    from microstructure.ingest.binance_rest import RestError
+    from microstructure.ingest.binance_rest import BinanceRest, RestError
+    from microstructure.ingest.historical import UnknownSymbols, check_symbols
+
+    async def checked() -> Any:
+        async with BinanceRest(settings.rest_url) as rest:
+            await check_symbols(rest, symbols)
+        return await coro_factory()
 
     try:
-        return asyncio.run(coro_factory())
+        return asyncio.run(checked())
+    except UnknownSymbols as exc:
+        print(f"microstructure: error: {exc}", file=sys.stderr)
+        return 2
     except (RestError, ArchiveError) as exc:
         print(f"microstructure: error: {exc}", file=sys.stderr)
         return 3
@@ -257,7 +268,11 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         start, end, days = _days(args)
         url = prepare_database(settings)
         return _finish(
-            _run(lambda: collect_book_historical(settings, url, symbols, start, end, days=days), settings)
+            _run(
+                lambda: collect_book_historical(settings, url, symbols, start, end, days=days),
+                settings,
+                symbols,
+            )
         )
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
@@ -269,7 +284,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
             stale_timeout=stale_timeout, depth_levels=depth_levels,
         )  # fmt: skip
 
-    return _finish(_run(live, settings))
+    return _finish(_run(live, settings, symbols))
 
 
 def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
@@ -284,7 +299,11 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
         start, end, days = _days(args)
         url = prepare_database(settings)
         return _finish(
-            _run(lambda: collect_market_historical(settings, url, symbols, start, end, days=days), settings)
+            _run(
+                lambda: collect_market_historical(settings, url, symbols, start, end, days=days),
+                settings,
+                symbols,
+            )
         )
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
@@ -296,7 +315,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
             stale_timeout=stale_timeout, liquidations_stream=liquidations,
         )  # fmt: skip
 
-    return _finish(_run(live, settings))
+    return _finish(_run(live, settings, symbols))
 
 
 def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
@@ -342,6 +361,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 liquidations_stream=liquidations,
             ),
             settings,
+            symbols,
         )
     )
 

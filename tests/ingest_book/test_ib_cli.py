@@ -101,3 +101,29 @@ def test_historical_book_depth_through_the_cli(db_url, ib_cache, tmp_path, capsy
     with psycopg.connect(db_url) as conn:
         n = conn.execute("SELECT count(*) FROM book_depth_bands WHERE symbol = 'BTCUSDT'").fetchone()[0]
     assert n == 2 * 2880 * 10 and f"{n} new rows from 2 archives" in out
+
+
+@pytest.mark.parametrize("kind", ["book-depth", "market", "all"])
+def test_an_unknown_symbol_is_refused_before_anything_starts(
+    kind, db_url, ib_cache, tmp_path, capsys
+) -> None:
+    import time
+
+    import psycopg
+
+    with ExchangeThread(exchange_config(ib_cache)) as ex:
+        t0 = time.monotonic()
+        rc = main(
+            ["--database-url", db_url, "--home", str(tmp_path), "collect", kind, "--symbol", "BTCUSDT",
+             "--symbol", "NOPEUSDT", "--mode", "live", "--live-seconds", "60", "--exchange-url", ex.base_url]
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown symbol: NOPEUSDT" in err and len(err.strip().splitlines()) == 1, err
+    assert took < 30  # refused at once, not after --live-seconds of silent streams
+    with psycopg.connect(db_url) as conn:
+        stored = [
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("book_snapshots", "mark_prices", "open_interest", "agg_trades")
+        ]
+    assert stored == [0, 0, 0, 0]
