@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from ib_helpers import exchange_config
@@ -26,7 +25,6 @@ from microstructure.exchange import ExchangeThread
 from microstructure.exchange.book import book_at, update_id
 from microstructure.exchange.rest import fmt_units
 
-HERE = Path(__file__).resolve().parent
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 # A message published from this long before a recorded reconnect (queued but not yet delivered when
 # the exchange aborted the connection) up to the first message received on the new connection may be
@@ -58,11 +56,13 @@ def test_collect_all_sigterm_flushes_everything(db_url, ib_cache, tmp_path) -> N
     with thread as ex:
         cmd = [
             sys.executable,
-            str(HERE / "ib_run_cli.py"),
+            "-m",
+            "microstructure",
             "--database-url",
             db_url,
             "--home",
             str(tmp_path),
+            "collect",
             "all",
             "--symbol",
             "BTCUSDT,ETHUSDT",

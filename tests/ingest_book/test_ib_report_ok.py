@@ -17,7 +17,6 @@ from microstructure.ingest.collect_all import AllReport, collect_all
 from microstructure.ingest.market import MarketReport, liquidations_table
 from microstructure.ingest.writer import Writer
 
-HERE = Path(__file__).resolve().parent
 DEAD_DSN = "postgresql://postgres:postgres@127.0.0.1:1/none"  # nothing listens on port 1
 
 
@@ -50,7 +49,17 @@ def test_problems_of_the_reports() -> None:
 
 
 def _cli(db_url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(HERE / "ib_run_cli.py"), "--database-url", db_url, "--home", str(home), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "microstructure",
+        "--database-url",
+        db_url,
+        "--home",
+        str(home),
+        "collect",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
