@@ -18,6 +18,22 @@ DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be sile
 MAX_WEIGHT_BUDGET = 2400
 
 
+def add_url_options(p: argparse.ArgumentParser) -> None:
+    """--exchange-url, --rest-url, --ws-url, --archive-url (applied by apply_urls)."""
+    p.add_argument(
+        "--exchange-url",
+        metavar="URL",
+        default=os.environ.get(ENV_PREFIX + "EXCHANGE_URL") or None,
+        help="one base for REST, websocket and archives, e.g. the local exchange http://127.0.0.1:8765 "
+        f"(env {ENV_PREFIX}EXCHANGE_URL)",
+    )
+    p.add_argument("--rest-url", metavar="URL", help=f"REST base (env {ENV_PREFIX}REST_URL)")
+    p.add_argument("--ws-url", metavar="URL", help=f"websocket base (env {ENV_PREFIX}WS_URL)")
+    p.add_argument(
+        "--archive-url", metavar="URL", help=f"data.binance.vision base (env {ENV_PREFIX}ARCHIVE_URL)"
+    )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     collect = subparsers.add_parser(
         "collect",
@@ -50,18 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     agg.add_argument("--start", metavar="YYYY-MM-DD", help="historical: first UTC day")
     agg.add_argument("--end", metavar="YYYY-MM-DD", help="historical: last UTC day (default: today)")
-    agg.add_argument(
-        "--exchange-url",
-        metavar="URL",
-        default=os.environ.get(ENV_PREFIX + "EXCHANGE_URL") or None,
-        help="one base for REST, websocket and archives, e.g. the local exchange http://127.0.0.1:8765 "
-        f"(env {ENV_PREFIX}EXCHANGE_URL)",
-    )
-    agg.add_argument("--rest-url", metavar="URL", help=f"REST base (env {ENV_PREFIX}REST_URL)")
-    agg.add_argument("--ws-url", metavar="URL", help=f"websocket base (env {ENV_PREFIX}WS_URL)")
-    agg.add_argument(
-        "--archive-url", metavar="URL", help=f"data.binance.vision base (env {ENV_PREFIX}ARCHIVE_URL)"
-    )
+    add_url_options(agg)
     agg.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: run until stopped)"
     )

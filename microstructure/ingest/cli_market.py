@@ -24,6 +24,7 @@ from microstructure.ingest.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.book_values import LEVELS
 from microstructure.ingest.cli import (
     add_stale_timeout,
+    add_url_options,
     apply_urls,
     parse_day,
     parse_int,
@@ -65,18 +66,7 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             f"{DIFF_MAX_LEVELS}, the size of the REST snapshot); the per-snapshot values (imbalances, slopes, "
             f"...) always use the top {LEVELS}",
         )
-    p.add_argument(
-        "--exchange-url",
-        metavar="URL",
-        default=os.environ.get(ENV_PREFIX + "EXCHANGE_URL") or None,
-        help="one base for REST, websocket and archives, e.g. the local exchange http://127.0.0.1:8765 "
-        f"(env {ENV_PREFIX}EXCHANGE_URL)",
-    )
-    p.add_argument("--rest-url", metavar="URL", help=f"REST base (env {ENV_PREFIX}REST_URL)")
-    p.add_argument("--ws-url", metavar="URL", help=f"websocket base (env {ENV_PREFIX}WS_URL)")
-    p.add_argument(
-        "--archive-url", metavar="URL", help=f"data.binance.vision base (env {ENV_PREFIX}ARCHIVE_URL)"
-    )
+    add_url_options(p)
     p.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: until SIGINT/SIGTERM)"
     )
