@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -43,7 +42,6 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.binance_rest import MalformedReply
 from microstructure.ingest.book import (
     DAY_MS,
     HistoricalReport,
@@ -65,7 +63,7 @@ from microstructure.ingest.streams import (
     EventLog,
     Health,
     SharedStreams,
-    note_malformed,
+    note_bad_reply,
     sleep_or_stop,
     start_stream,
     stop_after,
@@ -75,9 +73,8 @@ from microstructure.ingest.writer import merge_table, open_writer
 log = logging.getLogger(__name__)
 
 COLLECTOR = "market"
-FORCE_ALL_FROM = (
-    20  # liquidations 'auto': from this many symbols on, !forceOrder@arr instead of one per symbol
-)
+# liquidations 'auto': from this many symbols on, !forceOrder@arr instead of one stream per symbol
+FORCE_ALL_FROM = 20
 LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
@@ -352,17 +349,8 @@ class MarketLive:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, MalformedReply) or replied:
-                    text = exc.text if isinstance(exc, MalformedReply) else json.dumps(reply, default=str)
-                    note_malformed(
-                        self.health.stream(COLLECTOR),
-                        self.events,
-                        COLLECTOR,
-                        symbol,
-                        f"{COLLECTOR} {what}",
-                        text,
-                        exc,
-                    )
+                h = self.health.stream(COLLECTOR)
+                note_bad_reply(h, self.events, COLLECTOR, symbol, f"{COLLECTOR} {what}", exc, reply, replied)
                 self.report.poll_misses[symbol] += 1
                 self.health.add("poll_misses")
                 log.warning(

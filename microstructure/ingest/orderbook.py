@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import random
 from collections import defaultdict, deque
@@ -29,9 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from microstructure.ingest.binance_rest import MalformedReply
 from microstructure.ingest.book_values import LEVELS
-from microstructure.ingest.streams import StreamHealth, note_malformed
+from microstructure.ingest.streams import StreamHealth, note_bad_reply
 
 log = logging.getLogger(__name__)
 
@@ -250,12 +248,10 @@ class DiffBooks:
         """A depth snapshot that failed: a poll_miss event; when it came back malformed (not JSON, or
         fields missing) also counted as malformed, logged with its text and recorded as 'malformed'."""
         log.warning("%s: depth snapshot failed (%s: %s); retrying", symbol, type(exc).__name__, exc)
-        if isinstance(exc, MalformedReply) or replied:
-            text = exc.text if isinstance(exc, MalformedReply) else json.dumps(reply, default=str)
-            h = self.health.stream(self.collector) if self.health is not None else self._malformed
-            note_malformed(
-                h, self.events, self.collector, symbol, f"{self.collector} /fapi/v1/depth", text, exc
-            )
+        h = self.health.stream(self.collector) if self.health is not None else self._malformed
+        note_bad_reply(
+            h, self.events, self.collector, symbol, f"{self.collector} /fapi/v1/depth", exc, reply, replied
+        )
         if self.health is not None:
             self.health.add("poll_misses")
         if self.events is not None:

@@ -28,6 +28,7 @@ import aiohttp
 import asyncpg
 
 from microstructure.config import Settings
+from microstructure.ingest.binance_rest import MalformedReply
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,25 @@ def note_malformed(
             "malformed",
             {"stream": name, "error": f"{type(exc).__name__}: {exc}", "text": sample[:500]},
         )
+
+
+def note_bad_reply(
+    h: StreamHealth,
+    events: EventLog | None,
+    collector: str,
+    symbol: str | None,
+    name: str,
+    exc: BaseException,
+    reply: Any,
+    replied: bool,
+) -> None:
+    """A REST reply that arrived but cannot be used (not JSON: MalformedReply with its text; or
+    refused by the parser: the decoded `reply`) counts as a malformed message; a request that got no
+    reply (network error, 5xx, retries exhausted) does not."""
+    if isinstance(exc, MalformedReply):
+        note_malformed(h, events, collector, symbol, name, exc.text, exc)
+    elif replied:
+        note_malformed(h, events, collector, symbol, name, reply, exc)
 
 
 MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
