@@ -46,7 +46,7 @@ from microstructure.ingest.streams import (
     start_stream,
     stop_after,
 )
-from microstructure.ingest.writer import merge_table, open_writer
+from microstructure.ingest.writer import merge_table, open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,6 @@ def snapshots_table(
         cols[c] = pa.array(values[c], pa.float64(), from_pandas=True)  # NaN -> null
     cols["recv_ms"] = pa.array([r.recv_ms for r in rows], pa.int64())
     return pa.Table.from_arrays([cols[f.name] for f in BOOK_SNAPSHOTS], schema=BOOK_SNAPSHOTS)
-
-
-def writer_problems(left: int, rejected: int) -> list[str]:
-    out = []
-    if left:
-        out.append(f"{left} batches left in spill files (not in the database; replayed on the next start)")
-    if rejected:
-        out.append(f"{rejected} batches refused by the database (moved to spill/rejected)")
-    return out
 
 
 @dataclass

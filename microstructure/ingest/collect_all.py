@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.book import collect_book_historical, collect_book_live, writer_problems
+from microstructure.ingest.book import collect_book_historical, collect_book_live
 from microstructure.ingest.health_http import HealthServer
 from microstructure.ingest.live import collect_aggtrades_live
 from microstructure.ingest.market import collect_market_historical, collect_market_live
 from microstructure.ingest.streams import EventLog, Health, SharedStreams
-from microstructure.ingest.writer import open_writer
+from microstructure.ingest.writer import open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 

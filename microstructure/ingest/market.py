@@ -49,7 +49,6 @@ from microstructure.ingest.book import (
     load_archive_table,
     ms_of_day,
     resolve_days,
-    writer_problems,
 )
 from microstructure.ingest.records import (
     FUNDING_RATES,
@@ -68,7 +67,7 @@ from microstructure.ingest.streams import (
     start_stream,
     stop_after,
 )
-from microstructure.ingest.writer import merge_table, open_writer
+from microstructure.ingest.writer import merge_table, open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 

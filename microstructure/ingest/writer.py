@@ -208,6 +208,16 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and state[:2] in DATA_ERROR_CLASSES
 
 
+def writer_problems(left: int, rejected: int) -> list[str]:
+    """What a run's report says when batches did not reach the database."""
+    out = []
+    if left:
+        out.append(f"{left} batches left in spill files (not in the database; replayed on the next start)")
+    if rejected:
+        out.append(f"{rejected} batches refused by the database (moved to spill/rejected)")
+    return out
+
+
 @dataclass
 class WriterStats:
     batches_submitted: int = 0
