@@ -33,6 +33,7 @@ from microstructure.ingest.binance_rest import BinanceRest, IpBanned
 from microstructure.ingest.historical import check_symbols
 from microstructure.ingest.records import AGG_TRADES
 from microstructure.ingest.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.writer import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -398,10 +399,7 @@ async def collect_aggtrades_live(
     events = events or EventLog(dsn)
     try:
         if own_writer:
-            from microstructure.ingest.writer import Writer
-
-            writer = Writer(dsn, settings.home / "spill")
-            await writer.start()
+            writer = await open_writer(settings, dsn)
         collector = AggTradesLive(
             settings, symbols, writer=writer, rest=rest, stop=stop, health=health or Health(), events=events,
             last_ids=await stored_last_ids(dsn, symbols), redundant=redundant, batch_rows=batch_rows,
