@@ -575,6 +575,7 @@ def archive_records(kind: str, parsed: ParsedCsv) -> tuple[str, pa.Table]:
                 t.column("sum_open_interest"),
                 t.column("sum_open_interest_value"),
                 pa.array(["metrics"] * n, pa.string()),
+                pa.nulls(n, pa.int64()),  # recv_ms: archive rows did not come live
             ],
             schema=OPEN_INTEREST,
         )

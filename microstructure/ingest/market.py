@@ -63,6 +63,7 @@ from microstructure.ingest.streams import (
     Health,
     SharedStreams,
     note_bad_reply,
+    now_ms,
     sleep_or_stop,
     start_stream,
     stop_after,
@@ -137,7 +138,8 @@ def funding_table(rows: list[tuple[int, float, float | None, int | None]]) -> pa
     )
 
 
-def open_interest_table(ts: Any, oi: Any, value: Any, source: str) -> pa.Table:
+def open_interest_table(ts: Any, oi: Any, value: Any, source: str, recv_ms: int | None = None) -> pa.Table:
+    """An OPEN_INTEREST batch; `recv_ms` (one receive time for every row) only for a live poll."""
     ts = np.asarray(ts, dtype=np.int64)
     return pa.Table.from_arrays(
         [
@@ -147,6 +149,7 @@ def open_interest_table(ts: Any, oi: Any, value: Any, source: str) -> pa.Table:
             if value is not None
             else pa.nulls(len(ts), pa.float64()),
             pa.array([source] * len(ts), pa.string()),
+            pa.array([recv_ms] * len(ts), pa.int64()),
         ],
         schema=OPEN_INTEREST,
     )
@@ -379,7 +382,8 @@ class MarketLive:
 
     async def oi_once(self, symbol: str, stop: asyncio.Event) -> None:
         def parse(body: Any) -> pa.Table:
-            return open_interest_table([_int(body["time"])], [_num(body["openInterest"])], None, "rest")
+            ts, oi = [_int(body["time"])], [_num(body["openInterest"])]
+            return open_interest_table(ts, oi, None, "rest", recv_ms=now_ms())
 
         table = await self.poll(
             "/fapi/v1/openInterest", symbol, stop, lambda: self.rest.open_interest(symbol), parse

@@ -79,6 +79,7 @@ OPEN_INTEREST = pa.schema(
         pa.field("open_interest", pa.float64(), nullable=False),
         pa.field("open_interest_value", pa.float64()),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("recv_ms", pa.int64()),  # live REST polls only
     ]
 )
 

@@ -108,6 +108,11 @@ def test_live_market_data(db_url, ib_cache, tmp_path) -> None:
         rows = [x for x in oi if x["symbol"] == sym]
         assert len(rows) == report.oi_polls[sym] >= 3
         assert {x["source"] for x in rows} == {"rest"}
+        # each poll carries its local receive time: in order, spaced like the exchange's times (its clock is fixed)
+        recv = [x["recv_ts"] for x in rows]
+        assert None not in recv and recv == sorted(recv)
+        span_exchange = (rows[-1]["ts"] - rows[0]["ts"]).total_seconds()
+        assert abs((recv[-1] - recv[0]).total_seconds() - span_exchange) < 2
         for x in rows:
             assert np.isclose(x["open_interest"], oi_at[sym](ms(x["ts"])))
     misses = asyncio.run(fetch_all(db_url, "SELECT * FROM ingest_events WHERE kind = 'poll_miss'"))

@@ -142,6 +142,7 @@ def test_other_archive_types_have_csv_specs() -> None:
             "open_interest": 80000.5,
             "open_interest_value": 5000000000.25,
             "source": "metrics",
+            "recv_ms": None,  # archive rows did not come live
         }
     ]
     with pytest.raises(NotImplementedError, match="bookDepth"):
