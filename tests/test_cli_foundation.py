@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,7 +137,9 @@ def test_bad_argument_names_the_argument() -> None:
 
 
 def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    locked = tmp_path / "locked"  # a private folder above the project folder, as /root is
+    locked.mkdir(mode=0o700)
+    home = locked / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSTRUCTURE_")}
     cmd = [sys.executable, "-m", "microstructure", "--home", str(home), "db", "upgrade"]
     procs = [
@@ -160,6 +163,10 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
             assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
         assert len(postmasters.stdout.split()) == 1, postmasters.stdout
         assert "running" in run_cli("db", "status", home=home).stdout
+        # As root the server runs as a system user, which only needs to traverse the folders above
+        # its data: o+x is added where missing, nothing is made readable (listable) by others.
+        want = 0o701 if os.geteuid() == 0 else 0o700
+        assert stat.S_IMODE(locked.stat().st_mode) == want
     finally:
         stop = run_cli("db", "stop", home=home)
     assert stop.returncode == 0 and "stopped" in stop.stdout

