@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 import time
 import zipfile
 from datetime import UTC, datetime
@@ -214,3 +215,18 @@ def check_agg_trades(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None
     assert (
         got["is_buyer_maker"].tolist() == want["is_buyer_maker"].astype(str).str.lower().eq("true").tolist()
     )
+
+
+def collect_cmd(db_url: str, home: Path, *args: str) -> list[str]:
+    """`microstructure collect ARGS` through the real console entry, in a subprocess."""
+    return [
+        sys.executable,
+        "-m",
+        "microstructure",
+        "--database-url",
+        db_url,
+        "--home",
+        str(home),
+        "collect",
+        *args,
+    ]

@@ -15,11 +15,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
-from ib_helpers import exchange_config
+from ib_helpers import collect_cmd, exchange_config
 
 from microstructure.exchange import ExchangeThread
 from microstructure.exchange.book import book_at, update_id
@@ -54,23 +53,10 @@ def test_collect_all_sigterm_flushes_everything(db_url, ib_cache, tmp_path) -> N
     thread = ExchangeThread(cfg)
     injected = []  # (publish time, {(symbol, trade T, side, price, qty)}) of replayed liquidations
     with thread as ex:
-        cmd = [
-            sys.executable,
-            "-m",
-            "microstructure",
-            "--database-url",
-            db_url,
-            "--home",
-            str(tmp_path),
-            "collect",
-            "all",
-            "--symbol",
-            "BTCUSDT,ETHUSDT",
-            "--exchange-url",
-            ex.base_url,
-            "--oi-interval",
-            "1",
-        ]
+        cmd = collect_cmd(
+            db_url, tmp_path, "all", "--symbol", "BTCUSDT,ETHUSDT", "--exchange-url", ex.base_url,
+            "--oi-interval", "1",
+        )  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 60

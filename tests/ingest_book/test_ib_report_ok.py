@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 
-from ib_helpers import exchange_config, settings_for
+from ib_helpers import collect_cmd, exchange_config, settings_for
 
 from microstructure.exchange import ExchangeThread, LocalExchange
 from microstructure.ingest import collect_all as collect_all_module
@@ -49,17 +48,7 @@ def test_problems_of_the_reports() -> None:
 
 
 def _cli(db_url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "microstructure",
-        "--database-url",
-        db_url,
-        "--home",
-        str(home),
-        "collect",
-        *args,
-    ]
+    cmd = collect_cmd(db_url, home, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
