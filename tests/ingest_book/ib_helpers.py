@@ -9,7 +9,7 @@ import json
 import sys
 import time
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +230,9 @@ def collect_cmd(db_url: str, home: Path, *args: str) -> list[str]:
         "collect",
         *args,
     ]
+
+
+def day_ms(d: str | date) -> int:
+    """Epoch milliseconds of a UTC day's start (a date or YYYY-MM-DD)."""
+    d = date.fromisoformat(d) if isinstance(d, str) else d
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)

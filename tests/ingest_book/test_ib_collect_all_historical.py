@@ -15,6 +15,7 @@ from ib_helpers import (
     check_funding_archive,
     check_klines,
     check_metrics,
+    day_ms,
     exchange_config,
     fetch_all,
     ms,
@@ -28,10 +29,6 @@ DAY = 86_400_000
 ARCHIVED = ("2024-02-28", "2024-02-29")
 UNPUBLISHED = "2024-03-01"  # its archives answer 404
 KLINES = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
-
-
-def day_ms(d: str) -> int:
-    return int(datetime.fromisoformat(d).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def test_collect_all_historical_through_the_cli(db_url, ib_cache, tmp_path, capsys) -> None:

@@ -14,6 +14,7 @@ from ib_helpers import (
     check_funding_archive,
     check_klines,
     check_metrics,
+    day_ms,
     exchange_config,
     fetch_all,
     make_writer,
@@ -28,10 +29,6 @@ from microstructure.ingest.market import collect_market_historical
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 DAY = 86_400_000
-
-
-def day_ms(d: date) -> int:
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
 
 
 class RestFromHorizon(BinanceRest):
