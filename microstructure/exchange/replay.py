@@ -27,7 +27,6 @@ import re
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +35,6 @@ import pyarrow.csv as pacsv
 from microstructure.exchange.archives import DAILY_TYPES, KLINE_TYPES, MONTHLY_TYPES, ArchiveRef, day_ms
 from microstructure.exchange.config import DAY_MS, ExchangeConfig, SymbolSpec, symbol_spec
 from microstructure.exchange.market import MarketState, Segment, SymbolMarket
-
-if TYPE_CHECKING:
-    from microstructure.exchange.server import LocalExchange
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +205,7 @@ def _segment(t0: int, t1: int, cols: dict[str, np.ndarray], spec: SymbolSpec, pd
     )
 
 
-def load_replay(cfg: ExchangeConfig, ex: LocalExchange | None = None) -> dict[str, SymbolMarket]:
+def load_replay(cfg: ExchangeConfig) -> dict[str, SymbolMarket]:
     assert cfg.replay_dir is not None
     found = find_files(cfg.replay_dir)
     recorded = find_archives(cfg.replay_dir)

@@ -6,21 +6,34 @@ import asyncio
 import json
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from aiohttp import web
 
 from microstructure.exchange import archives
 from microstructure.exchange.book import GRID_MS, book_at
-from microstructure.exchange.config import DAY_MS, symbol_spec
-from microstructure.exchange.market import FUNDING_MS, Trades
-from microstructure.exchange.ratelimit import WEIGHTS, depth_weight
-
-if TYPE_CHECKING:
-    from microstructure.exchange.server import LocalExchange
+from microstructure.exchange.config import DAY_MS, ExchangeConfig, symbol_spec
+from microstructure.exchange.market import FUNDING_MS, SymbolMarket, Trades
+from microstructure.exchange.ratelimit import WEIGHTS, RateLimiter, depth_weight
 
 log = logging.getLogger(__name__)
+
+
+class ExchangeState(Protocol):
+    """What the REST endpoints read of the exchange they serve (server.LocalExchange is one)."""
+
+    config: ExchangeConfig
+    markets: dict[str, SymbolMarket]
+    limiter: RateLimiter
+    request_count: int
+
+    def now_ms(self) -> int: ...
+
+    async def archive_bytes(self, ref: archives.ArchiveRef) -> bytes | None: ...
+
+    async def archive_checksum(self, ref: archives.ArchiveRef, data: bytes, filename: str) -> bytes: ...
+
 
 HOUR_MS = 3_600_000
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
@@ -86,7 +99,7 @@ def _int_param(q: dict[str, str] | object, name: str, required: bool = False) ->
         ) from None
 
 
-def _symbol(ex: LocalExchange, request: web.Request, required: bool = True) -> str | None:
+def _symbol(ex: ExchangeState, request: web.Request, required: bool = True) -> str | None:
     raw = request.query.get("symbol")
     if raw is None or raw == "":
         if required:
@@ -122,7 +135,7 @@ def agg_rows_json(tr: Trades, price_dec: int, qty_dec: int) -> str:
 # ---------------------------------------------------------------- middleware: weights and faults
 
 
-def make_middleware(ex: LocalExchange):  # type: ignore[no-untyped-def]
+def make_middleware(ex: ExchangeState):  # type: ignore[no-untyped-def]
     fault_rng = random.Random(ex.config.seed * 7919 + 1)
 
     @web.middleware
@@ -192,7 +205,7 @@ def malformed_body(text: str, rng: random.Random) -> str:
 # ---------------------------------------------------------------- handlers
 
 
-def routes(ex: LocalExchange) -> list[web.RouteDef]:
+def routes(ex: ExchangeState) -> list[web.RouteDef]:
     async def ping(request: web.Request) -> web.Response:
         return json_response({})
 
@@ -377,7 +390,7 @@ def not_found(path: str) -> web.Response:
     return web.Response(text=archives.no_such_key(path), status=404, content_type="application/xml")
 
 
-def premium_index_body(ex: LocalExchange, sym: str, now: int) -> dict[str, object]:
+def premium_index_body(ex: ExchangeState, sym: str, now: int) -> dict[str, object]:
     market = ex.markets[sym]
     seg, i = market.second_at(now)
     return {
@@ -392,7 +405,7 @@ def premium_index_body(ex: LocalExchange, sym: str, now: int) -> dict[str, objec
     }
 
 
-def exchange_info_body(ex: LocalExchange) -> dict[str, object]:
+def exchange_info_body(ex: ExchangeState) -> dict[str, object]:
     symbols = []
     for sym in ex.markets:
         s = symbol_spec(sym)

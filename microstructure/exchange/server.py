@@ -49,7 +49,7 @@ class LocalExchange:
         if cfg.replay_dir is not None:
             from microstructure.exchange.replay import load_replay
 
-            self.markets = load_replay(cfg, self)
+            self.markets = load_replay(cfg)
         else:
             origin_day = self.origin_ms // DAY_MS
             for sym in cfg.symbols:

@@ -18,19 +18,29 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from microstructure.exchange.book import GRID_MS, Book, book_at, book_diff, update_id
-from microstructure.exchange.market import FUNDING_MS
+from microstructure.exchange.config import ExchangeConfig
+from microstructure.exchange.market import FUNDING_MS, SymbolMarket
 from microstructure.exchange.rest import fmt_units
 
-if TYPE_CHECKING:
-    from microstructure.exchange.server import LocalExchange
-
 log = logging.getLogger(__name__)
+
+
+class ExchangeState(Protocol):
+    """What the websocket side reads of the exchange it serves (server.LocalExchange is one)."""
+
+    config: ExchangeConfig
+    markets: dict[str, SymbolMarket]
+    hub: Hub
+    connections: set[Connection]
+
+    def now_ms(self) -> int: ...
+
 
 MAX_QUEUE = 200_000
 MAX_STREAMS = 1024
@@ -79,7 +89,7 @@ class Connection:
     transport: asyncio.BaseTransport | None
     combined: bool
     rng: random.Random
-    ex: LocalExchange
+    ex: ExchangeState
     streams: set[str] = field(default_factory=set)
     out: deque[str] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -164,7 +174,7 @@ class Hub:
 class Producer:
     """Turns the market clock into stream events."""
 
-    def __init__(self, ex: LocalExchange) -> None:
+    def __init__(self, ex: ExchangeState) -> None:
         self.ex = ex
         self.hub = ex.hub
         now = ex.now_ms()
@@ -337,7 +347,7 @@ class Producer:
 # ---------------------------------------------------------------- connections
 
 
-def ws_routes(ex: LocalExchange) -> list[web.RouteDef]:
+def ws_routes(ex: ExchangeState) -> list[web.RouteDef]:
     counter = {"n": 0}
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -418,7 +428,7 @@ async def _sender(conn: Connection) -> None:
                 conn.out.clear()
 
 
-async def _pinger(conn: Connection, ex: LocalExchange) -> None:
+async def _pinger(conn: Connection, ex: ExchangeState) -> None:
     loop = asyncio.get_running_loop()
     interval = ex.config.ping_interval
     while not conn.closed:
@@ -435,7 +445,7 @@ async def _pinger(conn: Connection, ex: LocalExchange) -> None:
             return
 
 
-async def _closer(conn: Connection, ex: LocalExchange) -> None:
+async def _closer(conn: Connection, ex: ExchangeState) -> None:
     lifetime = ex.config.max_lifetime
     rand = ex.config.faults.ws_close_random
     if rand > 0:
@@ -453,7 +463,7 @@ async def _closer(conn: Connection, ex: LocalExchange) -> None:
         conn.transport.close()
 
 
-async def _receiver(conn: Connection, ex: LocalExchange) -> None:
+async def _receiver(conn: Connection, ex: ExchangeState) -> None:
     loop = asyncio.get_running_loop()
     window_start = loop.time()
     count = 0
@@ -478,7 +488,7 @@ async def _receiver(conn: Connection, ex: LocalExchange) -> None:
             return
 
 
-def _control(conn: Connection, ex: LocalExchange, text: str) -> None:
+def _control(conn: Connection, ex: ExchangeState, text: str) -> None:
     try:
         req = json.loads(text)
     except ValueError:
