@@ -46,8 +46,8 @@ async def bare_copy(dsn: str, symbol: str, table) -> dict[str, float]:  # type: 
     import asyncpg
     import pyarrow as pa
 
-    from microstructure.ingest.pgcopy import encode_copy_binary
-    from microstructure.ingest.writer import SPECS, conform
+    from microstructure.ingest.sink.pgcopy import encode_copy_binary
+    from microstructure.ingest.sink.writer import SPECS, conform
 
     spec = SPECS["agg_trades"]
     table = conform("agg_trades", table)
@@ -84,7 +84,7 @@ def main() -> int:
     args = p.parse_args()
 
     from microstructure.config import Settings
-    from microstructure.ingest.historical import collect_aggtrades_historical
+    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
     today = datetime.now(UTC).date()
     clock = f"{today.isoformat()}T00:00:05"

@@ -78,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 async def run_demo(args: argparse.Namespace, settings: Settings, url: str) -> int:
     from microstructure.exchange import ExchangeConfig, LocalExchange
-    from microstructure.ingest.collect_all import collect_all
+    from microstructure.ingest.collectors.all import collect_all
 
     today = datetime.now(UTC).date()
     exchange = None

@@ -255,9 +255,12 @@ def run_historical(
     """Migrate, run the historical collector, print its report; the exit code."""
     import aiohttp
 
-    from microstructure.ingest.archives import ArchiveError
-    from microstructure.ingest.binance_rest import RestError
-    from microstructure.ingest.historical import HistoricalError, collect_aggtrades_historical
+    from microstructure.ingest.binance.archives import ArchiveError
+    from microstructure.ingest.binance.rest import RestError
+    from microstructure.ingest.collectors.trades_historical import (
+        HistoricalError,
+        collect_aggtrades_historical,
+    )
 
     url = prepare_database(settings)
     try:
@@ -299,9 +302,9 @@ def run_live(
     weight_budget: int,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
-    from microstructure.ingest.binance_rest import RestError
-    from microstructure.ingest.historical import HistoricalError
-    from microstructure.ingest.live import collect_aggtrades_live
+    from microstructure.ingest.binance.rest import RestError
+    from microstructure.ingest.collectors.trades_historical import HistoricalError
+    from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 
     url = prepare_database(settings)
     try:

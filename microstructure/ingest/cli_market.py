@@ -20,8 +20,6 @@ from datetime import date
 from typing import Any
 
 from microstructure.config import ENV_PREFIX, SettingError, Settings
-from microstructure.ingest.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
-from microstructure.ingest.book_values import LEVELS
 from microstructure.ingest.cli import (
     add_stale_timeout,
     add_url_options,
@@ -32,7 +30,9 @@ from microstructure.ingest.cli import (
     parse_symbols,
     prepare_database,
 )
-from microstructure.ingest.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
+from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
+from microstructure.ingest.collectors.book_values import LEVELS
+from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
 
 DEFAULT_OI_INTERVAL = 60.0
 DEFAULT_STALE_TIMEOUT = 10.0  # mark price arrives every second, depth every 100-500 ms
@@ -205,9 +205,9 @@ def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
     code 3 with one line."""
     import aiohttp
 
-    from microstructure.ingest.archives import ArchiveError
-    from microstructure.ingest.binance_rest import BinanceRest, RestError
-    from microstructure.ingest.historical import UnknownSymbols, check_symbols
+    from microstructure.ingest.binance.archives import ArchiveError
+    from microstructure.ingest.binance.rest import BinanceRest, RestError
+    from microstructure.ingest.collectors.trades_historical import UnknownSymbols, check_symbols
 
     async def checked() -> Any:
         async with BinanceRest(settings.rest_url) as rest:
@@ -245,7 +245,7 @@ def _finish(report: Any) -> int:
 
 
 def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
-    from microstructure.ingest.book import collect_book_historical, collect_book_live
+    from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)
@@ -278,7 +278,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
-    from microstructure.ingest.market import collect_market_historical, collect_market_live
+    from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
 
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)
@@ -309,7 +309,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
-    from microstructure.ingest.collect_all import collect_all
+    from microstructure.ingest.collectors.all import collect_all
 
     mode = _mode(args)
     symbols = parse_symbols(args.symbol)

@@ -10,9 +10,9 @@ import aiohttp
 
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig, LocalExchange
-from microstructure.ingest.collect_all import collect_all
-from microstructure.ingest.health_http import HealthServer
-from microstructure.ingest.streams import Health, now_ms
+from microstructure.ingest.binance.streams import Health, now_ms
+from microstructure.ingest.collectors.all import collect_all
+from microstructure.ingest.collectors.health_http import HealthServer
 
 
 def free_port() -> int:

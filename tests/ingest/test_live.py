@@ -20,9 +20,9 @@ from microstructure.config import Settings
 from microstructure.db import migrate
 from microstructure.db.embedded import EmbeddedPostgres
 from microstructure.exchange import ExchangeConfig, FaultConfig, LocalExchange
-from microstructure.ingest.binance_rest import IpBanned
-from microstructure.ingest.live import collect_aggtrades_live
-from microstructure.ingest.writer import Writer
+from microstructure.ingest.binance.rest import IpBanned
+from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
+from microstructure.ingest.sink.writer import Writer
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 

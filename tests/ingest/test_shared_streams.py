@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from microstructure.exchange import ExchangeConfig, LocalExchange
-from microstructure.ingest.streams import Health, SharedStreams, message_key
+from microstructure.ingest.binance.streams import Health, SharedStreams, message_key
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from microstructure.db import migrate
 from microstructure.db.embedded import EmbeddedPostgres
-from microstructure.ingest import coverage
-from microstructure.ingest.pgcopy import ColumnSpec, encode_copy_binary
 from microstructure.ingest.records import AGG_TRADES, BOOK_SNAPSHOTS, KINDS
-from microstructure.ingest.writer import Writer, write_batch
+from microstructure.ingest.sink import coverage
+from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
+from microstructure.ingest.sink.writer import Writer, write_batch
 
 DAY = 86_400_000
 T0 = 1_717_200_000_000  # 2024-06-01 00:00 UTC

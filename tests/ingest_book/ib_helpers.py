@@ -20,7 +20,7 @@ import pandas as pd
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig
 from microstructure.exchange.archives import COLUMNS, KLINE_TYPES
-from microstructure.ingest.writer import Writer
+from microstructure.ingest.sink.writer import Writer
 
 # 5 s into a minute, away from funding boundaries unless a test wants one
 FIXED_START = datetime(2024, 3, 6, 12, 0, 5, tzinfo=UTC)

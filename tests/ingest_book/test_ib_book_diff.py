@@ -14,7 +14,7 @@ from ib_helpers import exchange_config, fetch_all, make_writer, ms, settings_for
 from microstructure.exchange import LocalExchange
 from microstructure.exchange.book import book_at
 from microstructure.exchange.rest import fmt_units
-from microstructure.ingest.book import collect_book_live
+from microstructure.ingest.collectors.book import collect_book_live
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 

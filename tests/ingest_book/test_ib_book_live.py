@@ -9,7 +9,7 @@ import numpy as np
 from ib_helpers import Tap, exchange_config, fetch_all, make_writer, ms, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.book import collect_book_live
+from microstructure.ingest.collectors.book import collect_book_live
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 

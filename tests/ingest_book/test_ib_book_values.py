@@ -10,7 +10,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microstructure.ingest.book_values import (
+from microstructure.ingest.collectors.book_values import (
     VALUE_COLUMNS,
     BookValues,
     Level1,

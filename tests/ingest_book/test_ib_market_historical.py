@@ -23,9 +23,9 @@ from ib_helpers import (
 )
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance_rest import BinanceRest
-from microstructure.ingest.book import collect_book_historical
-from microstructure.ingest.market import collect_market_historical
+from microstructure.ingest.binance.rest import BinanceRest
+from microstructure.ingest.collectors.book import collect_book_historical
+from microstructure.ingest.collectors.market import collect_market_historical
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 DAY = 86_400_000

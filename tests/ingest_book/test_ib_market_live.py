@@ -10,8 +10,8 @@ import numpy as np
 from ib_helpers import Tap, exchange_config, fetch_all, make_writer, ms, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance_rest import BinanceRest
-from microstructure.ingest.market import collect_market_live
+from microstructure.ingest.binance.rest import BinanceRest
+from microstructure.ingest.collectors.market import collect_market_live
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 DAY = 86_400_000
@@ -134,7 +134,7 @@ def test_live_market_data(db_url, ib_cache, tmp_path) -> None:
 
 
 def test_rest_funding_rows_carry_the_interval_since_the_previous_settlement() -> None:
-    from microstructure.ingest.market import funding_rows_from_rest
+    from microstructure.ingest.collectors.market import funding_rows_from_rest
 
     h = 3_600_000
     page = [  # out of order on purpose; Binance's settlement times carry a few ms of jitter

@@ -10,11 +10,11 @@ from pathlib import Path
 from ib_helpers import collect_cmd, exchange_config, settings_for
 
 from microstructure.exchange import ExchangeThread, LocalExchange
-from microstructure.ingest import collect_all as collect_all_module
-from microstructure.ingest.book import BookReport
-from microstructure.ingest.collect_all import AllReport, collect_all
-from microstructure.ingest.market import MarketReport, liquidations_table
-from microstructure.ingest.writer import Writer
+from microstructure.ingest.collectors import all as collect_all_module
+from microstructure.ingest.collectors.all import AllReport, collect_all
+from microstructure.ingest.collectors.book import BookReport
+from microstructure.ingest.collectors.market import MarketReport, liquidations_table
+from microstructure.ingest.sink.writer import Writer
 
 DEAD_DSN = "postgresql://postgres:postgres@127.0.0.1:1/none"  # nothing listens on port 1
 

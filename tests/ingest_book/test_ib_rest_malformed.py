@@ -11,9 +11,9 @@ import logging
 from ib_helpers import exchange_config, fetch_all, make_writer, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance_rest import BinanceRest
-from microstructure.ingest.book import collect_book_live
-from microstructure.ingest.market import collect_market_live
+from microstructure.ingest.binance.rest import BinanceRest
+from microstructure.ingest.collectors.book import collect_book_live
+from microstructure.ingest.collectors.market import collect_market_live
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 

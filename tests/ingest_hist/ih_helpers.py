@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from microstructure.ingest.writer import Writer
+from microstructure.ingest.sink.writer import Writer
 
 
 def generator_trades(ex: Any, symbol: str, t0_ms: int, t1_ms: int) -> dict[str, list[Any]]:
@@ -29,7 +29,7 @@ def generator_trades(ex: Any, symbol: str, t0_ms: int, t1_ms: int) -> dict[str, 
 
 async def run_collect(settings: Any, dsn: str, symbols: list[str], start: Any, end: Any, **kw: Any) -> Any:
     """collect_aggtrades_historical with a writer started and closed around it."""
-    from microstructure.ingest.historical import collect_aggtrades_historical
+    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
     w = Writer(dsn, settings.home / "spill")
     await w.start()

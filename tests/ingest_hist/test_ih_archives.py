@@ -17,7 +17,7 @@ from ih_helpers import generator_trades
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange
-from microstructure.ingest import archives as A
+from microstructure.ingest.binance import archives as A
 from microstructure.ingest.records import AGG_TRADES
 
 HEADER = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
@@ -102,7 +102,7 @@ def test_malformed_rows_are_counted_logged_with_their_text_and_the_rest_kept(
         "107,64000.00,0.003,1010,1010,1660003205000,true,extra",  # too many columns
     ]
     text = "\n".join([HEADER, ROWS[0], bad[0], ROWS[1], bad[1], bad[2], bad[3], ROWS[2], bad[4]]) + "\n"
-    with caplog.at_level(logging.WARNING, logger="microstructure.ingest.archives"):
+    with caplog.at_level(logging.WARNING, logger="microstructure.ingest.binance.archives"):
         arc = A.parse_aggtrades_zip(make_zip(text), url="http://x/BTCUSDT-aggTrades-2022-08-11.zip")
     assert arc.table.to_pydict() == EXPECTED
     assert arc.malformed == 5

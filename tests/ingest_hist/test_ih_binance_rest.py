@@ -14,7 +14,7 @@ from ih_helpers import generator_trades
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange
-from microstructure.ingest.binance_rest import (
+from microstructure.ingest.binance.rest import (
     BinanceError,
     BinanceRest,
     IpBanned,

@@ -21,8 +21,8 @@ from ih_helpers import count_archive_requests, generator_trades, record_answers,
 from microstructure.config import Settings
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange
-from microstructure.ingest import writer as writer_module
-from microstructure.ingest.historical import UnknownSymbols, day_start_ms
+from microstructure.ingest.collectors.trades_historical import UnknownSymbols, day_start_ms
+from microstructure.ingest.sink import writer as writer_module
 
 COLUMNS = ["agg_id", "ts_ms", "price", "quantity", "first_trade_id", "last_trade_id", "is_buyer_maker"]
 D9, D10, D11, D12 = (date(2022, 8, d) for d in (9, 10, 11, 12))
@@ -377,7 +377,7 @@ def test_progress_bars_on_a_terminal_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def run(progress: bool) -> None:
-        from microstructure.ingest.historical import collect_aggtrades_historical
+        from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
         async with LocalExchange(exchange(exchange_cache, trades_per_day=4_000)) as ex:
             settings = settings_for(tmp_path, db_url, ex.base_url)

@@ -15,7 +15,7 @@ from ih_helpers import generator_trades, stored_rows
 
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import ExchangeThread
-from microstructure.ingest.historical import day_start_ms
+from microstructure.ingest.collectors.trades_historical import day_start_ms
 
 TARGET = Path(__file__).resolve().parent / "ih_kill_target.py"
 COLUMNS = ["agg_id", "ts_ms", "price", "quantity", "first_trade_id", "last_trade_id", "is_buyer_maker"]

@@ -28,7 +28,7 @@ import aiohttp
 import asyncpg
 
 from microstructure.config import Settings
-from microstructure.ingest.binance_rest import MalformedReply
+from microstructure.ingest.binance.rest import MalformedReply
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`collect all`: every collector in one process, one writer pipeline, one health view.
 
-Live: aggregate trades (microstructure.ingest.live), book snapshots (depth20 or local diff books)
+Live: aggregate trades (microstructure.ingest.collectors.trades_live), book snapshots (depth20 or local diff books)
 and market data (mark price, funding, open interest, liquidations) run side by side over shared
 websocket connections (one per up to 200 streams, rotated with overlap before Binance's 24 h limit),
 one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.book import collect_book_historical, collect_book_live
-from microstructure.ingest.health_http import HealthServer
-from microstructure.ingest.live import collect_aggtrades_live
-from microstructure.ingest.market import collect_market_historical, collect_market_live
-from microstructure.ingest.streams import EventLog, Health, SharedStreams
-from microstructure.ingest.writer import open_writer, writer_problems
+from microstructure.ingest.binance.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
+from microstructure.ingest.collectors.health_http import HealthServer
+from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
+from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
+from microstructure.ingest.sink.writer import open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ async def _live(
     health_port: int | None,
     liquidations_stream: str,
 ) -> None:
-    from microstructure.ingest.binance_rest import BinanceRest
+    from microstructure.ingest.binance.rest import BinanceRest
 
     events = EventLog(dsn)
     report.health = health
@@ -310,7 +310,7 @@ async def _historical(
     include_aggtrades: bool,
 ) -> None:
     if include_aggtrades:
-        from microstructure.ingest.historical import collect_aggtrades_historical
+        from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
         try:
             report.parts["aggtrades"] = await collect_aggtrades_historical(

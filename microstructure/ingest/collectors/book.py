@@ -35,9 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
-from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS
-from microstructure.ingest.streams import (
+from microstructure.ingest.binance.streams import (
     EventLog,
     Health,
     SharedStreams,
@@ -46,7 +44,9 @@ from microstructure.ingest.streams import (
     start_stream,
     stop_after,
 )
-from microstructure.ingest.writer import merge_table, open_writer, writer_problems
+from microstructure.ingest.collectors.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
+from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS
+from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +321,8 @@ async def collect_book_live(
 
             streams = list(wanted)
         else:
-            from microstructure.ingest.binance_rest import BinanceRest
-            from microstructure.ingest.orderbook import DiffBooks
+            from microstructure.ingest.binance.rest import BinanceRest
+            from microstructure.ingest.collectors.orderbook import DiffBooks
 
             if rest is None:
                 own_rest = rest = BinanceRest(settings.rest_url)
@@ -458,7 +458,7 @@ async def resolve_days(
     settings: Settings, start: date | None, end: date | None, days: int | None
 ) -> tuple[date, date, int]:
     """[start, end] of complete UTC days, and the exchange's now in ms (asked from the server)."""
-    from microstructure.ingest.binance_rest import BinanceRest
+    from microstructure.ingest.binance.rest import BinanceRest
 
     async with BinanceRest(settings.rest_url) as rest:
         server_ms = await rest.server_time()
@@ -482,7 +482,7 @@ async def load_archive_table(
     collector: str,
 ) -> Any:
     """Download, verify and parse one archive (archives.ParsedCsv); None (recorded) when missing or refused."""
-    from microstructure.ingest import archives
+    from microstructure.ingest.binance import archives
 
     url = archives.archive_url(archive_url, kind, symbol, period, when)
     try:

@@ -42,7 +42,17 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.book import (
+from microstructure.ingest.binance.streams import (
+    EventLog,
+    Health,
+    SharedStreams,
+    note_bad_reply,
+    now_ms,
+    sleep_or_stop,
+    start_stream,
+    stop_after,
+)
+from microstructure.ingest.collectors.book import (
     DAY_MS,
     HistoricalReport,
     day_range,
@@ -58,17 +68,7 @@ from microstructure.ingest.records import (
     OPEN_INTEREST,
     PRICE_KLINES,
 )
-from microstructure.ingest.streams import (
-    EventLog,
-    Health,
-    SharedStreams,
-    note_bad_reply,
-    now_ms,
-    sleep_or_stop,
-    start_stream,
-    stop_after,
-)
-from microstructure.ingest.writer import merge_table, open_writer, writer_problems
+from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +483,7 @@ async def collect_market_live(
 
     `liquidations_stream`: 'per-symbol' (`<s>@forceOrder`), 'all' (`!forceOrder@arr`, other symbols'
     orders ignored) or 'auto' (all from FORCE_ALL_FROM symbols on)."""
-    from microstructure.ingest.binance_rest import BinanceRest
+    from microstructure.ingest.binance.rest import BinanceRest
 
     if liquidations_stream not in LIQUIDATION_STREAMS:
         raise ValueError(
@@ -602,8 +602,8 @@ async def collect_market_historical(
 
     Everything is idempotent: rows already stored are kept as they are.
     """
-    from microstructure.ingest import archives
-    from microstructure.ingest.binance_rest import BinanceRest
+    from microstructure.ingest.binance import archives
+    from microstructure.ingest.binance.rest import BinanceRest
 
     collector = "market_historical"
     first, last, server_ms = await resolve_days(settings, start, end, days)

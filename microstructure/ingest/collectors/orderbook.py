@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from microstructure.ingest.book_values import LEVELS
-from microstructure.ingest.streams import StreamHealth, note_bad_reply
+from microstructure.ingest.binance.streams import StreamHealth, note_bad_reply
+from microstructure.ingest.collectors.book_values import LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class DiffBooks:
     # ---- sampling
     def sample(self) -> int:
         """Hand the top `levels` of every synced book that moved since its last sample to the sink."""
-        from microstructure.ingest.book import SnapshotRow
+        from microstructure.ingest.collectors.book import SnapshotRow
 
         n = 0
         for symbol, book in self.books.items():

@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest import archives
-from microstructure.ingest.binance_rest import AGG_TRADES_MAX_LIMIT, HOUR_MS, BinanceRest, RestStats
+from microstructure.ingest.binance import archives
+from microstructure.ingest.binance.rest import AGG_TRADES_MAX_LIMIT, HOUR_MS, BinanceRest, RestStats
 
 log = logging.getLogger(__name__)
 
@@ -824,7 +824,7 @@ async def collect_aggtrades_historical(
             raise HistoricalError(f"start {start} is after today ({today}, exchange clock)")
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(2, symbol_concurrency + 1))
         if own_writer:
-            from microstructure.ingest.writer import Writer
+            from microstructure.ingest.sink.writer import Writer
 
             writer = Writer(dsn, settings.home / "spill")
             await writer.start()

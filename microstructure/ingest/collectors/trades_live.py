@@ -29,11 +29,11 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.binance_rest import BinanceRest, IpBanned
-from microstructure.ingest.historical import check_symbols
+from microstructure.ingest.binance.rest import BinanceRest, IpBanned
+from microstructure.ingest.binance.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.collectors.trades_historical import check_symbols
 from microstructure.ingest.records import AGG_TRADES
-from microstructure.ingest.streams import EventLog, Health, SharedStreams
-from microstructure.ingest.writer import open_writer
+from microstructure.ingest.sink.writer import open_writer
 
 log = logging.getLogger(__name__)
 

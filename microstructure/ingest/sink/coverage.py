@@ -21,7 +21,7 @@ DAY_MS = 86_400_000
 
 @cache
 def sql(name: str) -> str:
-    return resources.files("microstructure.ingest").joinpath("sql", f"{name}.sql").read_text()
+    return resources.files("microstructure.ingest.sink").joinpath("sql", f"{name}.sql").read_text()
 
 
 async def add_batch(

@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from microstructure.config import Settings
-from microstructure.ingest import coverage
-from microstructure.ingest.pgcopy import ColumnSpec, encode_copy_binary
 from microstructure.ingest.records import KINDS
+from microstructure.ingest.sink import coverage
+from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
 
 log = logging.getLogger(__name__)
 
