@@ -1,11 +1,16 @@
-"""Arrow schemas of the batches that flow from collectors to the writer.
+"""The vocabulary every part of ingest shares: Arrow schemas of the raw tables' batches, and SnapshotRow.
 
 A batch holds rows of ONE kind for ONE symbol; the symbol travels beside the batch, not in it.
 Times are int64 milliseconds since the epoch (exchange times exactly as Binance sends them);
 `recv_ms` is the local receive time (null for rows that did not come live).
+`SnapshotRow` is one order book snapshot before it joins a BOOK_SNAPSHOTS batch: what the depth20
+parser and the local diff books alike hand to the snapshot sink.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -51,6 +56,21 @@ BOOK_SNAPSHOTS = pa.schema(
         pa.field("recv_ms", pa.int64()),
     ]
 )
+
+
+@dataclass
+class SnapshotRow:
+    """One order book snapshot: E/T, U/u/pu and the levels a side, best first."""
+
+    event_ms: int
+    ts_ms: int
+    first_update_id: int | None
+    last_update_id: int
+    prev_update_id: int | None
+    bids: list[Any]  # [[price, qty], ...] strings or floats, best first
+    asks: list[Any]
+    recv_ms: int | None
+
 
 MARK_PRICES = pa.schema(
     [

@@ -45,7 +45,7 @@ from microstructure.ingest.binance.streams import (
     stop_after,
 )
 from microstructure.ingest.collectors.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
-from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS
+from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS, SnapshotRow
 from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,6 @@ def _levels(v: Any) -> list[tuple[float, float]]:
     if not isinstance(v, list):
         raise TypeError(f"expected a list of [price, qty] levels, got {type(v).__name__}")
     return [(float(p), float(q)) for p, q in v[:LEVELS]]
-
-
-@dataclass
-class SnapshotRow:
-    event_ms: int
-    ts_ms: int
-    first_update_id: int | None
-    last_update_id: int
-    prev_update_id: int | None
-    bids: list[Any]  # [[price, qty], ...] strings or floats, best first
-    asks: list[Any]
-    recv_ms: int | None
 
 
 def parse_depth_event(data: dict[str, Any], recv_ms: int | None) -> SnapshotRow:

@@ -30,6 +30,7 @@ from typing import Any
 
 from microstructure.ingest.binance.streams import StreamHealth, note_bad_reply
 from microstructure.ingest.collectors.book_values import LEVELS
+from microstructure.ingest.records import SnapshotRow
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,6 @@ class DiffBooks:
     # ---- sampling
     def sample(self) -> int:
         """Hand the top `levels` of every synced book that moved since its last sample to the sink."""
-        from microstructure.ingest.collectors.book import SnapshotRow
-
         n = 0
         for symbol, book in self.books.items():
             if not book.synced or book.last is None or book.last_u == book.sampled_u:
