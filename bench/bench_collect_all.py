@@ -29,8 +29,8 @@ SYMBOLS = [
 
 
 async def measure(settings, dsn: str, symbols: list[str], source: str, warmup: float, seconds: float) -> dict:
-    from microstructure.ingest.binance.streams import Health
     from microstructure.ingest.collectors.all import collect_all
+    from microstructure.ingest.health import Health
 
     health = Health()
     stop = asyncio.Event()
@@ -72,9 +72,9 @@ def hot_path(n: int = 50_000) -> dict[str, float]:
     import json
     import random
 
-    from microstructure.ingest.binance.streams import Health
     from microstructure.ingest.collectors.book import BookReport, SnapshotSink, parse_depth_event
     from microstructure.ingest.collectors.market import MarketLive, MarketReport
+    from microstructure.ingest.health import Health
 
     class Null:
         async def submit(self, kind, symbol, batch):  # type: ignore[no-untyped-def]

@@ -28,8 +28,8 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
 async def measure(settings, dsn: str, symbols: list[str], warmup: float, seconds: float) -> dict:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from microstructure.ingest.binance.streams import Health
     from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
+    from microstructure.ingest.health import Health
     from microstructure.ingest.sink.writer import Writer
 
     window = {"on": False}

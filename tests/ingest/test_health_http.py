@@ -10,9 +10,9 @@ import aiohttp
 
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig, LocalExchange
-from microstructure.ingest.binance.streams import Health, now_ms
 from microstructure.ingest.collectors.all import collect_all
 from microstructure.ingest.collectors.health_http import HealthServer
+from microstructure.ingest.health import Health, now_ms
 
 
 def free_port() -> int:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from microstructure.exchange import ExchangeConfig, LocalExchange
-from microstructure.ingest.binance.streams import Health, SharedStreams, message_key
+from microstructure.ingest.binance.streams import SharedStreams, message_key
+from microstructure.ingest.health import Health
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 

@@ -10,9 +10,9 @@ from ib_helpers import Tap, exchange_config, fetch_all, ms, settings_for
 
 from microstructure.cli import main
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance.streams import EventLog, Health
 from microstructure.ingest.collectors.all import collect_all
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, MarketLive, MarketReport
+from microstructure.ingest.health import EventLog, Health
 
 DAY = 86_400_000
 

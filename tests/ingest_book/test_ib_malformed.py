@@ -9,9 +9,9 @@ import time
 from ib_helpers import exchange_config, fetch_all, make_writer, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance.streams import EventLog, Health
 from microstructure.ingest.collectors.book import collect_book_live
 from microstructure.ingest.collectors.market import collect_market_live
+from microstructure.ingest.health import EventLog, Health
 
 BAD = {
     "btcusdt@depth20@500ms": [

@@ -9,8 +9,8 @@ import json
 from ib_helpers import exchange_config, fetch_all, make_writer, settings_for
 
 from microstructure.exchange import LocalExchange
-from microstructure.ingest.binance.streams import Health
 from microstructure.ingest.collectors.book import collect_book_live
+from microstructure.ingest.health import Health
 
 
 def test_silent_stream_is_reconnected_and_data_keeps_arriving(db_url, ib_cache, tmp_path) -> None:

@@ -1,13 +1,10 @@
-"""What the live collectors share: health counters, the ingest_events log, combined-stream readers.
+"""Binance combined websocket streams: one connection with reconnects, and connections shared by collectors.
 
-- `Health` / `StreamHealth`: messages, malformed messages, reconnects and last-message time per
-  stream, shown by the collectors' summaries;
-- `EventLog`: ingest_events rows (reconnect, resync, gap_fill, poll_miss, malformed ...), written
-  in small batches, never blocking a collector;
 - `combined_stream`: one Binance combined websocket (`/stream?streams=a/b`) with reconnects
   (jittered backoff), staleness detection and malformed-message accounting;
 - `SharedStreams`: connections of up to 200 streams each, rotated with overlap before Binance's 24 h
   limit, serving one collector or several (`collect all`), routed by stream name.
+Both report to a `health.Health` and a `health.EventLog`.
 """
 
 from __future__ import annotations
@@ -17,123 +14,14 @@ import contextlib
 import json
 import logging
 import random
-import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import asyncpg
 
-from microstructure.config import Settings
-from microstructure.ingest.binance.rest import MalformedReply
+from microstructure.ingest.health import EventLog, Health, StreamHealth, note_malformed, now_ms
 
 log = logging.getLogger(__name__)
-
-MAX_LOGGED_MALFORMED = 20  # per stream: the first ones are logged with their text, then counted only
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# ================================================================ shared: health, events, writing
-
-
-@dataclass
-class StreamHealth:
-    messages: int = 0
-    malformed: int = 0
-    reconnects: int = 0
-    stale_reconnects: int = 0
-    last_recv_ms: int = 0
-
-
-@dataclass
-class Health:
-    """One health view for every collector of a process: counters by name, printed by summary()."""
-
-    streams: dict[str, StreamHealth] = field(default_factory=lambda: defaultdict(StreamHealth))
-    counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def stream(self, name: str) -> StreamHealth:
-        return self.streams[name]
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.counters[name] += n
-
-    def malformed_total(self) -> int:
-        return sum(s.malformed for s in self.streams.values()) + self.counters.get("malformed", 0)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "streams": {k: vars(v).copy() for k, v in self.streams.items()},
-            "counters": dict(self.counters),
-        }
-
-    def lines(self) -> list[str]:
-        out = []
-        for name, s in sorted(self.streams.items()):
-            out.append(
-                f"  {name}: {s.messages} messages, {s.malformed} malformed, {s.reconnects} reconnects "
-                f"({s.stale_reconnects} for silence)"
-            )
-        for name, n in sorted(self.counters.items()):
-            out.append(f"  {name}: {n}")
-        return out
-
-
-class EventLog:
-    """ingest_events rows (resync, poll_miss, malformed, reconnect, ...), written in small batches.
-
-    record() never blocks or fails; flush() writes what is pending (kept for the next try when the
-    database does not answer).
-    """
-
-    def __init__(self, dsn: str | None) -> None:
-        self.dsn = dsn
-        self.pending: list[tuple[datetime, str, str | None, str, str]] = []
-        self.written = 0
-        self.counts: dict[str, int] = defaultdict(int)
-        self._lock = asyncio.Lock()
-
-    def record(self, collector: str, symbol: str | None, kind: str, detail: dict[str, Any]) -> None:
-        self.counts[kind] += 1
-        self.pending.append(
-            (datetime.now(tz=UTC), collector, symbol, kind, json.dumps(detail, default=str)[:8000])
-        )
-
-    async def flush(self) -> None:
-        if not self.pending or not self.dsn:
-            return
-        async with self._lock:
-            batch, self.pending = self.pending, []
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                try:
-                    await conn.executemany(
-                        "INSERT INTO ingest_events (ts, collector, symbol, kind, detail) "
-                        "VALUES ($1, $2, $3, $4, $5::jsonb)",
-                        batch,
-                    )
-                finally:
-                    await conn.close()
-                self.written += len(batch)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("ingest_events: %d rows not written yet (%s)", len(batch), exc)
-                self.pending = batch + self.pending
-
-    async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            await self.flush()
-
-
-# ================================================================ shared: combined streams
-
 
 Handler = Callable[[str, Any, int], None]
 
@@ -224,49 +112,6 @@ async def combined_stream(
     finally:
         if own:
             await sess.close()
-
-
-def note_malformed(
-    h: StreamHealth,
-    events: EventLog | None,
-    collector: str,
-    symbol: str | None,
-    name: str,
-    text: Any,
-    exc: BaseException,
-) -> None:
-    h.malformed += 1
-    sample = text if isinstance(text, str) else json.dumps(text, default=str)
-    if h.malformed <= MAX_LOGGED_MALFORMED:
-        log.warning("%s: malformed message skipped (%s: %s): %.300s", name, type(exc).__name__, exc, sample)
-    elif h.malformed == MAX_LOGGED_MALFORMED + 1:
-        log.warning("%s: more malformed messages; counting without logging each", name)
-    if events is not None and h.malformed <= 1000:
-        events.record(
-            collector,
-            symbol,
-            "malformed",
-            {"stream": name, "error": f"{type(exc).__name__}: {exc}", "text": sample[:500]},
-        )
-
-
-def note_bad_reply(
-    h: StreamHealth,
-    events: EventLog | None,
-    collector: str,
-    symbol: str | None,
-    name: str,
-    exc: BaseException,
-    reply: Any,
-    replied: bool,
-) -> None:
-    """A REST reply that arrived but cannot be used (not JSON: MalformedReply with its text; or
-    refused by the parser: the decoded `reply`) counts as a malformed message; a request that got no
-    reply (network error, 5xx, retries exhausted) does not."""
-    if isinstance(exc, MalformedReply):
-        note_malformed(h, events, collector, symbol, name, exc.text, exc)
-    elif replied:
-        note_malformed(h, events, collector, symbol, name, reply, exc)
 
 
 MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
@@ -435,44 +280,3 @@ class SharedStreams:
             for task, _ in live:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-
-def start_stream(
-    settings: Settings,
-    streams: Sequence[str],
-    handler: Handler,
-    *,
-    shared: SharedStreams | None,
-    stop: asyncio.Event,
-    health: Health,
-    events: EventLog | None,
-    collector: str,
-    stale_timeout: float,
-) -> tuple[SharedStreams, asyncio.Task[None] | None]:
-    """Register with the shared connections, or make this collector's own (and a task running them)."""
-    if shared is not None:
-        shared.register(streams, handler, collector)
-        return shared, None
-    own = SharedStreams(
-        settings.ws_url, expected=1, health=health, events=events, stale_timeout=stale_timeout, name=collector
-    )
-    own.register(streams, handler, collector)
-    return own, asyncio.create_task(own.run(stop), name=f"{collector}-streams")
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True when `stop` was set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
-
-
-def stop_after(stop: asyncio.Event, live_seconds: float | None) -> asyncio.Task[None] | None:
-    if live_seconds is None:
-        return None
-
-    async def later() -> None:
-        await asyncio.sleep(live_seconds)
-        stop.set()
-
-    return asyncio.create_task(later())

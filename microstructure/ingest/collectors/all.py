@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.binance.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 from microstructure.ingest.collectors.health_http import HealthServer
 from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
 from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
+from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.sink.writer import open_writer, writer_problems
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from microstructure.ingest.binance.streams import EventLog, Health, now_ms
+from microstructure.ingest.health import EventLog, Health, now_ms
 
 
 @dataclass

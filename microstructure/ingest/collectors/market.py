@@ -42,17 +42,8 @@ import numpy as np
 import pyarrow as pa
 
 from microstructure.config import Settings
-from microstructure.ingest.binance.streams import (
-    EventLog,
-    Health,
-    SharedStreams,
-    note_bad_reply,
-    now_ms,
-    sleep_or_stop,
-    start_stream,
-    stop_after,
-)
-from microstructure.ingest.collectors.book import (
+from microstructure.ingest.binance.streams import SharedStreams
+from microstructure.ingest.collectors.archive_days import (
     DAY_MS,
     HistoricalReport,
     day_range,
@@ -60,6 +51,8 @@ from microstructure.ingest.collectors.book import (
     ms_of_day,
     resolve_days,
 )
+from microstructure.ingest.collectors.runtime import note_bad_reply, sleep_or_stop, start_stream, stop_after
+from microstructure.ingest.health import EventLog, Health, now_ms
 from microstructure.ingest.records import (
     FUNDING_RATES,
     FUTURES_METRICS,

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from microstructure.ingest.binance.streams import StreamHealth, note_bad_reply
 from microstructure.ingest.collectors.book_values import LEVELS
+from microstructure.ingest.collectors.runtime import note_bad_reply
+from microstructure.ingest.health import StreamHealth
 from microstructure.ingest.records import SnapshotRow
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,9 @@ import pyarrow as pa
 
 from microstructure.config import Settings
 from microstructure.ingest.binance.rest import BinanceRest, IpBanned
-from microstructure.ingest.binance.streams import EventLog, Health, SharedStreams
+from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.trades_historical import check_symbols
+from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.records import AGG_TRADES
 from microstructure.ingest.sink.writer import open_writer
 
