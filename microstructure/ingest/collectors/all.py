@@ -1,6 +1,6 @@
 """`collect all`: every collector in one process, one writer pipeline, one health view.
 
-Live: aggregate trades (microstructure.ingest.collectors.trades_live), book snapshots (depth20 or local diff books)
+Live: aggregate trades (trades_live.py), book snapshots (depth20 or local diff books)
 and market data (mark price, funding, open interest, liquidations) run side by side over shared
 websocket connections (one per up to 200 streams, rotated with overlap before Binance's 24 h limit),
 one REST client, one ingest_events log, one health view and one writer. SIGINT/SIGTERM

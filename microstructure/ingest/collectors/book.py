@@ -1,5 +1,4 @@
-"""Order book snapshots: live top-20 books into book_snapshots, daily bookDepth archives into
-book_depth_bands.
+"""Order books: live top-20 snapshots into book_snapshots, daily bookDepth archives into book_depth_bands.
 
 Live (`collect_book_live`):
 - source 'depth20' (default): the `<s>@depth20@500ms` stream; one row per message (levels as sent,
