@@ -14,18 +14,17 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+from microstructure.args import parse_day, parse_int, parse_seconds, parse_symbols
 from microstructure.config import ENV_PREFIX, SettingError, Settings
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 DEFAULT_WEIGHT_BUDGET = 1200
 DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be silent for a while
 MAX_WEIGHT_BUDGET = 2400
@@ -201,36 +200,6 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
 # ---------------------------------------------------------------- argument checks
 
 
-def parse_day(value: str, flag: str) -> date:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-        raise SettingError(f"{flag}: expected YYYY-MM-DD, got {value!r}")
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        raise SettingError(f"{flag}: expected YYYY-MM-DD, got {value!r}") from None
-
-
-def parse_int(value: str, flag: str, lo: int, hi: int | None = None) -> int:
-    expected = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise SettingError(f"{flag}: expected {expected}, got {value!r}") from None
-    if n < lo or (hi is not None and n > hi):
-        raise SettingError(f"{flag}: expected {expected}, got {value!r}")
-    return n
-
-
-def parse_seconds(value: str, flag: str) -> float:
-    try:
-        x = float(str(value).strip())
-    except ValueError:
-        raise SettingError(f"{flag}: expected a number of seconds > 0, got {value!r}") from None
-    if not x > 0:
-        raise SettingError(f"{flag}: expected a number of seconds > 0, got {value!r}")
-    return x
-
-
 def add_stale_timeout(p: argparse.ArgumentParser, default: float) -> None:
     p.add_argument(
         "--stale-timeout",
@@ -238,22 +207,6 @@ def add_stale_timeout(p: argparse.ArgumentParser, default: float) -> None:
         default=str(default),
         help=f"live: a connection with no message for this long is made again (default {default:g})",
     )
-
-
-def parse_symbols(values: list[str]) -> list[str]:
-    out: list[str] = []
-    for raw in values:
-        for part in raw.split(","):
-            sym = part.strip().upper()
-            if not sym:
-                continue
-            if not SYMBOL_RE.fullmatch(sym):
-                raise SettingError(f"--symbol: expected a contract name like BTCUSDT, got {part.strip()!r}")
-            if sym not in out:
-                out.append(sym)
-    if not out:
-        raise SettingError("--symbol: expected at least one contract name like BTCUSDT")
-    return out
 
 
 def _check_url(value: str, flag: str, schemes: tuple[str, ...]) -> str:
