@@ -31,11 +31,12 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from microstructure.config import Settings
 from microstructure.ingest.records import KINDS
-from microstructure.ingest.sink import coverage
+from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class KindSpec:
     schema: pa.Schema
     copy_columns: tuple[ColumnSpec, ...]  # symbol first, then the batch's columns
     db_columns: tuple[str, ...]
+
+    @property
+    def time_field(self) -> str:
+        """The batch column holding each row's time (what the invalidation log records)."""
+        return "funding_ms" if self.kind == "funding_rates" else "ts_ms"
 
     @property
     def stage(self) -> str:
@@ -144,6 +150,8 @@ async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: p
         return 0
     table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
     payload = encode_copy_binary(table, list(spec.copy_columns))
+    times = np.asarray(batch.column(spec.time_field).to_numpy(), dtype=np.int64)
+    lo_ms, hi_ms = int(times.min()), int(times.max())
     async with conn.transaction():
         if kind != "agg_trades":
             await conn.execute(spec.stage_sql())
@@ -151,7 +159,12 @@ async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: p
                 spec.stage, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
             )
             status = await conn.execute(spec.merge_sql())
-            return int(status.split()[-1])
+            inserted = int(status.split()[-1])
+            if inserted:
+                if kind == "book_snapshots":
+                    hi_ms = await invalidations.fix_book_ofi(conn, symbol, lo_ms, hi_ms)
+                await invalidations.log_range(conn, spec.table, symbol, lo_ms, hi_ms)
+            return inserted
         # Serialise writers of one symbol: the gap bookkeeping reads what others write, and the
         # direct path below relies on no other writer filling the id range meanwhile.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agg_trades:' || $1))", symbol)
@@ -176,7 +189,10 @@ async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: p
             )
             per_day = {int(r["day"]): int(r["n"]) for r in await conn.fetch(spec.merge_sql())}
         await coverage.add_batch(conn, symbol, ids, ts_ms, per_day)
-        return sum(per_day.values())
+        inserted = sum(per_day.values())
+        if inserted:
+            await invalidations.log_range(conn, spec.table, symbol, lo_ms, hi_ms)
+        return inserted
 
 
 CONNECTION_ERRORS = (
@@ -617,7 +633,14 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
         status = await conn.execute(
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
         )
-    return int(status.split()[-1])
+        inserted = int(status.split()[-1])
+        if inserted and "ts" in data.column_names:
+            for symbol in pc.unique(data.column("symbol")).to_pylist():
+                times = data.filter(pc.equal(data.column("symbol"), symbol)).column("ts")
+                await invalidations.log_range(
+                    conn, table, symbol, pc.min(times).as_py(), pc.max(times).as_py()
+                )
+    return inserted
 
 
 async def open_writer(settings: Settings, dsn: str) -> Writer:
