@@ -1,0 +1,106 @@
+-- features_{tf}: one row per (symbol, bucket) of {width} bars, every FEATURES.md column.
+-- The same text on every engine: the stages it reads are continuous aggregates on TimescaleDB and
+-- tables kept by the incremental refresher elsewhere. What needs another bar (cvd's running sum,
+-- funding_delta, oi_change_pct, carried open interest and settled funding) is computed here.
+WITH bars AS (  -- a bar exists when any source has a row in it
+    SELECT symbol, bucket FROM trades_{tf}
+    UNION SELECT symbol, bucket FROM book_{tf}
+    UNION SELECT symbol, bucket FROM market_{tf}
+    UNION SELECT symbol, bucket FROM open_interest_{tf}
+    UNION SELECT symbol, bucket FROM liquidations_{tf}
+),
+spread AS (  -- sample std of the spread: the 1m bars' (n, mean, M2) combined (Chan, Golub, LeVeque)
+    SELECT symbol, bucket,
+           CASE WHEN n >= 2 THEN sqrt(greatest(m2, 0) / (n - 1)) END AS spread_std
+    FROM (
+        SELECT symbol, bar AS bucket, sum(spread_n) AS n,
+               sum(spread_m2 + spread_n * (spread_sum / spread_n - grand_mean) ^ 2) AS m2
+        FROM (
+            SELECT symbol, time_bucket(INTERVAL '{width}', bucket) AS bar, spread_n, spread_sum, spread_m2,
+                   sum(spread_sum) OVER w / sum(spread_n) OVER w AS grand_mean
+            FROM book_1m
+            WHERE spread_n > 0
+            WINDOW w AS (PARTITION BY symbol, time_bucket(INTERVAL '{width}', bucket))
+        ) parts
+        GROUP BY symbol, bar
+    ) combined
+),
+core AS (
+    SELECT
+        b.symbol,
+        b.bucket,
+        b.bucket + INTERVAL '{width}' AS bucket_end,
+        t.open, t.high, t.low, t.close,
+        t.volume, t.quote_volume, t.trade_count, t.fill_count, t.buy_volume, t.sell_volume,
+        t.buy_volume - t.sell_volume AS volume_delta,
+        CASE WHEN t.symbol IS NOT NULL THEN sum(t.buy_volume - t.sell_volume) OVER day END AS cvd,
+        t.quote_volume / nullif(t.volume, 0) AS vwap,
+        t.buy_volume / nullif(t.volume, 0) AS buy_pressure,
+        i.max_1s::double precision AS trade_intensity_1s,
+        i.max_5s::double precision / 5 AS trade_intensity_5s,
+        i.max_10s::double precision / 10 AS trade_intensity_10s,
+        t.large_trade_count, t.large_trade_volume,
+        t.large_trade_volume / nullif(t.volume, 0) AS large_trade_pct,
+        k.imbalance_5_sum / nullif(k.imbalance_5_n, 0) AS imbalance_5,
+        k.imbalance_10_sum / nullif(k.imbalance_10_n, 0) AS imbalance_10,
+        k.imbalance_20_sum / nullif(k.imbalance_20_n, 0) AS imbalance_20,
+        k.spread_sum / nullif(k.spread_n, 0) AS spread_avg,
+        s.spread_std,
+        k.spread_bps_sum / nullif(k.spread_bps_n, 0) AS spread_bps_avg,
+        k.weighted_mid_diff_bps_sum / nullif(k.weighted_mid_diff_bps_n, 0) AS weighted_mid_diff_bps,
+        k.bid_slope_sum / nullif(k.bid_slope_n, 0) AS bid_slope,
+        k.ask_slope_sum / nullif(k.ask_slope_n, 0) AS ask_slope,
+        k.bid_vol_ratio_5_20_sum / nullif(k.bid_vol_ratio_5_20_n, 0) AS bid_vol_ratio_5_20,
+        k.ask_vol_ratio_5_20_sum / nullif(k.ask_vol_ratio_5_20_n, 0) AS ask_vol_ratio_5_20,
+        k.ofi,
+        k.snapshot_count,
+        m.mark_price, m.index_price,
+        m.premium_sum / nullif(m.premium_n, 0) AS spot_premium_pct,
+        m.funding_rate AS bar_funding_rate,
+        l.liq_long_vol, l.liq_short_vol,
+        l.liq_long_vol / nullif(l.liq_long_vol + l.liq_short_vol, 0) AS liq_ratio
+    FROM bars b
+    LEFT JOIN trades_{tf} t ON t.symbol = b.symbol AND t.bucket = b.bucket
+    LEFT JOIN trade_intensity_{tf} i ON i.symbol = b.symbol AND i.bucket = b.bucket
+    LEFT JOIN book_{tf} k ON k.symbol = b.symbol AND k.bucket = b.bucket
+    LEFT JOIN spread s ON s.symbol = b.symbol AND s.bucket = b.bucket
+    LEFT JOIN market_{tf} m ON m.symbol = b.symbol AND m.bucket = b.bucket
+    LEFT JOIN liquidations_{tf} l ON l.symbol = b.symbol AND l.bucket = b.bucket
+    WINDOW day AS (PARTITION BY b.symbol, time_bucket(INTERVAL '1 day', b.bucket) ORDER BY b.bucket)
+)
+SELECT
+    c.symbol, c.bucket, c.bucket_end,
+    c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trade_count, c.fill_count,
+    c.buy_volume, c.sell_volume, c.volume_delta, c.cvd, c.vwap, c.buy_pressure,
+    c.trade_intensity_1s, c.trade_intensity_5s, c.trade_intensity_10s,
+    c.large_trade_count, c.large_trade_volume, c.large_trade_pct,
+    c.imbalance_5, c.imbalance_10, c.imbalance_20, c.spread_avg, c.spread_std, c.spread_bps_avg,
+    c.weighted_mid_diff_bps, c.bid_slope, c.ask_slope, c.bid_vol_ratio_5_20, c.ask_vol_ratio_5_20,
+    c.ofi, c.snapshot_count,
+    c.mark_price, c.index_price, c.spot_premium_pct,
+    coalesce(c.bar_funding_rate, fs.funding_rate) AS funding_rate,
+    coalesce(c.bar_funding_rate, fs.funding_rate) - coalesce(pm.funding_rate, fp.funding_rate) AS funding_delta,
+    oi.open_interest,
+    (oi.open_interest - poi.open_interest) / nullif(poi.open_interest, 0) * 100 AS oi_change_pct,
+    c.liq_long_vol, c.liq_short_vol, c.liq_ratio
+FROM core c
+-- the calendar-previous bar's stream funding rate (that bar may have no rows)
+LEFT JOIN market_{tf} pm ON pm.symbol = c.symbol AND pm.bucket = c.bucket - INTERVAL '{width}'
+-- the last settled rate before this bar's end, and before the previous bar's end
+LEFT JOIN LATERAL (
+    SELECT f.funding_rate FROM funding_rates f
+    WHERE f.symbol = c.symbol AND f.funding_ts < c.bucket_end ORDER BY f.funding_ts DESC LIMIT 1
+) fs ON true
+LEFT JOIN LATERAL (
+    SELECT f.funding_rate FROM funding_rates f
+    WHERE f.symbol = c.symbol AND f.funding_ts < c.bucket ORDER BY f.funding_ts DESC LIMIT 1
+) fp ON true
+-- open interest: the last observation before this bar's end, and before the previous bar's end
+LEFT JOIN LATERAL (
+    SELECT o.open_interest FROM open_interest_{tf} o
+    WHERE o.symbol = c.symbol AND o.bucket <= c.bucket ORDER BY o.bucket DESC LIMIT 1
+) oi ON true
+LEFT JOIN LATERAL (
+    SELECT o.open_interest FROM open_interest_{tf} o
+    WHERE o.symbol = c.symbol AND o.bucket < c.bucket ORDER BY o.bucket DESC LIMIT 1
+) poi ON true

@@ -1,0 +1,9 @@
+-- Open interest, stage 1: the last observation in each {width} bar (the view carries it over quiet
+-- bars: the last observation before a bar's end).
+SELECT
+    symbol,
+    time_bucket(INTERVAL '{width}', ts) AS bucket,
+    last(open_interest, ts) AS open_interest,
+    count(*) AS oi_count
+FROM open_interest
+GROUP BY symbol, time_bucket(INTERVAL '{width}', ts)

@@ -1,0 +1,399 @@
+"""The incremental refresher: materialise the feature stages for exactly the ranges writes touched.
+
+Every write logs the time range it touched per (raw table, symbol) in `raw_invalidations`, in the
+write's own transaction. `refresh_pending` consumes that log (consumer 'features'): it takes the
+rows of every transaction that has ended (those below the snapshot's xmin, so a write still in
+flight is never skipped: its rows are taken by a later call), merges their ranges, widens each to
+the buckets of every stage it feeds, and re-materialises those buckets in dependency order.
+
+- plain PostgreSQL / Apache-only TimescaleDB: per stage, DELETE the window's buckets and INSERT the
+  stage's own SELECT run over the window (`WITH <source> AS (rows of the window) <stage SELECT>`: the
+  same SELECT text a continuous aggregate has). A window goes in chunks of at most a day; each chunk
+  (every stage of its group) is one transaction, so a killed refresh leaves no half-written range,
+  and the cursor moves only after the last chunk: a rerun does the rest (refreshes are idempotent).
+- TimescaleDB with continuous aggregates: `refresh_continuous_aggregate` over each window, stage
+  by stage in dependency order (the policies keep the recent window fresh; this covers backfills,
+  which a policy's window never reaches). `force` re-materialises even without invalidations (a
+  changed large-trade threshold).
+
+One refresher runs at a time (an advisory lock): `refresh_pending` waits for it, the live loop
+skips a round when another refresher holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from microstructure.features_sql.stages import RAW_TABLES, STAGE_BY_NAME, Stage, stages_for
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "features"
+LOCK_KEY = "microstructure:features_refresh"
+CHUNK = timedelta(days=1)
+MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Buckets [lo, hi) of the stages fed by `raw_table`, for `symbols` (None: every symbol)."""
+
+    raw_table: str
+    lo: datetime
+    hi: datetime
+    symbols: tuple[str, ...] | None
+
+
+@dataclass
+class RefreshReport:
+    engine: str = ""
+    windows: int = 0
+    statements: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+    stages: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # rows per stage
+    skipped_busy: bool = False
+
+    def add(self, other: RefreshReport) -> None:
+        self.windows += other.windows
+        self.statements += other.statements
+        self.rows_written += other.rows_written
+        self.seconds += other.seconds
+        for k, v in other.stages.items():
+            self.stages[k] += v
+
+
+def align(t: datetime, seconds: int, *, up: bool = False) -> datetime:
+    """`t` floored (or ceiled) to a multiple of `seconds` since the epoch (bars are epoch-aligned)."""
+    us = (t - EPOCH) // timedelta(microseconds=1)
+    step = seconds * 1_000_000
+    q, r = divmod(us, step)
+    if up and r:
+        q += 1
+    return EPOCH + timedelta(microseconds=q * step)
+
+
+def merge(ranges: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Half-open ranges merged where they overlap or touch."""
+    out: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def stage_window(stage: Stage, lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
+    """The stage's buckets that hold any time in [lo, hi) (widened to whole minutes at least)."""
+    step = max(stage.seconds, MIN_ALIGN_S)
+    return align(lo, step), align(hi, step, up=True)
+
+
+def chunks(lo: datetime, hi: datetime, size: timedelta = CHUNK) -> list[tuple[datetime, datetime]]:
+    """[lo, hi) cut at multiples of `size` since the epoch (so chunks of a day end at midnight UTC)."""
+    out = []
+    seconds = int(size.total_seconds())
+    t = lo
+    while t < hi:
+        nxt = align(t, seconds) + size  # the next multiple after t
+        out.append((t, min(nxt, hi)))
+        t = nxt
+    return out
+
+
+# ---------------------------------------------------------------- engine
+
+
+async def features_engine(conn: asyncpg.Connection) -> str:
+    """'continuous_aggregates' or 'refresher', as the migration recorded it."""
+    value = await conn.fetchval("SELECT value FROM microstructure_meta WHERE key = 'features'")
+    if value is None:
+        raise RuntimeError("the feature layer is not in this database: run `microstructure db upgrade`")
+    return str(value)
+
+
+# ---------------------------------------------------------------- the log
+
+
+async def log_horizon(conn: asyncpg.Connection) -> int:
+    """xid8 below which every transaction has ended: their log rows are all visible now."""
+    return int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+
+
+async def cursor_of(conn: asyncpg.Connection, consumer: str) -> int:
+    value = await conn.fetchval(
+        "SELECT horizon::text FROM invalidation_cursors WHERE consumer = $1", consumer
+    )
+    return int(value) if value is not None else 0
+
+
+async def pending_ranges(
+    conn: asyncpg.Connection, consumer: str, tables: Sequence[str] | None = None
+) -> tuple[int, int, list[tuple[str, str, datetime, datetime]]]:
+    """(cursor, horizon, [(table, symbol, lo, hi)]) of the log rows `consumer` has not consumed:
+    ranges merged per (table, symbol), hi exclusive (the logged hi is the last time touched)."""
+    cursor = await cursor_of(conn, consumer)
+    horizon = await log_horizon(conn)
+    rows = await conn.fetch(
+        "SELECT table_name, symbol, lower(r) AS lo, upper(r) AS hi FROM ("
+        " SELECT table_name, symbol, unnest(range_agg(tstzrange(lo, hi, '[]'))) AS r"
+        " FROM raw_invalidations WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"
+        " AND ($3::text[] IS NULL OR table_name = ANY($3::text[]))"
+        " GROUP BY table_name, symbol) m ORDER BY 1, 2, 3",
+        str(cursor),
+        str(horizon),
+        list(tables) if tables is not None else None,
+    )
+    out = [
+        (r["table_name"], r["symbol"], r["lo"], r["hi"] + timedelta(microseconds=1))  # [lo, hi]
+        for r in rows
+    ]
+    return cursor, horizon, out
+
+
+async def advance_cursor(conn: asyncpg.Connection, consumer: str, horizon: int) -> None:
+    await conn.execute(
+        "INSERT INTO invalidation_cursors (consumer, horizon) VALUES ($1, $2::text::xid8) "
+        "ON CONFLICT (consumer) DO UPDATE SET horizon = greatest(invalidation_cursors.horizon, excluded.horizon), "
+        "updated_at = now()",
+        consumer,
+        str(horizon),
+    )
+    # Rows every registered consumer has taken are no longer needed.
+    await conn.execute(
+        "DELETE FROM raw_invalidations WHERE xid < (SELECT min(horizon) FROM invalidation_cursors)"
+    )
+
+
+def windows_from(ranges: Iterable[tuple[str, str, datetime, datetime]]) -> list[Window]:
+    """Logged ranges -> windows per raw table, symbols with the same (minute-aligned) window together."""
+    by_table: dict[tuple[str, datetime, datetime], list[str]] = defaultdict(list)
+    per: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
+    for table, symbol, lo, hi in ranges:
+        if table in RAW_TABLES:
+            per[(table, symbol)].append((align(lo, MIN_ALIGN_S), align(hi, MIN_ALIGN_S, up=True)))
+    for (table, symbol), rs in per.items():
+        for lo, hi in merge(rs):
+            by_table[(table, lo, hi)].append(symbol)
+    return [Window(t, lo, hi, tuple(sorted(syms))) for (t, lo, hi), syms in sorted(by_table.items())]
+
+
+# ---------------------------------------------------------------- materialising
+
+
+def _delete_sql(stage: Stage) -> str:
+    return f"DELETE FROM {stage.name} WHERE symbol = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
+
+
+def _insert_sql(stage: Stage) -> str:
+    # The CTE has the source's own name, so the stage's SELECT reads only the window's rows
+    # (inside its own definition a CTE's name still means the table).
+    col = stage.time_column
+    return (
+        f"INSERT INTO {stage.name}\n"
+        f"WITH {stage.source} AS (SELECT * FROM {stage.source} "
+        f"WHERE symbol = ANY($1::text[]) AND {col} >= $2 AND {col} < $3)\n"
+        f"{stage.select_sql()}"
+    )
+
+
+async def _materialise_chunk(
+    conn: asyncpg.Connection, stages: Sequence[Stage], symbols: Sequence[str], lo: datetime, hi: datetime,
+    report: RefreshReport,
+) -> None:  # fmt: skip
+    async with conn.transaction():
+        for stage in stages:
+            s_lo, s_hi = stage_window(stage, lo, hi)
+            await conn.execute(_delete_sql(stage), list(symbols), s_lo, s_hi)
+            status = await conn.execute(_insert_sql(stage), list(symbols), s_lo, s_hi)
+            n = int(status.split()[-1])
+            report.rows_written += n
+            report.stages[stage.name] += n
+            report.statements += 2
+            await conn.execute(
+                "INSERT INTO feature_watermarks (stage, refreshed_to) VALUES ($1, $2) "
+                "ON CONFLICT (stage) DO UPDATE SET refreshed_to = greatest(feature_watermarks.refreshed_to, "
+                "excluded.refreshed_to), refreshed_at = now()",
+                stage.name,
+                s_hi,
+            )
+
+
+async def _refresh_caggs(
+    conn: asyncpg.Connection, stages: Sequence[Stage], lo: datetime, hi: datetime, force: bool,
+    report: RefreshReport,
+) -> None:  # fmt: skip
+    for stage in stages:
+        s_lo, s_hi = stage_window(stage, lo, hi)
+        if force:
+            await conn.execute(
+                "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz, force => true)",
+                stage.name, s_lo, s_hi,
+            )  # fmt: skip
+        else:
+            await conn.execute(
+                "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
+                stage.name, s_lo, s_hi,
+            )  # fmt: skip
+        report.statements += 1
+        report.stages[stage.name] += 0
+
+
+async def refresh_windows(
+    conn: asyncpg.Connection, windows: Sequence[Window], *, force: bool = False, engine: str | None = None
+) -> RefreshReport:
+    """Materialise the stages fed by each window's raw table over the window, in dependency order."""
+    report = RefreshReport(engine=engine or await features_engine(conn))
+    started = time.perf_counter()
+    if report.engine == "continuous_aggregates":
+        # A continuous aggregate is refreshed for every symbol at once: merge the windows over
+        # symbols, then refresh each stage (finer first, so that coarser stages read fresh rows).
+        per_stage: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+        for w in windows:
+            for stage in stages_for({w.raw_table}):
+                per_stage[stage.name].append((w.lo, w.hi))
+        for name in (s.name for s in stages_for(None)):
+            for lo, hi in merge(per_stage.get(name, [])):
+                for c_lo, c_hi in chunks(lo, hi, timedelta(days=7)):
+                    await _refresh_caggs(conn, [STAGE_BY_NAME[name]], c_lo, c_hi, force, report)
+                    report.windows += 1
+    else:
+        for w in windows:
+            symbols = list(w.symbols) if w.symbols is not None else await symbols_of(conn, w.raw_table)
+            if not symbols:
+                continue
+            for c_lo, c_hi in chunks(w.lo, w.hi):
+                await _materialise_chunk(conn, stages_for({w.raw_table}), symbols, c_lo, c_hi, report)
+                report.windows += 1
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def symbols_of(conn: asyncpg.Connection, table: str) -> list[str]:
+    """The symbols a raw table holds (a loose index scan over its key, which leads with symbol)."""
+    rows = await conn.fetch(
+        f"WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM {table} "
+        f"UNION ALL SELECT (SELECT min(symbol) FROM {table} WHERE symbol > s.symbol) FROM s "
+        f"WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL"
+    )
+    return [r["symbol"] for r in rows]
+
+
+async def time_range(
+    conn: asyncpg.Connection, table: str, symbols: Sequence[str] | None
+) -> tuple[datetime, datetime] | None:
+    """[first, last] time of a raw table's rows (for the given symbols)."""
+    syms = list(symbols) if symbols is not None else await symbols_of(conn, table)
+    lo = hi = None
+    for s in syms:
+        row = await conn.fetchrow(f"SELECT min(ts) AS lo, max(ts) AS hi FROM {table} WHERE symbol = $1", s)
+        if row is None or row["lo"] is None:
+            continue
+        lo = row["lo"] if lo is None else min(lo, row["lo"])
+        hi = row["hi"] if hi is None else max(hi, row["hi"])
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+@contextlib.asynccontextmanager
+async def refresh_lock(conn: asyncpg.Connection, *, wait: bool = True):  # type: ignore[no-untyped-def]
+    """Hold the refresher's advisory lock; yields False (without it) when `wait` is off and it is taken."""
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", LOCK_KEY)
+        got = True
+    else:
+        got = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY))
+    try:
+        yield got
+    finally:
+        if got:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
+
+
+async def refresh_pending(conn: asyncpg.Connection, *, wait: bool = True) -> RefreshReport:
+    """Consume the invalidation log: re-materialise every range written since the last call."""
+    async with refresh_lock(conn, wait=wait) as got:
+        if not got:
+            return RefreshReport(skipped_busy=True)
+        _, horizon, ranges = await pending_ranges(conn, CONSUMER, RAW_TABLES)
+        report = await refresh_windows(conn, windows_from(ranges))
+        await advance_cursor(conn, CONSUMER, horizon)
+        return report
+
+
+async def refresh_range(
+    conn: asyncpg.Connection,
+    *,
+    symbols: Sequence[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    force: bool = True,
+) -> RefreshReport:
+    """Re-materialise [start, end) (default: all the data) for `symbols` (default: all), whatever the
+    log says: after a change of symbol_settings, or to rebuild a history. Consumes the log too."""
+    async with refresh_lock(conn):
+        _, horizon, ranges = await pending_ranges(conn, CONSUMER, RAW_TABLES)
+        windows = windows_from(ranges)
+        for table in RAW_TABLES:
+            span = await time_range(conn, table, symbols)
+            if span is None:
+                continue
+            lo = max(span[0], start) if start else span[0]
+            hi = min(span[1] + timedelta(microseconds=1), end) if end else span[1] + timedelta(microseconds=1)
+            if lo >= hi:
+                continue
+            windows.append(
+                Window(
+                    table,
+                    align(lo, MIN_ALIGN_S),
+                    align(hi, MIN_ALIGN_S, up=True),
+                    tuple(symbols) if symbols is not None else None,
+                )
+            )
+        report = await refresh_windows(conn, windows, force=force)
+        await advance_cursor(conn, CONSUMER, horizon)
+        return report
+
+
+async def run_refresher(
+    dsn: str, stop: asyncio.Event, interval: float, *, on_round: object = None
+) -> RefreshReport:
+    """Refresh every `interval` seconds until `stop` (the live path on plain PostgreSQL; on TimescaleDB
+    it covers what the policies' window does not reach). A database that does not answer is retried
+    on the next round; the rounds' totals are returned."""
+    total = RefreshReport()
+    conn: asyncpg.Connection | None = None
+    while True:
+        try:
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(dsn, timeout=10)
+            rep = await refresh_pending(conn, wait=False)
+            total.engine = rep.engine or total.engine
+            total.add(rep)
+            if callable(on_round):
+                on_round(rep)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("feature refresh failed, retrying next round: %s", exc)
+            if conn is not None:
+                conn.terminate()
+                conn = None
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            continue
+        break
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await refresh_pending(conn, wait=True)  # what the last interval wrote
+            await conn.close()
+    return total

@@ -1,0 +1,140 @@
+"""The feature stages and views: which SQL file builds each, from what, at which width, in what order.
+
+Every stage is one SELECT (a `.sql` file beside this module) grouping its source by
+`time_bucket(width, ...)`. On TimescaleDB with continuous aggregates each stage is a continuous
+aggregate (stage 1 over a raw hypertable, the others hierarchical over the finer stage); elsewhere
+it is a table of the same name and shape that the refresher fills by running the same SELECT over a
+window. The files hold `{width}` and `{source}` placeholders, filled only from the table below
+(never from user input). `features_view.sql` is rendered once per timeframe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+TIMEFRAMES: dict[str, str] = {"1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes"}
+TIMEFRAME_SECONDS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One materialised stage: `name` is built by `sql_file` from `source` in `width` buckets."""
+
+    name: str
+    group: str  # trades | intensity | book | market | open_interest | liquidations
+    width: str  # a PostgreSQL interval, e.g. '1 minute'
+    seconds: int
+    source: str  # a raw table (stage 1) or the finer stage
+    sql_file: str
+    raw_table: str  # the raw table whose rows feed this stage (directly or through finer stages)
+    time_column: str = "bucket"  # of the source: ts for raw tables
+
+    @property
+    def from_raw(self) -> bool:
+        return self.source == self.raw_table
+
+    def select_sql(self) -> str:
+        """The stage's SELECT with its placeholders filled."""
+        return _render(self.sql_file, width=self.width, source=self.source)
+
+
+def _bar_stages(group: str, raw: str, prefix: str, raw_file: str, rollup_file: str) -> list[Stage]:
+    """A group's 1m stage from the raw table, then 5m from 1m and 15m from 5m."""
+    out = [Stage(f"{prefix}_1m", group, TIMEFRAMES["1m"], 60, raw, raw_file, raw, "ts")]
+    finer = out[0].name
+    for tf in ("5m", "15m"):
+        out.append(
+            Stage(f"{prefix}_{tf}", group, TIMEFRAMES[tf], TIMEFRAME_SECONDS[tf], finer, rollup_file, raw)
+        )
+        finer = out[-1].name
+    return out
+
+
+def _intensity_stages() -> list[Stage]:
+    """Trade counts per 1 s -> 5 s -> 10 s (carrying the busiest finer sub-buckets) -> 1m -> 5m -> 15m."""
+    raw = "agg_trades"
+    chain = [
+        Stage("trade_counts_1s", "intensity", "1 second", 1, raw, "trade_counts_raw.sql", raw, "ts"),
+        Stage("trade_counts_5s", "intensity", "5 seconds", 5, "trade_counts_1s", "trade_counts_5s.sql", raw),
+        Stage(
+            "trade_counts_10s", "intensity", "10 seconds", 10, "trade_counts_5s", "trade_counts_10s.sql", raw
+        ),
+        Stage(
+            "trade_intensity_1m",
+            "intensity",
+            TIMEFRAMES["1m"],
+            60,
+            "trade_counts_10s",
+            "trade_intensity_bar.sql",
+            raw,
+        ),
+    ]
+    finer = chain[-1].name
+    for tf in ("5m", "15m"):
+        chain.append(
+            Stage(
+                f"trade_intensity_{tf}",
+                "intensity",
+                TIMEFRAMES[tf],
+                TIMEFRAME_SECONDS[tf],
+                finer,
+                "trade_intensity_rollup.sql",
+                raw,
+            )
+        )
+        finer = chain[-1].name
+    return chain
+
+
+# In dependency order: every stage comes after the stage it reads.
+STAGES: tuple[Stage, ...] = (
+    *_bar_stages("trades", "agg_trades", "trades", "trades_raw.sql", "trades_rollup.sql"),
+    *_intensity_stages(),
+    *_bar_stages("book", "book_snapshots", "book", "book_raw.sql", "book_rollup.sql"),
+    *_bar_stages("market", "mark_prices", "market", "market_raw.sql", "market_rollup.sql"),
+    *_bar_stages(
+        "open_interest", "open_interest", "open_interest", "open_interest_raw.sql", "open_interest_rollup.sql"
+    ),
+    *_bar_stages(
+        "liquidations", "liquidations", "liquidations", "liquidations_raw.sql", "liquidations_rollup.sql"
+    ),
+)
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+# Raw tables whose rows feed the stages (what an invalidation of each table re-materialises).
+RAW_TABLES: tuple[str, ...] = tuple(dict.fromkeys(s.raw_table for s in STAGES))
+
+# What the views read directly, beside the stages: settled funding (carried into quiet bars).
+VIEW_RAW_TABLES = ("funding_rates",)
+
+
+def stages_for(raw_tables: set[str] | frozenset[str] | None = None) -> list[Stage]:
+    """The stages (dependency order) that rows of `raw_tables` feed; every stage for None."""
+    return [s for s in STAGES if raw_tables is None or s.raw_table in raw_tables]
+
+
+def view_name(tf: str) -> str:
+    return f"features_{tf}"
+
+
+def view_sql(tf: str) -> str:
+    """The SELECT of features_<tf>."""
+    if tf not in TIMEFRAMES:
+        raise ValueError(f"timeframe: expected one of {', '.join(TIMEFRAMES)}, got {tf!r}")
+    return _render("features_view.sql", tf=tf, width=TIMEFRAMES[tf])
+
+
+@cache
+def sql_text(name: str) -> str:
+    return resources.files("microstructure.features_sql").joinpath(name).read_text()
+
+
+def _render(name: str, **values: str) -> str:
+    text = sql_text(name)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    if "{" in text.replace("{}", ""):
+        raise ValueError(f"{name}: a placeholder was left unfilled")
+    return text

@@ -1,0 +1,24 @@
+-- Trades, stage 1: agg_trades -> {width} bars.
+-- open/close by agg_id (Binance ids rise with trade time, so this is FEATURES.md's (ts, agg_id) order);
+-- a trade is large when price * quantity >= the symbol's symbol_settings.large_trade_notional
+-- (default 100000). Sums over an empty subset are 0 inside a bar that has trades.
+SELECT
+    t.symbol,
+    time_bucket(INTERVAL '{width}', t.ts) AS bucket,
+    first(t.price, t.agg_id) AS open,
+    max(t.price) AS high,
+    min(t.price) AS low,
+    last(t.price, t.agg_id) AS close,
+    sum(t.quantity) AS volume,
+    sum(t.price * t.quantity) AS quote_volume,
+    count(*) AS trade_count,
+    sum(t.last_trade_id - t.first_trade_id + 1)::bigint AS fill_count,
+    sum(CASE WHEN t.is_buyer_maker THEN 0::double precision ELSE t.quantity END) AS buy_volume,
+    sum(CASE WHEN t.is_buyer_maker THEN t.quantity ELSE 0::double precision END) AS sell_volume,
+    sum(CASE WHEN t.price * t.quantity >= coalesce(s.large_trade_notional, 100000) THEN 1 ELSE 0 END)::bigint
+        AS large_trade_count,
+    sum(CASE WHEN t.price * t.quantity >= coalesce(s.large_trade_notional, 100000) THEN t.quantity ELSE 0::double precision END)
+        AS large_trade_volume
+FROM agg_trades t
+LEFT JOIN symbol_settings s ON s.symbol = t.symbol
+GROUP BY t.symbol, time_bucket(INTERVAL '{width}', t.ts)

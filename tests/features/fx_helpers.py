@@ -1,0 +1,177 @@
+"""Feature tests' helpers: read the raw tables and the feature views into pandas, compare them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from reference import COLUMNS, INT_COLS, Raw
+
+RAW_QUERIES = {
+    "agg_trades": "SELECT symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, is_buyer_maker FROM agg_trades",
+    "book_snapshots": "SELECT symbol, ts, last_update_id, bid_px, bid_qty, ask_px, ask_qty FROM book_snapshots",
+    "mark_prices": "SELECT symbol, ts, mark_price, index_price, funding_rate FROM mark_prices",
+    "funding_rates": "SELECT symbol, funding_ts, funding_rate FROM funding_rates",
+    "open_interest": "SELECT symbol, ts, open_interest FROM open_interest",
+    "liquidations": "SELECT symbol, ts, side, quantity FROM liquidations",
+}
+
+
+def _frame(cur: psycopg.Cursor[Any], sql: str) -> pd.DataFrame:
+    cur.execute(sql)
+    cols = [d.name for d in cur.description or []]
+    return pd.DataFrame(cur.fetchall(), columns=cols)
+
+
+def load_raw(dsn: str) -> Raw:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        frames = {name: _frame(cur, sql) for name, sql in RAW_QUERIES.items()}
+        settings = _frame(cur, "SELECT symbol, large_trade_notional FROM symbol_settings")
+    for name in ("mark_prices",):
+        for c in ("index_price", "funding_rate"):
+            frames[name][c] = pd.to_numeric(frames[name][c], errors="coerce")
+    return Raw(
+        **frames, large_notional=dict(zip(settings["symbol"], settings["large_trade_notional"], strict=True))
+    )
+
+
+def column_types(dsn: str, tf: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
+            "ORDER BY ordinal_position",
+            (f"features_{tf}",),
+        ).fetchall()
+    return dict(rows)
+
+
+def assert_column_types(dsn: str, tf: str) -> None:
+    """FEATURES.md: counts are integers, everything else double precision, buckets timestamptz."""
+    want = {"symbol": "text", "bucket": "timestamp with time zone", "bucket_end": "timestamp with time zone"}
+    for c in COLUMNS[1:]:
+        want[c] = "bigint" if c in INT_COLS else "double precision"
+    assert column_types(dsn, tf) == want
+
+
+def read_features(dsn: str, tf: str, symbols: Sequence[str] | None = None) -> pd.DataFrame:
+    sql = f"SELECT * FROM features_{tf}"
+    params: tuple[Any, ...] = ()
+    if symbols is not None:
+        sql += " WHERE symbol = ANY(%s)"
+        params = (list(symbols),)
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql + " ORDER BY symbol, bucket", params)
+        cols = [d.name for d in cur.description or []]
+        df = pd.DataFrame(cur.fetchall(), columns=cols)
+    df["bucket"] = pd.to_datetime(df["bucket"], utc=True)
+    df["bucket_end"] = pd.to_datetime(df["bucket_end"], utc=True)
+    return df.set_index(["symbol", "bucket"])
+
+
+def assert_frames_match(
+    got: pd.DataFrame, want: pd.DataFrame, *, rtol: float = 1e-9, label: str = ""
+) -> None:
+    """Same bars; every column equal (relative `rtol`), NULLs in the same places; counts integral."""
+    assert list(got.columns) == COLUMNS, f"{label}: columns {list(got.columns)}"
+    missing = want.index.difference(got.index)
+    extra = got.index.difference(want.index)
+    assert not len(missing) and not len(extra), (
+        f"{label}: bars missing {list(missing[:5])} extra {list(extra[:5])}"
+    )
+    got = got.loc[want.index]
+    assert (got["bucket_end"] == want["bucket_end"]).all(), label
+    problems = []
+    for col in COLUMNS[1:]:
+        a = pd.to_numeric(got[col], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(want[col], errors="coerce").to_numpy(dtype=float)
+        na, nb = np.isnan(a), np.isnan(b)
+        if not np.array_equal(na, nb):
+            i = int(np.flatnonzero(na != nb)[0])
+            problems.append(f"{col}: NULL mismatch at {want.index[i]} (db {a[i]}, ref {b[i]})")
+            continue
+        ok = np.isclose(a[~na], b[~nb], rtol=rtol, atol=_atol(col, want))
+        if not ok.all():
+            i = int(np.flatnonzero(~na)[np.flatnonzero(~ok)[0]])
+            problems.append(f"{col}: {want.index[i]} db {a[i]!r} != ref {b[i]!r}")
+    assert not problems, f"{label}: " + "; ".join(problems[:8])
+
+
+def _atol(col: str, want: pd.DataFrame) -> float:
+    """Absolute slack where a value is a difference of nearly equal doubles. The spread's standard
+    deviation of a bar whose spreads differ only by float noise (one tick, different price levels)
+    is itself noise of about 1e-12 of the spread: compare it at 1e-9 of the bar's mean spread."""
+    if col == "spread_std":
+        scale = pd.to_numeric(want["spread_avg"], errors="coerce").abs().max()
+        return float(scale) * 1e-9 if np.isfinite(scale) else 0.0
+    return 0.0
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# Raw tables with their columns, for copying rows into PGlite (which has no COPY) with INSERT.
+COPY_TABLES: dict[str, list[tuple[str, str]]] = {
+    "symbol_settings": [("symbol", "text"), ("large_trade_notional", "float8")],
+    "agg_trades": [("symbol", "text"), ("agg_id", "int8"), ("ts", "timestamptz"), ("price", "float8"),
+                   ("quantity", "float8"), ("first_trade_id", "int8"), ("last_trade_id", "int8"),
+                   ("is_buyer_maker", "bool"), ("recv_ts", "timestamptz")],
+    "mark_prices": [("symbol", "text"), ("ts", "timestamptz"), ("mark_price", "float8"), ("index_price", "float8"),
+                    ("est_settle_price", "float8"), ("funding_rate", "float8"), ("next_funding_ts", "timestamptz"),
+                    ("recv_ts", "timestamptz")],
+    "funding_rates": [("symbol", "text"), ("funding_ts", "timestamptz"), ("funding_rate", "float8"),
+                      ("mark_price", "float8"), ("funding_interval_hours", "int4")],
+    "open_interest": [("symbol", "text"), ("ts", "timestamptz"), ("open_interest", "float8"),
+                      ("open_interest_value", "float8"), ("source", "text"), ("recv_ts", "timestamptz")],
+    "liquidations": [("symbol", "text"), ("ts", "timestamptz"), ("trade_ts", "timestamptz"), ("side", "text"),
+                     ("order_type", "text"), ("time_in_force", "text"), ("quantity", "float8"), ("price", "float8"),
+                     ("avg_price", "float8"), ("status", "text"), ("last_filled_qty", "float8"),
+                     ("filled_qty", "float8"), ("recv_ts", "timestamptz")],
+}  # fmt: skip
+COPY_TABLES["book_snapshots"] = [
+    ("symbol", "text"), ("ts", "timestamptz"), ("event_ts", "timestamptz"), ("first_update_id", "int8"),
+    ("last_update_id", "int8"), ("prev_update_id", "int8"), ("source", "text"), ("bid_px", "float8[]"),
+    ("bid_qty", "float8[]"), ("ask_px", "float8[]"), ("ask_qty", "float8[]"), ("mid", "float8"), ("spread", "float8"),
+    ("spread_bps", "float8"), ("weighted_mid_diff_bps", "float8"), ("imbalance_5", "float8"),
+    ("imbalance_10", "float8"), ("imbalance_20", "float8"), ("bid_slope", "float8"), ("ask_slope", "float8"),
+    ("bid_vol_ratio_5_20", "float8"), ("ask_vol_ratio_5_20", "float8"), ("ofi", "float8"), ("recv_ts", "timestamptz"),
+]  # fmt: skip
+# pglite-socket 0.0.19 breaks on a protocol message split over TCP reads: keep each statement small.
+MAX_STATEMENT_BYTES = 24_000
+
+
+def _literal(v: Any) -> Any:
+    if isinstance(v, list):  # an array column goes as its text form inside a text[] parameter
+        return "{" + ",".join(repr(float(x)) for x in v) + "}"
+    return v
+
+
+def copy_raw_rows(src: str, dst: str) -> dict[str, int]:
+    """Every raw row of `src` inserted into `dst` with plain INSERTs (unnest of column arrays, in
+    statements of a few kB): how the PGlite tests load what the collectors stored elsewhere."""
+    counts: dict[str, int] = {}
+    with psycopg.connect(src) as s, psycopg.connect(dst) as d:
+        for table, cols in COPY_TABLES.items():
+            names = ", ".join(c for c, _ in cols)
+            rows = s.execute(f"SELECT {names} FROM {table}").fetchall()
+            counts[table] = len(rows)
+            params = ", ".join(
+                f"unnest(%s::text[])::{t}" if t.endswith("[]") else f"unnest(%s::{t}[])" for _, t in cols
+            )
+            sql = f"INSERT INTO {table} ({names}) SELECT {params} ON CONFLICT DO NOTHING"
+            part: list[tuple[Any, ...]] = []
+            size = 0
+            for row in [*rows, None]:
+                if row is not None:
+                    row = tuple(_literal(v) for v in row)
+                    part.append(row)
+                    size += sum(len(str(v)) + 4 for v in row)
+                if part and (row is None or size > MAX_STATEMENT_BYTES):
+                    d.execute(sql, [list(c) for c in zip(*part, strict=True)])
+                    part, size = [], 0
+            d.commit()
+    return counts

@@ -1,0 +1,328 @@
+"""An independent pandas implementation of every feature, written from ../shared/FEATURES.md (not from
+the SQL): the tests compare features_1m/5m/15m with it on the same raw rows.
+
+Input: the raw tables as DataFrames (times as tz-aware UTC timestamps, book levels as lists). Output:
+a DataFrame per timeframe indexed by (symbol, bucket) with bucket_end and every FEATURES.md column.
+Everything is computed straight from raw rows for every width (no roll-up from 1m bars).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+WIDTHS = {"1m": 60, "5m": 300, "15m": 900}
+DEFAULT_LARGE_NOTIONAL = 100_000.0
+TRADE_COLS = [
+    "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "fill_count", "buy_volume",
+    "sell_volume", "volume_delta", "cvd", "vwap", "buy_pressure", "trade_intensity_1s", "trade_intensity_5s",
+    "trade_intensity_10s", "large_trade_count", "large_trade_volume", "large_trade_pct",
+]  # fmt: skip
+BOOK_COLS = [
+    "imbalance_5", "imbalance_10", "imbalance_20", "spread_avg", "spread_std", "spread_bps_avg",
+    "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
+    "snapshot_count",
+]  # fmt: skip
+MARKET_COLS = [
+    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
+    "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+]  # fmt: skip
+COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *MARKET_COLS]
+INT_COLS = {"trade_count", "fill_count", "large_trade_count", "snapshot_count"}
+
+
+@dataclass
+class Raw:
+    """The raw rows, one DataFrame per table (empty frames allowed)."""
+
+    agg_trades: pd.DataFrame
+    book_snapshots: pd.DataFrame
+    mark_prices: pd.DataFrame
+    funding_rates: pd.DataFrame
+    open_interest: pd.DataFrame
+    liquidations: pd.DataFrame
+    large_notional: dict[str, float] = field(default_factory=dict)
+
+
+def _us(ts: pd.Series) -> np.ndarray:
+    """Times as int64 microseconds since the epoch."""
+    return pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy()
+
+
+def _bucket(us: np.ndarray, seconds: int) -> np.ndarray:
+    step = seconds * 1_000_000
+    return us // step * step
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    out = num / den
+    return out.where(den != 0)
+
+
+def _safe(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where((den == 0) | np.isnan(den) | np.isnan(num), np.nan, out)
+
+
+# ---------------------------------------------------------------- trades
+
+
+def trades_bars(raw: Raw, seconds: int) -> pd.DataFrame:
+    t = raw.agg_trades
+    if t.empty:
+        return pd.DataFrame(columns=["symbol", "bucket", *TRADE_COLS]).set_index(["symbol", "bucket"])
+    t = t.assign(us=_us(t["ts"])).sort_values(["symbol", "us", "agg_id"], kind="stable")
+    t["bucket"] = _bucket(t["us"].to_numpy(), seconds)
+    t["notional"] = t["price"] * t["quantity"]
+    t["buy_q"] = np.where(~t["is_buyer_maker"].astype(bool), t["quantity"], 0.0)
+    t["sell_q"] = np.where(t["is_buyer_maker"].astype(bool), t["quantity"], 0.0)
+    t["fills"] = t["last_trade_id"] - t["first_trade_id"] + 1
+    thr = t["symbol"].map(lambda s: raw.large_notional.get(s, DEFAULT_LARGE_NOTIONAL))
+    large = t["notional"] >= thr
+    t["large_n"] = large.astype(np.int64)
+    t["large_q"] = np.where(large, t["quantity"], 0.0)
+    g = t.groupby(["symbol", "bucket"], sort=True)
+    out = pd.DataFrame(
+        {
+            "open": g["price"].first(),
+            "high": g["price"].max(),
+            "low": g["price"].min(),
+            "close": g["price"].last(),
+            "volume": g["quantity"].sum(),
+            "quote_volume": g["notional"].sum(),
+            "trade_count": g.size(),
+            "fill_count": g["fills"].sum(),
+            "buy_volume": g["buy_q"].sum(),
+            "sell_volume": g["sell_q"].sum(),
+            "large_trade_count": g["large_n"].sum(),
+            "large_trade_volume": g["large_q"].sum(),
+        }
+    )
+    out["volume_delta"] = out["buy_volume"] - out["sell_volume"]
+    out["vwap"] = _ratio(out["quote_volume"], out["volume"])
+    out["buy_pressure"] = _ratio(out["buy_volume"], out["volume"])
+    out["large_trade_pct"] = _ratio(out["large_trade_volume"], out["volume"])
+    # cvd: running sum since 00:00 UTC of the bar's day, this bar included
+    day = out.index.get_level_values("bucket") // 86_400_000_000
+    out["cvd"] = out.groupby([out.index.get_level_values("symbol"), day])["volume_delta"].cumsum()
+    # trades per second in the bar's busiest N-second (epoch-aligned) sub-bucket
+    for n in (1, 5, 10):
+        sub = t.assign(sub=_bucket(t["us"].to_numpy(), n)).groupby(["symbol", "bucket", "sub"]).size()
+        out[f"trade_intensity_{n}s"] = sub.groupby(level=["symbol", "bucket"]).max() / n
+    return out[TRADE_COLS]
+
+
+# ---------------------------------------------------------------- book
+
+
+def _levels(rows: pd.Series, k: int) -> np.ndarray:
+    """n x k float array of the first k entries of each row's list, NaN where a row has fewer."""
+    out = np.full((len(rows), k), np.nan)
+    for i, lst in enumerate(rows):
+        vals = list(lst or [])[:k]
+        out[i, : len(vals)] = vals
+    return out
+
+
+def snapshot_values(b: pd.DataFrame) -> pd.DataFrame:
+    """FEATURES.md's per-snapshot values of each book row (levels as lists, level 1 first)."""
+    bp, bq = _levels(b["bid_px"], 20), _levels(b["bid_qty"], 20)
+    ap, aq = _levels(b["ask_px"], 20), _levels(b["ask_qty"], 20)
+    b1, a1, bq1, aq1 = bp[:, 0], ap[:, 0], bq[:, 0], aq[:, 0]
+    mid = (b1 + a1) / 2
+    spread = a1 - b1
+    wmid = _safe(b1 * aq1 + a1 * bq1, bq1 + aq1)
+    out = {
+        "spread": spread,
+        "spread_bps": _safe(spread, mid) * 1e4,
+        "weighted_mid_diff_bps": _safe(wmid - mid, mid) * 1e4,
+    }
+
+    def top(q: np.ndarray, n: int) -> np.ndarray:  # sum over the levels present among the top n
+        return np.nansum(q[:, :n], axis=1)
+
+    for n in (5, 10, 20):
+        sb, sa = top(bq, n), top(aq, n)
+        out[f"imbalance_{n}"] = _safe(sb - sa, sb + sa)
+    present_b = (~np.isnan(bp)).sum(axis=1)
+    present_a = (~np.isnan(ap)).sum(axis=1)
+    deepest_b = np.array([bp[i, c - 1] if c else np.nan for i, c in enumerate(present_b)])
+    deepest_a = np.array([ap[i, c - 1] if c else np.nan for i, c in enumerate(present_a)])
+    out["bid_slope"] = _safe(np.where(np.isnan(mid), np.nan, top(bq, 20)), mid - deepest_b)
+    out["ask_slope"] = _safe(np.where(np.isnan(mid), np.nan, top(aq, 20)), deepest_a - mid)
+    out["bid_vol_ratio_5_20"] = _safe(top(bq, 5), top(bq, 20))
+    out["ask_vol_ratio_5_20"] = _safe(top(aq, 5), top(aq, 20))
+    # OFI term against the symbol's previous snapshot in (ts, last_update_id) order
+    pb, pbq = np.r_[np.nan, b1[:-1]], np.r_[np.nan, bq1[:-1]]
+    pa, paq = np.r_[np.nan, a1[:-1]], np.r_[np.nan, aq1[:-1]]
+    with np.errstate(invalid="ignore"):
+        e = (
+            np.where(b1 >= pb, bq1, 0.0)
+            - np.where(b1 <= pb, pbq, 0.0)
+            - np.where(a1 <= pa, aq1, 0.0)
+            + np.where(a1 >= pa, paq, 0.0)
+        )
+    first_of_symbol = b["symbol"].ne(b["symbol"].shift()).to_numpy()
+    undefined = first_of_symbol | np.isnan(b1) | np.isnan(a1) | np.isnan(pb) | np.isnan(pa)
+    out["ofi"] = np.where(undefined, np.nan, e)
+    return pd.DataFrame(out, index=b.index)
+
+
+def book_bars(raw: Raw, seconds: int) -> pd.DataFrame:
+    b = raw.book_snapshots
+    if b.empty:
+        return pd.DataFrame(columns=["symbol", "bucket", *BOOK_COLS]).set_index(["symbol", "bucket"])
+    b = b.assign(us=_us(b["ts"])).sort_values(["symbol", "us", "last_update_id"], kind="stable")
+    b = b.reset_index(drop=True)
+    v = snapshot_values(b)
+    v["symbol"] = b["symbol"]
+    v["bucket"] = _bucket(b["us"].to_numpy(), seconds)
+    g = v.groupby(["symbol", "bucket"], sort=True)
+    out = pd.DataFrame(
+        {
+            "imbalance_5": g["imbalance_5"].mean(),
+            "imbalance_10": g["imbalance_10"].mean(),
+            "imbalance_20": g["imbalance_20"].mean(),
+            "spread_avg": g["spread"].mean(),
+            "spread_std": g["spread"].std(ddof=1),
+            "spread_bps_avg": g["spread_bps"].mean(),
+            "weighted_mid_diff_bps": g["weighted_mid_diff_bps"].mean(),
+            "bid_slope": g["bid_slope"].mean(),
+            "ask_slope": g["ask_slope"].mean(),
+            "bid_vol_ratio_5_20": g["bid_vol_ratio_5_20"].mean(),
+            "ask_vol_ratio_5_20": g["ask_vol_ratio_5_20"].mean(),
+            "ofi": g["ofi"].sum(min_count=1),
+            "snapshot_count": g.size(),
+        }
+    )
+    return out[BOOK_COLS]
+
+
+# ---------------------------------------------------------------- market
+
+
+def _last_before(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each t in `at`, the value of the last observation with time < t (NaN when none);
+    `times` sorted ascending."""
+    idx = np.searchsorted(times, at, side="left") - 1
+    out = np.full(len(at), np.nan)
+    ok = idx >= 0
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def market_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
+    """Market columns for every bar in `bars` (symbol, bucket in us)."""
+    step = seconds * 1_000_000
+    out = pd.DataFrame(index=bars, columns=MARKET_COLS, dtype="float64")
+    m = raw.mark_prices
+    r_last = pd.Series(dtype="float64")
+    if not m.empty:
+        m = m.assign(us=_us(m["ts"])).sort_values(["symbol", "us"], kind="stable")
+        m["bucket"] = _bucket(m["us"].to_numpy(), seconds)
+        idx = m["index_price"].astype("float64")
+        m["premium"] = ((m["mark_price"] - idx) / idx * 100).where(idx.notna() & (idx != 0))
+        g = m.groupby(["symbol", "bucket"], sort=True)
+        mk = pd.DataFrame(
+            {
+                "mark_price": g["mark_price"].last(),
+                "index_price": g["index_price"].apply(
+                    lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan
+                ),
+                "spot_premium_pct": g["premium"].mean(),
+            }
+        )
+        r_last = g["funding_rate"].apply(lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan)
+        out.loc[mk.index.intersection(bars), ["mark_price", "index_price", "spot_premium_pct"]] = mk.loc[
+            mk.index.intersection(bars)
+        ].to_numpy()
+
+    f = raw.funding_rates
+    oi = raw.open_interest
+    sym = bars.get_level_values(0).to_numpy()
+    bucket = bars.get_level_values(1).to_numpy().astype(np.int64)
+
+    def funding_at(symbols: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """funding_rate of bar `starts` by the rule: the bar's last r, else the last settled rate
+        with funding_ts before the bar's end."""
+        res = np.full(len(starts), np.nan)
+        for s in np.unique(symbols):
+            sel = symbols == s
+            if not f.empty:
+                fs = f[f["symbol"] == s].assign(us=lambda x: _us(x["funding_ts"])).sort_values("us")
+                res[sel] = _last_before(
+                    fs["us"].to_numpy(), fs["funding_rate"].to_numpy(float), starts[sel] + step
+                )
+            if len(r_last):
+                key = pd.MultiIndex.from_arrays([np.full(sel.sum(), s), starts[sel]])
+                r = r_last.reindex(key).to_numpy(float)
+                res[sel] = np.where(np.isnan(r), res[sel], r)
+        return res
+
+    def oi_before(symbols: np.ndarray, t: np.ndarray) -> np.ndarray:
+        res = np.full(len(t), np.nan)
+        if oi.empty:
+            return res
+        for s in np.unique(symbols):
+            sel = symbols == s
+            os_ = oi[oi["symbol"] == s].assign(us=lambda x: _us(x["ts"])).sort_values("us")
+            res[sel] = _last_before(os_["us"].to_numpy(), os_["open_interest"].to_numpy(float), t[sel])
+        return res
+
+    fr = funding_at(sym, bucket)
+    fr_prev = funding_at(sym, bucket - step)
+    out["funding_rate"] = fr
+    out["funding_delta"] = fr - fr_prev
+    o_now = oi_before(sym, bucket + step)
+    o_prev = oi_before(sym, bucket)
+    out["open_interest"] = o_now
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["oi_change_pct"] = np.where(
+            (o_prev == 0) | np.isnan(o_prev), np.nan, (o_now - o_prev) / o_prev * 100
+        )
+
+    lq = raw.liquidations
+    if not lq.empty:
+        lq = lq.assign(us=_us(lq["ts"]))
+        lq["bucket"] = _bucket(lq["us"].to_numpy(), seconds)
+        lq["long"] = np.where(lq["side"] == "SELL", lq["quantity"], 0.0)
+        lq["short"] = np.where(lq["side"] == "BUY", lq["quantity"], 0.0)
+        g = lq.groupby(["symbol", "bucket"])
+        liq = pd.DataFrame({"liq_long_vol": g["long"].sum(), "liq_short_vol": g["short"].sum()})
+        liq["liq_ratio"] = _ratio(liq["liq_long_vol"], liq["liq_long_vol"] + liq["liq_short_vol"])
+        common = liq.index.intersection(bars)
+        out.loc[common, ["liq_long_vol", "liq_short_vol", "liq_ratio"]] = liq.loc[common].to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------- all of it
+
+
+def _present(df: pd.DataFrame, time_col: str, seconds: int) -> set[tuple[str, int]]:
+    if df.empty:
+        return set()
+    return set(zip(df["symbol"], _bucket(_us(df[time_col]), seconds), strict=True))
+
+
+def features(raw: Raw, tf: str) -> pd.DataFrame:
+    """The FEATURES.md columns of every bar of width `tf`, indexed by (symbol, bucket as UTC timestamp)."""
+    seconds = WIDTHS[tf]
+    keys: set[tuple[str, int]] = set()
+    for df in (raw.agg_trades, raw.book_snapshots, raw.mark_prices, raw.open_interest, raw.liquidations):
+        keys |= _present(df, "ts", seconds)
+    bars = pd.MultiIndex.from_tuples(sorted(keys), names=["symbol", "bucket"])
+    if not len(bars):
+        return pd.DataFrame(columns=COLUMNS)
+    out = pd.DataFrame(index=bars)
+    out = out.join(trades_bars(raw, seconds)).join(book_bars(raw, seconds))
+    out = out.join(market_bars(raw, seconds, bars))
+    bucket_us = out.index.get_level_values("bucket").to_numpy().astype(np.int64)
+    out["bucket_end"] = pd.to_datetime(bucket_us + seconds * 1_000_000, unit="us", utc=True)
+    out.index = pd.MultiIndex.from_arrays(
+        [out.index.get_level_values("symbol"), pd.to_datetime(bucket_us, unit="us", utc=True)],
+        names=["symbol", "bucket"],
+    )
+    return out[COLUMNS]
