@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +41,7 @@ CONSUMER = "features"
 LOCK_KEY = "microstructure:features_refresh"
 CHUNK = timedelta(days=1)
 MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
+DEFAULT_FEATURES_INTERVAL = 5.0  # seconds between live refreshes (collect all --features-interval)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -63,6 +64,13 @@ class RefreshReport:
     seconds: float = 0.0
     stages: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # rows per stage
     skipped_busy: bool = False
+
+    def summary_lines(self) -> list[str]:
+        if self.skipped_busy and not self.windows:
+            return ["features: another refresher was running; nothing done here"]
+        how = "continuous aggregates" if self.engine == "continuous_aggregates" else "refresher"
+        rows = f", {self.rows_written:,} stage rows" if self.engine != "continuous_aggregates" else ""
+        return [f"features ({how}): {self.windows} windows refreshed{rows} in {self.seconds:.2f} s"]
 
     def add(self, other: RefreshReport) -> None:
         self.windows += other.windows
@@ -365,8 +373,17 @@ async def refresh_range(
         return report
 
 
+async def refresh_once(dsn: str) -> RefreshReport:
+    """Connect, consume the whole log (waiting for a running refresher), disconnect."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await refresh_pending(conn, wait=True)
+    finally:
+        await conn.close()
+
+
 async def run_refresher(
-    dsn: str, stop: asyncio.Event, interval: float, *, on_round: object = None
+    dsn: str, stop: asyncio.Event, interval: float, *, on_round: Callable[[RefreshReport], None] | None = None
 ) -> RefreshReport:
     """Refresh every `interval` seconds until `stop` (the live path on plain PostgreSQL; on TimescaleDB
     it covers what the policies' window does not reach). A database that does not answer is retried
@@ -377,10 +394,10 @@ async def run_refresher(
         try:
             if conn is None or conn.is_closed():
                 conn = await asyncpg.connect(dsn, timeout=10)
+                total.engine = await features_engine(conn)
             rep = await refresh_pending(conn, wait=False)
-            total.engine = rep.engine or total.engine
             total.add(rep)
-            if callable(on_round):
+            if on_round is not None:
                 on_round(rep)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("feature refresh failed, retrying next round: %s", exc)
@@ -394,6 +411,6 @@ async def run_refresher(
         break
     if conn is not None:
         with contextlib.suppress(Exception):
-            await refresh_pending(conn, wait=True)  # what the last interval wrote
+            total.add(await refresh_pending(conn, wait=True))  # what the last interval wrote
             await conn.close()
     return total

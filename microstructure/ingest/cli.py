@@ -21,6 +21,7 @@ from typing import Any
 
 from microstructure.args import parse_day, parse_int, parse_seconds, parse_symbols
 from microstructure.config import ENV_PREFIX, SettingError, Settings
+from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
@@ -193,6 +194,14 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         default=os.environ.get(ENV_PREFIX + "HEALTH_PORT") or None,
         help="live: serve GET /health (JSON, 503 when a stream is silent or batches wait on disk) and "
         f"GET /metrics (Prometheus) on 127.0.0.1:PORT (env {ENV_PREFIX}HEALTH_PORT; default: off)",
+    )
+    every.add_argument(
+        "--features-interval",
+        metavar="SECONDS",
+        default=str(DEFAULT_FEATURES_INTERVAL),
+        help="live: materialise the 1m/5m/15m features of what was written every SECONDS (default "
+        f"{DEFAULT_FEATURES_INTERVAL:g}; 0: not during the run, only at the end). Historical mode refreshes them "
+        "once after the loads.",
     )
     every.set_defaults(handler=cmd_all)
 
@@ -408,9 +417,22 @@ def run_historical(
     except (aiohttp.ClientError, OSError) as exc:
         _error(f"cannot reach the exchange at {settings.rest_url}: {exc}")
         return 3
-    for line in report.summary_lines():
+    features = refresh_features(url)  # before the report: old days are materialised too
+    for line in [*report.summary_lines(), *features]:
         print(line)
-    return 0 if report.ok else 1
+    return 0 if report.ok and features else 1
+
+
+def refresh_features(url: str) -> list[str]:
+    """Materialise the features of everything written so far (what a historical load does before it
+    reports); its summary line, or [] after printing why it failed."""
+    from microstructure.features_sql.refresher import refresh_once
+
+    try:
+        return asyncio.run(refresh_once(url)).summary_lines()
+    except Exception as exc:  # the load itself is done and kept; the next refresh picks it up
+        _error(f"feature refresh failed (run `microstructure features refresh`): {type(exc).__name__}: {exc}")
+        return []
 
 
 def run_live(
@@ -542,13 +564,17 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     if mode == "historical":
         start, end, days = _days(args)
         url = prepare_database(settings)
-        return _finish(
+        code = _finish(
             _run(
                 lambda: collect_market_historical(settings, url, symbols, start, end, days=days),
                 settings,
                 symbols,
             )
         )
+        features = refresh_features(url) if code in (0, 1) else []  # open interest feeds the features
+        for line in features:
+            print(line)
+        return code if features or code != 0 else 1
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
 
@@ -585,6 +611,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
         health_port = parse_int(args.health_port, "--health-port", 0, 65535)
         if mode != "live":
             raise SettingError("--health-port: only with --mode live")
+    features_interval = _features_interval(args.features_interval)
     url = prepare_database(settings)
     return _finish(
         _run(
@@ -603,11 +630,23 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 health_port=health_port,
                 stale_timeout=stale_timeout,
                 liquidations_stream=liquidations,
+                features_interval=features_interval,
             ),
             settings,
             symbols,
         )
     )
+
+
+def _features_interval(value: str) -> float:
+    """--features-interval: seconds between live refreshes; 0 means only the final one."""
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise SettingError(f"--features-interval: expected a number of seconds >= 0, got {value!r}")
+    return x if x > 0 else 1e9
 
 
 def _signal_stop() -> asyncio.Event:

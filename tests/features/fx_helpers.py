@@ -93,21 +93,39 @@ def assert_frames_match(
             i = int(np.flatnonzero(na != nb)[0])
             problems.append(f"{col}: NULL mismatch at {want.index[i]} (db {a[i]}, ref {b[i]})")
             continue
-        ok = np.isclose(a[~na], b[~nb], rtol=rtol, atol=_atol(col, want))
+        atol = _atol(col, want)
+        atol = atol[~na] if isinstance(atol, np.ndarray) else atol
+        ok = np.isclose(a[~na], b[~nb], rtol=rtol, atol=atol)
         if not ok.all():
             i = int(np.flatnonzero(~na)[np.flatnonzero(~ok)[0]])
             problems.append(f"{col}: {want.index[i]} db {a[i]!r} != ref {b[i]!r}")
     assert not problems, f"{label}: " + "; ".join(problems[:8])
 
 
-def _atol(col: str, want: pd.DataFrame) -> float:
-    """Absolute slack where a value is a difference of nearly equal doubles. The spread's standard
-    deviation of a bar whose spreads differ only by float noise (one tick, different price levels)
-    is itself noise of about 1e-12 of the spread: compare it at 1e-9 of the bar's mean spread."""
-    if col == "spread_std":
-        scale = pd.to_numeric(want["spread_avg"], errors="coerce").abs().max()
-        return float(scale) * 1e-9 if np.isfinite(scale) else 0.0
-    return 0.0
+def _atol(col: str, want: pd.DataFrame) -> np.ndarray | float:
+    """Absolute slack, per bar, where a value is a difference of nearly equal doubles summed in
+    another order (a bar whose buys and sells balance, a funding rate that did not move): 1e-9 of
+    the size of what was subtracted. Everything else is compared relatively only."""
+    num = lambda c: pd.to_numeric(want[c], errors="coerce").abs().to_numpy(dtype=float)  # noqa: E731
+    if col == "volume_delta":
+        scale = num("volume")
+    elif col == "cvd":  # the day's volume up to the bar
+        vol = pd.to_numeric(want["volume"], errors="coerce").fillna(0.0)
+        day = want.index.get_level_values("bucket").floor("D")
+        scale = vol.groupby([want.index.get_level_values("symbol"), day]).cumsum().to_numpy(dtype=float)
+    elif col == "funding_delta":
+        scale = num("funding_rate")
+    elif col == "oi_change_pct":
+        scale = np.full(len(want), 100.0)
+    elif col == "ofi":  # a sum of +-quantity terms
+        scale = np.full(
+            len(want), np.nanmax(num("ofi")) if len(want) and np.isfinite(num("ofi")).any() else 0.0
+        )
+    elif col == "spread_std":  # noise of about 1e-12 of the spread when spreads differ only by rounding
+        scale = num("spread_avg")
+    else:
+        return 0.0
+    return np.nan_to_num(scale, nan=0.0) * 1e-9
 
 
 def run(coro: Any) -> Any:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
+from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL, refresh_once, run_refresher
 from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 from microstructure.ingest.collectors.health_http import HealthServer
@@ -120,8 +121,14 @@ async def collect_all(
     health: Health | None = None,
     health_port: int | None = None,
     liquidations_stream: str = "auto",
+    features_interval: float | None = DEFAULT_FEATURES_INTERVAL,
 ) -> AllReport:
-    """Run every collector for `symbols` (see the module doc); the combined report."""
+    """Run every collector for `symbols` (see the module doc); the combined report.
+
+    Features: live, the refresher materialises what the writer committed every `features_interval`
+    seconds (None: not at all) and once more after the last flush; historical, once after the
+    loads, before the report, so that old days are materialised too (a TimescaleDB refresh policy
+    only covers its recent window)."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -131,6 +138,12 @@ async def collect_all(
     if own_writer:
         writer = await open_writer(settings, dsn)
     rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
+    features_stop = asyncio.Event()
+    refresher_task = None
+    if mode == "live" and features_interval is not None:
+        refresher_task = asyncio.create_task(
+            run_refresher(dsn, features_stop, features_interval), name="features-refresher"
+        )
     try:
         if mode == "live":
             await _live(
@@ -168,6 +181,18 @@ async def collect_all(
             await writer.close()
         else:  # the caller closes it; bounded, so that a stop while the database is away still stops
             await writer.flush(getattr(writer, "close_timeout", None))
+        if refresher_task is not None:  # its last round covers what the final flush wrote
+            features_stop.set()
+            try:
+                report.parts["features"] = await refresher_task
+            except Exception as exc:
+                report.errors["features"] = f"{type(exc).__name__}: {exc}"
+    if mode == "historical" and features_interval is not None:
+        try:
+            report.parts["features"] = await refresh_once(dsn)
+        except Exception as exc:
+            report.errors["features"] = f"{type(exc).__name__}: {exc}"
+            log.error("feature refresh after the historical load failed", exc_info=exc)
     report.spill_files_left = spill_files(settings)
     report.spill_pending = max(spill_files(settings, rejected=False), getattr(writer, "queue_depth", 0))
     stats = getattr(writer, "stats", None)
