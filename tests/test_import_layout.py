@@ -223,6 +223,31 @@ def test_ingest_keeps_its_layers() -> None:
     assert not problems, "\n".join(problems)
 
 
+# what the readers of the database may import: features_sql/ and export/ read the database, never the
+# collectors (ingest/); the export reads the features, never the other way round
+READERS = {f"{PACKAGE}.features_sql": (INGEST, f"{PACKAGE}.export"), f"{PACKAGE}.export": (INGEST,)}
+
+
+def reader_violations(graph: Graph) -> list[str]:
+    out = []
+    for module, targets in sorted(graph.items()):
+        for reader, forbidden in READERS.items():
+            if module != reader and not module.startswith(reader + "."):
+                continue
+            for t in sorted(targets):
+                if any(t == f or t.startswith(f + ".") for f in forbidden):
+                    out.append(f"{module} imports {t}: {reader.split('.')[-1]}/ reads the database, not {t}")
+    return out
+
+
+def test_features_and_export_read_the_database_not_the_collectors() -> None:
+    graph = import_graph()
+    assert f"{PACKAGE}.features_sql.refresher" in graph
+    problems = reader_violations(graph)
+    assert not problems, "\n".join(problems)
+    assert reader_violations({f"{PACKAGE}.features_sql.x": {f"{INGEST}.cli"}}) != []
+
+
 # ---------------------------------------------------------------- self-checks of the checker
 
 

@@ -188,7 +188,7 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
         conn = await asyncpg.connect(url)
         try:
             engine = await features_engine(conn)
-            return engine, await refresh_range(conn, symbols=symbols, start=start, end=end)
+            return engine, await refresh_range(conn, symbols=symbols, start=start, end=end, dsn=url)
         finally:
             await conn.close()
 

@@ -1,12 +1,14 @@
 -- Market, stage 1: mark_prices -> {width} bars (bucketed by event time E). index_price and the
--- stream's funding rate r are the last non-NULL values in the bar (a NULL time is skipped by last());
+-- stream's funding rate r are the last non-NULL values in the bar (max of [time, value] pairs, NULL pairs
+-- skipped; mark_prices has one row per time);
 -- the spot premium is carried as sum and count over rows whose index price is neither NULL nor 0.
 SELECT
     symbol,
     time_bucket(INTERVAL '{width}', ts) AS bucket,
-    last(mark_price, ts) AS mark_price,
-    last(index_price, CASE WHEN index_price IS NOT NULL THEN ts END) AS index_price,
-    last(funding_rate, CASE WHEN funding_rate IS NOT NULL THEN ts END) AS funding_rate,
+    (max(ARRAY[date_part('epoch', ts), mark_price]))[2] AS mark_price,
+    (max(CASE WHEN index_price IS NOT NULL THEN ARRAY[date_part('epoch', ts), index_price] END))[2] AS index_price,
+    (max(CASE WHEN funding_rate IS NOT NULL THEN ARRAY[date_part('epoch', ts), funding_rate] END))[2]
+        AS funding_rate,
     sum(CASE WHEN index_price <> 0 THEN (mark_price - index_price) / index_price * 100 END) AS premium_sum,
     count(CASE WHEN index_price <> 0 THEN 1 END) AS premium_n,
     count(*) AS mark_count

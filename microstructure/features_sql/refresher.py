@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,7 @@ CONSUMER = "features"
 LOCK_KEY = "microstructure:features_refresh"
 CHUNK = timedelta(days=1)
 MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
+PARALLEL_FROM = timedelta(hours=1)  # refreshes of more data than this use helper connections
 DEFAULT_FEATURES_INTERVAL = 5.0  # seconds between live refreshes (collect all --features-interval)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -259,9 +261,18 @@ async def _refresh_caggs(
 
 
 async def refresh_windows(
-    conn: asyncpg.Connection, windows: Sequence[Window], *, force: bool = False, engine: str | None = None
+    conn: asyncpg.Connection,
+    windows: Sequence[Window],
+    *,
+    force: bool = False,
+    engine: str | None = None,
+    helpers: Sequence[asyncpg.Connection] = (),
 ) -> RefreshReport:
-    """Materialise the stages fed by each window's raw table over the window, in dependency order."""
+    """Materialise the stages fed by each window's raw table over the window, in dependency order.
+
+    Plain PostgreSQL: each group of stages (trades, trade intensity, book, ...) of a window is an
+    independent chain; with `helpers` (more connections) the chains run side by side, one per
+    connection, each chunk of a chain in its own transaction."""
     report = RefreshReport(engine=engine or await features_engine(conn))
     started = time.perf_counter()
     if report.engine == "continuous_aggregates":
@@ -277,13 +288,26 @@ async def refresh_windows(
                     await _refresh_caggs(conn, [STAGE_BY_NAME[name]], c_lo, c_hi, force, report)
                     report.windows += 1
     else:
+        jobs: list[tuple[list[Stage], list[str], list[tuple[datetime, datetime]]]] = []
         for w in windows:
             symbols = list(w.symbols) if w.symbols is not None else await symbols_of(conn, w.raw_table)
             if not symbols:
                 continue
-            for c_lo, c_hi in chunks(w.lo, w.hi):
-                await _materialise_chunk(conn, stages_for({w.raw_table}), symbols, c_lo, c_hi, report)
-                report.windows += 1
+            parts = chunks(w.lo, w.hi)
+            report.windows += len(parts)
+            groups: dict[str, list[Stage]] = defaultdict(list)
+            for stage in stages_for({w.raw_table}):
+                groups[stage.group].append(stage)
+            jobs += [(stages, symbols, parts) for stages in groups.values()]
+        queue = list(reversed(jobs))
+
+        async def worker(c: asyncpg.Connection) -> None:
+            while queue:
+                stages, symbols, parts = queue.pop()
+                for c_lo, c_hi in parts:
+                    await _materialise_chunk(c, stages, symbols, c_lo, c_hi, report)
+
+        await asyncio.gather(*(worker(c) for c in [conn, *helpers]))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -328,13 +352,45 @@ async def refresh_lock(conn: asyncpg.Connection, *, wait: bool = True):  # type:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
 
 
-async def refresh_pending(conn: asyncpg.Connection, *, wait: bool = True) -> RefreshReport:
+def default_parallel() -> int:
+    """Connections a big refresh uses (MICROSTRUCTURE_REFRESH_PARALLEL, default: up to 2 per the CPUs)."""
+    raw = os.environ.get("MICROSTRUCTURE_REFRESH_PARALLEL")
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            from microstructure.config import SettingError
+
+            raise SettingError(f"MICROSTRUCTURE_REFRESH_PARALLEL: expected an integer, got {raw!r}") from None
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextlib.asynccontextmanager
+async def helper_connections(dsn: str | None, windows: Sequence[Window], parallel: int):  # type: ignore[no-untyped-def]
+    """More connections for a refresh worth spreading (over an hour of data), else none."""
+    span = sum(((w.hi - w.lo) for w in windows), timedelta())
+    if dsn is None or parallel <= 1 or span <= PARALLEL_FROM:
+        yield []
+        return
+    helpers = [await asyncpg.connect(dsn, timeout=10) for _ in range(parallel - 1)]
+    try:
+        yield helpers
+    finally:
+        for h in helpers:
+            await h.close()
+
+
+async def refresh_pending(
+    conn: asyncpg.Connection, *, wait: bool = True, dsn: str | None = None, parallel: int | None = None
+) -> RefreshReport:
     """Consume the invalidation log: re-materialise every range written since the last call."""
     async with refresh_lock(conn, wait=wait) as got:
         if not got:
             return RefreshReport(skipped_busy=True)
         _, horizon, ranges = await pending_ranges(conn, CONSUMER, RAW_TABLES)
-        report = await refresh_windows(conn, windows_from(ranges))
+        windows = windows_from(ranges)
+        async with helper_connections(dsn, windows, parallel or default_parallel()) as helpers:
+            report = await refresh_windows(conn, windows, helpers=helpers)
         await advance_cursor(conn, CONSUMER, horizon)
         return report
 
@@ -346,6 +402,8 @@ async def refresh_range(
     start: datetime | None = None,
     end: datetime | None = None,
     force: bool = True,
+    dsn: str | None = None,
+    parallel: int | None = None,
 ) -> RefreshReport:
     """Re-materialise [start, end) (default: all the data) for `symbols` (default: all), whatever the
     log says: after a change of symbol_settings, or to rebuild a history. Consumes the log too."""
@@ -368,7 +426,8 @@ async def refresh_range(
                     tuple(symbols) if symbols is not None else None,
                 )
             )
-        report = await refresh_windows(conn, windows, force=force)
+        async with helper_connections(dsn, windows, parallel or default_parallel()) as helpers:
+            report = await refresh_windows(conn, windows, force=force, helpers=helpers)
         await advance_cursor(conn, CONSUMER, horizon)
         return report
 
@@ -377,7 +436,7 @@ async def refresh_once(dsn: str) -> RefreshReport:
     """Connect, consume the whole log (waiting for a running refresher), disconnect."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        return await refresh_pending(conn, wait=True)
+        return await refresh_pending(conn, wait=True, dsn=dsn)
     finally:
         await conn.close()
 
@@ -395,7 +454,7 @@ async def run_refresher(
             if conn is None or conn.is_closed():
                 conn = await asyncpg.connect(dsn, timeout=10)
                 total.engine = await features_engine(conn)
-            rep = await refresh_pending(conn, wait=False)
+            rep = await refresh_pending(conn, wait=False, dsn=dsn)
             total.add(rep)
             if on_round is not None:
                 on_round(rep)
@@ -411,6 +470,6 @@ async def run_refresher(
         break
     if conn is not None:
         with contextlib.suppress(Exception):
-            total.add(await refresh_pending(conn, wait=True))  # what the last interval wrote
+            total.add(await refresh_pending(conn, wait=True, dsn=dsn))  # what the last interval wrote
             await conn.close()
     return total

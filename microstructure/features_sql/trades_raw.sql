@@ -1,14 +1,16 @@
 -- Trades, stage 1: agg_trades -> {width} bars.
--- open/close by agg_id (Binance ids rise with trade time, so this is FEATURES.md's (ts, agg_id) order);
+-- open/close: the price of the smallest / largest agg_id (Binance ids rise with trade time, so this is
+-- FEATURES.md's (ts, agg_id) order), as min/max of [id, price] pairs: built-in aggregates, several times
+-- faster than the compat first()/last() on plain PostgreSQL, exact while ids stay below 2^53;
 -- a trade is large when price * quantity >= the symbol's symbol_settings.large_trade_notional
 -- (default 100000). Sums over an empty subset are 0 inside a bar that has trades.
 SELECT
     t.symbol,
     time_bucket(INTERVAL '{width}', t.ts) AS bucket,
-    first(t.price, t.agg_id) AS open,
+    (min(ARRAY[t.agg_id::double precision, t.price]))[2] AS open,
     max(t.price) AS high,
     min(t.price) AS low,
-    last(t.price, t.agg_id) AS close,
+    (max(ARRAY[t.agg_id::double precision, t.price]))[2] AS close,
     sum(t.quantity) AS volume,
     sum(t.price * t.quantity) AS quote_volume,
     count(*) AS trade_count,
