@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from microstructure.db.invalidation_log import advance_cursor, pending_ranges
 from microstructure.features_sql.stages import RAW_TABLES, STAGE_BY_NAME, Stage, stages_for
 
 log = logging.getLogger(__name__)
@@ -131,59 +132,6 @@ async def features_engine(conn: asyncpg.Connection) -> str:
     if value is None:
         raise RuntimeError("the feature layer is not in this database: run `microstructure db upgrade`")
     return str(value)
-
-
-# ---------------------------------------------------------------- the log
-
-
-async def log_horizon(conn: asyncpg.Connection) -> int:
-    """xid8 below which every transaction has ended: their log rows are all visible now."""
-    return int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-
-
-async def cursor_of(conn: asyncpg.Connection, consumer: str) -> int:
-    value = await conn.fetchval(
-        "SELECT horizon::text FROM invalidation_cursors WHERE consumer = $1", consumer
-    )
-    return int(value) if value is not None else 0
-
-
-async def pending_ranges(
-    conn: asyncpg.Connection, consumer: str, tables: Sequence[str] | None = None
-) -> tuple[int, int, list[tuple[str, str, datetime, datetime]]]:
-    """(cursor, horizon, [(table, symbol, lo, hi)]) of the log rows `consumer` has not consumed:
-    ranges merged per (table, symbol), hi exclusive (the logged hi is the last time touched)."""
-    cursor = await cursor_of(conn, consumer)
-    horizon = await log_horizon(conn)
-    rows = await conn.fetch(
-        "SELECT table_name, symbol, lower(r) AS lo, upper(r) AS hi FROM ("
-        " SELECT table_name, symbol, unnest(range_agg(tstzrange(lo, hi, '[]'))) AS r"
-        " FROM raw_invalidations WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8"
-        " AND ($3::text[] IS NULL OR table_name = ANY($3::text[]))"
-        " GROUP BY table_name, symbol) m ORDER BY 1, 2, 3",
-        str(cursor),
-        str(horizon),
-        list(tables) if tables is not None else None,
-    )
-    out = [
-        (r["table_name"], r["symbol"], r["lo"], r["hi"] + timedelta(microseconds=1))  # [lo, hi]
-        for r in rows
-    ]
-    return cursor, horizon, out
-
-
-async def advance_cursor(conn: asyncpg.Connection, consumer: str, horizon: int) -> None:
-    await conn.execute(
-        "INSERT INTO invalidation_cursors (consumer, horizon) VALUES ($1, $2::text::xid8) "
-        "ON CONFLICT (consumer) DO UPDATE SET horizon = greatest(invalidation_cursors.horizon, excluded.horizon), "
-        "updated_at = now()",
-        consumer,
-        str(horizon),
-    )
-    # Rows every registered consumer has taken are no longer needed.
-    await conn.execute(
-        "DELETE FROM raw_invalidations WHERE xid < (SELECT min(horizon) FROM invalidation_cursors)"
-    )
 
 
 def windows_from(ranges: Iterable[tuple[str, str, datetime, datetime]]) -> list[Window]:

@@ -138,3 +138,19 @@ def _render(name: str, **values: str) -> str:
     if "{" in text.replace("{}", ""):
         raise ValueError(f"{name}: a placeholder was left unfilled")
     return text
+
+
+# The columns of every features_<tf> view after symbol, bucket and bucket_end (FEATURES.md's names).
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "fill_count", "buy_volume",
+    "sell_volume", "volume_delta", "cvd", "vwap", "buy_pressure", "trade_intensity_1s", "trade_intensity_5s",
+    "trade_intensity_10s", "large_trade_count", "large_trade_volume", "large_trade_pct",
+    "imbalance_5", "imbalance_10", "imbalance_20", "spread_avg", "spread_std", "spread_bps_avg",
+    "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
+    "snapshot_count",
+    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
+    "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+)  # fmt: skip
+COUNT_COLUMNS = frozenset({"trade_count", "fill_count", "large_trade_count", "snapshot_count"})
+# Sampled by the exchange (at most one liquidation per symbol per second): lower bounds.
+LOWER_BOUND_COLUMNS = ("liq_long_vol", "liq_short_vol", "liq_ratio")

@@ -1,0 +1,437 @@
+"""Hourly Parquet partitions of the raw tables and the feature views, incremental and idempotent.
+
+One run (`export_once`), per type and symbol:
+- the hours to look at: every closed hour (its end plus the lateness allowance has passed) after the
+  type's watermark for the output folder (the last hour a run looked at; none yet: the first hour
+  of data), plus the hours that writes logged in the invalidation log touched since this output's
+  cursor (consumer `export:<type>:<folder hash>`). For feature types a write touches its hour and
+  the rest of that UTC day (cvd runs from 00:00; carried open interest, settled funding and the
+  deltas reach the following bars) plus the next day's first hour;
+- the rows of those hours are read with ADBC (binary COPY into Arrow, no per-row Python), a day (or
+  a few days of bars) at a time, and cut by hour;
+- a file is written only when its bytes differ from what is on disk (the same rows give the same
+  bytes): to a temporary name, fsynced, renamed, the folder fsynced; an unchanged hour keeps its
+  bytes and its mtime. The day's manifest (rows, min/max time, sha256, bytes per hour) follows;
+- the watermark and the log cursor move only after the type's files are on disk, so a run killed at
+  any point is completed by running it again (it recomputes, finds equal bytes, writes the rest).
+An hour with no rows has no file; a file whose rows were later deleted (retention) is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from microstructure.export.partitions import (
+    Manifest,
+    day_dir,
+    file_entry,
+    hour_path,
+    parquet_bytes,
+    remove_stale_temporaries,
+    sha256_file,
+    write_atomically,
+)
+from microstructure.export.types import SPAN_TABLES, TYPES, ExportType
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+DEFAULT_LATENESS = 10.0  # seconds: FEATURES.md's lateness allowance
+COMPRESSIONS = ("snappy", "zstd")
+STATE_FILE = ".export-state.json"
+FEATURE_QUERY_SPAN = timedelta(days=7)  # feature bars are read a week at a time
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed (bad output folder, ...); one line."""
+
+
+def floor_hour(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(t: datetime) -> datetime:
+    f = floor_hour(t)
+    return f if f == t else f + HOUR
+
+
+@dataclass
+class TypeReport:
+    written: int = 0  # files new or changed
+    unchanged: int = 0  # hours whose file already had these bytes
+    rows: int = 0  # rows in files written
+    hours: int = 0  # hours looked at
+    invalidated: int = 0  # of which because a write touched them
+
+
+@dataclass
+class ExportReport:
+    output_dir: Path
+    types: dict[str, TypeReport] = field(default_factory=lambda: defaultdict(TypeReport))
+    seconds: float = 0.0
+    refreshed: str = ""
+
+    @property
+    def files_written(self) -> int:
+        return sum(t.written for t in self.types.values())
+
+    def summary_lines(self) -> list[str]:
+        out = [f"export to {self.output_dir}: {self.files_written} files written in {self.seconds:.1f} s"]
+        if self.refreshed:
+            out.append(f"  {self.refreshed}")
+        for name, t in self.types.items():
+            out.append(
+                f"  {name}: {t.written} written ({t.rows:,} rows), {t.unchanged} unchanged, "
+                f"{t.hours} hours looked at ({t.invalidated} touched by writes since the last run)"
+            )
+        return out
+
+
+# ---------------------------------------------------------------- state of an output folder
+
+
+@dataclass
+class ExportState:
+    path: Path
+    watermarks: dict[str, dict[str, str]]  # type -> symbol -> end (ISO) of the last hour looked at
+
+    @classmethod
+    def load(cls, root: Path) -> ExportState:
+        path = root / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return cls(path, {k: dict(v) for k, v in data.get("watermarks", {}).items()})
+
+    def get(self, type_name: str, symbol: str) -> datetime | None:
+        v = self.watermarks.get(type_name, {}).get(symbol)
+        return datetime.fromisoformat(v) if v else None
+
+    def set(self, type_name: str, symbol: str, t: datetime) -> None:
+        self.watermarks.setdefault(type_name, {})[symbol] = t.isoformat()
+
+    def save(self) -> None:
+        body = {"version": 1, "watermarks": self.watermarks}
+        write_atomically(self.path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+
+
+def consumer_name(root: Path, type_name: str) -> str:
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return f"export:{type_name}:{digest}"
+
+
+def check_output_dir(root: Path) -> Path:
+    """The output folder, created and writable, or one ExportError line naming it."""
+    root = root.expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{time.monotonic_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ExportError(f"--output-dir {root}: cannot write there ({exc.strerror or exc})") from None
+    return root
+
+
+# ---------------------------------------------------------------- reading the database
+
+
+def _to_millis(table: pa.Table) -> pa.Table:
+    """Timestamp columns as int64 milliseconds since the epoch; the driver's field metadata dropped."""
+    cols, fields = [], []
+    for f, col in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(f.type):
+            us = pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            col = pc.divide(us, pa.scalar(1000, pa.int64()))
+            f = pa.field(f.name, pa.int64(), nullable=f.name != "timestamp")
+        else:
+            f = pa.field(f.name, f.type, nullable=f.nullable)
+        cols.append(col)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+class Reader:
+    """An ADBC connection: query results straight into Arrow."""
+
+    def __init__(self, dsn: str) -> None:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        self.conn = adbc.connect(dsn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, tuple(params))
+            return cur.fetch_arrow_table()
+
+    def rows(self, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
+        return _to_millis(self.arrow(t.sql(), (symbol, lo, hi)))
+
+    def symbols(self, t: ExportType) -> list[str]:
+        out: set[str] = set()
+        for table, _ in SPAN_TABLES[t.name]:
+            tb = self.arrow(
+                f"WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM {table} UNION ALL "
+                f"SELECT (SELECT min(symbol) FROM {table} WHERE symbol > s.symbol) FROM s WHERE s.symbol IS NOT NULL) "
+                "SELECT symbol FROM s WHERE symbol IS NOT NULL"
+            )
+            out.update(tb.column("symbol").to_pylist())
+        return sorted(out)
+
+    def span(self, t: ExportType, symbol: str) -> tuple[datetime, datetime] | None:
+        lo = hi = None
+        for table, col in SPAN_TABLES[t.name]:
+            tb = self.arrow(
+                f"SELECT min({col}) AS lo, max({col}) AS hi FROM {table} WHERE symbol = $1", (symbol,)
+            )
+            a, b = tb.column("lo")[0].as_py(), tb.column("hi")[0].as_py()
+            if a is None:
+                continue
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        return (lo, hi) if lo is not None and hi is not None else None
+
+
+# ---------------------------------------------------------------- the log
+
+
+def _log(
+    dsn: str, consumer: str, tables: Sequence[str]
+) -> tuple[int, list[tuple[str, str, datetime, datetime]]]:
+    """Register the consumer (so nothing it needs is pruned from now on) and read what it has not taken."""
+    import asyncpg
+
+    from microstructure.db.invalidation_log import pending_ranges, register_consumer
+
+    async def go() -> tuple[int, list[tuple[str, str, datetime, datetime]]]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            _, horizon, ranges = await pending_ranges(conn, consumer, tables)
+            await register_consumer(conn, consumer, horizon)
+            return horizon, ranges
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _advance(dsn: str, consumer: str, horizon: int) -> None:
+    import asyncpg
+
+    from microstructure.db.invalidation_log import advance_cursor
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await advance_cursor(conn, consumer, horizon)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def touched_hours(t: ExportType, lo: datetime, hi: datetime) -> Iterable[datetime]:
+    """The hours whose file a write of rows in [lo, hi) may change."""
+    first = floor_hour(lo)
+    if t.is_features:
+        last = floor_hour(hi - timedelta(microseconds=1)).replace(hour=0) + DAY + HOUR  # the day + 1 h
+    else:
+        last = floor_hour(hi - timedelta(microseconds=1)) + HOUR
+    h = first
+    while h < last:
+        yield h
+        h += HOUR
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _runs(hours: Sequence[datetime], span: timedelta) -> list[tuple[datetime, datetime]]:
+    """Sorted hours grouped into [lo, hi) ranges of consecutive hours, none longer than `span`."""
+    out: list[tuple[datetime, datetime]] = []
+    for h in hours:
+        if out and out[-1][1] == h and h + HOUR - out[-1][0] <= span:
+            out[-1] = (out[-1][0], h + HOUR)
+        else:
+            out.append((h, h + HOUR))
+    return out
+
+
+def _by_hour(table: pa.Table) -> dict[datetime, pa.Table]:
+    """Rows (sorted by timestamp) cut into hours: zero-copy slices."""
+    if table.num_rows == 0:
+        return {}
+    ts = np.asarray(table.column("timestamp").to_numpy(), dtype=np.int64)
+    hour_ms = ts // 3_600_000
+    cuts = np.flatnonzero(np.diff(hour_ms)) + 1
+    starts = np.r_[0, cuts]
+    ends = np.r_[cuts, len(ts)]
+    return {
+        datetime.fromtimestamp(int(hour_ms[a]) * 3600, tz=UTC): table.slice(int(a), int(b - a))
+        for a, b in zip(starts, ends, strict=True)
+    }
+
+
+def _write_hour(
+    root: Path, t: ExportType, symbol: str, hour: datetime, table: pa.Table, compression: str,
+    manifests: dict[Path, Manifest], report: TypeReport,
+) -> None:  # fmt: skip
+    data = parquet_bytes(table, compression)
+    entry = file_entry(data, table)
+    folder = day_dir(root, t.name, symbol, hour)
+    manifest = manifests.get(folder)
+    if manifest is None:
+        manifest = manifests[folder] = Manifest.load(folder)
+    key = f"{hour:%H}"
+    path = hour_path(root, t.name, symbol, hour)
+    known = manifest.hours.get(key)
+    on_disk = known["sha256"] if known and path.is_file() else sha256_file(path)
+    if on_disk == entry["sha256"]:
+        report.unchanged += 1
+        if known != entry:
+            manifest.hours[key] = entry
+        return
+    remove_stale_temporaries(path.parent)
+    write_atomically(path, data)
+    manifest.hours[key] = entry
+    report.written += 1
+    report.rows += table.num_rows
+
+
+def export_type(
+    reader: Reader, dsn: str, root: Path, t: ExportType, state: ExportState, report: TypeReport, *,
+    symbols: Sequence[str] | None, start: datetime | None, end: datetime | None, compression: str,
+    closed_before: datetime,
+) -> None:  # fmt: skip
+    consumer = consumer_name(root, t.name)
+    horizon, ranges = _log(dsn, consumer, t.sources)
+    touched: dict[str, set[datetime]] = defaultdict(set)
+    for _table, symbol, lo, hi in ranges:
+        touched[symbol].update(touched_hours(t, lo, hi))
+    for symbol in symbols if symbols is not None else reader.symbols(t):
+        span = reader.span(t, symbol)
+        if span is None:
+            continue
+        watermark = state.get(t.name, symbol)
+        first = max(floor_hour(start) if start else (watermark or floor_hour(span[0])), floor_hour(span[0]))
+        last = min(ceil_hour(end) if end else ceil_hour(span[1] + timedelta(microseconds=1)), closed_before)
+        hours = set()
+        h = first
+        while h < last:  # hours not looked at yet (or the range asked for)
+            hours.add(h)
+            h += HOUR
+        covered = watermark or first  # hours before this were exported by an earlier run
+        again = {
+            h for h in touched.get(symbol, ())
+            if h < min(covered, closed_before) and (not start or h >= floor_hour(start)) and (not end or h < end)
+        }  # fmt: skip
+        report.invalidated += len(again - hours)
+        todo = sorted(hours | again)
+        report.hours += len(todo)
+        manifests: dict[Path, Manifest] = {}
+        span_per_query = FEATURE_QUERY_SPAN if t.is_features else DAY
+        for lo, hi in _runs(todo, span_per_query):
+            parts = _by_hour(reader.rows(t, symbol, lo, hi))
+            h = lo
+            while h < hi:
+                part = parts.get(h)
+                if part is not None and part.num_rows:
+                    _write_hour(root, t, symbol, h, part, compression, manifests, report)
+                h += HOUR
+        for m in manifests.values():
+            m.save()
+        if not start and not end and (watermark is None or last > watermark):
+            state.set(t.name, symbol, last)
+            state.save()
+    _advance(dsn, consumer, horizon)
+
+
+def export_once(
+    dsn: str,
+    output_dir: Path,
+    *,
+    types: Sequence[str] | None = None,
+    symbols: Sequence[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    compression: str = "snappy",
+    lateness: float = DEFAULT_LATENESS,
+    now: datetime | None = None,
+    refresh_features: bool = True,
+) -> ExportReport:
+    """Export every closed hour not exported yet, and every hour writes touched since the last run
+    (see the module doc). `start`/`end` (UTC, hour-aligned inward) limit it to a range and leave the
+    watermarks alone."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
+    root = check_output_dir(Path(output_dir))
+    chosen = [TYPES[n] for n in (types or [])] if types else [TYPES[n] for n in TYPES]
+    report = ExportReport(root)
+    started = time.monotonic()
+    if refresh_features and any(t.is_features for t in chosen):
+        from microstructure.features_sql.refresher import refresh_once
+
+        report.refreshed = asyncio.run(refresh_once(dsn)).summary_lines()[0]
+    now = now or datetime.now(tz=UTC)
+    closed_before = floor_hour(now - timedelta(seconds=lateness))  # hours ending by then are closed
+    state = ExportState.load(root)
+    reader = Reader(dsn)
+    try:
+        for t in chosen:
+            export_type(
+                reader, dsn, root, t, state, report.types[t.name], symbols=symbols, start=start, end=end,
+                compression=compression, closed_before=closed_before,
+            )  # fmt: skip
+    finally:
+        reader.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def follow(
+    dsn: str, output_dir: Path, stop: asyncio.Event, *, poll: float = 60.0, lateness: float = DEFAULT_LATENESS,
+    **kw: Any,
+) -> ExportReport:  # fmt: skip
+    """Export each hour once it has closed (plus the lateness allowance) and re-export hours writes
+    changed, until `stop`; a restart continues from the output folder's state and the log cursor."""
+    total = ExportReport(Path(output_dir))
+    while not stop.is_set():
+        rep = await asyncio.to_thread(export_once, dsn, output_dir, lateness=lateness, **kw)
+        for name, t in rep.types.items():
+            tt = total.types[name]
+            tt.written += t.written
+            tt.unchanged += t.unchanged
+            tt.rows += t.rows
+            tt.hours += t.hours
+            tt.invalidated += t.invalidated
+        total.seconds += rep.seconds
+        if rep.files_written:
+            for line in rep.summary_lines():
+                log.info("%s", line)
+        now = datetime.now(tz=UTC)
+        next_close = floor_hour(now) + HOUR + timedelta(seconds=lateness)
+        wait = min(poll, max(1.0, (next_close - now).total_seconds()))
+        try:
+            await asyncio.wait_for(stop.wait(), wait)
+        except TimeoutError:
+            continue
+    return total

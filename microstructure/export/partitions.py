@@ -1,0 +1,117 @@
+"""The Parquet tree on disk: where an hour's file lives, how it is written (atomically, fsynced,
+byte-identical for the same rows) and the per-day manifest of what each file holds.
+
+    <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/hour=<HH>/data.parquet
+    <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/manifest.json   {"hours": {"HH": {rows, min_time,
+                                                                     max_time, sha256, bytes}}, ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+DATA = "data.parquet"
+MANIFEST_VERSION = 1
+
+
+def day_dir(root: Path, type_name: str, symbol: str, hour: datetime) -> Path:
+    return root / type_name / symbol / f"{hour:%Y}" / f"{hour:%m}" / f"{hour:%d}"
+
+
+def hour_path(root: Path, type_name: str, symbol: str, hour: datetime) -> Path:
+    return day_dir(root, type_name, symbol, hour) / f"hour={hour:%H}" / DATA
+
+
+def parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    """The file's bytes: the same rows give the same bytes (no timestamps or paths are written)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression, row_group_size=1 << 20, write_statistics=True)
+    return buf.getvalue()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside `path`, fsync, rename over it, fsync the folder: a reader or a
+    crash sees the old file or the new one, never part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files a killed export left in `folder` (never a finished file)."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
+
+
+@dataclass
+class Manifest:
+    """What the files of one (type, symbol, UTC day) hold, keyed by hour 'HH'."""
+
+    path: Path
+    hours: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+            hours = dict(data.get("hours", {}))
+        except (OSError, ValueError):
+            hours = {}
+        return cls(path, hours)
+
+    def save(self) -> None:
+        body = {"version": MANIFEST_VERSION, "hours": dict(sorted(self.hours.items()))}
+        write_atomically(self.path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+
+
+def file_entry(data: bytes, table: pa.Table) -> dict[str, Any]:
+    times = table.column("timestamp")
+    return {
+        "rows": table.num_rows,
+        "min_time": _iso(pa.compute.min(times).as_py()),
+        "max_time": _iso(pa.compute.max(times).as_py()),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def sha256_file(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

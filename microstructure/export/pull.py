@@ -1,0 +1,214 @@
+"""The feature pull for walk-forward training: bars of features_<tf> (from the database or from the
+exported Parquet tree) as one pandas DataFrame, point in time, with technical indicators, and
+walk-forward folds with an embargo.
+
+Point in time: a bar is final once `bucket_end + lateness` has passed; by default only final bars
+are returned. Every value of a bar uses rows of that bar and earlier ones only (the feature SQL and
+TA-Lib are causal), and the bar carries `available_at` = its end: a model may use a row at or after
+its `available_at`. Indicators warm up on WARMUP_BARS bars read before `start` (the frame's
+`attrs["warmup_bars"]` says how many there were), so the first returned bar is already warm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from microstructure.export.exporter import DEFAULT_LATENESS, Reader
+from microstructure.export.indicators import INDICATOR_COLUMNS, WARMUP_BARS, indicators
+from microstructure.export.types import TYPES
+from microstructure.features_sql.stages import FEATURE_COLUMNS, TIMEFRAME_SECONDS, TIMEFRAMES, view_name
+
+SOURCES = ("db", "parquet")
+
+
+class PullError(ValueError):
+    """A pull that cannot be answered as asked (unknown timeframe or source, inverted range, ...)."""
+
+
+def _utc(t: datetime | str) -> datetime:
+    t = pd.Timestamp(t).to_pydatetime()
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _from_db(dsn: str, symbols: Sequence[str], lo: datetime, hi: datetime, tf: str) -> pa.Table:
+    reader = Reader(dsn)
+    try:
+        return reader.arrow(
+            f"SELECT symbol, bucket, bucket_end, {', '.join(FEATURE_COLUMNS)} FROM {view_name(tf)} "
+            "WHERE symbol = ANY($1) AND bucket >= $2 AND bucket < $3 ORDER BY symbol, bucket",
+            (list(symbols), lo, hi),
+        )
+    finally:
+        reader.close()
+
+
+def _from_parquet(data_dir: Path, symbols: Sequence[str], lo: datetime, hi: datetime, tf: str) -> pa.Table:
+    root = Path(data_dir) / TYPES[view_name(tf)].name
+    parts = []
+    for s in symbols:
+        folder = root / s
+        if not folder.is_dir():
+            continue
+        d = ds.dataset(folder, format="parquet", partitioning=None, exclude_invalid_files=False)
+        lo_ms, hi_ms = int(lo.timestamp() * 1000), int(hi.timestamp() * 1000)
+        flt = (pc.field("timestamp") >= lo_ms) & (pc.field("timestamp") < hi_ms)
+        parts.append(d.to_table(filter=flt))
+    if not parts:
+        return pa.table({})
+    t = pa.concat_tables(parts)
+    to_ts = lambda c: pc.cast(pc.multiply(c, pa.scalar(1000, pa.int64())), pa.timestamp("us", tz="UTC"))  # noqa: E731
+    cols = {
+        "symbol": t.column("symbol"),
+        "bucket": to_ts(t.column("timestamp")),
+        "bucket_end": to_ts(t.column("bucket_end")),
+    }
+    for c in FEATURE_COLUMNS:
+        cols[c] = t.column(c)
+    return pa.table(cols).sort_by([("symbol", "ascending"), ("bucket", "ascending")])
+
+
+def pull_features(
+    symbols: Sequence[str] | str,
+    start: datetime | str,
+    end: datetime | str,
+    timeframe: str = "1m",
+    *,
+    source: str = "db",
+    technical: bool = True,
+    final_only: bool = True,
+    dsn: str | None = None,
+    data_dir: Path | str | None = None,
+    lateness: float = DEFAULT_LATENESS,
+    now: datetime | None = None,
+    warmup_bars: int = WARMUP_BARS,
+) -> pd.DataFrame:
+    """Bars of `timeframe` with bucket in [start, end) for `symbols`, indexed by (symbol, bucket):
+    every FEATURES.md column, `available_at`, and (with `technical`) INDICATOR_COLUMNS.
+
+    source 'db' reads the features_<tf> view (`dsn`); 'parquet' the exported tree under `data_dir`
+    (its features_<tf>/<SYMBOL>/... files). Both give equal frames for the same bars.
+    """
+    syms = [symbols] if isinstance(symbols, str) else list(symbols)
+    if not syms:
+        raise PullError("symbols: expected at least one")
+    if timeframe not in TIMEFRAMES:
+        raise PullError(f"timeframe: expected one of {', '.join(TIMEFRAMES)}, got {timeframe!r}")
+    if source not in SOURCES:
+        raise PullError(f"source: expected db or parquet, got {source!r}")
+    lo, hi = _utc(start), _utc(end)
+    if hi <= lo:
+        raise PullError(f"end {hi.isoformat()} is not after start {lo.isoformat()}")
+    width = timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
+    read_from = lo - warmup_bars * width if technical else lo
+    if source == "db":
+        if dsn is None:
+            raise PullError("source 'db' needs a dsn")
+        table = _from_db(dsn, syms, read_from, hi, timeframe)
+    else:
+        if data_dir is None:
+            raise PullError("source 'parquet' needs data_dir (the export's --output-dir)")
+        table = _from_parquet(Path(data_dir), syms, read_from, hi, timeframe)
+    df = _frame(table)
+    now = now or datetime.now(tz=UTC)
+    if final_only and len(df):
+        df = df[df["bucket_end"] + pd.Timedelta(seconds=lateness) <= pd.Timestamp(now)]
+    df["available_at"] = df["bucket_end"]
+    if technical:
+        parts = [
+            indicators(g.droplevel("symbol")).set_index(g.index)
+            for _, g in df.groupby(level="symbol", sort=False)
+        ]
+        ind = pd.concat(parts) if parts else pd.DataFrame(columns=list(INDICATOR_COLUMNS), dtype="float64")
+        df = df.join(ind)
+    warm = df.index.get_level_values("bucket") < pd.Timestamp(lo) if len(df) else np.zeros(0, bool)
+    out = df[~warm]
+    out.attrs["warmup_bars"] = warmup_bars if technical else 0
+    out.attrs["warmup_bars_read"] = (
+        {s: int(n) for s, n in pd.Series(warm).groupby(df.index.get_level_values("symbol")).sum().items()}
+        if len(df)
+        else {}
+    )
+    out.attrs["timeframe"] = timeframe
+    out.attrs["lateness_s"] = lateness
+    return out
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    if table.num_columns == 0 or table.num_rows == 0:
+        idx = pd.MultiIndex.from_arrays([[], pd.DatetimeIndex([], tz="UTC")], names=["symbol", "bucket"])
+        df = pd.DataFrame(index=idx, columns=["bucket_end", *FEATURE_COLUMNS])
+        df["bucket_end"] = pd.to_datetime(df["bucket_end"], utc=True)
+        return df
+    plain = pa.Table.from_arrays(
+        table.columns,
+        schema=pa.schema([pa.field(f.name, f.type) for f in table.schema]),  # drop driver metadata
+    )
+    df = plain.to_pandas()
+    for c in ("bucket", "bucket_end"):
+        df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
+    for c in FEATURE_COLUMNS:
+        if c in ("trade_count", "fill_count", "large_trade_count", "snapshot_count"):
+            df[c] = df[c].astype("Int64")
+        else:
+            df[c] = df[c].astype("float64")
+    return df.set_index(["symbol", "bucket"])
+
+
+# ---------------------------------------------------------------- walk-forward
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Positions (into the index given) of a fold's training and test bars, and their time ranges."""
+
+    train: np.ndarray
+    test: np.ndarray
+    train_range: tuple[pd.Timestamp, pd.Timestamp]  # [start, end)
+    test_range: tuple[pd.Timestamp, pd.Timestamp]
+
+
+def walk_forward_folds(
+    index: pd.Index | pd.DataFrame, *, train: Any, test: Any, step: Any | None = None, embargo: Any = "0s",
+    horizon: Any = "0s",
+) -> Iterator[Fold]:  # fmt: skip
+    """Rolling walk-forward folds over the bars of `index` (a DatetimeIndex, or a (symbol, bucket)
+    MultiIndex / frame): train on [t, t + train), test on [t + train + embargo, ... + test), then move
+    on by `step` (default: `test`). Durations are pandas Timedelta strings or timedeltas.
+
+    The embargo keeps the labels of the last training bars out of the test range: a training bar at
+    b predicts up to b + horizon, so `embargo` must be at least the label horizon; a `horizon` given
+    here also drops training bars whose horizon reaches into the test range."""
+    if isinstance(index, pd.DataFrame):
+        index = index.index
+    times = index.get_level_values("bucket") if isinstance(index, pd.MultiIndex) else pd.DatetimeIndex(index)
+    tr, te = pd.Timedelta(train), pd.Timedelta(test)
+    st = pd.Timedelta(step) if step is not None else te
+    emb, hor = pd.Timedelta(embargo), pd.Timedelta(horizon)
+    if tr <= pd.Timedelta(0) or te <= pd.Timedelta(0) or st <= pd.Timedelta(0) or emb < pd.Timedelta(0):
+        raise PullError("walk_forward_folds: train, test and step must be positive, embargo >= 0")
+    if hor > emb:
+        raise PullError(f"walk_forward_folds: embargo {emb} is shorter than the label horizon {hor}")
+    if len(times) == 0:
+        return
+    values = times.to_numpy()
+    t = times.min()
+    last = times.max()
+    while t + tr + emb < last:
+        test_lo = t + tr + emb
+        test_hi = test_lo + te
+        train_mask = (values >= t.to_datetime64()) & (values < (t + tr).to_datetime64())
+        train_mask &= values + hor.to_timedelta64() < test_lo.to_datetime64()
+        test_mask = (values >= test_lo.to_datetime64()) & (values < test_hi.to_datetime64())
+        if test_mask.any() and train_mask.any():
+            yield Fold(np.flatnonzero(train_mask), np.flatnonzero(test_mask), (t, t + tr), (test_lo, test_hi))
+        t += st

@@ -1,0 +1,77 @@
+"""What can be exported: each type's SQL (export/sql/), its source tables and its time column.
+
+Every file of a type has the same documented columns (README, "Parquet export"): `timestamp` first,
+int64 milliseconds since the epoch (UTC), then the type's columns, `symbol` last. Every other time
+column is int64 milliseconds too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from microstructure.features_sql.stages import FEATURE_COLUMNS, RAW_TABLES, TIMEFRAMES, view_name
+
+
+@dataclass(frozen=True)
+class ExportType:
+    name: str
+    sql_file: str
+    sources: tuple[str, ...]  # the tables whose writes (the invalidation log) change its files
+    timeframe: str | None = None  # features types: the bar width
+
+    @property
+    def is_features(self) -> bool:
+        return self.timeframe is not None
+
+    def sql(self) -> str:
+        text = _sql_text(self.sql_file)
+        if self.timeframe is not None:
+            text = text.replace("{tf}", self.timeframe).replace("{columns}", ", ".join(FEATURE_COLUMNS))
+        return text
+
+
+RAW_TYPES = (
+    ExportType("aggtrades", "aggtrades.sql", ("agg_trades",)),
+    ExportType("book_depth", "book_depth.sql", ("book_snapshots",)),
+    ExportType("mark_price", "mark_price.sql", ("mark_prices",)),
+    ExportType("funding", "funding.sql", ("funding_rates",)),
+    ExportType("open_interest", "open_interest.sql", ("open_interest",)),
+    ExportType("liquidations", "liquidations.sql", ("liquidations",)),
+    ExportType("book_depth_bands", "book_depth_bands.sql", ("book_depth_bands",)),
+    ExportType("metrics", "metrics.sql", ("futures_metrics",)),
+    ExportType("klines", "klines.sql", ("price_klines",)),
+)
+# A feature bar reads the raw tables of the stages and settled funding.
+FEATURE_SOURCES = (*RAW_TABLES, "funding_rates", "symbol_settings")
+FEATURE_TYPES = tuple(
+    ExportType(view_name(tf), "features.sql", FEATURE_SOURCES, timeframe=tf) for tf in TIMEFRAMES
+)
+TYPES: dict[str, ExportType] = {t.name: t for t in (*RAW_TYPES, *FEATURE_TYPES)}
+DEFAULT_TYPES = ("aggtrades", "book_depth", "mark_price", "funding", "open_interest", "liquidations",
+                 *(t.name for t in FEATURE_TYPES))  # fmt: skip
+# where each type's symbols and time span come from: (table, time column), several for the features
+SPAN_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "aggtrades": (("agg_trades", "ts"),),
+    "book_depth": (("book_snapshots", "ts"),),
+    "mark_price": (("mark_prices", "ts"),),
+    "funding": (("funding_rates", "funding_ts"),),
+    "open_interest": (("open_interest", "ts"),),
+    "liquidations": (("liquidations", "ts"),),
+    "book_depth_bands": (("book_depth_bands", "ts"),),
+    "metrics": (("futures_metrics", "ts"),),
+    "klines": (("price_klines", "ts"),),
+    **{
+        t.name: tuple(
+            (f"{g}_{t.timeframe}", "bucket")
+            for g in ("trades", "book", "market", "open_interest", "liquidations")
+        )
+        for t in FEATURE_TYPES
+    },
+}
+
+
+@cache
+def _sql_text(name: str) -> str:
+    return resources.files("microstructure.export").joinpath("sql", name).read_text()
