@@ -2,7 +2,7 @@
 byte-identical for the same rows) and the per-day manifest of what each file holds.
 
     <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/hour=<HH>/data.parquet
-    <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/manifest.json   {"hours": {"HH": {rows, min_time,
+    <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/_manifest.json  {"hours": {"HH": {rows, min_time,
                                                                      max_time, sha256, bytes}}, ...}
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"  # a leading _ : pyarrow.dataset, pandas and polars skip it
 DATA = "data.parquet"
 MANIFEST_VERSION = 1
 

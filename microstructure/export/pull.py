@@ -133,11 +133,12 @@ def pull_features(
     warm = df.index.get_level_values("bucket") < pd.Timestamp(lo) if len(df) else np.zeros(0, bool)
     out = df[~warm]
     out.attrs["warmup_bars"] = warmup_bars if technical else 0
-    out.attrs["warmup_bars_read"] = (
-        {s: int(n) for s, n in pd.Series(warm).groupby(df.index.get_level_values("symbol")).sum().items()}
-        if len(df)
-        else {}
+    read = (
+        pd.Series(warm, index=df.index.get_level_values("symbol")).groupby(level=0).sum() if len(df) else {}
     )
+    out.attrs["warmup_bars_read"] = {
+        str(k): int(v) for k, v in dict(read).items()
+    }  # per symbol, before start
     out.attrs["timeframe"] = timeframe
     out.attrs["lateness_s"] = lateness
     return out
@@ -200,15 +201,13 @@ def walk_forward_folds(
         raise PullError(f"walk_forward_folds: embargo {emb} is shorter than the label horizon {hor}")
     if len(times) == 0:
         return
-    values = times.to_numpy()
-    t = times.min()
-    last = times.max()
+    values = pd.DatetimeIndex(times).as_unit("ns").asi8  # ns since the epoch, UTC
+    t = pd.Timestamp(times.min())
+    last = pd.Timestamp(times.max())
     while t + tr + emb < last:
-        test_lo = t + tr + emb
-        test_hi = test_lo + te
-        train_mask = (values >= t.to_datetime64()) & (values < (t + tr).to_datetime64())
-        train_mask &= values + hor.to_timedelta64() < test_lo.to_datetime64()
-        test_mask = (values >= test_lo.to_datetime64()) & (values < test_hi.to_datetime64())
+        test_lo, test_hi = t + tr + emb, t + tr + emb + te
+        train_mask = (values >= t.value) & (values < (t + tr).value) & (values + hor.value < test_lo.value)
+        test_mask = (values >= test_lo.value) & (values < test_hi.value)
         if test_mask.any() and train_mask.any():
             yield Fold(np.flatnonzero(train_mask), np.flatnonzero(test_mask), (t, t + tr), (test_lo, test_hi))
         t += st

@@ -14,13 +14,14 @@ spread AS (  -- sample std of the spread: the 1m bars' (n, mean, M2) combined (C
            CASE WHEN n >= 2 THEN sqrt(greatest(m2, 0) / (n - 1)) END AS spread_std
     FROM (
         SELECT symbol, bar AS bucket, sum(spread_n) AS n,
-               sum(spread_m2 + spread_n * (spread_sum / spread_n - grand_mean) ^ 2) AS m2
-        FROM (
-            SELECT symbol, time_bucket(INTERVAL '{width}', bucket) AS bar, spread_n, spread_sum, spread_m2,
+               sum(spread_m2 + spread_n * (spread_sum / spread_n - grand_mean) ^ 2 ORDER BY bucket) AS m2
+        FROM (  -- sums in bucket order: the same digits whatever plan a query gets
+            SELECT symbol, bucket, time_bucket(INTERVAL '{width}', bucket) AS bar, spread_n, spread_sum, spread_m2,
                    sum(spread_sum) OVER w / sum(spread_n) OVER w AS grand_mean
             FROM book_1m
             WHERE spread_n > 0
-            WINDOW w AS (PARTITION BY symbol, time_bucket(INTERVAL '{width}', bucket))
+            WINDOW w AS (PARTITION BY symbol, time_bucket(INTERVAL '{width}', bucket) ORDER BY bucket
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
         ) parts
         GROUP BY symbol, bar
     ) combined
