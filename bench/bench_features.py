@@ -114,11 +114,15 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
     rng = np.random.default_rng(3)
     conn = await asyncpg.connect(dsn)
     t = time.perf_counter()
-    await write_in_chunks(conn, "agg_trades", trade_batch(rng, args.trades, DAY0, DAY_MS - 60_000, 1), 200_000)
+    await write_in_chunks(
+        conn, "agg_trades", trade_batch(rng, args.trades, DAY0, DAY_MS - 60_000, 1), 200_000
+    )
     await write_in_chunks(conn, "book_snapshots", book_batch(rng, args.snapshots, DAY0), 20_000)
     await write_in_chunks(conn, "mark_prices", mark_batch(rng, args.marks, DAY0), 50_000)
     await conn.execute("VACUUM ANALYZE")
-    print(f"loaded {args.trades:,} trades, {args.snapshots:,} snapshots, {args.marks:,} marks in {time.perf_counter() - t:.1f} s")
+    print(
+        f"loaded {args.trades:,} trades, {args.snapshots:,} snapshots, {args.marks:,} marks in {time.perf_counter() - t:.1f} s"
+    )
 
     bare = "SELECT symbol, time_bucket('1 minute', ts), count(*), sum(quantity) FROM agg_trades GROUP BY 1, 2"
     await timed(conn, bare)  # warm the cache
@@ -145,7 +149,10 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
     await write_batch(conn, "book_snapshots", SYMBOL, book_batch(rng, 120, t_last + 250))
     await write_batch(conn, "mark_prices", SYMBOL, mark_batch(rng, 60, t_last + 300))
     incremental = await refresher.refresh_pending(conn)
-    views = {tf: await timed(conn, f"SELECT * FROM features_{tf} WHERE symbol = '{SYMBOL}'") for tf in ("1m", "5m", "15m")}
+    views = {
+        tf: await timed(conn, f"SELECT * FROM features_{tf} WHERE symbol = '{SYMBOL}'")
+        for tf in ("1m", "5m", "15m")
+    }
     await conn.close()
 
     from fx_helpers import load_raw
@@ -159,13 +166,21 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
 
     full = report.seconds
     sub = sum(v for k, v in per_stage.items() if k.startswith("trade_counts_") or k == "trade_intensity_1m")
-    print(f"\nbare scan (1m count/sum over the trades): {scan:.2f} s (best of 3: {', '.join(f'{s:.2f}' for s in scans)})")
-    print(f"full refresh of the day, every stage:     {full:.2f} s = {full / scan:.2f} x the bare scan (target <= 3), "
-          f"{refresher.default_parallel()} connections")
+    print(
+        f"\nbare scan (1m count/sum over the trades): {scan:.2f} s (best of 3: {', '.join(f'{s:.2f}' for s in scans)})"
+    )
+    print(
+        f"full refresh of the day, every stage:     {full:.2f} s = {full / scan:.2f} x the bare scan (target <= 3), "
+        f"{refresher.default_parallel()} connections"
+    )
     print(f"  the same stage by stage on one connection: {sum(per_stage.values()):.2f} s "
           f"= {sum(per_stage.values()) / scan:.2f} x (deletes of the first refresh's rows included)")  # fmt: skip
-    print(f"incremental refresh after one more minute: {incremental.seconds:.3f} s (target < 0.2 s), {incremental.windows} windows")
-    print(f"pandas reference, 1m+5m+15m:             {pandas_s:.2f} s = {pandas_s / scan:.1f} x the bare scan")
+    print(
+        f"incremental refresh after one more minute: {incremental.seconds:.3f} s (target < 0.2 s), {incremental.windows} windows"
+    )
+    print(
+        f"pandas reference, 1m+5m+15m:             {pandas_s:.2f} s = {pandas_s / scan:.1f} x the bare scan"
+    )
     print("feature views, whole day, one symbol:    " + ", ".join(f"{k} {v:.2f} s" for k, v in views.items()))
     print("\nstage                   rows     seconds")
     for s in STAGES:

@@ -165,7 +165,10 @@ def _run_export(args: argparse.Namespace, settings: Settings, types: list[str]) 
     _check_symbols(url, symbols, types)
     kw: dict[str, Any] = {"types": types, "symbols": symbols, "compression": compression}
     if not args.follow:
-        report = export_once(url, root, start=start, end=end, lateness=lateness, **kw)
+        try:
+            report = export_once(url, root, start=start, end=end, lateness=lateness, **kw)
+        except ExportError as exc:
+            raise SettingError(str(exc)) from None
         for line in report.summary_lines():
             print(line)
         return 0

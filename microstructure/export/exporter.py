@@ -20,12 +20,13 @@ An hour with no rows has no file; a file whose rows were later deleted (retentio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,7 @@ DAY = timedelta(days=1)
 DEFAULT_LATENESS = 10.0  # seconds: FEATURES.md's lateness allowance
 COMPRESSIONS = ("snappy", "zstd")
 STATE_FILE = ".export-state.json"
+LOCK_FILE = ".export.lock"
 FEATURE_QUERY_SPAN = timedelta(days=7)  # feature bars are read a week at a time
 
 
@@ -393,6 +395,32 @@ def export_once(
         report.refreshed = asyncio.run(refresh_once(dsn)).summary_lines()[0]
     now = now or datetime.now(tz=UTC)
     closed_before = floor_hour(now - timedelta(seconds=lateness))  # hours ending by then are closed
+    with output_lock(root):
+        return _export_locked(dsn, root, chosen, report, started, symbols=symbols, start=start, end=end,
+                              compression=compression, closed_before=closed_before)  # fmt: skip
+
+
+@contextlib.contextmanager
+def output_lock(root: Path) -> Iterator[None]:
+    """One export at a time per output folder (a cron run and a --follow on the same tree)."""
+    import fcntl
+
+    fh = open(root / LOCK_FILE, "a+")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"another export is writing to {root} (lock {root / LOCK_FILE})") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _export_locked(
+    dsn: str, root: Path, chosen: Sequence[ExportType], report: ExportReport, started: float, *,
+    symbols: Sequence[str] | None, start: datetime | None, end: datetime | None, compression: str,
+    closed_before: datetime,
+) -> ExportReport:  # fmt: skip
     state = ExportState.load(root)
     reader = Reader(dsn)
     try:
@@ -415,7 +443,15 @@ async def follow(
     changed, until `stop`; a restart continues from the output folder's state and the log cursor."""
     total = ExportReport(Path(output_dir))
     while not stop.is_set():
-        rep = await asyncio.to_thread(export_once, dsn, output_dir, lateness=lateness, **kw)
+        try:
+            rep = await asyncio.to_thread(export_once, dsn, output_dir, lateness=lateness, **kw)
+        except Exception as exc:  # the database away, another export holding the folder: next round
+            log.warning("export round failed, retrying in %.0f s: %s: %s", poll, type(exc).__name__, exc)
+            try:
+                await asyncio.wait_for(stop.wait(), poll)
+            except TimeoutError:
+                continue
+            break
         for name, t in rep.types.items():
             tt = total.types[name]
             tt.written += t.written

@@ -18,7 +18,8 @@ from fx_cases import liquidations, marks, open_interest, snapshots
 
 from microstructure.features_sql.refresher import refresh_pending
 from microstructure.ingest.collectors.book_values import BookValues
-from microstructure.ingest.sink.writer import write_batch
+from microstructure.ingest.records import BOOK_DEPTH_BANDS, FUTURES_METRICS, PRICE_KLINES
+from microstructure.ingest.sink.writer import merge_table, write_batch
 
 T0 = int(datetime(2026, 3, 1, 20, 0, tzinfo=UTC).timestamp() * 1000)  # 20:00 UTC: hours 20..23 and 00..
 HOUR_MS = 3_600_000
@@ -89,10 +90,26 @@ async def write_hours(
                 pa.table({"funding_ms": pa.array([T0 - 4 * HOUR_MS, T0 + 4 * HOUR_MS], pa.int64()),
                           "funding_rate": pa.array([0.0001, -0.0002], pa.float64())}),
             )  # fmt: skip
+            await write_archive_tables(conn, sym)
         await refresh_pending(conn)
     finally:
         await conn.close()
     return {"held": held}
+
+
+async def write_archive_tables(conn: asyncpg.Connection, sym: str) -> None:
+    """A few rows of each archive-only table (bookDepth bands, metrics, klines) in the first hours."""
+    ts = np.arange(T0, T0 + 2 * HOUR_MS, 300_000, dtype=np.int64)
+    n = len(ts)
+    sy = pa.array([sym] * n)
+    bands = pa.table({"symbol": pa.array([sym] * 2 * n), "ts": np.repeat(ts, 2), "percentage": np.tile([-1.0, 1.0], n),
+                      "depth": np.arange(2 * n, dtype=float), "notional": np.arange(2 * n, dtype=float) * 100})  # fmt: skip
+    await merge_table(conn, "book_depth_bands", bands, BOOK_DEPTH_BANDS)
+    metrics = {c: np.linspace(1, 2, n) for c in FUTURES_METRICS if c not in ("symbol", "ts")}
+    await merge_table(conn, "futures_metrics", pa.table({"symbol": sy, "ts": ts, **metrics}), FUTURES_METRICS)
+    kl = pa.table({"symbol": sy, "kind": pa.array(["mark"] * n), "ts": ts, "open": np.ones(n), "high": np.ones(n) * 2,
+                   "low": np.ones(n) / 2, "close": np.ones(n), "close_ts": ts + 59_999})  # fmt: skip
+    await merge_table(conn, "price_klines", kl, PRICE_KLINES)
 
 
 async def write_late(dsn: str, symbol: str, table: pa.Table) -> None:

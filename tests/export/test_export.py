@@ -62,8 +62,6 @@ def exported(db_url: str, tmp_path: Path) -> tuple[str, Path]:
 def test_every_type_round_trips_hour_by_hour(exported: tuple[str, Path]) -> None:
     dsn, out = exported
     for name in TYPES:
-        if name in ("book_depth_bands", "metrics", "klines"):
-            continue  # archive-only tables: no rows in this data (covered by the exchange-data test)
         for symbol in SYMBOLS:
             paths = sorted((out / name / symbol).rglob("data.parquet"))
             assert paths, f"{name} {symbol}: no files"
@@ -254,3 +252,42 @@ def test_types_exported_by_default_cover_the_brief(db_url: str) -> None:
         "features_1m", "features_5m", "features_15m",
     }  # fmt: skip
     assert np.all([TYPES[t].sql().count("ORDER BY") == 1 for t in TYPES])
+
+
+def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(db_url: str, tmp_path: Path) -> None:
+    state = run(write_hours(db_url, hold_back=4_000))
+    late = state["held"]
+    late_hour = int(late.column("ts_ms")[0].as_py()) // HOUR_MS * HOUR_MS
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-m", "microstructure", "--database-url", db_url, "export", "--output-dir", str(out),
+           "--type", "aggtrades,features_1m", "--follow", "--poll", "1"]  # fmt: skip
+
+    def wait_for(cond, what: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + seconds
+        while not cond():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(files(out)) == 4 * 6, "every hour of both types and symbols exported", proc)
+        day = at(late_hour)
+        target = out / "aggtrades" / SYMBOLS[0] / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"hour={day:%H}" / "data.parquet"
+        before = files(out)
+        run(write_late(db_url, SYMBOLS[0], late))
+        wait_for(lambda: files(out)[target] != before[target], "the late hour re-exported", proc)
+        assert pq.read_table(target).num_rows == db_hour(db_url, "aggtrades", SYMBOLS[0], late_hour).num_rows
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out_text, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and time.monotonic() - t < 15, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    settled = files(out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # a few polls after a restart: nothing to do
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert files(out) == settled
