@@ -59,6 +59,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     _common(exp)
     exp.set_defaults(handler=cmd_export)
+    plot = subparsers.add_parser(
+        "plot",
+        help="draw a symbol's feature bars: price/vwap, cvd, imbalance, spread, funding/OI, liquidations",
+        description="One PNG of stacked panels with a shared time axis from features_<timeframe> (final bars): "
+        "close with vwap, cvd, book imbalance 5/10/20, spread (bps), funding rate with open interest, and "
+        "liquidations by side, marked as sampled (lower bounds). Default range: the last day of bars. Needs "
+        "matplotlib (pip install 'microstructure[plot]').",
+    )
+    plot.add_argument("--symbol", required=True, metavar="SYMBOL")
+    plot.add_argument("--timeframe", default="1m", metavar="TF", help="1m (default) | 5m | 15m")
+    plot.add_argument("--start", metavar="TIME", help="UTC date or time (default: a day before --end)")
+    plot.add_argument("--end", metavar="TIME", help="UTC date or time (default: after the last bar)")
+    plot.add_argument(
+        "--out", default="chart.png", type=Path, metavar="FILE", help="PNG file (default chart.png)"
+    )
+    plot.set_defaults(handler=cmd_plot)
     sub = features_subcommands(subparsers)
     fexp = add_subcommand(
         sub,
@@ -132,13 +148,9 @@ def _check_symbols(url: str, symbols: list[str] | None, types: list[str]) -> Non
     """An asked-for symbol that none of the types has rows for is a typo: say so, write nothing."""
     if not symbols:
         return
-    from microstructure.export.exporter import Reader
+    from microstructure.export.exporter import known_symbols
 
-    reader = Reader(url)
-    try:
-        known = sorted({s for t in types for s in reader.symbols(TYPES[t])})
-    finally:
-        reader.close()
+    known = known_symbols(url, types)
     for s in symbols:
         if s not in known:
             raise SettingError(
@@ -246,4 +258,37 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
             else ""
         )
     )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from microstructure.args import parse_symbols
+    from microstructure.export.chart import ChartError, plot_features
+    from microstructure.export.pull import pull_features
+
+    symbol = parse_symbols([args.symbol])[0]
+    tf = parse_timeframe(args.timeframe)
+    start, end = parse_range(args.start, args.end)
+    out: Path = args.out
+    if out.suffix.lower() != ".png":
+        raise SettingError(f"--out: expected a .png file name, got {str(out)!r}")
+    url = prepared_database(settings)
+    _check_symbols(url, [symbol], [view_name(tf)])
+    if end is None:
+        from microstructure.export.exporter import query_arrow
+
+        last = query_arrow(
+            url, f"SELECT max(bucket_end) AS t FROM {view_name(tf)} WHERE symbol = $1", (symbol,)
+        )
+        end = last.column("t")[0].as_py()
+    if start is None:
+        start = end - timedelta(days=1)
+    bars = pull_features(symbol, start, end, tf, dsn=url, technical=False)
+    try:
+        path = plot_features(bars, symbol, tf, out)
+    except ChartError as exc:
+        raise SettingError(str(exc)) from None
+    print(f"chart of {len(bars):,} {tf} bars of {symbol} written to {path}")
     return 0

@@ -169,86 +169,169 @@ def _to_millis(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
+# Binary COPY field types a fixed-width row can hold: numpy big-endian dtype, Arrow type
+FIXED = {
+    "timestamptz": (">i8", pa.int64()),  # microseconds since 2000-01-01 -> ms since the epoch
+    "int8": (">i8", pa.int64()),
+    "float8": (">f8", pa.float64()),
+    "bool": ("u1", pa.bool_()),
+}
+PG_EPOCH_US = 946_684_800_000_000
+
+
+def decode_fixed_copy(data: bytes | memoryview, columns: Sequence[tuple[str, str]]) -> pa.Table | None:
+    """A binary COPY stream whose rows are all fixed-width and NULL-free -> Arrow, vectorised (one
+    numpy structured view of the whole body). None when a row does not fit (a NULL): read it otherwise."""
+    body = memoryview(data)[19:-2]  # PGCOPY header (no extension) ... trailer -1
+    fields = [("n", ">i2")]
+    for i, (_, pg) in enumerate(columns):
+        fields += [(f"len{i}", ">i4"), (f"v{i}", FIXED[pg][0])]
+    dtype = np.dtype(fields)
+    if len(body) % dtype.itemsize:
+        return None
+    rows = np.frombuffer(body, dtype=dtype)
+    for i, (_, pg) in enumerate(columns):
+        if len(rows) and not np.all(rows[f"len{i}"] == np.dtype(FIXED[pg][0]).itemsize):
+            return None
+    cols = {}
+    for i, (name, pg) in enumerate(columns):
+        v = rows[f"v{i}"]
+        if pg == "timestamptz":
+            v = (v.astype(np.int64) + PG_EPOCH_US) // 1000
+        elif pg == "bool":
+            v = v.astype(bool)
+        else:
+            v = v.astype(v.dtype.newbyteorder("="))
+        cols[name] = pa.array(v, FIXED[pg][1])
+    return pa.table(cols)
+
+
+def _with_symbol(table: pa.Table, symbol: str) -> pa.Table:
+    """Every file's last column: the contract (so a glob over symbols keeps it)."""
+    return table.append_column(
+        pa.field("symbol", pa.string(), nullable=False), pa.array([symbol] * table.num_rows, pa.string())
+    )
+
+
 class Reader:
-    """An ADBC connection: query results straight into Arrow."""
+    """Query results straight into Arrow: binary COPY decoded by numpy where every column is
+    fixed-width (aggtrades), ADBC (binary COPY inside the driver) for the rest. Async: the next
+    range is read while the last one is written."""
 
     def __init__(self, dsn: str) -> None:
-        import adbc_driver_postgresql.dbapi as adbc
+        self.dsn = dsn
+        self._adbc: Any = None
+        self._pg: Any = None
 
-        self.conn = adbc.connect(dsn)
+    async def __aenter__(self) -> Reader:
+        import asyncpg
 
-    def close(self) -> None:
-        self.conn.close()
+        self._pg = await asyncpg.connect(self.dsn, timeout=10)
+        return self
 
-    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        with self.conn.cursor() as cur:
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+        if self._adbc is not None:
+            await asyncio.to_thread(self._adbc.close)
+
+    def _adbc_arrow(self, sql: str, params: Sequence[Any]) -> pa.Table:
+        if self._adbc is None:
+            import adbc_driver_postgresql.dbapi as adbc
+
+            self._adbc = adbc.connect(self.dsn)
+        with self._adbc.cursor() as cur:
             cur.execute(sql, tuple(params))
-            return cur.fetch_arrow_table()
+            t = cur.fetch_arrow_table()
+        return pa.Table.from_arrays(t.columns, schema=pa.schema([pa.field(f.name, f.type) for f in t.schema]))
 
-    def rows(self, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
-        return _to_millis(self.arrow(t.sql(), (symbol, lo, hi)))
+    async def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return await asyncio.to_thread(self._adbc_arrow, sql, params)
 
-    def symbols(self, t: ExportType) -> list[str]:
+    async def rows(self, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
+        if t.fixed_columns is not None:
+            buf = bytearray()
+
+            async def sink(chunk: bytes) -> None:
+                buf.extend(chunk)
+
+            await self._pg.copy_from_query(t.sql(), symbol, lo, hi, output=sink, format="binary")
+            table = decode_fixed_copy(buf, t.fixed_columns)
+            if table is not None:
+                return _with_symbol(table, symbol)
+        return _with_symbol(_to_millis(await self.arrow(t.sql(), (symbol, lo, hi))), symbol)
+
+    async def symbols(self, t: ExportType) -> list[str]:
         out: set[str] = set()
         for table, _ in SPAN_TABLES[t.name]:
-            tb = self.arrow(
+            rows = await self._pg.fetch(
                 f"WITH RECURSIVE s AS (SELECT min(symbol) AS symbol FROM {table} UNION ALL "
                 f"SELECT (SELECT min(symbol) FROM {table} WHERE symbol > s.symbol) FROM s WHERE s.symbol IS NOT NULL) "
                 "SELECT symbol FROM s WHERE symbol IS NOT NULL"
             )
-            out.update(tb.column("symbol").to_pylist())
+            out.update(r["symbol"] for r in rows)
         return sorted(out)
 
-    def span(self, t: ExportType, symbol: str) -> tuple[datetime, datetime] | None:
+    async def span(self, t: ExportType, symbol: str) -> tuple[datetime, datetime] | None:
         lo = hi = None
         for table, col in SPAN_TABLES[t.name]:
-            tb = self.arrow(
-                f"SELECT min({col}) AS lo, max({col}) AS hi FROM {table} WHERE symbol = $1", (symbol,)
+            row = await self._pg.fetchrow(
+                f"SELECT min({col}) AS lo, max({col}) AS hi FROM {table} WHERE symbol = $1", symbol
             )
-            a, b = tb.column("lo")[0].as_py(), tb.column("hi")[0].as_py()
-            if a is None:
+            if row is None or row["lo"] is None:
                 continue
-            lo = a if lo is None else min(lo, a)
-            hi = b if hi is None else max(hi, b)
+            lo = row["lo"] if lo is None else min(lo, row["lo"])
+            hi = row["hi"] if hi is None else max(hi, row["hi"])
         return (lo, hi) if lo is not None and hi is not None else None
 
+    # the invalidation log, on the same connection
+    async def pending(
+        self, consumer: str, tables: Sequence[str]
+    ) -> tuple[int, list[tuple[str, str, datetime, datetime]]]:
+        """Register the consumer (nothing it needs is pruned from now on); what it has not taken."""
+        from microstructure.db.invalidation_log import pending_ranges, register_consumer
 
-# ---------------------------------------------------------------- the log
+        _, horizon, ranges = await pending_ranges(self._pg, consumer, tables)
+        await register_consumer(self._pg, consumer, horizon)
+        return horizon, ranges
+
+    async def advance(self, consumer: str, horizon: int) -> None:
+        from microstructure.db.invalidation_log import advance_cursor
+
+        await advance_cursor(self._pg, consumer, horizon)
 
 
-def _log(
-    dsn: str, consumer: str, tables: Sequence[str]
-) -> tuple[int, list[tuple[str, str, datetime, datetime]]]:
-    """Register the consumer (so nothing it needs is pruned from now on) and read what it has not taken."""
-    import asyncpg
+def read_rows(dsn: str, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
+    """One range of a type as its files hold it (the rows of [lo, hi), symbol last)."""
 
-    from microstructure.db.invalidation_log import pending_ranges, register_consumer
-
-    async def go() -> tuple[int, list[tuple[str, str, datetime, datetime]]]:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            _, horizon, ranges = await pending_ranges(conn, consumer, tables)
-            await register_consumer(conn, consumer, horizon)
-            return horizon, ranges
-        finally:
-            await conn.close()
+    async def go() -> pa.Table:
+        async with Reader(dsn) as r:
+            return await r.rows(t, symbol, lo, hi)
 
     return asyncio.run(go())
 
 
-def _advance(dsn: str, consumer: str, horizon: int) -> None:
-    import asyncpg
+def known_symbols(dsn: str, types: Sequence[str]) -> list[str]:
+    """The symbols any of the types has rows for."""
 
-    from microstructure.db.invalidation_log import advance_cursor
+    async def go() -> list[str]:
+        async with Reader(dsn) as r:
+            return sorted({s for name in types for s in await r.symbols(TYPES[name])})
 
-    async def go() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await advance_cursor(conn, consumer, horizon)
-        finally:
-            await conn.close()
+    return asyncio.run(go())
 
-    asyncio.run(go())
+
+def query_arrow(dsn: str, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """A query's result as Arrow (ADBC), without the driver's field metadata."""
+    r = Reader(dsn)
+    try:
+        return r._adbc_arrow(sql, params)
+    finally:
+        if r._adbc is not None:
+            r._adbc.close()
+
+
+# ---------------------------------------------------------------- which hours
 
 
 def touched_hours(t: ExportType, lo: datetime, hi: datetime) -> Iterable[datetime]:
@@ -319,18 +402,31 @@ def _write_hour(
     report.rows += table.num_rows
 
 
-def export_type(
-    reader: Reader, dsn: str, root: Path, t: ExportType, state: ExportState, report: TypeReport, *,
+def _write_run(
+    root: Path, t: ExportType, symbol: str, lo: datetime, hi: datetime, table: pa.Table, compression: str,
+    manifests: dict[Path, Manifest], report: TypeReport,
+) -> None:  # fmt: skip
+    parts = _by_hour(table)
+    h = lo
+    while h < hi:
+        part = parts.get(h)
+        if part is not None and part.num_rows:
+            _write_hour(root, t, symbol, h, part, compression, manifests, report)
+        h += HOUR
+
+
+async def export_type(
+    reader: Reader, root: Path, t: ExportType, state: ExportState, report: TypeReport, *,
     symbols: Sequence[str] | None, start: datetime | None, end: datetime | None, compression: str,
     closed_before: datetime,
 ) -> None:  # fmt: skip
     consumer = consumer_name(root, t.name)
-    horizon, ranges = _log(dsn, consumer, t.sources)
+    horizon, ranges = await reader.pending(consumer, t.sources)
     touched: dict[str, set[datetime]] = defaultdict(set)
     for _table, symbol, lo, hi in ranges:
         touched[symbol].update(touched_hours(t, lo, hi))
-    for symbol in symbols if symbols is not None else reader.symbols(t):
-        span = reader.span(t, symbol)
+    for symbol in symbols if symbols is not None else await reader.symbols(t):
+        span = await reader.span(t, symbol)
         if span is None:
             continue
         watermark = state.get(t.name, symbol)
@@ -350,21 +446,22 @@ def export_type(
         todo = sorted(hours | again)
         report.hours += len(todo)
         manifests: dict[Path, Manifest] = {}
-        span_per_query = FEATURE_QUERY_SPAN if t.is_features else DAY
-        for lo, hi in _runs(todo, span_per_query):
-            parts = _by_hour(reader.rows(t, symbol, lo, hi))
-            h = lo
-            while h < hi:
-                part = parts.get(h)
-                if part is not None and part.num_rows:
-                    _write_hour(root, t, symbol, h, part, compression, manifests, report)
-                h += HOUR
+        runs = _runs(todo, FEATURE_QUERY_SPAN if t.is_features else DAY)
+        # read the next range while the last one is encoded and written (pyarrow, in a thread)
+        nxt = asyncio.create_task(reader.rows(t, symbol, *runs[0])) if runs else None
+        for k, (lo, hi) in enumerate(runs):
+            assert nxt is not None
+            table = await nxt
+            nxt = asyncio.create_task(reader.rows(t, symbol, *runs[k + 1])) if k + 1 < len(runs) else None
+            await asyncio.to_thread(
+                _write_run, root, t, symbol, lo, hi, table, compression, manifests, report
+            )
         for m in manifests.values():
             m.save()
         if not start and not end and (watermark is None or last > watermark):
             state.set(t.name, symbol, last)
             state.save()
-    _advance(dsn, consumer, horizon)
+    await reader.advance(consumer, horizon)
 
 
 def export_once(
@@ -381,12 +478,12 @@ def export_once(
     refresh_features: bool = True,
 ) -> ExportReport:
     """Export every closed hour not exported yet, and every hour writes touched since the last run
-    (see the module doc). `start`/`end` (UTC, hour-aligned inward) limit it to a range and leave the
+    (see the module doc). `start`/`end` (UTC, hour-aligned outward) limit it to a range and leave the
     watermarks alone."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
     root = check_output_dir(Path(output_dir))
-    chosen = [TYPES[n] for n in (types or [])] if types else [TYPES[n] for n in TYPES]
+    chosen = [TYPES[n] for n in types] if types else list(TYPES.values())
     report = ExportReport(root)
     started = time.monotonic()
     if refresh_features and any(t.is_features for t in chosen):
@@ -395,9 +492,20 @@ def export_once(
         report.refreshed = asyncio.run(refresh_once(dsn)).summary_lines()[0]
     now = now or datetime.now(tz=UTC)
     closed_before = floor_hour(now - timedelta(seconds=lateness))  # hours ending by then are closed
+
+    async def run() -> None:
+        state = ExportState.load(root)
+        async with Reader(dsn) as reader:
+            for t in chosen:
+                await export_type(
+                    reader, root, t, state, report.types[t.name], symbols=symbols, start=start, end=end,
+                    compression=compression, closed_before=closed_before,
+                )  # fmt: skip
+
     with output_lock(root):
-        return _export_locked(dsn, root, chosen, report, started, symbols=symbols, start=start, end=end,
-                              compression=compression, closed_before=closed_before)  # fmt: skip
+        asyncio.run(run())
+    report.seconds = time.monotonic() - started
+    return report
 
 
 @contextlib.contextmanager
@@ -414,25 +522,6 @@ def output_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         fh.close()
-
-
-def _export_locked(
-    dsn: str, root: Path, chosen: Sequence[ExportType], report: ExportReport, started: float, *,
-    symbols: Sequence[str] | None, start: datetime | None, end: datetime | None, compression: str,
-    closed_before: datetime,
-) -> ExportReport:  # fmt: skip
-    state = ExportState.load(root)
-    reader = Reader(dsn)
-    try:
-        for t in chosen:
-            export_type(
-                reader, dsn, root, t, state, report.types[t.name], symbols=symbols, start=start, end=end,
-                compression=compression, closed_before=closed_before,
-            )  # fmt: skip
-    finally:
-        reader.close()
-    report.seconds = time.monotonic() - started
-    return report
 
 
 async def follow(

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from microstructure.export.exporter import DEFAULT_LATENESS, Reader
+from microstructure.export.exporter import DEFAULT_LATENESS, query_arrow
 from microstructure.export.indicators import INDICATOR_COLUMNS, WARMUP_BARS, indicators
 from microstructure.export.types import TYPES
 from microstructure.features_sql.stages import FEATURE_COLUMNS, TIMEFRAME_SECONDS, TIMEFRAMES, view_name
@@ -41,15 +41,12 @@ def _utc(t: datetime | str) -> datetime:
 
 
 def _from_db(dsn: str, symbols: Sequence[str], lo: datetime, hi: datetime, tf: str) -> pa.Table:
-    reader = Reader(dsn)
-    try:
-        return reader.arrow(
-            f"SELECT symbol, bucket, bucket_end, {', '.join(FEATURE_COLUMNS)} FROM {view_name(tf)} "
-            "WHERE symbol = ANY($1) AND bucket >= $2 AND bucket < $3 ORDER BY symbol, bucket",
-            (list(symbols), lo, hi),
-        )
-    finally:
-        reader.close()
+    return query_arrow(
+        dsn,
+        f"SELECT symbol, bucket, bucket_end, {', '.join(FEATURE_COLUMNS)} FROM {view_name(tf)} "
+        "WHERE symbol = ANY($1) AND bucket >= $2 AND bucket < $3 ORDER BY symbol, bucket",
+        (list(symbols), lo, hi),
+    )
 
 
 def _from_parquet(data_dir: Path, symbols: Sequence[str], lo: datetime, hi: datetime, tf: str) -> pa.Table:

@@ -1,8 +1,8 @@
 """What can be exported: each type's SQL (export/sql/), its source tables and its time column.
 
 Every file of a type has the same documented columns (README, "Parquet export"): `timestamp` first,
-int64 milliseconds since the epoch (UTC), then the type's columns, `symbol` last. Every other time
-column is int64 milliseconds too.
+int64 milliseconds since the epoch (UTC), then the type's columns (its SELECT), `symbol` last (added
+by the exporter). Every other time column is int64 milliseconds too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ class ExportType:
     sql_file: str
     sources: tuple[str, ...]  # the tables whose writes (the invalidation log) change its files
     timeframe: str | None = None  # features types: the bar width
+    # every column fixed-width and NOT NULL: read by binary COPY decoded with numpy (name, pg type)
+    fixed_columns: tuple[tuple[str, str], ...] | None = None
 
     @property
     def is_features(self) -> bool:
@@ -33,7 +35,20 @@ class ExportType:
 
 
 RAW_TYPES = (
-    ExportType("aggtrades", "aggtrades.sql", ("agg_trades",)),
+    ExportType(
+        "aggtrades",
+        "aggtrades.sql",
+        ("agg_trades",),
+        fixed_columns=(
+            ("timestamp", "timestamptz"),
+            ("trade_id", "int8"),
+            ("price", "float8"),
+            ("quantity", "float8"),
+            ("is_buyer_maker", "bool"),
+            ("first_trade_id", "int8"),
+            ("last_trade_id", "int8"),
+        ),
+    ),
     ExportType("book_depth", "book_depth.sql", ("book_snapshots",)),
     ExportType("mark_price", "mark_price.sql", ("mark_prices",)),
     ExportType("funding", "funding.sql", ("funding_rates",)),

@@ -1,5 +1,5 @@
--- aggtrades: the brief's schema (timestamp = trade time T, trade_id = aggregate id), then symbol.
-SELECT ts AS timestamp, agg_id AS trade_id, price, quantity, is_buyer_maker, first_trade_id, last_trade_id, symbol
+-- aggtrades: the brief's schema (timestamp = trade time T, trade_id = aggregate id); the exporter adds symbol last.
+SELECT ts AS timestamp, agg_id AS trade_id, price, quantity, is_buyer_maker, first_trade_id, last_trade_id
 FROM agg_trades
 WHERE symbol = $1 AND ts >= $2 AND ts < $3
 ORDER BY ts, agg_id
