@@ -23,7 +23,7 @@ import pytest
 from ex_helpers import HOUR_MS, SYMBOLS, T0, run, write_hours, write_late
 
 from microstructure.cli import main
-from microstructure.export.exporter import Reader, export_once
+from microstructure.export.exporter import export_once, read_rows
 from microstructure.export.types import DEFAULT_TYPES, TYPES
 
 
@@ -43,11 +43,7 @@ def files(root: Path) -> dict[Path, tuple[int, int]]:
 
 
 def db_hour(dsn: str, type_name: str, symbol: str, hour_ms: int) -> pa.Table:
-    reader = Reader(dsn)
-    try:
-        return reader.rows(TYPES[type_name], symbol, at(hour_ms), at(hour_ms + HOUR_MS))
-    finally:
-        reader.close()
+    return read_rows(dsn, TYPES[type_name], symbol, at(hour_ms), at(hour_ms + HOUR_MS))
 
 
 @pytest.fixture
@@ -254,7 +250,9 @@ def test_types_exported_by_default_cover_the_brief(db_url: str) -> None:
     assert np.all([TYPES[t].sql().count("ORDER BY") == 1 for t in TYPES])
 
 
-def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(db_url: str, tmp_path: Path) -> None:
+def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(
+    db_url: str, tmp_path: Path
+) -> None:
     state = run(write_hours(db_url, hold_back=4_000))
     late = state["held"]
     late_hour = int(late.column("ts_ms")[0].as_py()) // HOUR_MS * HOUR_MS
@@ -273,14 +271,23 @@ def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(db_url
     try:
         wait_for(lambda: len(files(out)) == 4 * 6, "every hour of both types and symbols exported", proc)
         day = at(late_hour)
-        target = out / "aggtrades" / SYMBOLS[0] / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"hour={day:%H}" / "data.parquet"
+        target = (
+            out
+            / "aggtrades"
+            / SYMBOLS[0]
+            / f"{day:%Y}"
+            / f"{day:%m}"
+            / f"{day:%d}"
+            / f"hour={day:%H}"
+            / "data.parquet"
+        )
         before = files(out)
         run(write_late(db_url, SYMBOLS[0], late))
         wait_for(lambda: files(out)[target] != before[target], "the late hour re-exported", proc)
         assert pq.read_table(target).num_rows == db_hour(db_url, "aggtrades", SYMBOLS[0], late_hour).num_rows
         t = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out_text, err = proc.communicate(timeout=30)
+        _out_text, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and time.monotonic() - t < 15, err
     finally:
         if proc.poll() is None:

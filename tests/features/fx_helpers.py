@@ -150,6 +150,10 @@ COPY_TABLES: dict[str, list[tuple[str, str]]] = {
                      ("avg_price", "float8"), ("status", "text"), ("last_filled_qty", "float8"),
                      ("filled_qty", "float8"), ("recv_ts", "timestamptz")],
 }  # fmt: skip
+COPY_TABLES["agg_trade_coverage"] = [
+    ("symbol", "text"), ("day", "date"), ("first_id", "int8"), ("last_id", "int8"), ("row_count", "int8"),
+    ("missing_count", "int8"),
+]  # fmt: skip
 COPY_TABLES["book_snapshots"] = [
     ("symbol", "text"), ("ts", "timestamptz"), ("event_ts", "timestamptz"), ("first_update_id", "int8"),
     ("last_update_id", "int8"), ("prev_update_id", "int8"), ("source", "text"), ("bid_px", "float8[]"),
