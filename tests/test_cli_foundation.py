@@ -155,6 +155,15 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
         url = urls.pop()
         status = EmbeddedPostgres(home).status()
         assert status.running and f":{status.port}/" in url
+        # It asks for a password (scram-sha-256), generated at initdb and kept 0600 in the home folder:
+        # another local user cannot connect without it.
+        pw_file = home / "embedded-password"
+        assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600 and status.password == pw_file.read_text().strip()
+        assert f"postgres:{status.password}@" in url
+        for wrong in (f"postgresql://postgres@127.0.0.1:{status.port}/microstructure",
+                      f"postgresql://postgres:guess@127.0.0.1:{status.port}/microstructure"):  # fmt: skip
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(wrong, connect_timeout=5)
         postmasters = subprocess.run(
             ["pgrep", "-f", f"postgres.*-D {home / 'pgdata'}"], capture_output=True, text=True
         )
@@ -223,3 +232,22 @@ def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> N
             ]
     finally:
         run_cli("db", "stop", home=home)
+
+
+def test_a_trust_data_folder_from_before_passwords_is_secured_on_its_next_start(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "home")
+    st = server.ensure_running()
+    try:
+        # make it look like an older version's folder: trust for everyone, no password file
+        hba = server.data_dir / "pg_hba.conf"
+        hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+        server.password_file.unlink()
+        server.stop()
+        st = server.ensure_running()
+        assert st.password and server.password_file.exists()
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"postgresql://postgres@127.0.0.1:{st.port}/postgres", connect_timeout=5)
+        with psycopg.connect(st.dsn("postgres")) as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    finally:
+        server.stop()

