@@ -19,6 +19,9 @@ RUNS = [
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15", "--book-source", "diff"],
     ["bench_collect_all.py", "--hot-path"],
+    ["bench_features.py", "--trades", "2500000", "--snapshots", "172800", "--marks", "86400"],
+    ["bench_export.py", "--days", "3", "--trades-per-day", "2500000", "--pull-days", "90"],
+    ["bench_durability.py", "--batches", "2000", "--rows", "50"],
 ]
 
 
