@@ -158,7 +158,9 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
         # It asks for a password (scram-sha-256), generated at initdb and kept 0600 in the home folder:
         # another local user cannot connect without it.
         pw_file = home / "embedded-password"
-        assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600 and status.password == pw_file.read_text().strip()
+        assert (
+            stat.S_IMODE(pw_file.stat().st_mode) == 0o600 and status.password == pw_file.read_text().strip()
+        )
         assert f"postgres:{status.password}@" in url
         for wrong in (f"postgresql://postgres@127.0.0.1:{status.port}/microstructure",
                       f"postgresql://postgres:guess@127.0.0.1:{status.port}/microstructure"):  # fmt: skip

@@ -56,3 +56,19 @@ def test_env_example_defines_every_variable_compose_requires() -> None:
     )
     assert required and required <= set(example)
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_background_workers_are_sized_for_the_jobs_the_schema_creates() -> None:
+    from microstructure.db.tables import TIME_TABLES
+    from microstructure.features_sql.stages import STAGES
+
+    command = load("docker-compose.yml")["services"]["timescaledb"]["command"]
+    settings = dict(a.split("=", 1) for a in command if "=" in a)
+    workers = int(settings["timescaledb.max_background_workers"])
+    processes = int(settings["max_worker_processes"])
+    refresh_policies = len(STAGES)  # one per continuous aggregate, all due every minute
+    assert workers >= refresh_policies + 1, (
+        "every refresh policy can run in the same minute, plus the scheduler"
+    )
+    assert processes >= workers + 8 + 2, "job workers, 8 parallel-query workers, scheduler and launcher"
+    assert len(TIME_TABLES) + 2 * len(STAGES) == 51  # the jobs the comment counts

@@ -17,10 +17,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "features"))
 
-from fx_cases import MIDNIGHT, SYM, T0, write_cases  # noqa: E402
-from fx_helpers import copy_raw_rows, run  # noqa: E402
+from fx_cases import MIDNIGHT, SYM, T0, write_cases
+from fx_helpers import copy_raw_rows, run
 
-from microstructure.features_sql import refresher  # noqa: E402
+from microstructure.features_sql import refresher
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -50,7 +50,11 @@ def expand(sql: str, variables: dict[str, str], start: datetime, end: datetime, 
             return f"'{iso(end)}'"
         if name in ("__timeGroup", "__timeGroupAlias"):
             s = _interval_seconds(args[1])
-            group = f"time_bucket('{s:.3f}s',{args[0]})" if timescaledb else f"floor(extract(epoch from {args[0]})/{s:g})*{s:g}"
+            group = (
+                f"time_bucket('{s:.3f}s',{args[0]})"
+                if timescaledb
+                else f"floor(extract(epoch from {args[0]})/{s:g})*{s:g}"
+            )
             return group + (' AS "time"' if name == "__timeGroupAlias" else "")
         if name == "__time":
             return f'{args[0]} AS "time"'
@@ -77,7 +81,10 @@ def expected_columns(panel: dict[str, Any]) -> list[str]:
 def check_dashboards(dsn: str) -> int:
     ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/timescaledb.yml").read_text())
     timescaledb = bool(ds["datasources"][0]["jsonData"].get("timescaledb"))
-    start, end = datetime.fromtimestamp(T0 / 1000, UTC) - timedelta(hours=1), datetime.fromtimestamp(MIDNIGHT / 1000, UTC) + timedelta(hours=1)
+    start, end = (
+        datetime.fromtimestamp(T0 / 1000, UTC) - timedelta(hours=1),
+        datetime.fromtimestamp(MIDNIGHT / 1000, UTC) + timedelta(hours=1),
+    )
     ran = 0
     with psycopg.connect(dsn) as conn:
         for path in DASHBOARDS:
@@ -88,7 +95,13 @@ def check_dashboards(dsn: str) -> int:
         for label, panel in panels():
             for tf in ("1m", "5m", "15m"):
                 for target in panel["targets"]:
-                    sql = expand(target["rawSql"], {"symbol": SYM, "timeframe": tf, "__interval": "1m"}, start, end, timescaledb)
+                    sql = expand(
+                        target["rawSql"],
+                        {"symbol": SYM, "timeframe": tf, "__interval": "1m"},
+                        start,
+                        end,
+                        timescaledb,
+                    )
                     cur = conn.execute(sql)
                     cols = [d.name for d in cur.description or []]
                     rows = cur.fetchall()

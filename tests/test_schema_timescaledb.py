@@ -4,6 +4,7 @@ TimescaleDB's information views; upgrade twice is a no-op; downgrade removes eve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -168,5 +169,33 @@ def test_engine_override_postgresql_builds_plain_tables_on_timescaledb(pglite_ur
                 "SELECT time_bucket('5 minutes'::interval, '2024-01-01 10:07+00'::timestamptz)"
             )
             assert str(got.fetchone()[0]).startswith("2024-01-01 10:05")
+    finally:
+        migrate.downgrade(pglite_url)
+
+
+def test_migrations_give_no_warnings_and_db_schema_tells_the_truth(
+    pglite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On TimescaleDB with continuous aggregates: no server WARNING during the migrations (the notices
+    are captured), `db schema` estimates hypertable rows with approximate_row_count() and lists no
+    compat function (TimescaleDB's own time_bucket/first/last are not ours)."""
+    migrate.downgrade(pglite_url)
+    with caplog.at_level(logging.DEBUG, logger="microstructure.db.migrations"):
+        migrate.upgrade(pglite_url)
+    notices = [r.getMessage() for r in caplog.records if r.name == "microstructure.db.migrations"]
+    assert notices, "the notice handler saw nothing: it is not attached"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING], notices
+    try:
+        with psycopg.connect(pglite_url) as conn:
+            conn.execute(
+                "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, is_buyer_maker) "
+                "SELECT 'BTCUSDT', g, to_timestamp(1700000000 + g), 100, 1, g, g, false FROM generate_series(1, 5000) g"
+            )
+            conn.commit()
+            conn.execute("ANALYZE agg_trades")
+        summary = migrate.summarize(pglite_url)
+        tables = {t.name: t for t in summary.tables}
+        assert tables["agg_trades"].kind == "hypertable" and tables["agg_trades"].rows_estimate > 0
+        assert summary.functions == []
     finally:
         migrate.downgrade(pglite_url)

@@ -291,7 +291,9 @@ class EmbeddedPostgres:
         and switch every host line of pg_hba.conf to scram-sha-256, then reload."""
         hba = self.data_dir / "pg_hba.conf"
         text = hba.read_text()
-        trusting = any(re.search(r"\btrust\b", ln) for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+        trusting = any(
+            re.search(r"\btrust\b", ln) for ln in text.splitlines() if not ln.lstrip().startswith("#")
+        )
         if st.password and not trusting:
             return st
         import psycopg

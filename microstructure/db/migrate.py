@@ -107,6 +107,21 @@ def summarize(url: str) -> SchemaSummary:
                     tables.append(TableInfo(name, "hypertable", int(estimate), interval, comp))
                 else:
                     tables.append(TableInfo(name, "table", int(estimate)))
+            if hyper:
+                # a hypertable's own reltuples stays 0: its rows live in its chunks (one query for all)
+                approx = dict(
+                    conn.execute(
+                        text(
+                            "SELECT h, approximate_row_count(h::regclass) FROM unnest(CAST(:names AS text[])) h"
+                        ),
+                        {"names": [t.name for t in tables if t.kind == "hypertable"]},
+                    ).all()
+                )
+                tables = [
+                    TableInfo(t.name, t.kind, int(approx.get(t.name) or 0), t.chunk_interval, t.compression)
+                    if t.kind == "hypertable" else t
+                    for t in tables
+                ]  # fmt: skip
             functions = [
                 f"{name}({args})"
                 for name, args in conn.execute(
@@ -114,6 +129,9 @@ def summarize(url: str) -> SchemaSummary:
                         "SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
                         "JOIN pg_namespace n ON n.oid = p.pronamespace "
                         "WHERE n.nspname = current_schema() AND p.proname IN ('time_bucket', 'first', 'last') "
+                        # ours only: not TimescaleDB's own functions of the same names
+                        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass "
+                        "AND d.objid = p.oid AND d.deptype = 'e') "
                         "ORDER BY 1, 2"
                     )
                 )

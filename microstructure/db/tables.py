@@ -23,7 +23,7 @@ TIME_TABLES = (
     TimeTable("mark_prices", "ts", "7 days", "symbol", "ts", "14 days"),
     TimeTable("funding_rates", "funding_ts", "90 days", "symbol", "funding_ts", "180 days"),
     TimeTable("open_interest", "ts", "30 days", "symbol", "ts", "30 days"),
-    TimeTable("liquidations", "ts", "30 days", "symbol", "ts", "30 days"),
+    TimeTable("liquidations", "ts", "30 days", "symbol", "ts, trade_ts, side, price, quantity", "30 days"),
     TimeTable("book_depth_bands", "ts", "7 days", "symbol", "ts, percentage", "14 days"),
     TimeTable("futures_metrics", "ts", "30 days", "symbol", "ts", "30 days"),
     TimeTable("price_klines", "ts", "30 days", "symbol, kind", "ts", "30 days"),

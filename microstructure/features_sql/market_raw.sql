@@ -5,9 +5,9 @@
 SELECT
     symbol,
     time_bucket(INTERVAL '{width}', ts) AS bucket,
-    (max(ARRAY[date_part('epoch', ts), mark_price]))[2] AS mark_price,
-    (max(CASE WHEN index_price IS NOT NULL THEN ARRAY[date_part('epoch', ts), index_price] END))[2] AS index_price,
-    (max(CASE WHEN funding_rate IS NOT NULL THEN ARRAY[date_part('epoch', ts), funding_rate] END))[2]
+    (max(ARRAY[date_part('epoch', ts AT TIME ZONE 'UTC'), mark_price]))[2] AS mark_price,
+    (max(CASE WHEN index_price IS NOT NULL THEN ARRAY[date_part('epoch', ts AT TIME ZONE 'UTC'), index_price] END))[2] AS index_price,
+    (max(CASE WHEN funding_rate IS NOT NULL THEN ARRAY[date_part('epoch', ts AT TIME ZONE 'UTC'), funding_rate] END))[2]
         AS funding_rate,
     sum(CASE WHEN index_price <> 0 THEN (mark_price - index_price) / index_price * 100 END) AS premium_sum,
     count(CASE WHEN index_price <> 0 THEN 1 END) AS premium_n,

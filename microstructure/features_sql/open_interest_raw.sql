@@ -3,7 +3,7 @@
 SELECT
     symbol,
     time_bucket(INTERVAL '{width}', ts) AS bucket,
-    (max(ARRAY[date_part('epoch', ts), open_interest]))[2] AS open_interest,
+    (max(ARRAY[date_part('epoch', ts AT TIME ZONE 'UTC'), open_interest]))[2] AS open_interest,
     count(*) AS oi_count
 FROM open_interest
 GROUP BY symbol, time_bucket(INTERVAL '{width}', ts)

@@ -2,10 +2,10 @@
 SELECT
     symbol,
     time_bucket(INTERVAL '{width}', bucket) AS bucket,
-    (min(ARRAY[date_part('epoch', bucket), open]))[2] AS open,
+    (min(ARRAY[date_part('epoch', bucket AT TIME ZONE 'UTC'), open]))[2] AS open,
     max(high) AS high,
     min(low) AS low,
-    (max(ARRAY[date_part('epoch', bucket), close]))[2] AS close,
+    (max(ARRAY[date_part('epoch', bucket AT TIME ZONE 'UTC'), close]))[2] AS close,
     sum(volume) AS volume,
     sum(quote_volume) AS quote_volume,
     sum(trade_count)::bigint AS trade_count,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -11,6 +13,18 @@ from microstructure.db.connect import resolve_database_url, sqlalchemy_url
 MIGRATION_LOCK_KEY = 7_349_201_553  # pg_advisory_lock key shared by every migrating process
 
 config = context.config
+log = logging.getLogger("microstructure.db.migrations")
+
+
+def _log_notice(diag: object) -> None:
+    """The server's notices during a migration, in our log: WARNING and above as warnings (a test
+    asserts a migration gives none), the rest at debug."""
+    severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", "") or ""
+    text = getattr(diag, "message_primary", "") or ""
+    if severity in ("WARNING", "ERROR", "FATAL", "PANIC"):
+        log.warning("server %s during migration: %s", severity, text)
+    else:
+        log.debug("server %s during migration: %s", severity, text)
 
 
 def _url() -> str:
@@ -29,6 +43,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        driver = getattr(connection.connection, "driver_connection", None)
+        if driver is not None and hasattr(driver, "add_notice_handler"):
+            driver.add_notice_handler(_log_notice)
         connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
         connection.commit()
         try:
