@@ -185,13 +185,25 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
     assert "stopped" in run_cli("db", "status", home=home).stdout
 
 
-def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_job_and_continues_where_it_stopped(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
-    argv = ["demo", "--history-days", "1", "--live-seconds", "4", "--trades-per-day", "5000"]
+    argv = ["demo", "--history-days", "1", "--live-seconds", "12", "--trades-per-day", "5000"]
     try:
         res = run_cli(*argv, home=home)
         assert res.returncode == 0, res.stderr
-        assert "== backfill" in res.stdout and "== live" in res.stdout
+        for part in ("== backfill", "== live", "== export", "== feature pull", "== chart", "== summary",
+                     "open aggregate-trade gaps: 0", "healed:", "features_1m (last 5 bars, UTC)"):  # fmt: skip
+            assert part in res.stdout, part
+        assert "faults on" in res.stdout
+        out = home / "demo"
+        assert (out / "chart.png").stat().st_size > 10_000
+        import duckdb
+
+        glob = str(out / "data" / "features_1m" / "*" / "*" / "*" / "*" / "*" / "data.parquet")
+        bars = duckdb.sql(f"SELECT count(*), count(DISTINCT symbol) FROM read_parquet('{glob}')").fetchall()[
+            0
+        ]
+        assert bars[0] > 1000 and bars[1] == 2
         for table in ("agg_trades", "book_snapshots", "mark_prices", "agg_trade_gaps"):
             assert table in res.stdout
         assert "engine postgresql" in res.stdout
@@ -209,7 +221,7 @@ def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> N
                         0
                     ]
                     >= 4
-                )  # 500 ms snapshots over the 4 s live run
+                )  # 500 ms snapshots of the live run
             assert conn.execute("SELECT count(*) FROM agg_trade_gaps WHERE status = 'open'").fetchone() == (
                 0,
             )
@@ -232,6 +244,15 @@ def test_demo_backfills_collects_live_and_prints_the_schema(tmp_path: Path) -> N
             assert klines == [
                 (s, k, 1440) for s in ("BTCUSDT", "ETHUSDT") for k in ("index", "mark", "premium")
             ]
+            files = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("data.parquet")}
+        # again: the backfill finds its days complete, the export rewrites only what changed
+        again = run_cli(
+            "demo", "--history-days", "1", "--live-seconds", "3", "--trades-per-day", "5000", home=home
+        )
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.count("1 already complete") == 2  # yesterday, for both symbols, is complete now
+        unchanged = [p for p, t in files.items() if p.stat().st_mtime_ns == t]
+        assert len(unchanged) > len(files) // 2, "an unchanged hour was rewritten"
     finally:
         run_cli("db", "stop", home=home)
 

@@ -214,28 +214,36 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    import psycopg
-    from rich.console import Console
-    from rich.table import Table
-
     from microstructure.args import parse_int, parse_symbols
 
     symbol = parse_symbols([args.symbol])[0]
     tf = parse_timeframe(args.timeframe)
     last = parse_int(args.last, "--last", 1, 100_000)
     url = prepared_database(settings)
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
+    print_bars(url, symbol, tf, last, columns)
+    return 0
+
+
+def print_bars(url: str, symbol: str, tf: str, last: int, columns: list[str] | None = None) -> int:
+    """The last `last` bars of features_<tf> for `symbol` as a table (columns: SHOW_DEFAULT, a list,
+    or ['all']); liquidation columns marked as lower bounds. Returns the number of bars shown."""
+    import psycopg
+    from rich.console import Console
+    from rich.table import Table
+
     with psycopg.connect(url) as conn:
         cur = conn.execute(
             f"SELECT * FROM {view_name(tf)} WHERE symbol = %s ORDER BY bucket DESC LIMIT %s", (symbol, last)
         )
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()[::-1]
-    if args.columns is None:
+    if columns is None:
         cols = list(SHOW_DEFAULT)
-    elif args.columns.strip().lower() == "all":
+    elif [c.lower() for c in columns] == ["all"]:
         cols = [n for n in names if n not in ("symbol", "bucket")]
     else:
-        cols = [c.strip() for c in args.columns.split(",") if c.strip()]
+        cols = columns
         unknown = [c for c in cols if c not in names]
         if unknown:
             raise SettingError(f"--columns: no column {unknown[0]!r} in {view_name(tf)}; try --columns all")
@@ -256,4 +264,4 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         console.print(
             "(>=) lower bounds: the exchange samples liquidations, at most one per symbol per second"
         )
-    return 0
+    return len(rows)
