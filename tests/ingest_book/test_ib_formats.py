@@ -8,15 +8,27 @@ import asyncio
 import io
 import zipfile
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import aiohttp
 import numpy as np
 import pandas as pd
-from ib_helpers import Tap, day_ms, exchange_config, fetch_all, make_writer, ms, settings_for
+from ib_helpers import (
+    Tap,
+    archive_csv,
+    check_book_depth_bands,
+    day_ms,
+    exchange_config,
+    fetch_all,
+    make_writer,
+    ms,
+    settings_for,
+)
 
 from microstructure.exchange import FormatConfig, LocalExchange
 from microstructure.exchange.archives import COLUMNS, KLINE_TYPES
 from microstructure.ingest.binance.rest import BinanceRest
+from microstructure.ingest.collectors.book import collect_book_historical
 from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -165,3 +177,34 @@ def test_metrics_with_empty_fields_sixteen_decimals_and_microsecond_times(db_url
         r["mark_price"] is None for r in funding
     )  # REST rows without a markPrice: NULL, as the archive's
     assert np.all(np.diff([ms(r["funding_ts"]) for r in funding]) > 0)
+
+
+def test_2026_book_depth_bands_are_stored_exactly(db_url, ib_cache, tmp_path) -> None:
+    async def go():
+        cfg = exchange_config(
+            ib_cache, history_days=2, live_rate=None, trades_per_day=2_000,
+            clock_start=datetime(2026, 3, 6, 6, 0, 5, tzinfo=UTC), formats=FormatConfig(book_depth_bands=12),
+        )  # fmt: skip
+        async with LocalExchange(cfg) as ex:
+            settings = settings_for(ex, db_url, tmp_path)
+            report = await collect_book_historical(
+                settings, db_url, ["ETHUSDT"], date(2026, 3, 4), date(2026, 3, 5)
+            )
+            text = await raw_csv(ex.base_url, "bookDepth", "ETHUSDT", "2026-03-05")
+            frame = await archive_csv(ex.base_url, "bookDepth", "ETHUSDT", "2026-03-05")
+            return report, text, frame
+
+    report, text, frame = asyncio.run(go())
+    assert report.ok and report.rows["ETHUSDT"] == 2 * 2880 * 12
+    bands = asyncio.run(fetch_all(db_url, "SELECT DISTINCT percentage FROM book_depth_bands ORDER BY 1"))
+    assert [str(r["percentage"]) for r in bands] == sorted(set(text["percentage"]), key=Decimal)
+    assert [str(r["percentage"]) for r in bands] == [
+        "-5.00", "-4.00", "-3.00", "-2.00", "-1.00", "-0.20", "0.20", "1.00", "2.00", "3.00", "4.00", "5.00"
+    ]  # fmt: skip
+    n = asyncio.run(
+        fetch_all(
+            db_url, "SELECT count(*) AS n FROM book_depth_bands WHERE percentage = 0.2 AND ts >= '2026-03-05'"
+        )
+    )
+    assert n[0]["n"] == 2880  # the query that found nothing while the column was real
+    check_book_depth_bands(db_url, "ETHUSDT", "2026-03-05", frame)

@@ -355,3 +355,10 @@ def test_the_share_of_malformed_rows_a_file_may_hold() -> None:
     )
     empty = A.parse_archive_csv("aggTrades", (HEADER + "\n").encode())
     assert empty.failure() == "no valid row (0 malformed)"
+
+
+def test_a_book_depth_band_out_of_range_is_a_malformed_row() -> None:
+    text = b"2026-01-01 00:00:07,-0.20,1.5,2.5\n2026-01-01 00:00:07,1234.5,1.5,2.5\n2026-01-01 00:00:07,5.00,1.5,2.5\n"
+    depth = A.parse_archive_csv("bookDepth", text)
+    assert depth.table.column("percentage").to_pylist() == [-0.2, 5.0]
+    assert depth.malformed_reasons == ["column percentage: expected a number from -100 to 100, got '1234.5'"]

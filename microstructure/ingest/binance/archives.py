@@ -286,6 +286,12 @@ NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
     "metrics": frozenset(n for n, t in CSV_COLUMNS["metrics"] if t == "float"),
 }
 
+# Columns whose values must lie in a range (inclusive): a bookDepth band is a percentage from mid,
+# stored as numeric(5,2).
+VALUE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "bookDepth": {"percentage": (-100.0, 100.0)},
+}
+
 # A file may hold at most this share of malformed rows; beyond it (or with no valid row at all) the
 # file is not trusted and its period fails: what is left of it would be a partial day stored as whole.
 MAX_MALFORMED_SHARE = 0.01
@@ -468,6 +474,7 @@ def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCs
     names = [n for n, _ in spec]
     types = dict(spec)
     nullable = NULLABLE_COLUMNS.get(kind, frozenset())
+    ranges = VALUE_RANGES.get(kind, {})
     time_cols = [n for n, t in spec if t == "time"]
     open_stream = _opener(source)
     header = _header_names(_first_line(open_stream), names)
@@ -528,6 +535,14 @@ def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCs
         table = read(typed=True)
         if any(table.column(n).null_count for n in names if n not in nullable):
             table = None  # empty fields: find the rows below
+        elif any(
+            not pc.all(
+                pc.and_(pc.greater_equal(table.column(n), lo), pc.less_equal(table.column(n), hi))
+            ).as_py()
+            for n, (lo, hi) in ranges.items()
+            if table.num_rows
+        ):
+            table = None  # a value out of its range: find the rows below
         elif time_cols and table.num_rows:
             unit = _time_unit(table.column(time_cols[0]).to_numpy(zero_copy_only=False))
             lo, hi, _ = TIME_UNITS[unit]
@@ -539,7 +554,7 @@ def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCs
     except pa.ArrowInvalid:
         table = None  # a value that does not convert: find the rows below
     if table is None:
-        table, unit = _convert_validating(read(typed=False), column_names, spec, nullable, bad)
+        table, unit = _convert_validating(read(typed=False), column_names, spec, nullable, bad, ranges)
     columns = []
     for n in names:
         col = table.column(n)
@@ -576,6 +591,7 @@ def _convert_validating(
     spec: tuple[tuple[str, str], ...],
     nullable: frozenset[str],
     bad: _Bad,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[pa.Table, str | None]:
     """String columns -> typed columns, dropping (and recording in `bad`, with the reason) rows that
     do not convert. Returns the typed table and the unit of the file's epoch times."""
@@ -606,6 +622,11 @@ def _convert_validating(
         if name in nullable:
             ok = pc.or_(ok, pc.equal(col, ""))
         ok_np = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+        if ranges and name in ranges and ok_np.any():
+            lo, hi = ranges[name]
+            x = np.full(n, np.nan)
+            x[ok_np] = np.asarray(col.filter(pa.array(ok_np)).cast(pa.float64()))
+            ok_np &= (x >= lo) & (x <= hi)
         reason[(~ok_np) & (reason < 0)] = k
     invalid = reason >= 0
     if invalid.any():
@@ -623,6 +644,9 @@ def _convert_validating(
             value = trimmed[name][i].as_py()
             if t == "time":
                 why = _time_reason(name, unit or "ms", value or "")
+            elif ranges and name in ranges and re.fullmatch(_VALID[t], value or ""):
+                lo, hi = ranges[name]
+                why = f"column {name}: expected a number from {lo:g} to {hi:g}, got {value!r}"
             elif value == "":
                 why = f"column {name}: empty, expected {_EXPECTED[t]}"
             else:

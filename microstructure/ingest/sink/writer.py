@@ -617,8 +617,9 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
     """Binary COPY of `data` into a temporary staging table, then INSERT ... ON CONFLICT DO NOTHING.
 
     For the archive-only tables the Writer does not cover (book_depth_bands, futures_metrics,
-    price_klines). `types` names the table's columns in COPY order with their PostgreSQL types; each
-    is a column of `data` (timestamptz columns as epoch milliseconds). Returns the number of new rows.
+    price_klines). `types` names the table's columns in COPY order with the PostgreSQL types they are
+    sent as (the table's own, or one the INSERT casts to it); each is a column of `data`
+    (timestamptz columns as epoch milliseconds). Returns the number of new rows.
     """
     if data.num_rows == 0:
         return 0
@@ -626,8 +627,11 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
     stage = f"stage_{table}"
     cols = ", ".join(types)
     async with conn.transaction():
+        # The staging table has the COPY types; the INSERT casts them to the table's where they
+        # differ (book_depth_bands.percentage: double precision -> numeric(5,2), exact to the band).
         await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({', '.join(f'{c} {t}' for c, t in types.items())}) "
+            "ON COMMIT DELETE ROWS"
         )
         await conn.copy_to_table(stage, source=io.BytesIO(payload), format="binary", columns=list(types))
         status = await conn.execute(
