@@ -297,7 +297,8 @@ class Producer:
                 prev = self.prev_books.get((sym, step))
                 if prev is None or prev.k >= k_t:
                     prev = book(k_t - step)
-                (bp, bq), (ap, aq) = book_diff(prev, new)
+                between = [book(k) for k in range(prev.k + 1, k_t)]
+                (bp, bq), (ap, aq) = book_diff(prev, new, between)
                 self.prev_books[(sym, step)] = new
                 payload = (
                     f'{{"e":"depthUpdate","E":{now},"T":{k_t * GRID_MS},"s":"{sym}","U":{prev.update_id + 1},'
