@@ -124,7 +124,8 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             metavar="SOURCE",
             help="live book source: depth20 (default: the <s>@depth20@500ms stream, one row per message) | "
             "diff (a local order book from <s>@depth@100ms and /fapi/v1/depth, top --depth-levels sampled "
-            "every 500 ms)",
+            "at each 500 ms boundary of the exchange's clock: the last update before it, so two collectors "
+            "on one stream store the same snapshots)",
         )
         p.add_argument(
             "--depth-levels",
