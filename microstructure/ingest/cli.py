@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "(verified sha256) and fills today and unpublished days from REST by fromId; a run started again "
         "continues where the last one stopped. Live mode follows the websocket streams. "
         "Exit codes: 0 done, 1 done with refused days (checksum mismatch; an archive with no valid row or "
-        "more than 1 %% of its rows malformed) or gaps left, 2 bad arguments/setup, "
+        "more than 1 % of its rows malformed) or gaps left, 2 bad arguments/setup, "
         "3 exchange refused or unreachable (e.g. IP ban).",
     )
     agg.add_argument(
