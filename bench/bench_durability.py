@@ -35,7 +35,10 @@ async def run(dsn: str, batches: int, rows: int) -> None:
     for size, n in ((rows, batches), (250_000, 8)):
         for mode in ("on", "off"):
             conn = await asyncpg.connect(dsn, server_settings={"synchronous_commit": mode})
-            tables = [trade_batch(rng, size, 1_772_323_200_000 + next_id, 60_000, next_id + i * size) for i in range(n)]
+            tables = [
+                trade_batch(rng, size, 1_772_323_200_000 + next_id, 60_000, next_id + i * size)
+                for i in range(n)
+            ]
             next_id += n * size
             t = time.perf_counter()
             for tb in tables:

@@ -139,7 +139,7 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(empty_db: str)
     once = catalog_snapshot(empty_db)
     migrate.upgrade(empty_db)
     assert catalog_snapshot(empty_db) == once
-    assert ("0004",) in once["alembic"]
+    assert ("0005",) in once["alembic"]
     assert {name for name, _ in once["functions"]} >= {"time_bucket", "first", "last"}
     migrate.downgrade(empty_db)
     after = catalog_snapshot(empty_db)
@@ -152,3 +152,42 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(empty_db: str)
     # And back up again from nothing.
     migrate.upgrade(empty_db)
     assert catalog_snapshot(empty_db) == once
+
+
+BANDS = [-5.0, -1.0, -0.2, 0.2, 1.0, 5.0]
+
+
+def test_0005_stores_book_depth_bands_exactly_and_converts_existing_rows(empty_db: str) -> None:
+    migrate.upgrade(empty_db, "0004")
+    insert = (
+        "INSERT INTO book_depth_bands (symbol, ts, percentage, depth, notional) "
+        "SELECT 'BTCUSDT', '2026-03-05 00:00:07+00'::timestamptz + k * interval '30 s', p, 1.5, 2.5 "
+        "FROM generate_series(0, 3) k, unnest(%s::real[]) p"
+    )
+    with psycopg.connect(empty_db) as conn:
+        conn.execute(insert, (BANDS,))
+        assert conn.execute("SELECT count(*) FROM book_depth_bands WHERE percentage = 0.2").fetchone() == (0,)
+    migrate.upgrade(empty_db)  # 0005: converted in place
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'book_depth_bands'::regclass AND attname = 'percentage'"
+        ).fetchone() == ("numeric(5,2)",)
+        got = conn.execute(
+            "SELECT p::text AS t FROM (SELECT DISTINCT percentage AS p FROM book_depth_bands) s ORDER BY s.p"
+        ).fetchall()
+        assert [g[0] for g in got] == ["-5.00", "-1.00", "-0.20", "0.20", "1.00", "5.00"]
+        assert conn.execute("SELECT count(*) FROM book_depth_bands WHERE percentage = 0.2").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM book_depth_bands").fetchone() == (24,)
+        comment = conn.execute("SELECT col_description('futures_metrics'::regclass, 2)").fetchone()[0]
+        assert "create_time" in comment and "#491" in comment and "not shifted" in comment
+    migrate.downgrade(empty_db, "0004")
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute(
+            "SELECT format_type(atttypid, 0) FROM pg_attribute "
+            "WHERE attrelid = 'book_depth_bands'::regclass AND attname = 'percentage'"
+        ).fetchone() == ("real",)
+        assert conn.execute(
+            "SELECT count(*) FROM book_depth_bands WHERE percentage = 0.2::real"
+        ).fetchone() == (4,)
+        assert conn.execute("SELECT col_description('futures_metrics'::regclass, 2)").fetchone() == (None,)

@@ -110,7 +110,7 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(timescale_url:
     once = catalog_snapshot(timescale_url)
     migrate.upgrade(timescale_url)
     assert catalog_snapshot(timescale_url) == once
-    assert once["alembic"] == [("0004",)]
+    assert once["alembic"] == [("0005",)]
     migrate.downgrade(timescale_url)
     after = catalog_snapshot(timescale_url)
     assert [r for r in after["relations"] if not r[0].startswith("alembic_version")] == [
@@ -197,5 +197,63 @@ def test_migrations_give_no_warnings_and_db_schema_tells_the_truth(
         tables = {t.name: t for t in summary.tables}
         assert tables["agg_trades"].kind == "hypertable" and tables["agg_trades"].rows_estimate > 0
         assert summary.functions == []
+    finally:
+        migrate.downgrade(pglite_url)
+
+
+def _compression_state(conn: psycopg.Connection) -> tuple[list, list, list]:
+    settings = conn.execute(
+        "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc "
+        "FROM timescaledb_information.compression_settings WHERE hypertable_name = 'book_depth_bands' ORDER BY 1"
+    ).fetchall()
+    jobs = conn.execute(
+        "SELECT config->>'compress_after' FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_compression' AND hypertable_name = 'book_depth_bands'"
+    ).fetchall()
+    chunks = conn.execute(
+        "SELECT chunk_name, is_compressed FROM timescaledb_information.chunks "
+        "WHERE hypertable_name = 'book_depth_bands' ORDER BY range_start"
+    ).fetchall()
+    return settings, jobs, chunks
+
+
+def test_0005_converts_book_depth_bands_on_a_compressed_hypertable(pglite_url: str) -> None:
+    """A column type cannot change while the columnstore is on: the migration takes compression off
+    and puts it back as it was (settings, policy, the chunks that were compressed)."""
+    migrate.downgrade(pglite_url)
+    migrate.upgrade(pglite_url, "0004")
+    try:
+        with psycopg.connect(pglite_url, autocommit=True) as conn:
+            for day in ("2026-01-05", "2026-03-05"):  # two chunks (7 days each)
+                conn.execute(
+                    "INSERT INTO book_depth_bands (symbol, ts, percentage, depth, notional) "
+                    "SELECT 'BTCUSDT', %s::timestamptz + k * interval '30 s', p, 1.5, 2.5 "
+                    "FROM generate_series(0, 3) k, unnest(ARRAY[-5, -0.2, 0.2, 5]::real[]) p",
+                    (day,),
+                )
+            conn.execute(
+                "SELECT compress_chunk(c) FROM show_chunks('book_depth_bands', older_than => '2026-02-01'::timestamptz) c"
+            )
+            before = _compression_state(conn)
+            assert [c[1] for c in before[2]] == [True, False] and before[1] == [("14 days",)]
+        migrate.upgrade(pglite_url)
+        with psycopg.connect(pglite_url) as conn:
+            assert _compression_state(conn) == before
+            assert conn.execute(
+                "SELECT count(*) FROM book_depth_bands WHERE percentage = 0.2"
+            ).fetchone() == (8,)
+            got = conn.execute(
+                "SELECT p::text AS t FROM (SELECT DISTINCT percentage AS p FROM book_depth_bands) s ORDER BY s.p"
+            ).fetchall()
+            assert [g[0] for g in got] == ["-5.00", "-0.20", "0.20", "5.00"]
+            assert conn.execute("SELECT count(*) FROM book_depth_bands").fetchone() == (32,)
+        migrate.downgrade(pglite_url, "0004")
+        with psycopg.connect(pglite_url) as conn:
+            assert _compression_state(conn) == before
+            assert conn.execute(
+                "SELECT count(*) FROM book_depth_bands WHERE percentage = 0.2::real"
+            ).fetchone() == (8,)
+            assert conn.execute("SELECT data_type FROM information_schema.columns WHERE table_name = "
+                                "'book_depth_bands' AND column_name = 'percentage'").fetchone() == ("real",)  # fmt: skip
     finally:
         migrate.downgrade(pglite_url)

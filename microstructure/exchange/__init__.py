@@ -7,13 +7,14 @@ async with LocalExchange(ExchangeConfig(symbols=("BTCUSDT",), history_days=2)) a
     ex.ws_url     # ws://127.0.0.1:PORT    (/ws/<stream>, /stream?streams=a/b)
 """
 
-from microstructure.exchange.config import ExchangeConfig, FaultConfig, SymbolSpec, symbol_spec
+from microstructure.exchange.config import ExchangeConfig, FaultConfig, FormatConfig, SymbolSpec, symbol_spec
 from microstructure.exchange.server import ExchangeThread, LocalExchange, serve_forever
 
 __all__ = [
     "ExchangeConfig",
     "ExchangeThread",
     "FaultConfig",
+    "FormatConfig",
     "LocalExchange",
     "SymbolSpec",
     "serve_forever",

@@ -2,7 +2,9 @@
 
 Paths: data/futures/um/{daily|monthly}/<type>/<SYMBOL>/<SYMBOL>-<type>-<YYYY-MM-DD|YYYY-MM>.zip
 CSV columns are Binance's; a header line is written only for periods starting on or after 2022-08-11
-(as Binance's files do). Zips are built with pyarrow's CSV writer from numpy columns, deflated once
+(as Binance's files do). FormatConfig serves the variants real files show: microsecond times,
+headers always or never, True/False, a trailing is_best_match column, spot-format files at USD-M
+paths, the 2026 bookDepth bands, empty metrics fields, 16-decimal values. Zips are built with pyarrow's CSV writer from numpy columns, deflated once
 and cached on disk, keyed by everything the data depends on.
 """
 
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from microstructure.exchange.book import depth_within
-from microstructure.exchange.config import DAY_MS
+from microstructure.exchange.config import DAY_MS, FormatConfig
 from microstructure.exchange.market import MINUTE_MS, SymbolMarket, Trades, uniform_hash
 
 log = logging.getLogger(__name__)
@@ -156,21 +159,47 @@ def csv_bytes(table: pa.Table, header: str | None) -> bytes:
     return out.getvalue()
 
 
-def agg_trades_table(tr: Trades, price_dec: int, qty_dec: int) -> pa.Table:
-    return pa.table(
-        {
-            "agg_trade_id": tr.a,
-            "price": decimal_array(tr.price, price_dec),
-            "quantity": decimal_array(tr.qty, qty_dec),
-            "first_trade_id": tr.first,
-            "last_trade_id": tr.last,
-            "transact_time": tr.T,
-            "is_buyer_maker": pa.array(tr.maker),
-        }
-    )
+def _times(t_ms: np.ndarray, unit: str, seed: int) -> np.ndarray:
+    """Epoch times as the archive writes them: ms, or µs with sub-millisecond digits (floor gives ms)."""
+    t = np.asarray(t_ms, dtype=np.int64)
+    if unit == "ms":
+        return t
+    return t * 1000 + (uniform_hash(t, seed, 91) * 1000).astype(np.int64)
 
 
-def kline_table(t: np.ndarray, v: np.ndarray, t0: int, t1: int, scale: int) -> pa.Table:
+def _booleans(values: np.ndarray, style: str) -> pa.Array:
+    if style == "lower":
+        return pa.array(np.asarray(values, dtype=bool))
+    return pa.array(np.where(values, "True", "False"))
+
+
+def agg_trades_table(
+    tr: Trades,
+    price_dec: int,
+    qty_dec: int,
+    *,
+    time_unit: str = "ms",
+    booleans: str = "lower",
+    extra_column: bool = False,
+    seed: int = 0,
+) -> pa.Table:
+    cols = {
+        "agg_trade_id": tr.a,
+        "price": decimal_array(tr.price, price_dec),
+        "quantity": decimal_array(tr.qty, qty_dec),
+        "first_trade_id": tr.first,
+        "last_trade_id": tr.last,
+        "transact_time": _times(tr.T, time_unit, seed),
+        "is_buyer_maker": _booleans(tr.maker, booleans),
+    }
+    if extra_column:  # is_best_match: true for every aggregate trade, as spot's files say
+        cols["is_best_match"] = _booleans(np.ones(len(tr.a), dtype=bool), booleans)
+    return pa.table(cols)
+
+
+def kline_table(
+    t: np.ndarray, v: np.ndarray, t0: int, t1: int, scale: int, time_unit: str = "ms", seed: int = 0
+) -> pa.Table:
     """1m OHLC from per-second values (volume fields are 0 for price-index klines)."""
     minutes = np.arange(t0, t1, MINUTE_MS, dtype=np.int64)
     idx = np.searchsorted(t, minutes)
@@ -186,15 +215,16 @@ def kline_table(t: np.ndarray, v: np.ndarray, t0: int, t1: int, scale: int) -> p
         c = v[np.append(idx[1:], len(v)) - 1]
     n = len(minutes)
     zero = np.zeros(n, np.int64)
+    close = minutes + MINUTE_MS - 1
     return pa.table(
         {
-            "open_time": minutes,
+            "open_time": minutes if time_unit == "ms" else minutes * 1000,
             "open": float_decimal(o, scale),
             "high": float_decimal(h, scale),
             "low": float_decimal(lo, scale),
             "close": float_decimal(c, scale),
             "volume": zero,
-            "close_time": minutes + MINUTE_MS - 1,
+            "close_time": close if time_unit == "ms" else close * 1000 + 999,
             "quote_volume": zero,
             "count": np.full(n, 60, dtype=np.int64),
             "taker_buy_volume": zero,
@@ -204,30 +234,66 @@ def kline_table(t: np.ndarray, v: np.ndarray, t0: int, t1: int, scale: int) -> p
     )
 
 
-def build_csv(market: SymbolMarket, ref: ArchiveRef, disorder: bool = False) -> bytes:
-    """The CSV text of one archive (the market must already cover the period)."""
+def fixed_text(values: np.ndarray, decimals: int) -> pa.Array:
+    """Values as fixed-point text with `decimals` digits (8: exact decimal columns, as Binance's)."""
+    if decimals == 8:
+        return float_decimal(values, 8)
+    return pa.array([f"{x:.{decimals}f}" for x in np.asarray(values, dtype=np.float64).tolist()])
+
+
+def _with_empty(col: pa.Array, empty: np.ndarray) -> pa.Array:
+    """The column as text with '' where `empty` (the CSV writer leaves a null field empty)."""
+    text = col.cast(pa.string()) if not pa.types.is_string(col.type) else col
+    return pc.if_else(pa.array(empty), pa.scalar(None, pa.string()), text)
+
+
+BANDS_10 = np.array([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], dtype=np.float64)
+BANDS_12 = np.array([-5, -4, -3, -2, -1, -0.2, 0.2, 1, 2, 3, 4, 5], dtype=np.float64)
+
+
+def build_csv(
+    market: SymbolMarket, ref: ArchiveRef, disorder: bool = False, formats: FormatConfig | None = None
+) -> bytes:
+    """The CSV text of one archive (the market must already cover the period), in `formats`' variants."""
+    fmt = formats or FormatConfig()
     t0, t1 = ref.bounds()
     t0 = max(t0, market.origin_ms)
     start = date.fromisoformat(ref.date if ref.period == "daily" else ref.date + "-01")
     kind = ref.kind
     spec = market.spec
     header_cols = COLUMNS["klines"] if kind in KLINE_TYPES else COLUMNS[kind]
-    header = header_cols if start >= HEADER_FROM else None
+    if fmt.archive_headers == "auto":
+        header = header_cols if start >= HEADER_FROM else None
+    else:
+        header = header_cols if fmt.archive_headers == "always" else None
     if kind == "aggTrades":
         tr = market.trades_between(t0, t1)
         if disorder and len(tr):
             tr = _disorder(tr, seed=market.seed)
-        return csv_bytes(agg_trades_table(tr, spec.price_decimals, spec.qty_decimals), header)
+        if ref.period == "daily" and ref.date in fmt.spot_archive_days:
+            # Binance's spot layout: no header, is_best_match, True/False, microsecond times
+            table = agg_trades_table(
+                tr, spec.price_decimals, spec.qty_decimals, time_unit="us", booleans="title",
+                extra_column=True, seed=market.seed,
+            )  # fmt: skip
+            return csv_bytes(table, None)
+        table = agg_trades_table(
+            tr, spec.price_decimals, spec.qty_decimals, time_unit=fmt.archive_time_unit,
+            booleans=fmt.archive_booleans, extra_column=fmt.archive_extra_column, seed=market.seed,
+        )  # fmt: skip
+        if header and fmt.archive_extra_column:
+            header += ",is_best_match"
+        return csv_bytes(table, header)
     if kind in KLINE_TYPES:
         name = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}[kind]
         t, v = market.series(t0, t1, name)
-        return csv_bytes(kline_table(t, v, t0, t1, 8), header)
+        return csv_bytes(kline_table(t, v, t0, t1, 8, fmt.archive_time_unit, market.seed), header)
     if kind == "fundingRate":
         ft, fr, _ = market.fundings(t0, t1 + 1)
         sel = ft < t1
         table = pa.table(
             {
-                "calc_time": ft[sel],
+                "calc_time": _times(ft[sel], fmt.archive_time_unit, market.seed),
                 "funding_interval_hours": np.full(int(sel.sum()), 8, dtype=np.int64),
                 "last_funding_rate": float_decimal(fr[sel], 8),
             }
@@ -238,16 +304,20 @@ def build_csv(market: SymbolMarket, ref: ArchiveRef, disorder: bool = False) -> 
         base = t0 + 30_000 * np.arange(n_snap, dtype=np.int64)
         jitter = (uniform_hash(base, market.seed, 77) * 3000).astype(np.int64) + 5000
         ts = base + jitter
-        pcts = np.array([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], dtype=np.int64)
+        pcts = BANDS_12 if fmt.book_depth_bands == 12 else BANDS_10
         T = np.repeat(ts, len(pcts))
         P = np.tile(pcts, n_snap)
-        depth, notional = depth_within(market, T, P.astype(np.float64))
+        depth, notional = depth_within(market, T, P)
+        if fmt.book_depth_bands == 12:
+            percentage = pa.array([f"{p:.2f}" for p in P.tolist()])  # 2026: "-5.00" ... "-0.20", "0.20"
+        else:
+            percentage = pa.array(P.astype(np.int64))
         table = pa.table(
             {
                 "timestamp": datetime_text(T),
-                "percentage": P,
-                "depth": float_decimal(depth, 8),
-                "notional": float_decimal(notional, 8),
+                "percentage": percentage,
+                "depth": fixed_text(depth, fmt.archive_decimals),
+                "notional": fixed_text(notional, fmt.archive_decimals),
             }
         )
         return csv_bytes(table, header)
@@ -270,19 +340,26 @@ def build_csv(market: SymbolMarket, ref: ArchiveRef, disorder: bool = False) -> 
         u1 = uniform_hash(times, market.seed, 11)
         u2 = uniform_hash(times, market.seed, 12)
         u3 = uniform_hash(times, market.seed, 13)
-        table = pa.table(
-            {
-                "create_time": datetime_text(times),
-                "symbol": pa.array([market.symbol] * nb),
-                "sum_open_interest": float_decimal(oi, 8),
-                "sum_open_interest_value": float_decimal(oi * mark, 8),
-                "count_toptrader_long_short_ratio": float_decimal(0.8 + 1.2 * u1, 8),
-                "sum_toptrader_long_short_ratio": float_decimal(0.8 + 1.0 * u2, 8),
-                "count_long_short_ratio": float_decimal(0.7 + 1.5 * u3, 8),
-                "sum_taker_long_short_vol_ratio": float_decimal(taker_ratio, 8),
-            }
-        )
-        return csv_bytes(table, header)
+        d = fmt.archive_decimals
+        cols = {
+            "create_time": datetime_text(times),
+            "symbol": pa.array([market.symbol] * nb),
+            "sum_open_interest": fixed_text(oi, d),
+            "sum_open_interest_value": fixed_text(oi * mark, d),
+            "count_toptrader_long_short_ratio": fixed_text(0.8 + 1.2 * u1, d),
+            "sum_toptrader_long_short_ratio": fixed_text(0.8 + 1.0 * u2, d),
+            "count_long_short_ratio": fixed_text(0.7 + 1.5 * u3, d),
+            "sum_taker_long_short_vol_ratio": fixed_text(taker_ratio, d),
+        }
+        if fmt.metrics_empty > 0:
+            u = uniform_hash(times, market.seed, 14)
+            ratios_empty = u < fmt.metrics_empty
+            oi_empty = u < fmt.metrics_empty / 2
+            for c in list(cols)[4:]:
+                cols[c] = _with_empty(cols[c], ratios_empty)
+            for c in ("sum_open_interest", "sum_open_interest_value"):
+                cols[c] = _with_empty(cols[c], oi_empty)
+        return csv_bytes(pa.table(cols), header)
     raise KeyError(kind)
 
 

@@ -5,11 +5,14 @@ tick below the best bid (above the best ask) holds a quantity that is a hash of 
 where each price level refreshes its quantity on its own period (2..60 s): the depth moves, and any
 two snapshots can be compared without keeping state. Snapshots live on a 50 ms grid k (t = 50 k);
 update id u(k) is strictly increasing, so a diff event from grid k_a to k_b has U = u(k_a) + 1,
-u = u(k_b), pu = u(k_a), which follows Binance's rules for @100ms and @500ms alike.
+u = u(k_b), pu = u(k_a), which follows Binance's rules for @100ms and @500ms alike; it lists every
+level updated at any grid step in (k_a, k_b], so a REST snapshot taken at a step in between (the
+50 ms grid is finer than the streams') joins the stream exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,20 +74,34 @@ def book_at(market: SymbolMarket, k: int, levels: int = BOOK_LEVELS) -> Book:
     )
 
 
-def _side_diff(old: BookSide, new: BookSide) -> tuple[np.ndarray, np.ndarray]:
-    prices = np.union1d(old.prices, new.prices)
-    old_q = np.zeros(len(prices), np.int64)
-    new_q = np.zeros(len(prices), np.int64)
-    old_q[np.searchsorted(prices, old.prices)] = old.qty
-    new_q[np.searchsorted(prices, new.prices)] = new.qty
+def _side_diff(
+    old: BookSide, new: BookSide, between: Sequence[BookSide] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    sides = [old, *between, new]
+    prices = np.unique(np.concatenate([s.prices for s in sides]))
+
+    def at(side: BookSide) -> np.ndarray:
+        q = np.zeros(len(prices), np.int64)
+        q[np.searchsorted(prices, side.prices)] = side.qty
+        return q
+
+    old_q, new_q = at(old), at(new)
     changed = old_q != new_q
+    for side in between:  # a level that changed and changed back in between was updated too
+        changed |= at(side) != old_q
     return prices[changed], new_q[changed]
 
 
-def book_diff(old: Book, new: Book) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Changed levels (absolute quantities, 0 = removed) from `old` to `new`: (bids, asks)."""
-    bp, bq = _side_diff(old.bids, new.bids)
-    ap, aq = _side_diff(old.asks, new.asks)
+def book_diff(
+    old: Book, new: Book, between: Sequence[Book] = ()
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Levels updated from `old` to `new` (absolute quantities at `new`, 0 = removed): (bids, asks).
+
+    `between`: the grid's books strictly between the two. A level that changed at any of them is in
+    the event too, as Binance's diff events hold every level updated within [U, u]: a REST snapshot
+    taken at one of those steps then joins the stream exactly."""
+    bp, bq = _side_diff(old.bids, new.bids, [b.bids for b in between])
+    ap, aq = _side_diff(old.asks, new.asks, [b.asks for b in between])
     return (bp[::-1], bq[::-1]), (ap, aq)
 
 

@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from microstructure.exchange.config import ExchangeConfig, FaultConfig
+from microstructure.exchange.config import (
+    BOOK_DEPTH_BANDS,
+    BOOLEAN_STYLES,
+    FUNDING_MARK_PRICES,
+    HEADER_RULES,
+    TIME_UNITS,
+    ExchangeConfig,
+    FaultConfig,
+    FormatConfig,
+)
 
 
 def _symbols(value: str) -> tuple[str, ...]:
@@ -171,6 +180,68 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--monthly-disorder", action="store_true", help="monthly archives out of order, with duplicates"
     )
+    v = p.add_argument_group("format variants (what real Binance files and replies do; default: off)")
+    v.add_argument(
+        "--archive-time-unit",
+        choices=TIME_UNITS,
+        default="ms",
+        help="archive epoch times in ms (13 digits) or us (16 digits, spot archives since 2025)",
+    )
+    v.add_argument(
+        "--archive-headers",
+        choices=HEADER_RULES,
+        default="auto",
+        help="CSV header line: auto (from 2022-08-11 on, as Binance's), always or never",
+    )
+    v.add_argument(
+        "--archive-booleans", choices=BOOLEAN_STYLES, default="lower", help="true/false (lower) or True/False"
+    )
+    v.add_argument(
+        "--archive-extra-column",
+        action="store_true",
+        help="aggTrades archives carry a trailing is_best_match column (named by the header)",
+    )
+    v.add_argument(
+        "--spot-archive-days",
+        type=_days,
+        default=(),
+        metavar="DAYS",
+        help="YYYY-MM-DD,... aggTrades archives in spot format (no header, 8 fields, True/False, us times)",
+    )
+    v.add_argument(
+        "--book-depth-bands",
+        type=int,
+        choices=BOOK_DEPTH_BANDS,
+        default=10,
+        help="bookDepth bands: 10 (-5..5, before 2026) or 12 ('-5.00' style with +-0.20, 2026)",
+    )
+    v.add_argument(
+        "--metrics-empty",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of metrics rows with empty fields",
+    )
+    v.add_argument(
+        "--archive-decimals",
+        type=int,
+        default=8,
+        metavar="N",
+        help="decimals of metrics and bookDepth values (default 8; 16 for more digits than a double holds)",
+    )
+    v.add_argument(
+        "--dated-symbols",
+        type=_symbols,
+        default=(),
+        metavar="SYMBOLS",
+        help="symbols served as dated contracts (nextFundingTime 0, estimatedSettlePrice 0, no funding)",
+    )
+    v.add_argument(
+        "--funding-mark-price",
+        choices=FUNDING_MARK_PRICES,
+        default="value",
+        help='markPrice of /fapi/v1/fundingRate rows: value, empty ("") or absent',
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
@@ -190,6 +261,18 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         bad_checksum_days=args.bad_checksum_days,
         monthly_disorder=args.monthly_disorder,
     )
+    formats = FormatConfig(
+        archive_time_unit=args.archive_time_unit,
+        archive_headers=args.archive_headers,
+        archive_booleans=args.archive_booleans,
+        archive_extra_column=args.archive_extra_column,
+        spot_archive_days=args.spot_archive_days,
+        book_depth_bands=args.book_depth_bands,
+        metrics_empty=args.metrics_empty,
+        archive_decimals=args.archive_decimals,
+        dated_symbols=args.dated_symbols,
+        funding_mark_price=args.funding_mark_price,
+    )
     return ExchangeConfig(
         symbols=args.symbols,
         seed=args.seed,
@@ -207,6 +290,7 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         max_lifetime=args.max_lifetime,
         replay_dir=args.replay_dir,
         faults=faults,
+        formats=formats,
     )
 
 

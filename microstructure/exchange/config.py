@@ -110,6 +110,76 @@ class FaultConfig:
         return self != FaultConfig()
 
 
+TIME_UNITS = ("ms", "us")
+HEADER_RULES = ("auto", "always", "never")
+BOOLEAN_STYLES = ("lower", "title")
+BOOK_DEPTH_BANDS = (10, 12)
+FUNDING_MARK_PRICES = ("value", "empty", "absent")
+
+
+@dataclass
+class FormatConfig:
+    """Format variants seen in real Binance data (ARCHITECTURE.md, "format drift"), each off by default:
+    the defaults are the USD-M formats the local exchange has always served.
+
+    archive_time_unit    ms | us: archive epoch times (aggTrades transact_time, kline open/close times,
+                         fundingRate calc_time) as 13-digit milliseconds or 16-digit microseconds (spot
+                         archives since 2025; futures may follow)
+    archive_headers      auto (a header line from 2022-08-11 on, as Binance's) | always | never
+    archive_booleans     lower (true/false, futures files) | title (True/False, spot files)
+    archive_extra_column aggTrades archives carry a trailing is_best_match column (named by the header
+                         where there is one)
+    spot_archive_days    days (YYYY-MM-DD) whose aggTrades archive is a spot-format file at the USD-M
+                         path: no header, 8 fields (is_best_match), True/False, microsecond times
+    book_depth_bands     10: bands -5..5 as integers (before 2026) | 12: "-5.00" style with +-0.20 (2026)
+    metrics_empty        share of metrics rows with empty ratio fields; half of them have no open
+                         interest (value) either
+    archive_decimals     decimals of the metrics and bookDepth values (16: more digits than a double)
+    dated_symbols        symbols served as dated (quarterly) contracts: premiumIndex and the markPrice
+                         stream say nextFundingTime 0 and estimatedSettlePrice "0.00000000", funding
+                         rate "", and there is no funding history
+    funding_mark_price   value | empty ("") | absent: the markPrice of /fapi/v1/fundingRate rows
+    """
+
+    archive_time_unit: str = "ms"
+    archive_headers: str = "auto"
+    archive_booleans: str = "lower"
+    archive_extra_column: bool = False
+    spot_archive_days: tuple[str, ...] = ()
+    book_depth_bands: int = 10
+    metrics_empty: float = 0.0
+    archive_decimals: int = 8
+    dated_symbols: tuple[str, ...] = ()
+    funding_mark_price: str = "value"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("archive_time_unit", self.archive_time_unit, TIME_UNITS),
+            ("archive_headers", self.archive_headers, HEADER_RULES),
+            ("archive_booleans", self.archive_booleans, BOOLEAN_STYLES),
+            ("book_depth_bands", self.book_depth_bands, BOOK_DEPTH_BANDS),
+            ("funding_mark_price", self.funding_mark_price, FUNDING_MARK_PRICES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        if not 0.0 <= self.metrics_empty <= 1.0:
+            raise ValueError(f"metrics_empty: expected a share from 0 to 1, got {self.metrics_empty!r}")
+        if not 0 <= self.archive_decimals <= 18:
+            raise ValueError(f"archive_decimals: expected 0..18, got {self.archive_decimals!r}")
+        self.dated_symbols = tuple(s.strip().upper() for s in self.dated_symbols if s.strip())
+
+    def archive_tag(self) -> str:
+        """A suffix of the archive cache key naming the variants that change archive bytes ('' for none)."""
+        fields = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("dated_symbols", "funding_mark_price") and v != getattr(FormatConfig(), k)
+        }
+        if not fields:
+            return ""
+        return "-fmt" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
 @dataclass
 class ExchangeConfig:
     """What the local exchange simulates and how it serves it.
@@ -131,6 +201,8 @@ class ExchangeConfig:
     max_lifetime    seconds a websocket connection lives at most
     max_client_messages  messages per second a websocket client may send before being dropped
     replay_dir      serve this folder of data.binance.vision archives instead of generating
+    faults          faults injected (FaultConfig)
+    formats         format variants of real Binance data served (FormatConfig)
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT",)
@@ -150,6 +222,7 @@ class ExchangeConfig:
     max_client_messages: int = 10
     replay_dir: Path | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
+    formats: FormatConfig = field(default_factory=FormatConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.symbols, str):

@@ -289,6 +289,8 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
         now = ex.now_ms()
         rows = []
         for s in [sym] if sym else list(ex.markets):
+            if s in ex.config.formats.dated_symbols:
+                continue  # a dated contract has no funding
             market = ex.markets[s]
             T, r, mk = market.fundings(0, now + 1)
             dec = market.spec.price_decimals
@@ -300,12 +302,14 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
             _ = dec
         rows.sort()
         rows = rows[:limit] if start is not None else rows[-limit:]
-        return json_response(
-            [
-                {"symbol": s, "fundingTime": t, "fundingRate": f"{r:.8f}", "markPrice": f"{m_:.8f}"}
-                for t, s, r, m_ in rows
-            ]
-        )
+        mark_style = ex.config.formats.funding_mark_price
+        out: list[dict[str, object]] = []
+        for t, s, r, m_ in rows:
+            row: dict[str, object] = {"symbol": s, "fundingTime": t, "fundingRate": f"{r:.8f}"}
+            if mark_style != "absent":  # older settlements come without a mark price, or with ""
+                row["markPrice"] = f"{m_:.8f}" if mark_style == "value" else ""
+            out.append(row)
+        return json_response(out)
 
     async def open_interest(request: web.Request) -> web.Response:
         sym = _symbol(ex, request)
@@ -393,6 +397,18 @@ def not_found(path: str) -> web.Response:
 def premium_index_body(ex: ExchangeState, sym: str, now: int) -> dict[str, object]:
     market = ex.markets[sym]
     seg, i = market.second_at(now)
+    if sym in ex.config.formats.dated_symbols:
+        # a dated contract: no funding, and Binance's "not applicable" values
+        return {
+            "symbol": sym,
+            "markPrice": f"{seg.mark[i]:.8f}",
+            "indexPrice": f"{seg.index[i]:.8f}",
+            "estimatedSettlePrice": "0.00000000",
+            "lastFundingRate": "",
+            "interestRate": "",
+            "nextFundingTime": 0,
+            "time": now,
+        }
     return {
         "symbol": sym,
         "markPrice": f"{seg.mark[i]:.8f}",
@@ -405,18 +421,32 @@ def premium_index_body(ex: ExchangeState, sym: str, now: int) -> dict[str, objec
     }
 
 
+def quarter_end_ms(now: int) -> int:
+    """08:00 UTC of the last Friday of the quarter after `now`: when a quarterly contract delivers."""
+    from datetime import UTC, datetime, timedelta
+
+    d = datetime.fromtimestamp(now / 1000, tz=UTC).date()
+    q_last_month = ((d.month - 1) // 3 + 1) * 3
+    y, m = (d.year, q_last_month + 1) if q_last_month < 12 else (d.year + 1, 1)
+    last = datetime(y, m, 1, 8, tzinfo=UTC) - timedelta(days=1)
+    last -= timedelta(days=(last.weekday() - 4) % 7)
+    t = int(last.timestamp() * 1000)
+    return t if t > now else quarter_end_ms(t + DAY_MS)
+
+
 def exchange_info_body(ex: ExchangeState) -> dict[str, object]:
     symbols = []
     for sym in ex.markets:
         s = symbol_spec(sym)
         tick = fmt_units(s.tick, s.price_decimals)
         step = fmt_units(s.step, s.qty_decimals)
+        dated = sym in ex.config.formats.dated_symbols
         symbols.append(
             {
                 "symbol": sym,
                 "pair": sym,
-                "contractType": "PERPETUAL",
-                "deliveryDate": 4133404800000,
+                "contractType": "CURRENT_QUARTER" if dated else "PERPETUAL",
+                "deliveryDate": quarter_end_ms(ex.now_ms()) if dated else 4133404800000,
                 "onboardDate": s.onboard_ms,
                 "status": "TRADING",
                 "maintMarginPercent": "2.5000",

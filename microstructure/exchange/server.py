@@ -151,6 +151,8 @@ class LocalExchange:
         market = self.markets[ref.symbol]
         if t1 <= market.origin_ms and self.recorded_archive(ref) is None:
             return False
+        if ref.kind == "fundingRate" and ref.symbol in self.config.formats.dated_symbols:
+            return False  # a dated contract has no funding
         return not (ref.period == "daily" and ref.date in self.config.faults.missing_archive_days)
 
     def recorded_archive(self, ref: archives.ArchiveRef) -> Path | None:
@@ -172,7 +174,7 @@ class LocalExchange:
         key = self.config.market_key(ref.symbol, market.origin_ms // DAY_MS)
         if ref.period == "monthly" and self.config.faults.monthly_disorder:
             key += "-disorder"
-        return key
+        return key + self.config.formats.archive_tag()
 
     async def archive_bytes(self, ref: archives.ArchiveRef) -> bytes | None:
         if not self.archive_available(ref):
@@ -191,7 +193,7 @@ class LocalExchange:
                 market_end = market.end_ms
                 if market_end < t1:
                     raise RuntimeError("market does not cover the archive period yet")
-                return archives.build_csv(market, ref, disorder)
+                return archives.build_csv(market, ref, disorder, self.config.formats)
 
             return await asyncio.get_running_loop().run_in_executor(
                 None, self.archive_store.get, self.archive_key(ref), ref, build

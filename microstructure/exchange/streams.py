@@ -297,7 +297,8 @@ class Producer:
                 prev = self.prev_books.get((sym, step))
                 if prev is None or prev.k >= k_t:
                     prev = book(k_t - step)
-                (bp, bq), (ap, aq) = book_diff(prev, new)
+                between = [book(k) for k in range(prev.k + 1, k_t)]
+                (bp, bq), (ap, aq) = book_diff(prev, new, between)
                 self.prev_books[(sym, step)] = new
                 payload = (
                     f'{{"e":"depthUpdate","E":{now},"T":{k_t * GRID_MS},"s":"{sym}","U":{prev.update_id + 1},'
@@ -313,9 +314,14 @@ class Producer:
             return
         self.last_step[state] = s
         seg, i = self.ex.markets[sym].second_at(s)
+        if sym in self.ex.config.formats.dated_symbols:  # no funding: Binance's "not applicable" values
+            settle, rate, next_funding = "0.00000000", "", 0
+        else:
+            settle, rate = f"{seg.index[i]:.8f}", f"{seg.est_rate[i]:.8f}"
+            next_funding = (s // FUNDING_MS + 1) * FUNDING_MS
         payload = (
             f'{{"e":"markPriceUpdate","E":{now},"s":"{sym}","p":"{seg.mark[i]:.8f}","i":"{seg.index[i]:.8f}",'
-            f'"P":"{seg.index[i]:.8f}","r":"{seg.est_rate[i]:.8f}","T":{(s // FUNDING_MS + 1) * FUNDING_MS}}}'
+            f'"P":"{settle}","r":"{rate}","T":{next_funding}}}'
         )
         self.hub.publish(key, payload)
         self.messages += 1

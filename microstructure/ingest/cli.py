@@ -1,10 +1,11 @@
 """Every `microstructure collect` sub-command: aggtrades, book-depth, market and all.
 
 Each handler is `(args, settings) -> exit code` and applies the database migrations first.
-Exit codes of `collect aggtrades`: 0 done, 1 done with refused days or gaps left, 2 bad
-arguments/setup, 3 exchange refused or unreachable (e.g. IP ban).
-Exit codes of `collect book-depth | market | all`: 0 done; 1 done with refused archives, a failed
-collector, a symbol of which nothing was stored, or batches left out of the database (spilled or
+Exit codes of `collect aggtrades`: 0 done, 1 done with refused days (a checksum mismatch, or an
+archive not loaded: no valid row, or more than 1 % of its rows malformed) or gaps left, the reasons
+on one line; 2 bad arguments/setup, 3 exchange refused or unreachable (e.g. IP ban).
+Exit codes of `collect book-depth | market | all`: 0 done; 1 done with refused or failed archives
+(as above), a failed collector, a symbol of which nothing was stored, or batches left out of the database (spilled or
 refused) at exit, the reason on one line; 2 bad arguments/setup; 3 exchange unreachable.
 """
 
@@ -63,7 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Historical mode loads complete past UTC days from data.binance.vision archives "
         "(verified sha256) and fills today and unpublished days from REST by fromId; a run started again "
         "continues where the last one stopped. Live mode follows the websocket streams. "
-        "Exit codes: 0 done, 1 done with refused days or gaps left, 2 bad arguments/setup, "
+        "Exit codes: 0 done, 1 done with refused days (checksum mismatch; an archive with no valid row or "
+        "more than 1 % of its rows malformed) or gaps left, 2 bad arguments/setup, "
         "3 exchange refused or unreachable (e.g. IP ban).",
     )
     agg.add_argument(
@@ -122,7 +124,8 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             metavar="SOURCE",
             help="live book source: depth20 (default: the <s>@depth20@500ms stream, one row per message) | "
             "diff (a local order book from <s>@depth@100ms and /fapi/v1/depth, top --depth-levels sampled "
-            "every 500 ms)",
+            "at each 500 ms boundary of the exchange's clock: the last update before it, so two collectors "
+            "on one stream store the same snapshots)",
         )
         p.add_argument(
             "--depth-levels",
@@ -420,6 +423,8 @@ def run_historical(
     features = refresh_features(url)  # before the report: old days are materialised too
     for line in [*report.summary_lines(), *features]:
         print(line)
+    if not report.ok:
+        _error("; ".join(report.problems()))
     return 0 if report.ok and features else 1
 
 

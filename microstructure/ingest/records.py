@@ -130,12 +130,12 @@ KINDS: dict[str, tuple[str, pa.Schema]] = {
     "liquidations": ("liquidations", LIQUIDATIONS),
 }
 
-# The archive-only tables, written by writer.merge_table: column -> PostgreSQL type, in COPY order
-# (timestamptz columns come as epoch milliseconds).
+# The archive-only tables, written by writer.merge_table: column -> PostgreSQL type it is sent as, in
+# COPY order (timestamptz columns come as epoch milliseconds).
 BOOK_DEPTH_BANDS: dict[str, str] = {
     "symbol": "text",
     "ts": "timestamptz",
-    "percentage": "real",
+    "percentage": "double precision",  # stored as numeric(5,2): the band exactly (migration 0005)
     "depth": "double precision",
     "notional": "double precision",
 }

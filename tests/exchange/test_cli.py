@@ -12,6 +12,7 @@ import time
 from exchange_helpers import run
 
 from microstructure.exchange.cli import add_parser, config_from_args
+from microstructure.exchange.config import FormatConfig
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -39,6 +40,28 @@ def test_options_map_to_config() -> None:
     assert f.monthly_disorder
     assert (f.ws_stall_after, f.ws_stall_for, f.rest_malformed) == (40, 2.5, 0.3)
     assert f.rest_malformed_paths == ("/fapi/v1/openInterest", "/fapi/v1/fundingRate")
+    assert cfg.formats == FormatConfig()  # format variants are off unless asked for
+
+
+def test_format_variant_options_map_to_config() -> None:
+    args = parse(
+        "--archive-time-unit", "us", "--archive-headers", "never", "--archive-booleans", "title",
+        "--archive-extra-column", "--spot-archive-days", "2024-03-05", "--book-depth-bands", "12",
+        "--metrics-empty", "0.25", "--archive-decimals", "16", "--dated-symbols", "ethusdt",
+        "--funding-mark-price", "empty",
+    )  # fmt: skip
+    assert config_from_args(args).formats == FormatConfig(
+        archive_time_unit="us",
+        archive_headers="never",
+        archive_booleans="title",
+        archive_extra_column=True,
+        spot_archive_days=("2024-03-05",),
+        book_depth_bands=12,
+        metrics_empty=0.25,
+        archive_decimals=16,
+        dated_symbols=("ETHUSDT",),
+        funding_mark_price="empty",
+    )
 
 
 def test_serve_prints_base_url_answers_and_stops_on_sigterm(tmp_path) -> None:

@@ -94,6 +94,33 @@ def test_book_snapshots_and_diffs() -> None:
     assert bids == dict(zip(b1.bids.prices.tolist(), b1.bids.qty.tolist(), strict=True))
 
 
+def test_a_snapshot_between_two_diff_events_joins_the_stream_exactly() -> None:
+    """The grid (50 ms) is finer than the streams (100 ms and up): a REST snapshot can sit between two
+    events. The event across it lists every level updated at any step in between, as Binance's hold
+    every update within [U, u], so snapshot + event = the book after the event (without the steps in
+    between, a level that appeared and went again stayed in the local book for good)."""
+    m = market()
+    k0 = (ORIGIN + DAY_MS // 2) // 50
+    for k in range(k0, k0 + 4000, 2):  # the @100ms stream's events are at even steps
+        snap = book_at(m, k + 1, 1000)
+        local = {
+            side: dict(
+                zip(getattr(snap, side).prices.tolist(), getattr(snap, side).qty.tolist(), strict=True)
+            )
+            for side in ("bids", "asks")
+        }
+        diff = book_diff(book_at(m, k), book_at(m, k + 2), [book_at(m, k + 1)])
+        for side, (px, qty) in zip(("bids", "asks"), diff, strict=True):
+            for p, q in zip(px.tolist(), qty.tolist(), strict=True):
+                if q == 0:
+                    local[side].pop(p, None)
+                else:
+                    local[side][p] = q
+        after = book_at(m, k + 2)
+        assert sorted(local["bids"], reverse=True)[:20] == after.bids.prices[:20].tolist(), k
+        assert sorted(local["asks"])[:20] == after.asks.prices[:20].tolist(), k
+
+
 def test_funding_mark_oi_liquidations() -> None:
     m = market()
     T, rates, _marks = m.fundings(ORIGIN, ORIGIN + 2 * DAY_MS + 1)

@@ -10,6 +10,7 @@ import sys
 import time
 import zipfile
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,10 @@ def check_book_depth_bands(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -
     want = csv.assign(ts=pd.to_datetime(csv["timestamp"], utc=True)).sort_values(["ts", "percentage"])
     assert len(got) == len(want) > 0
     assert (got["ts"].to_numpy() == want["ts"].to_numpy()).all()
-    assert np.array_equal(got["percentage"].to_numpy(), want["percentage"].to_numpy(dtype=np.float32))
+    # numeric(5,2): the band exactly as the archive writes it (-5 or -5.00, -0.20), not a float32 near it
+    assert [Decimal(str(v)) for v in got["percentage"]] == [
+        Decimal(repr(float(v))) for v in want["percentage"]
+    ]
     assert np.array_equal(got["depth"].to_numpy(), want["depth"].to_numpy())
     assert np.array_equal(got["notional"].to_numpy(), want["notional"].to_numpy())
 

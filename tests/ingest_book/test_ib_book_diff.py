@@ -9,6 +9,7 @@ import json
 from collections import defaultdict
 
 import numpy as np
+import pytest
 from ib_helpers import exchange_config, fetch_all, make_writer, ms, settings_for
 
 from microstructure.exchange import LocalExchange
@@ -201,3 +202,73 @@ def test_depth_levels_argument_errors_and_help(capsys, tmp_path) -> None:
         main(["collect", "book-depth", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--depth-levels N" in out and "always use the top 20" in out
+
+
+@pytest.fixture
+def second_db(pg_server: str, migrated_template: str):
+    """A second fresh database at head on the session's server (db_url is the first)."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    yield pg_server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_collectors_on_one_stream_store_the_same_snapshots(db_url, second_db, ib_cache, tmp_path) -> None:
+    """Sampling runs on the exchange's clock: two `collect book-depth --source diff` processes started
+    at different moments store identical (ts, last_update_id) rows, and equal books, where both ran."""
+    import subprocess
+    import time
+
+    from ib_helpers import collect_cmd
+
+    from microstructure.exchange import ExchangeThread
+
+    with ExchangeThread(exchange_config(ib_cache, live_rate=20.0)) as ex:
+        procs = []
+        for k, dsn in enumerate((db_url, second_db)):
+            cmd = collect_cmd(
+                dsn, tmp_path / f"home{k}", "book-depth", "--symbol", "BTCUSDT,ETHUSDT", "--source", "diff",
+                "--live-seconds", "7", "--exchange-url", ex.base_url,
+            )  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            time.sleep(1.3)  # the second starts later, its local sampling clock at another phase
+        outs = [p.communicate(timeout=120) for p in procs]
+        truth_of = ex.markets
+    assert [p.returncode for p in procs] == [0, 0], outs
+    sql = "SELECT * FROM book_snapshots ORDER BY symbol, ts, last_update_id"
+    a, b = (asyncio.run(fetch_all(dsn, sql)) for dsn in (db_url, second_db))
+    for sym in SYMBOLS:
+        ra = {(ms(r["ts"]), r["last_update_id"]): r for r in a if r["symbol"] == sym}
+        rb = {(ms(r["ts"]), r["last_update_id"]): r for r in b if r["symbol"] == sym}
+        lo = max(min(ra)[0], min(rb)[0])
+        hi = min(max(ra)[0], max(rb)[0])
+        both_a = {k for k in ra if lo <= k[0] <= hi}
+        both_b = {k for k in rb if lo <= k[0] <= hi}
+        assert len(both_a) >= 6, (sym, len(both_a))
+        assert both_a == both_b, sym  # the same snapshots, not the same count at other update ids
+        for key in both_a:
+            x, y = ra[key], rb[key]
+            assert (x["bid_px"], x["bid_qty"], x["ask_px"], x["ask_qty"]) == (
+                y["bid_px"],
+                y["bid_qty"],
+                y["ask_px"],
+                y["ask_qty"],
+            )
+            for c in ("mid", "spread", "imbalance_5", "imbalance_20", "bid_slope", "ask_vol_ratio_5_20"):
+                assert x[c] == y[c], c
+        # each row is the last update before a 500 ms boundary of the exchange's time T: the exchange
+        # sends an update every 100 ms on the 100 ms grid, so T is 400 ms into its 500 ms
+        for rows in (ra, rb):
+            times = sorted(t for t, _ in rows)
+            assert all(t % 500 == 400 for t in times), sym
+            assert all(t2 // 500 > t1 // 500 for t1, t2 in itertools.pairwise(times)), sym
+            for t, u in rows:
+                uid, (bp, bq), (ap, aq) = true_top(truth_of[sym], t)
+                r = rows[(t, u)]
+                assert uid == u and (r["bid_px"], r["bid_qty"], r["ask_px"], r["ask_qty"]) == (bp, bq, ap, aq)

@@ -230,3 +230,135 @@ def test_monthly_archive_with_disorder_equals_the_days(exchange_cache: Path) -> 
             assert month.table.column("price").to_pylist() == ref["price"]
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- format drift (issue 12)
+
+US_ROWS = [  # the same trades with 16-digit microsecond times, as Binance's spot archives since 2025
+    "100,64000.10,0.005,1000,1001,1660003200123456,true",
+    "101,64000.20,1.250,1002,1002,1660003200456999,false",
+    "102,63999.90,0.010,1003,1005,1660003201000000,true",
+]
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_microsecond_times_are_detected_per_file_and_stored_as_milliseconds(header: bool) -> None:
+    text = "\n".join(([HEADER] if header else []) + US_ROWS) + "\n"
+    parsed = A.parse_archive_csv("aggTrades", text.encode())
+    assert parsed.time_unit == "us" and parsed.malformed == 0
+    assert parsed.table.column("transact_time").to_pylist() == EXPECTED["ts_ms"]
+    assert any("microseconds" in n for n in parsed.notes)
+    ms = A.parse_archive_csv("aggTrades", ("\n".join(ROWS) + "\n").encode())
+    assert ms.time_unit == "ms" and not ms.notes
+    klines = A.parse_archive_csv(
+        "klines", b"1788566400000000,1.5,1.6,1.4,1.55,0,1788566459999999,0,60,0,0,0\n"
+    )
+    assert klines.table.column("open_time").to_pylist() == [1788566400000]
+    assert klines.table.column("close_time").to_pylist() == [1788566459999]
+
+
+def test_a_time_in_the_other_unit_or_in_none_is_a_malformed_row_with_the_reason() -> None:
+    rows = [
+        *ROWS,
+        "103,64000.00,0.001,1006,1006,1660003200123456,true",  # 16 digits in a millisecond file
+        "104,64000.00,0.001,1007,1007,1660003200,true",  # 10 digits: seconds, neither unit
+    ]
+    parsed = A.parse_archive_csv("aggTrades", ("\n".join(rows) + "\n").encode())
+    assert parsed.time_unit == "ms" and parsed.table.column("agg_trade_id").to_pylist() == [100, 101, 102]
+    assert parsed.malformed_rows == rows[3:]
+    assert parsed.malformed_reasons == [
+        "column transact_time: expected a 13-digit epoch time in milliseconds like the file's other rows, "
+        "got 1660003200123456 (16 digits)",
+        "column transact_time: expected an epoch time of 13 digits (milliseconds) or 16 digits "
+        "(microseconds), got '1660003200' (10 digits)",
+    ]
+
+
+def test_malformed_rows_say_which_column_and_what_was_expected() -> None:
+    bad = {
+        "103,64000.00,0.001,1006": "4 fields, expected 7 (" + HEADER + ")",
+        "104,64000.00,abc,1007,1007,1660003202000,true": "column quantity: expected a number, got 'abc'",
+        "105,64000.00,0.002,1008,1008,1660003203000,maybe": "column is_buyer_maker: expected true or false, "
+        "got 'maybe'",
+        "106,64000.00,,1009,1009,1660003204000,false": "column quantity: empty, expected a number",
+        "x07,64000.00,0.003,1010,1010,1660003205000,true": "column agg_trade_id: expected an integer, got 'x07'",
+    }
+    parsed = A.parse_archive_csv("aggTrades", ("\n".join([HEADER, *ROWS, *bad]) + "\n").encode())
+    assert dict(zip(parsed.malformed_rows, parsed.malformed_reasons, strict=True)) == bad
+    assert parsed.rows == 3 and parsed.failure() is not None  # 5 of 8 rows: far more than 1 %
+
+
+def test_a_spot_file_fails_every_row_with_the_reason_and_the_file_as_a_whole() -> None:
+    # Binance's spot aggTrades: no header, 8 fields (is_best_match), True/False, microsecond times
+    spot = [r.replace("true", "True").replace("false", "False") + ",True" for r in US_ROWS]
+    parsed = A.parse_archive_csv("aggTrades", ("\n".join(spot) + "\n").encode())
+    assert parsed.rows == 0 and parsed.malformed == 3 and parsed.malformed_rows == spot
+    assert all(
+        r.startswith("8 fields, expected 7") and "spot aggTrades layout" in r
+        for r in parsed.malformed_reasons
+    )
+    failure = parsed.failure()
+    assert failure is not None and failure.startswith(
+        "no valid row (3 malformed; first: 8 fields, expected 7"
+    )
+
+
+def test_an_extra_column_the_header_names_is_ignored_with_a_note() -> None:
+    text = "\n".join([HEADER + ",is_best_match"] + [r.replace("true", "True") + ",True" for r in ROWS]) + "\n"
+    parsed = A.parse_archive_csv("aggTrades", text.encode())
+    assert parsed.malformed == 0 and parsed.failure() is None
+    assert parsed.notes == ["column is_best_match ignored (not one of the aggTrades columns)"]
+    arc = A.parse_aggtrades_zip(make_zip(text))
+    assert arc.table.to_pydict() == EXPECTED and arc.notes == parsed.notes
+
+
+def test_empty_metrics_fields_are_null_and_sixteen_decimals_parse_exactly() -> None:
+    text = (
+        "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
+        "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio\n"
+        "2026-01-01 00:05:00,BTCUSDT,80000.5,5000000000.25,1.1234567890123457,,1.3,0.9876543210987654\n"
+        "2026-01-01 00:10:00,BTCUSDT,,,,,,\n"
+        "2026-01-01 00:15:00,BTCUSDT,80001.0000000000000001,,0.3000000000000000444,1.2,1.3,0.9\n"
+    )
+    parsed = A.parse_archive_csv("metrics", text.encode())
+    assert parsed.malformed == 0 and parsed.rows == 3
+    t = parsed.table.to_pydict()
+    assert t["sum_toptrader_long_short_ratio"] == [None, None, 1.2]
+    assert t["sum_open_interest"] == [80000.5, None, float("80001.0000000000000001")]
+    assert t["count_toptrader_long_short_ratio"] == [1.1234567890123457, None, float("0.3000000000000000444")]
+    assert t["sum_taker_long_short_vol_ratio"] == [0.9876543210987654, None, 0.9]
+    _, oi = A.archive_records("metrics", parsed)  # no open interest in the second row: nothing to store
+    assert oi.column("ts_ms").to_pylist() == [1767225900000, 1767226500000]
+    assert oi.column("open_interest_value").to_pylist() == [5000000000.25, None]
+    # elsewhere an empty field is still a malformed row
+    depth = A.parse_archive_csv(
+        "bookDepth", b"2026-01-01 00:00:07,-5.00,,1.0\n2026-01-01 00:00:07,-0.20,1.5,2.5\n"
+    )
+    assert depth.malformed_reasons == ["column depth: empty, expected a number"]
+    assert depth.table.column("percentage").to_pylist() == [-0.2]
+
+
+def test_the_share_of_malformed_rows_a_file_may_hold() -> None:
+    good = [f"{i},1.5,0.1,{i},{i},{1660003200000 + i},true" for i in range(1, 201)]
+    one_bad = A.parse_archive_csv(
+        "aggTrades", ("\n".join([*good, "201,1.5,x,201,201,1660003200201,true"]) + "\n").encode()
+    )
+    assert one_bad.malformed == 1 and one_bad.failure() is None  # 1 of 201: under 1 %
+    three_bad = A.parse_archive_csv(
+        "aggTrades",
+        (
+            "\n".join([*good] + [f"{i},1.5,x,{i},{i},1660003200201,true" for i in (201, 202, 203)]) + "\n"
+        ).encode(),
+    )
+    assert three_bad.failure() == (
+        "3 of 203 rows malformed (1.5%, more than the 1.0% allowed); first: column quantity: expected a number, got 'x'"
+    )
+    empty = A.parse_archive_csv("aggTrades", (HEADER + "\n").encode())
+    assert empty.failure() == "no valid row (0 malformed)"
+
+
+def test_a_book_depth_band_out_of_range_is_a_malformed_row() -> None:
+    text = b"2026-01-01 00:00:07,-0.20,1.5,2.5\n2026-01-01 00:00:07,1234.5,1.5,2.5\n2026-01-01 00:00:07,5.00,1.5,2.5\n"
+    depth = A.parse_archive_csv("bookDepth", text)
+    assert depth.table.column("percentage").to_pylist() == [-0.2, 5.0]
+    assert depth.malformed_reasons == ["column percentage: expected a number from -100 to 100, got '1234.5'"]

@@ -8,9 +8,14 @@ holding "<sha256>  <filename>".
 - the sha256 of the zip, computed while it streams to a temporary file, differs from the published
   one: `ChecksumMismatch` (nothing of that archive is returned; the caller refuses that period).
 - the CSV is read from the zip member as a stream by pyarrow.csv; whether a header line exists is
-  decided by looking at the first line (Binance's files have one only from 2022-08-11).
-- malformed rows (wrong column count, unparsable values) are counted and logged with their raw text;
-  the other rows are kept.
+  decided by looking at the first line (Binance's files have one only from 2022-08-11; futures
+  klines from about 2022-05). Format drift accepted: 13-digit millisecond or 16-digit microsecond
+  epoch times (one unit per file, stored as ms), True/False or true/false, extra columns the header
+  names (ignored with a note), empty metrics fields (NULL).
+- malformed rows (wrong field count, unparsable values, a time in neither unit) are counted and
+  logged with their raw text and the reason (which column, what was expected); the other rows are
+  kept. A file with no valid row, or with more than MAX_MALFORMED_SHARE of its rows malformed, is
+  not to be loaded (`failure()`): the caller fails that period.
 - aggTrades tables come out sorted by aggregate id with duplicates removed (monthly files can be out
   of order and hold duplicated rows).
 """
@@ -227,7 +232,9 @@ async def archive_size(session: aiohttp.ClientSession, url: str) -> int | None:
 
 # ---------------------------------------------------------------- CSV parsing
 
-# Column specs by archive type: (name, type) with type one of int, float, bool, str, datetime.
+# Column specs by archive type: (name, type) with type one of
+#   int, float, bool, str, datetime ("YYYY-MM-DD HH:MM:SS", kept as epoch ms) and
+#   time (an epoch time, 13 digits in milliseconds or 16 digits in microseconds, kept as ms).
 CSV_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "aggTrades": (
         ("agg_trade_id", "int"),
@@ -235,7 +242,7 @@ CSV_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("quantity", "float"),
         ("first_trade_id", "int"),
         ("last_trade_id", "int"),
-        ("transact_time", "int"),
+        ("transact_time", "time"),
         ("is_buyer_maker", "bool"),
     ),
     "bookDepth": (
@@ -254,15 +261,15 @@ CSV_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("count_long_short_ratio", "float"),
         ("sum_taker_long_short_vol_ratio", "float"),
     ),
-    "fundingRate": (("calc_time", "int"), ("funding_interval_hours", "int"), ("last_funding_rate", "float")),
+    "fundingRate": (("calc_time", "time"), ("funding_interval_hours", "int"), ("last_funding_rate", "float")),
     "klines": (
-        ("open_time", "int"),
+        ("open_time", "time"),
         ("open", "float"),
         ("high", "float"),
         ("low", "float"),
         ("close", "float"),
         ("volume", "float"),
-        ("close_time", "int"),
+        ("close_time", "time"),
         ("quote_volume", "float"),
         ("count", "int"),
         ("taker_buy_volume", "float"),
@@ -273,8 +280,30 @@ CSV_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 for _k in ("markPriceKlines", "indexPriceKlines", "premiumIndexKlines"):
     CSV_COLUMNS[_k] = CSV_COLUMNS["klines"]
 
+# Columns whose empty field ("") is a NULL, not a malformed row: Binance's metrics files leave
+# ratios (and sometimes the open interest) empty where it had no value.
+NULLABLE_COLUMNS: dict[str, frozenset[str]] = {
+    "metrics": frozenset(n for n, t in CSV_COLUMNS["metrics"] if t == "float"),
+}
+
+# Columns whose values must lie in a range (inclusive): a bookDepth band is a percentage from mid,
+# stored as numeric(5,2).
+VALUE_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "bookDepth": {"percentage": (-100.0, 100.0)},
+}
+
+# A file may hold at most this share of malformed rows; beyond it (or with no valid row at all) the
+# file is not trusted and its period fails: what is left of it would be a partial day stored as whole.
+MAX_MALFORMED_SHARE = 0.01
+
+# Epoch times by digit count: 13 digits are milliseconds (2001-09-09 .. 2286), 16 digits microseconds
+# (Binance's spot archives since 2025). Each file uses one unit, found from its rows.
+TIME_UNITS = {"ms": (10**12, 10**13, 1), "us": (10**15, 10**16, 1000)}
+TIME_DIGITS = {"ms": 13, "us": 16}
+
 _ARROW_TYPES = {
     "int": pa.int64(),
+    "time": pa.int64(),
     "float": pa.float64(),
     "bool": pa.bool_(),
     "str": pa.string(),
@@ -283,23 +312,52 @@ _ARROW_TYPES = {
 _VALID = {
     "int": r"^\s*[-+]?\d+\s*$",
     "float": r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$",
-    "datetime": r"^\s*\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?\s*$",
+    "datetime": r"^\s*\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}\s*$",
+}
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "datetime": "a time YYYY-MM-DD HH:MM:SS",
 }
 TRUE_VALUES = ["true", "True", "TRUE"]
 FALSE_VALUES = ["false", "False", "FALSE"]
+SPOT_AGG_TRADES = (
+    "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker,is_best_match"
+)
 
 
 @dataclass
 class ParsedCsv:
     kind: str
-    table: pa.Table  # the archive's columns, typed (datetime columns as int64 ms)
+    table: pa.Table  # the archive's columns, typed (datetime and time columns as int64 ms)
     header: bool
     malformed: int = 0
     malformed_rows: list[str] = field(default_factory=list)  # raw text (first MAX_LOGGED_MALFORMED)
+    malformed_reasons: list[str] = field(default_factory=list)  # why, for each of malformed_rows
+    notes: list[str] = field(default_factory=list)  # what was accepted that is not the usual format
+    time_unit: str | None = None  # ms | us: the unit of the file's epoch times (None: it has none)
 
     @property
     def rows(self) -> int:
         return self.table.num_rows
+
+    def failure(self, max_share: float = MAX_MALFORMED_SHARE) -> str | None:
+        """Why this file must not be loaded (no valid row, or too many malformed ones), else None."""
+        return file_failure(self.rows, self.malformed, self.malformed_reasons, max_share)
+
+
+def file_failure(valid: int, malformed: int, reasons: list[str], max_share: float) -> str | None:
+    first = f"; first: {reasons[0]}" if reasons else ""
+    if valid == 0:
+        return f"no valid row ({malformed:,} malformed{first})"
+    total = valid + malformed
+    if malformed > max_share * total:
+        return (
+            f"{malformed:,} of {total:,} rows malformed ({malformed / total:.1%}, more than the "
+            f"{max_share:.1%} allowed){first}"
+        )
+    return None
 
 
 Source = bytes | bytearray | memoryview | IO[bytes] | Callable[[], IO[bytes]]
@@ -358,30 +416,92 @@ def _header_names(first: bytes, names: list[str]) -> list[str] | None:
     return cells
 
 
+class _Bad:
+    """Malformed rows of one file: all counted, the first MAX_LOGGED_MALFORMED kept with a reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rows: list[str] = []
+        self.reasons: list[str] = []
+
+    def add(self, text: str, reason: str) -> None:
+        self.count += 1
+        if len(self.rows) < MAX_LOGGED_MALFORMED:
+            self.rows.append(text)
+            self.reasons.append(reason)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+def _time_unit(values: np.ndarray) -> str:
+    """The unit most of a file's epoch times are in: 'us' when 16-digit values outnumber 13-digit ones."""
+    n_ms = int(np.count_nonzero((values >= 10**12) & (values < 10**13)))
+    n_us = int(np.count_nonzero((values >= 10**15) & (values < 10**16)))
+    return "us" if n_us > n_ms else "ms"
+
+
+def _time_reason(name: str, unit: str, value: str) -> str:
+    v = value.strip()
+    other = "us" if unit == "ms" else "ms"
+    if re.fullmatch(r"\d+", v) and len(v) == TIME_DIGITS[other]:
+        return (
+            f"column {name}: expected a {TIME_DIGITS[unit]}-digit epoch time in "
+            f"{'milli' if unit == 'ms' else 'micro'}seconds like the file's other rows, got {v} "
+            f"({len(v)} digits)"
+        )
+    digits = f" ({len(v)} digits)" if re.fullmatch(r"\d+", v) else ""
+    return (
+        f"column {name}: expected an epoch time of 13 digits (milliseconds) or 16 digits (microseconds), "
+        f"got {v!r}{digits}"
+    )
+
+
 def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCsv:
     """Parse one archive CSV (bytes, a binary stream, or a function opening one) of type `kind`.
 
-    Returns the archive's columns typed as CSV_COLUMNS says (datetime columns become int64 ms).
-    Malformed rows are skipped, counted and logged with their raw text.
+    Returns the archive's columns typed as CSV_COLUMNS says (datetime and epoch-time columns become
+    int64 ms; 16-digit microsecond times are converted). What is accepted of the format drift
+    Binance's files show: a header line or none (detected from the first line, in any column order);
+    extra columns a header names (e.g. a trailing is_best_match) are ignored with a note; booleans in
+    any case (true/True); empty fields in the columns of NULLABLE_COLUMNS are NULL. Any other row is
+    malformed: skipped, counted and logged with its raw text and the reason (which column, what was
+    expected). `ParsedCsv.failure()` says whether the file as a whole may be used.
     """
     if kind not in CSV_COLUMNS:
         raise ValueError(f"archive type: expected one of {sorted(CSV_COLUMNS)}, got {kind!r}")
     spec = CSV_COLUMNS[kind]
     names = [n for n, _ in spec]
     types = dict(spec)
+    nullable = NULLABLE_COLUMNS.get(kind, frozenset())
+    ranges = VALUE_RANGES.get(kind, {})
+    time_cols = [n for n, t in spec if t == "time"]
     open_stream = _opener(source)
     header = _header_names(_first_line(open_stream), names)
     has_header = header is not None
-    column_names = names
+    column_names = names  # the file's columns, in file order
+    notes: list[str] = []
     if header is not None:
         if sorted(header) == sorted(names):
             column_names = header
+        elif set(names) <= set(header) and len(set(header)) == len(header):
+            column_names = header
+            extra = [h for h in header if h not in names]
+            notes.append(
+                f"column{'s' if len(extra) > 1 else ''} {', '.join(extra)} ignored (not one of the {kind} columns)"
+            )
         elif len(header) != len(names):
             log.warning("%s: header %s does not match the %s columns %s", where or kind, header, kind, names)
-    bad: list[str] = []
+    bad = _Bad()
+    spot_hint = kind == "aggTrades" and not has_header
 
     def on_invalid(row: Any) -> str:
-        bad.append(row.text)
+        reason = f"{row.actual_columns} fields, expected {row.expected_columns} ({','.join(column_names)})"
+        if spot_hint and row.actual_columns == len(names) + 1:
+            reason += (
+                f"; 8 unnamed fields are the spot aggTrades layout ({SPOT_AGG_TRADES}), not USD-M futures"
+            )
+        bad.add(row.text, reason)
         return "skip"
 
     read_opts = pacsv.ReadOptions(
@@ -391,14 +511,18 @@ def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCs
 
     def read(typed: bool) -> pa.Table:
         bad.clear()
-        col_types = (
-            {n: _ARROW_TYPES[t] for n, t in types.items()} if typed else dict.fromkeys(names, pa.string())
-        )
+        if typed:
+            col_types = {n: _ARROW_TYPES[t] for n, t in types.items()}
+            include = names
+        else:
+            col_types = dict.fromkeys(column_names, pa.string())
+            include = column_names
         conv = pacsv.ConvertOptions(
             column_types=col_types,
-            include_columns=names,
+            include_columns=include,
             true_values=TRUE_VALUES,
             false_values=FALSE_VALUES,
+            null_values=[""],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         )
@@ -406,63 +530,144 @@ def parse_archive_csv(kind: str, source: Source, *, where: str = "") -> ParsedCs
             return pacsv.read_csv(f, read_options=read_opts, parse_options=parse_opts, convert_options=conv)
 
     table: pa.Table | None
+    unit: str | None = None
     try:
         table = read(typed=True)
-        if any(table.column(n).null_count for n in names):
+        if any(table.column(n).null_count for n in names if n not in nullable):
             table = None  # empty fields: find the rows below
+        elif any(
+            not pc.all(
+                pc.and_(pc.greater_equal(table.column(n), lo), pc.less_equal(table.column(n), hi))
+            ).as_py()
+            for n, (lo, hi) in ranges.items()
+            if table.num_rows
+        ):
+            table = None  # a value out of its range: find the rows below
+        elif time_cols and table.num_rows:
+            unit = _time_unit(table.column(time_cols[0]).to_numpy(zero_copy_only=False))
+            lo, hi, _ = TIME_UNITS[unit]
+            for n in time_cols:
+                v = table.column(n).to_numpy(zero_copy_only=False)
+                if not bool(np.all((v >= lo) & (v < hi))):
+                    table = None  # a time in another unit, or in none: find the rows below
+                    break
     except pa.ArrowInvalid:
         table = None  # a value that does not convert: find the rows below
     if table is None:
-        table, bad_values = _convert_validating(read(typed=False), spec)
-        bad.extend(bad_values)
+        table, unit = _convert_validating(read(typed=False), column_names, spec, nullable, bad, ranges)
     columns = []
     for n in names:
         col = table.column(n)
         if types[n] == "datetime":
             col = col.cast(pa.int64())
+        elif types[n] == "time" and unit == "us":
+            col = pc.divide(col, pa.scalar(1000, pa.int64()))  # integer division: floor for times > 0
         columns.append(col)
     table = pa.Table.from_arrays(columns, names=names)
-    result = ParsedCsv(kind, table, has_header, len(bad), bad[:MAX_LOGGED_MALFORMED])
-    for text in result.malformed_rows:
-        log.warning("%s: malformed row skipped: %r", where or kind, text)
-    if len(bad) > MAX_LOGGED_MALFORMED:
-        log.warning("%s: ... and %d more malformed rows", where or kind, len(bad) - MAX_LOGGED_MALFORMED)
+    if unit == "us" and table.num_rows:
+        notes.append("epoch times in microseconds (16 digits), stored as milliseconds")
+    result = ParsedCsv(
+        kind, table, has_header, bad.count, bad.rows, bad.reasons, notes, unit if time_cols else None
+    )
+    log_parsed(result, where or kind)
     return result
 
 
-def _convert_validating(raw: pa.Table, spec: tuple[tuple[str, str], ...]) -> tuple[pa.Table, list[str]]:
-    """String columns -> typed columns, dropping (and returning the text of) rows that do not convert."""
-    names = [n for n, _ in spec]
-    valid = pa.array(np.ones(raw.num_rows, dtype=bool))
-    for n, t in spec:
-        col = raw.column(n)
-        if t == "bool":
-            ok = pc.is_in(pc.utf8_trim_whitespace(col), value_set=pa.array(TRUE_VALUES + FALSE_VALUES))
-        elif t == "str":
+def log_parsed(parsed: ParsedCsv, where: str) -> None:
+    """Log each malformed row with its text and reason, and the file's notes."""
+    for text, reason in zip(parsed.malformed_rows, parsed.malformed_reasons, strict=True):
+        log.warning("%s: malformed row skipped: %r: %s", where, text, reason)
+    if parsed.malformed > len(parsed.malformed_rows):
+        log.warning(
+            "%s: ... and %d more malformed rows", where, parsed.malformed - len(parsed.malformed_rows)
+        )
+    for note in parsed.notes:
+        log.info("%s: %s", where, note)
+
+
+def _convert_validating(
+    raw: pa.Table,
+    column_names: list[str],
+    spec: tuple[tuple[str, str], ...],
+    nullable: frozenset[str],
+    bad: _Bad,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> tuple[pa.Table, str | None]:
+    """String columns -> typed columns, dropping (and recording in `bad`, with the reason) rows that
+    do not convert. Returns the typed table and the unit of the file's epoch times."""
+    n = raw.num_rows
+    trimmed = {name: pc.utf8_trim_whitespace(raw.column(name)) for name, _ in spec}
+    time_cols = [name for name, t in spec if t == "time"]
+    unit: str | None = None
+    if time_cols:
+        first = trimmed[time_cols[0]]
+        digits = pc.fill_null(pc.utf8_length(first), 0).to_numpy(zero_copy_only=False)
+        is_int = pc.fill_null(pc.match_substring_regex(first, r"^\d+$"), False).to_numpy(zero_copy_only=False)
+        n_ms = int(np.count_nonzero(is_int & (digits == 13)))
+        n_us = int(np.count_nonzero(is_int & (digits == 16)))
+        unit = "us" if n_us > n_ms else "ms"
+    # reason[i]: index of the first column (spec order) row i fails, -1 when it converts
+    reason = np.full(n, -1, dtype=np.int64)
+    for k, (name, t) in enumerate(spec):
+        col = trimmed[name]
+        if t == "str":
             continue
+        if t == "bool":
+            ok = pc.is_in(col, value_set=pa.array(TRUE_VALUES + FALSE_VALUES))
+        elif t == "time":
+            assert unit is not None
+            ok = pc.match_substring_regex(col, rf"^\d{{{TIME_DIGITS[unit]}}}$")
         else:
             ok = pc.match_substring_regex(col, _VALID[t])
-        valid = pc.and_(valid, pc.fill_null(ok, False))
-    bad_rows: list[str] = []
-    invalid = pc.invert(valid)
-    if pc.any(invalid).as_py():
-        bad = raw.filter(invalid)
-        joined = pc.binary_join_element_wise(*[bad.column(n) for n in names], ",")
-        bad_rows = joined.to_pylist()
-        raw = raw.filter(valid)
-    out = []
-    for n, t in spec:
-        col = raw.column(n)
-        if t == "bool":
-            col = pc.is_in(pc.utf8_trim_whitespace(col), value_set=pa.array(TRUE_VALUES))
-        elif t == "datetime":
-            col = pc.strptime(
-                pc.replace_substring(pc.utf8_trim_whitespace(col), "T", " "), "%Y-%m-%d %H:%M:%S", "ms"
+        if name in nullable:
+            ok = pc.or_(ok, pc.equal(col, ""))
+        ok_np = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+        if ranges and name in ranges and ok_np.any():
+            lo, hi = ranges[name]
+            x = np.full(n, np.nan)
+            x[ok_np] = np.asarray(col.filter(pa.array(ok_np)).cast(pa.float64()))
+            ok_np &= (x >= lo) & (x <= hi)
+        reason[(~ok_np) & (reason < 0)] = k
+    invalid = reason >= 0
+    if invalid.any():
+        idx = np.nonzero(invalid)[0]
+        shown = idx[: max(0, MAX_LOGGED_MALFORMED - len(bad.rows))]
+        texts = (
+            pc.binary_join_element_wise(*[pc.fill_null(raw.column(c), "") for c in column_names], ",").take(
+                pa.array(shown)
             )
+            if len(shown)
+            else pa.array([], pa.string())
+        )
+        for i, text in zip(shown.tolist(), texts.to_pylist(), strict=True):
+            name, t = spec[int(reason[i])]
+            value = trimmed[name][i].as_py()
+            if t == "time":
+                why = _time_reason(name, unit or "ms", value or "")
+            elif ranges and name in ranges and re.fullmatch(_VALID[t], value or ""):
+                lo, hi = ranges[name]
+                why = f"column {name}: expected a number from {lo:g} to {hi:g}, got {value!r}"
+            elif value == "":
+                why = f"column {name}: empty, expected {_EXPECTED[t]}"
+            else:
+                why = f"column {name}: expected {_EXPECTED[t]}, got {value!r}"
+            bad.add(text, why)
+        bad.count += len(idx) - len(shown)
+        raw = raw.filter(pa.array(~invalid))
+        trimmed = {name: pc.utf8_trim_whitespace(raw.column(name)) for name, _ in spec}
+    out = []
+    for name, t in spec:
+        col = trimmed[name]
+        if name in nullable and t != "str":
+            col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+        if t == "bool":
+            col = pc.is_in(col, value_set=pa.array(TRUE_VALUES))
+        elif t == "datetime":
+            col = pc.strptime(pc.replace_substring(col, "T", " "), "%Y-%m-%d %H:%M:%S", "ms")
         elif t != "str":
-            col = pc.utf8_trim_whitespace(col).cast(_ARROW_TYPES[t])
+            col = col.cast(_ARROW_TYPES[t])
         out.append(col)
-    return pa.Table.from_arrays(out, names=names), bad_rows
+    return pa.Table.from_arrays(out, names=[name for name, _ in spec]), unit
 
 
 # ---------------------------------------------------------------- aggTrades
@@ -477,6 +682,9 @@ class AggTradesArchive:
     header: bool
     malformed: int = 0
     malformed_rows: list[str] = field(default_factory=list)
+    malformed_reasons: list[str] = field(default_factory=list)  # why, for each of malformed_rows
+    notes: list[str] = field(default_factory=list)
+    parsed_rows: int = 0  # valid rows before duplicates were removed
     duplicates: int = 0  # rows dropped because their aggregate id was already there
     conflicting_duplicates: int = 0  # of those, rows whose values differ from the kept row
     reordered: bool = False  # the file was not in id order
@@ -498,6 +706,10 @@ class AggTradesArchive:
     def missing_ids(self) -> int:
         """Ids between the first and the last that the archive does not hold."""
         return 0 if not self.rows else int(self.last_id - self.first_id + 1 - self.rows)  # type: ignore[operator]
+
+    def failure(self, max_share: float = MAX_MALFORMED_SHARE) -> str | None:
+        """Why this archive must not be loaded (no valid row, too many malformed ones), else None."""
+        return file_failure(self.parsed_rows, self.malformed, self.malformed_reasons, max_share)
 
 
 def aggtrades_records(parsed: ParsedCsv, *, where: str = "") -> tuple[pa.Table, int, int, bool]:
@@ -552,7 +764,7 @@ def archive_records(kind: str, parsed: ParsedCsv) -> tuple[str, pa.Table]:
     """(writer kind, batch) for an archive type whose rows have a batch schema in records.py.
 
     aggTrades -> agg_trades (sorted, de-duplicated); fundingRate -> funding_rates; metrics ->
-    open_interest (source 'metrics'). Other types have no batch schema yet: NotImplementedError.
+    open_interest (source 'metrics'; rows with an empty open interest left out). Other types have no batch schema yet: NotImplementedError.
     """
     t = parsed.table
     n = t.num_rows
@@ -569,6 +781,9 @@ def archive_records(kind: str, parsed: ParsedCsv) -> tuple[str, pa.Table]:
             schema=FUNDING_RATES,
         )
     if kind == "metrics":
+        # a row whose open interest is empty has none to store (futures_metrics keeps it, NULL)
+        t = t.filter(pc.is_valid(t.column("sum_open_interest")))
+        n = t.num_rows
         return "open_interest", pa.Table.from_arrays(
             [
                 t.column("create_time"),
@@ -618,6 +833,9 @@ def parse_aggtrades_zip(path_or_bytes: Path | bytes, *, url: str = "") -> AggTra
         header=parsed.header,
         malformed=parsed.malformed,
         malformed_rows=parsed.malformed_rows,
+        malformed_reasons=parsed.malformed_reasons,
+        notes=parsed.notes,
+        parsed_rows=parsed.rows,
         duplicates=dups,
         conflicting_duplicates=conflicts,
         reordered=reordered,

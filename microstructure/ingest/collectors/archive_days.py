@@ -1,9 +1,11 @@
 """The days of a historical archive loader, and each day's archive loaded into one report.
 
 - `resolve_days`: the complete UTC days of a run ([start, end] or the last N), on the exchange's clock;
-- `load_archive_table`: download, verify and parse one data.binance.vision archive, a missing or
-  refused one recorded in the report and in ingest_events;
-- `HistoricalReport`: rows and archives per symbol, missing and refused archives, malformed rows.
+- `load_archive_table`: download, verify and parse one data.binance.vision archive, a missing,
+  refused (checksum) or failed one (no valid row, too many malformed rows) recorded in the report
+  and in ingest_events and not loaded;
+- `HistoricalReport`: rows and archives per symbol, missing, refused and failed archives, malformed
+  rows per archive, format notes (microsecond times, ignored columns).
 """
 
 from __future__ import annotations
@@ -32,15 +34,20 @@ class HistoricalReport:
     days_loaded: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     missing: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # archive -> why it was not loaded
     malformed: int = 0
+    malformed_by_archive: dict[str, int] = field(default_factory=dict)  # file name (holds the day) -> rows
+    format_notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # note -> archives
     notes: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
-        return [f"archives refused (checksum mismatch): {', '.join(self.refused)}"] if self.refused else []
+        out = [f"archives refused (checksum mismatch): {', '.join(self.refused)}"] if self.refused else []
+        out += [f"archive {name} not loaded: {why}" for name, why in self.failed.items()]
+        return out
 
     @property
     def ok(self) -> bool:
-        return not self.refused
+        return not self.problems()
 
     def summary_lines(self) -> list[str]:
         out = [f"{self.what}:"]
@@ -52,8 +59,12 @@ class HistoricalReport:
             )
         if self.refused:
             out.append(f"  refused (checksum mismatch): {', '.join(self.refused)}")
+        for name, why in self.failed.items():
+            out.append(f"  FAILED {name}: {why}; nothing of it stored")
         if self.malformed:
             out.append(f"  malformed rows skipped: {self.malformed}")
+            out.extend(f"    {name}: {n}" for name, n in self.malformed_by_archive.items())
+        out.extend(f"  note: {note} ({n} archives)" for note, n in self.format_notes.items())
         out.extend("  " + n for n in self.notes)
         return out
 
@@ -113,16 +124,46 @@ async def load_archive_table(
         )
         log.error("%s", exc)
         return None
+    name = url.rsplit("/", 1)[-1]
     try:
         parsed = await asyncio.to_thread(archives.parse_archive_zip, kind, dl.path, where=url)
+    except archives.ArchiveError as exc:  # not a zip, or not one CSV in it
+        report.failed[name] = str(exc)
+        events.record(collector, symbol, "archive_failed", {"url": url, "reason": str(exc)})
+        log.error("%s", exc)
+        return None
     finally:
         dl.discard()
+    for note in parsed.notes:
+        report.format_notes[f"{kind}: {note}"] += 1
     if parsed.malformed:
         report.malformed += parsed.malformed
+        report.malformed_by_archive[name] = parsed.malformed
         events.record(
             collector,
             symbol,
             "malformed",
-            {"url": url, "rows": parsed.malformed, "sample": parsed.malformed_rows[:5]},
+            {"url": url, "rows": parsed.malformed, "sample": malformed_sample(parsed, 5)},
         )
+    failure = parsed.failure()
+    if failure is not None:
+        # Not loaded at all: a file that is mostly not what its path says (a spot file at a USD-M
+        # path, ...) would otherwise store a part of the day as if it were the day.
+        report.failed[name] = failure
+        events.record(
+            collector,
+            symbol,
+            "archive_failed",
+            {"url": url, "reason": failure, "rows": parsed.rows, "malformed": parsed.malformed},
+        )
+        log.error("%s: not loaded: %s", url, failure)
+        return None
     return parsed
+
+
+def malformed_sample(parsed: Any, n: int) -> list[dict[str, str]]:
+    """The first `n` malformed rows of a parsed archive with their reasons (for ingest_events)."""
+    return [
+        {"row": row, "reason": why}
+        for row, why in zip(parsed.malformed_rows[:n], parsed.malformed_reasons[:n], strict=True)
+    ]

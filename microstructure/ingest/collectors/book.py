@@ -4,7 +4,8 @@ Live (`collect_book_live`):
 - source 'depth20' (default): the `<s>@depth20@500ms` stream; one row per message (levels as sent,
   U/u/pu, E/T, local receive time) plus the per-snapshot values of book_values.py;
 - source 'diff': a local order book per symbol from `<s>@depth@100ms` by Binance's procedure
-  (orderbook.py), its top 20 (or `depth_levels`, up to 1000) sampled every 500 ms (source='diff');
+  (orderbook.py), its top 20 (or `depth_levels`, up to 1000) sampled at each 500 ms boundary of the
+  exchange's clock (the last update with T before it), so redundant collectors store equal rows;
   the per-snapshot values always use the top 20, as FEATURES.md defines them.
 Messages are buffered per symbol and turned into one Arrow batch per symbol about every second
 (levels parsed and values computed for the whole batch at once), then handed to the writer.
@@ -260,7 +261,8 @@ async def collect_book_live(
     """Collect live top-20 book snapshots of `symbols` until `live_seconds` pass or `stop_event` is set.
 
     source 'depth20': `<s>@depth20@500ms`; 'diff': local books from `<s>@depth@<diff_speed>` sampled
-    every `sample_ms`, storing the top `depth_levels` (20..1000; the values use the top 20).
+    at every `sample_ms` boundary of the exchange's time T, storing the top `depth_levels`
+    (20..1000; the values use the top 20).
     `writer`/`stop_event`/`health`/`events` are shared when given (collect all); otherwise this
     function makes its own and closes them. `message_filter(stream, data)` returning
     False drops a message before it is handled (tests use it to inject sequence breaks).
@@ -318,6 +320,7 @@ async def collect_book_live(
                 health=health,
                 collector=collector,
                 levels=depth_levels,
+                sample_ms=sample_ms,
             )
             wanted = {f"{s.lower()}@depth@{diff_speed}": s for s in symbols}
 
@@ -330,7 +333,6 @@ async def collect_book_live(
                 books.on_event(symbol, data, recv_ms)
 
             streams = list(wanted)
-            tasks.append(asyncio.create_task(books.sampler(stop, sample_ms)))
         conns, stream_task = start_stream(
             settings,
             streams,

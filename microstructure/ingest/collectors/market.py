@@ -2,6 +2,7 @@
 
 Live (`collect_market_live`), one combined-stream connection plus REST polls:
 - `<s>@markPrice@1s` -> mark_prices (mark p, index i, estimated settle P, funding rate r, next funding T);
+  a dated contract's sentinels are NULL: T 0 (no next funding, so no funding rate) and P "0.00000000";
 - settled funding rates -> funding_rates: /fapi/v1/fundingRate is polled at start, whenever a
   symbol's next funding time moves on (a settlement just happened; polled until the new row is
   there) and on an interval;
@@ -83,6 +84,20 @@ def _opt_num(v: Any) -> float | None:
     if v is None or v == "":
         return None
     return _num(v)
+
+
+def _opt_price(v: Any) -> float | None:
+    """A price where 0 means "not applicable" (estimatedSettlePrice "0.00000000" of a dated contract)."""
+    x = _opt_num(v)
+    return None if x == 0.0 else x
+
+
+def _opt_time(v: Any) -> int | None:
+    """An epoch time where 0 means "none" (nextFundingTime 0: a contract without funding)."""
+    if v is None:
+        return None
+    t = _int(v)
+    return None if t == 0 else t
 
 
 def _int(v: Any) -> int:
@@ -269,13 +284,17 @@ class MarketLive:
             if sym not in self.wanted:
                 return
             E = _int(data["E"])
+            # Sentinels are NULL, not values: a dated contract sends T 0 (no next funding) and P
+            # "0.00000000" (no settlement price yet); without a next funding there is no funding
+            # rate either, whatever r says. Keys Binance adds over time (ap, st, ...) are ignored.
+            next_funding = _opt_time(data.get("T"))
             row = (
                 E,
                 _num(data["p"]),
                 _opt_num(data.get("i")),
-                _opt_num(data.get("P")),
-                _opt_num(data.get("r")),
-                _int(data["T"]) if data.get("T") is not None else None,
+                _opt_price(data.get("P")),
+                _opt_num(data.get("r")) if next_funding is not None else None,
+                next_funding,
                 recv_ms,
             )
             if self.last_mark_E.get(sym, -1) >= E:

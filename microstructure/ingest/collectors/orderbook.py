@@ -10,10 +10,15 @@ Per symbol:
    kind 'resync'); the other symbols keep going;
 5. quantities are absolute; a quantity of 0 removes the level.
 
-A sampler takes the top `levels` (20 by default, up to the 1000 of the REST snapshot) of every synced
-book every 500 ms (only when the book moved on since the last sample) and hands them to the snapshot
-sink as rows with source='diff': ts = T and event_ms = E of the last applied event, first/last/prev
-update ids = its U/u/pu.
+Sampling runs on the exchange's clock, not the local one: for each 500 ms boundary B (epoch-aligned)
+the book is sampled as it stands after the last update with T < B, at the moment the first update
+with T >= B arrives (and before it is applied). So the stored snapshots depend only on the stream:
+two collectors on the same stream, or a re-run over a recording, store the same (ts, last_update_id)
+rows for every boundary both saw with a synced book. The top `levels` (20 by default, up to the 1000
+of the REST snapshot) go to the snapshot sink as a row with source='diff': ts = T and event_ms = E of
+that last update, first/last/prev update ids = its U/u/pu. A boundary with no update since the
+previous one adds nothing (the book did not move); a book is sampled only once it has applied an
+update since its last (re)sync, and the boundary still open when a run stops is not sampled.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class LocalBook:
     def load(self, snap: dict[str, Any]) -> None:
         self.last_u, self.bids, self.asks = parse_snapshot(snap)
         self.snapshot_id = self.last_u
+        self.last = None  # no update applied since this snapshot: nothing to sample yet
 
     def top(self, n: int = LEVELS) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         bp = heapq.nlargest(n, self.bids)
@@ -132,9 +138,13 @@ class DiffBooks:
         collector: str = "book_diff",
         depth_limit: int = 1000,
         levels: int = LEVELS,
+        sample_ms: int = 500,
     ) -> None:
         if not LEVELS <= levels <= depth_limit:
             raise ValueError(f"levels: expected {LEVELS}..{depth_limit}, got {levels}")
+        if sample_ms <= 0:
+            raise ValueError(f"sample_ms: expected a number of milliseconds > 0, got {sample_ms}")
+        self.sample_ms = sample_ms
         self.books = {s: LocalBook(s) for s in symbols}
         self.levels = levels
         self.rest = rest
@@ -167,6 +177,14 @@ class DiffBooks:
                 return  # an event we already applied (overlapping connections)
             self._resync(symbol, ev)
             return
+        self._apply(symbol, book, ev)
+
+    def _apply(self, symbol: str, book: LocalBook, ev: DiffEvent) -> None:
+        """Apply `ev`; first, when it is the first update at or after a sampling boundary, sample the
+        book as the last update before the boundary left it."""
+        prev = book.last
+        if prev is not None and prev.T // self.sample_ms < ev.T // self.sample_ms:
+            self._sample(symbol, book)
         book.apply(ev)
 
     def _resync(self, symbol: str, ev: DiffEvent) -> None:
@@ -239,7 +257,7 @@ class DiffBooks:
                     book.buffer.clear()
                     book.buffer.append(ev)
                     break
-                book.apply(ev)
+                self._apply(symbol, book, ev)
                 first = False
             if ok:
                 book.synced = True
@@ -265,42 +283,24 @@ class DiffBooks:
             )
 
     # ---- sampling
-    def sample(self) -> int:
-        """Hand the top `levels` of every synced book that moved since its last sample to the sink."""
-        n = 0
-        for symbol, book in self.books.items():
-            if not book.synced or book.last is None or book.last_u == book.sampled_u:
-                continue
-            bids, asks = book.top(self.levels)
-            ev = book.last
-            row = SnapshotRow(
-                event_ms=ev.E,
-                ts_ms=ev.T,
-                first_update_id=ev.U,
-                last_update_id=ev.u,
-                prev_update_id=ev.pu,
-                bids=[list(x) for x in bids],
-                asks=[list(x) for x in asks],
-                recv_ms=ev.recv_ms,
-            )
-            book.sampled_u = book.last_u
-            if self.sink is not None and self.sink.add(symbol, row):
-                n += 1
-        return n
-
-    async def sampler(self, stop: asyncio.Event, every_ms: int = 500) -> None:
-        loop = asyncio.get_running_loop()
-        period = every_ms / 1000.0
-        next_at = loop.time() + period
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
-            if stop.is_set():
-                break
-            self.sample()
-            next_at += period
-            if next_at < loop.time():
-                next_at = loop.time() + period
+    def _sample(self, symbol: str, book: LocalBook) -> bool:
+        """Hand the top `levels` of `book`, as its last applied update left it, to the sink."""
+        ev = book.last
+        if ev is None or book.last_u == book.sampled_u:
+            return False
+        bids, asks = book.top(self.levels)
+        row = SnapshotRow(
+            event_ms=ev.E,
+            ts_ms=ev.T,
+            first_update_id=ev.U,
+            last_update_id=ev.u,
+            prev_update_id=ev.pu,
+            bids=[list(x) for x in bids],
+            asks=[list(x) for x in asks],
+            recv_ms=ev.recv_ms,
+        )
+        book.sampled_u = book.last_u
+        return self.sink is not None and bool(self.sink.add(symbol, row))
 
     async def close(self) -> None:
         for t in self._tasks.values():

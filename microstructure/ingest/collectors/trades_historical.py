@@ -14,7 +14,10 @@ For each symbol and each UTC day of [start, end] (the server's clock decides wha
 - days without an archive (today; yesterday before publication; anything answering 404) are filled
   from REST with `fromId` pagination, starting after the last stored id (up to now for today);
 - a checksum mismatch refuses that day (error in the report, an `ingest_events` row) and the run
-  continues with the other days; missing archives are recorded in `ingest_events` too.
+  continues with the other days; so does an archive with no valid row or more than
+  archives.MAX_MALFORMED_SHARE of its rows malformed (a spot file at a USD-M path, ...): nothing of
+  it is written, so the day is not covered (a monthly archive falls back to the daily ones);
+  missing archives are recorded in `ingest_events` too.
 
 Everything goes through the writer (idempotent: a run killed at any point and started again stores no
 row twice and ends with the same rows). At the end everything is flushed and a report gives rows per
@@ -30,7 +33,7 @@ import json
 import logging
 import sys
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -91,9 +94,11 @@ class SymbolReport:
     days_archive: list[date] = field(default_factory=list)
     months_archive: list[str] = field(default_factory=list)
     days_rest: list[date] = field(default_factory=list)
-    days_refused: list[date] = field(default_factory=list)  # checksum mismatch
+    days_refused: list[date] = field(default_factory=list)  # checksum mismatch, or a failed archive
     archives_missing: list[str] = field(default_factory=list)
     malformed_rows: int = 0
+    malformed_by_period: dict[str, int] = field(default_factory=dict)  # day or month -> malformed rows
+    format_notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # note -> archives
     duplicate_rows: int = 0
     rest_pages: int = 0
     stored_rows: int = 0  # rows stored for the range at the end (from agg_trade_coverage)
@@ -133,6 +138,14 @@ class HistoricalReport:
     def ok(self) -> bool:
         return not self.errors and not self.gaps
 
+    def problems(self) -> list[str]:
+        """Why the run did not do its job: refused or failed days, gaps left."""
+        out = list(self.errors)
+        for s in self.symbols.values():
+            if s.gaps:
+                out.append(f"{s.symbol}: {len(s.gaps)} gaps left ({s.missing_ids:,} ids)")
+        return out
+
     def summary_lines(self) -> list[str]:
         lines = [
             f"aggTrades {self.start_day} .. {self.end_day} (today {self.today}): {self.rows:,} rows written "
@@ -140,6 +153,7 @@ class HistoricalReport:
             f"{self.rest.rate_limited} x 429, {self.rest.retries} retries"
         ]
         for s in self.symbols.values():
+            refused = {d.isoformat() for d in s.days_refused}
             lines.append(
                 f"{s.symbol}: {s.rows:,} rows ({s.rows_archive:,} archive, {s.rows_rest:,} REST); days: "
                 f"{len(s.days_archive)} archive{f' ({len(s.months_archive)} monthly)' if s.months_archive else ''}, "
@@ -147,6 +161,16 @@ class HistoricalReport:
                 f"stored {s.stored_rows:,} rows, ids {s.first_id}..{s.last_id}; "
                 f"gaps left {len(s.gaps)} ({s.missing_ids:,} ids)"
             )
+            if s.malformed_by_period:
+                lines.append(
+                    f"  malformed rows skipped: {s.malformed_rows:,} ("
+                    + ", ".join(
+                        f"{p}: {n:,}{' FAILED' if p in refused else ''}"
+                        for p, n in s.malformed_by_period.items()
+                    )
+                    + ")"
+                )
+            lines.extend(f"  note: {note} ({n} archives)" for note, n in s.format_notes.items())
             for g in s.gaps[:10]:
                 lines.append(f"  gap {g.from_id}..{g.to_id} ({g.missing:,} ids) {g.note}".rstrip())
             if len(s.gaps) > 10:
@@ -354,6 +378,7 @@ class _SymbolRun:
         self.last_id: int | None = None  # last id of the day before the one being processed, if known
         self.cov: dict[date, Coverage] = {}
         self.ckpt_detail: dict[str, Any] = {}
+        self._requeue: list[_Unit] = []  # a monthly archive that failed: its days, to load one by one
 
     # ---- planning
     async def _ends_at_day_end(self, d: date) -> bool:
@@ -514,13 +539,44 @@ class _SymbolRun:
 
     async def _load_archive(self, unit: _Unit, arc: archives.AggTradesArchive) -> None:
         rep = self.report
+        what = unit.month or unit.days[0].isoformat()
         rep.malformed_rows += arc.malformed
         rep.duplicate_rows += arc.duplicates
+        for note in arc.notes:
+            rep.format_notes[note] += 1
         if arc.malformed:
+            rep.malformed_by_period[what] = arc.malformed
             await self._event(
                 "malformed",
-                {"url": arc.url, "rows": arc.malformed, "sample": arc.malformed_rows[:20]},
+                {
+                    "url": arc.url,
+                    "rows": arc.malformed,
+                    "sample": [
+                        {"row": row, "reason": why}
+                        for row, why in zip(arc.malformed_rows[:20], arc.malformed_reasons[:20], strict=True)
+                    ],
+                },
             )
+        failure = arc.failure()
+        if failure is not None:
+            # Nothing of it is written: the day stays uncovered (a re-run tries it again) rather
+            # than stored as complete from what is left of a file that is not what its path says.
+            await self._event(
+                "archive_failed",
+                {
+                    "period": what,
+                    "url": arc.url,
+                    "reason": failure,
+                    "rows": arc.parsed_rows,
+                    "malformed": arc.malformed,
+                },
+            )
+            if unit.kind == "month":
+                log.error("%s %s: %s; daily archives instead", self.symbol, what, failure)
+                self._requeue = [_Unit("day", [d]) for d in unit.days]
+                return
+            self._refuse(unit.days[0], f"archive {arc.url.rsplit('/', 1)[-1]} not loaded: {failure}")
+            return
         if arc.rows and self.last_id is not None and arc.first_id != self.last_id + 1:
             log.warning(
                 "%s %s: archive starts at id %s, the previous day ended at %s",
@@ -687,6 +743,9 @@ class _SymbolRun:
                     self._refuse(unit.days[0], str(exc))
                     continue
                 await self._load_archive(unit, arc)
+                if self._requeue:
+                    queue.extendleft(reversed(self._requeue))
+                    self._requeue = []
         finally:
             for u in queue:
                 if u.task is not None and not u.task.done():

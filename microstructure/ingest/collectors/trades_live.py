@@ -254,7 +254,9 @@ class AggTradesLive:
                 keep &= page.column("ts_ms").to_numpy() <= until_ms
             if keep.any():
                 chunk = page.filter(pa.array(keep))
-                await self.writer.submit("agg_trades", sym, chunk)
+                # a gap fill: its neighbours may still be in a websocket batch not yet committed,
+                # so the writer must not take them for missing (sink/coverage.py)
+                await self.writer.submit("agg_trades", sym, chunk, gap_fill=True)
                 got += chunk.num_rows
             if not keep.all() or page.num_rows < REST_PAGE:
                 break

@@ -1,10 +1,21 @@
 """Coverage of aggregate-trade ids per symbol and UTC day, and the missing id ranges (gaps).
 
 Aggregate ids are consecutive per symbol: any id not stored between two stored ids is lost data.
-After each merged batch, in the batch's transaction: the coverage rows of the days it touched are
-updated, and the id range from the stored id below the batch to the stored id above it is scanned
-for holes, which become open gaps; open gaps in that range that the scan no longer finds are
-marked filled (a partly filled gap keeps its remaining part open).
+After each merged batch, in the batch's transaction (under the symbol's lock):
+
+- coverage: the rows of the days the batch touched are updated;
+- gaps the batch wrote into: each open gap overlapping the batch's id range is split into what is
+  stored now (a 'filled' row) and what is still missing (an 'open' row), both keeping the time the
+  gap was detected; so filled rows count ids that were missing and came later, open rows the ids
+  missing now, and no id is in two rows;
+- new gaps: missing ranges are recorded as open when this batch shows them. A batch from a primary
+  source (the stream, an archive, REST pages) shows the holes from the stored id below it to the
+  stored id above it. A gap fill (REST pages fetched for ids a collector knows to be missing) shows
+  only the holes inside its own id range: its neighbours may still be on their way (the websocket
+  batch holding the ids before the gap, not yet committed), and ids in flight are not missing.
+  Only ids really absent from the store when a batch commits, as far as its source can tell, are
+  recorded: when a fill commits before the stream's batch around it, nothing was ever missing from
+  the store and no gap is recorded at all.
 """
 
 from __future__ import annotations
@@ -25,9 +36,16 @@ def sql(name: str) -> str:
 
 
 async def add_batch(
-    conn: asyncpg.Connection, symbol: str, ids: np.ndarray, ts_ms: np.ndarray, inserted_by_day: dict[int, int]
+    conn: asyncpg.Connection,
+    symbol: str,
+    ids: np.ndarray,
+    ts_ms: np.ndarray,
+    inserted_by_day: dict[int, int],
+    *,
+    gap_fill: bool = False,
 ) -> None:
-    """Update coverage and gaps for a batch just merged (call inside its transaction)."""
+    """Update coverage and gaps for a batch just merged (call inside its transaction); `gap_fill`:
+    the batch was fetched for ids known to be missing (see the module doc)."""
     if len(ids) == 0:
         return
     days = ts_ms // DAY_MS
@@ -44,15 +62,53 @@ async def add_batch(
         lasts.tolist(),
         [int(inserted_by_day.get(int(d), 0)) for d in uniq],
     )
-    await rescan_gaps(conn, symbol, int(ids.min()), int(ids.max()))
+    lo_id, hi_id = int(ids.min()), int(ids.max())
+    await resolve_gaps(conn, symbol, lo_id, hi_id)
+    await record_gaps(conn, symbol, lo_id, hi_id, neighbours=not gap_fill)
 
 
-async def rescan_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int) -> list[tuple[int, int]]:
-    lo, hi = await conn.fetchrow(sql("gaps_bounds"), symbol, lo_id, hi_id)
+async def resolve_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int) -> None:
+    """Split every open gap overlapping [lo_id, hi_id] into its stored ('filled') and still missing
+    ('open') parts."""
+    for gap in await conn.fetch(sql("gaps_touched"), symbol, lo_id, hi_id):
+        f, t = int(gap["from_id"]), int(gap["to_id"])
+        runs = [
+            (int(r["from_id"]), int(r["to_id"])) for r in await conn.fetch(sql("gaps_runs"), symbol, f, t)
+        ]
+        if not runs:
+            continue  # the batch spans the gap without any of its ids: still missing as it was
+        holes: list[tuple[int, int]] = []
+        at = f
+        for a, b in runs:
+            if a > at:
+                holes.append((at, a - 1))
+            at = b + 1
+        if at <= t:
+            holes.append((at, t))
+        await conn.execute(sql("gaps_delete"), symbol, f)
+        await conn.execute(
+            sql("gaps_split"),
+            symbol,
+            [a for a, _ in runs],
+            [b for _, b in runs],
+            [a for a, _ in holes],
+            [b for _, b in holes],
+            gap["detected_at"],
+            gap["note"],
+        )
+
+
+async def record_gaps(
+    conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int, *, neighbours: bool = True
+) -> list[tuple[int, int]]:
+    """Record as open the missing ranges among the stored ids of [lo_id, hi_id], widened to the
+    stored ids just below and above it when `neighbours`. Returns the ranges found."""
+    lo, hi = lo_id, hi_id
+    if neighbours:
+        lo, hi = await conn.fetchrow(sql("gaps_bounds"), symbol, lo_id, hi_id)
     found = [(r["from_id"], r["to_id"]) for r in await conn.fetch(sql("gaps_scan"), symbol, lo, hi)]
     if found:
         await conn.execute(sql("gaps_upsert"), symbol, [f for f, _ in found], [t for _, t in found])
-    await conn.execute(sql("gaps_close"), symbol, lo, hi, [f for f, _ in found])
     return found
 
 

@@ -141,9 +141,13 @@ def conform(kind: str, batch: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=spec.schema)
 
 
-async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: pa.Table) -> int:
+async def write_batch(
+    conn: asyncpg.Connection, kind: str, symbol: str, batch: pa.Table, *, gap_fill: bool = False
+) -> int:
     """Write one batch in one transaction; returns the rows inserted (duplicates are skipped; for
-    funding_rates a repeat that completes a null mark price or interval counts too)."""
+    funding_rates a repeat that completes a null mark price or interval counts too). `gap_fill`
+    (agg_trades): the rows were fetched for ids known to be missing, so the gap bookkeeping does not
+    take the ids around them for missing (coverage.py)."""
     spec = SPECS[kind]
     batch = conform(kind, batch)
     if batch.num_rows == 0:
@@ -188,7 +192,7 @@ async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: p
                 spec.stage, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
             )
             per_day = {int(r["day"]): int(r["n"]) for r in await conn.fetch(spec.merge_sql())}
-        await coverage.add_batch(conn, symbol, ids, ts_ms, per_day)
+        await coverage.add_batch(conn, symbol, ids, ts_ms, per_day, gap_fill=gap_fill)
         inserted = sum(per_day.values())
         if inserted:
             await invalidations.log_range(conn, spec.table, symbol, lo_ms, hi_ms)
@@ -279,6 +283,7 @@ class _Item:
     symbol: str
     batch: pa.Table
     submitted: float  # time.monotonic()
+    gap_fill: bool = False  # agg_trades fetched for ids known to be missing (write_batch)
     spill_files: list[Path] = field(default_factory=list)  # the files it was read from, in order
     parts: list[_Item] = field(default_factory=list)  # the queued batches it joins (coalesced)
 
@@ -403,19 +408,20 @@ class Writer:
         await self.close()
 
     # -- submit --------------------------------------------------------------------------------
-    async def submit(self, kind: str, symbol: str, batch: pa.Table) -> None:
+    async def submit(self, kind: str, symbol: str, batch: pa.Table, *, gap_fill: bool = False) -> None:
         """Hand a batch over (never waits for the database); see submit_nowait."""
-        self.submit_nowait(kind, symbol, batch)
+        self.submit_nowait(kind, symbol, batch, gap_fill=gap_fill)
 
-    def submit_nowait(self, kind: str, symbol: str, batch: pa.Table) -> None:
-        """Queue a batch, or spill it to disk when the queue is full or earlier batches are on disk."""
+    def submit_nowait(self, kind: str, symbol: str, batch: pa.Table, *, gap_fill: bool = False) -> None:
+        """Queue a batch, or spill it to disk when the queue is full or earlier batches are on disk.
+        `gap_fill`: aggregate trades fetched for ids known to be missing (see write_batch)."""
         if kind not in SPECS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
         if batch.num_rows == 0:
             return
         self.stats.batches_submitted += 1
         self.stats.rows_submitted += batch.num_rows
-        item = _Item(kind, symbol, batch, time.monotonic())
+        item = _Item(kind, symbol, batch, time.monotonic(), gap_fill=gap_fill)
         full = (
             len(self._queue) >= self.max_queue_batches
             or self._queued_rows + batch.num_rows > self.max_queue_rows
@@ -434,11 +440,16 @@ class Writer:
 
     # -- spill files ---------------------------------------------------------------------------
     def _spill(self, item: _Item) -> None:
-        name = f"{self._seq:012d}-{item.kind}-{item.symbol}.arrow"
+        fill = "-fill" if item.gap_fill else ""
+        name = f"{self._seq:012d}-{item.kind}-{item.symbol}{fill}.arrow"
         self._seq += 1
         path = self.spill_dir / name
         tmp = path.with_suffix(".arrow.tmp")
-        meta = {b"kind": item.kind.encode(), b"symbol": item.symbol.encode()}
+        meta = {
+            b"kind": item.kind.encode(),
+            b"symbol": item.symbol.encode(),
+            b"gap_fill": b"1" if item.gap_fill else b"0",
+        }
         table = conform(item.kind, item.batch)
         table = table.replace_schema_metadata(meta)
         with open(tmp, "wb") as fh:
@@ -460,6 +471,7 @@ class Writer:
             meta[b"symbol"].decode(),
             table.replace_schema_metadata(None),
             time.monotonic(),
+            gap_fill=meta.get(b"gap_fill") == b"1",
             spill_files=[path],
         )
 
@@ -472,9 +484,10 @@ class Writer:
             rows = parts[0].batch.num_rows
             while not single and self._queue:
                 nxt = self._queue[0]
-                if (nxt.kind, nxt.symbol) != (
+                if (nxt.kind, nxt.symbol, nxt.gap_fill) != (
                     parts[0].kind,
                     parts[0].symbol,
+                    parts[0].gap_fill,
                 ) or rows + nxt.batch.num_rows > COALESCE_ROWS:
                     break
                 parts.append(self._queue.popleft())
@@ -484,7 +497,14 @@ class Writer:
                 return parts[0]
             first = parts[0]
             batch = pa.concat_tables([conform(first.kind, p.batch) for p in parts])
-            return _Item(first.kind, first.symbol, batch, min(p.submitted for p in parts), parts=parts)
+            return _Item(
+                first.kind,
+                first.symbol,
+                batch,
+                min(p.submitted for p in parts),
+                gap_fill=first.gap_fill,
+                parts=parts,
+            )
         items: list[_Item] = []
         for path in list(self._spilled):
             if items and (
@@ -513,6 +533,7 @@ class Writer:
             first.symbol,
             batch,
             first.submitted,
+            gap_fill=first.gap_fill,
             spill_files=[p for i in items for p in i.spill_files],
         )
 
@@ -536,7 +557,9 @@ class Writer:
             while True:
                 try:
                     conn = await self._connection()
-                    inserted = await write_batch(conn, item.kind, item.symbol, item.batch)
+                    inserted = await write_batch(
+                        conn, item.kind, item.symbol, item.batch, gap_fill=item.gap_fill
+                    )
                 except Exception as exc:
                     if self._conn is not None:  # whatever state it is in, the next try starts clean
                         self._conn.terminate()
@@ -617,8 +640,9 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
     """Binary COPY of `data` into a temporary staging table, then INSERT ... ON CONFLICT DO NOTHING.
 
     For the archive-only tables the Writer does not cover (book_depth_bands, futures_metrics,
-    price_klines). `types` names the table's columns in COPY order with their PostgreSQL types; each
-    is a column of `data` (timestamptz columns as epoch milliseconds). Returns the number of new rows.
+    price_klines). `types` names the table's columns in COPY order with the PostgreSQL types they are
+    sent as (the table's own, or one the INSERT casts to it); each is a column of `data`
+    (timestamptz columns as epoch milliseconds). Returns the number of new rows.
     """
     if data.num_rows == 0:
         return 0
@@ -626,8 +650,11 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
     stage = f"stage_{table}"
     cols = ", ".join(types)
     async with conn.transaction():
+        # The staging table has the COPY types; the INSERT casts them to the table's where they
+        # differ (book_depth_bands.percentage: double precision -> numeric(5,2), exact to the band).
         await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({', '.join(f'{c} {t}' for c, t in types.items())}) "
+            "ON COMMIT DELETE ROWS"
         )
         await conn.copy_to_table(stage, source=io.BytesIO(payload), format="binary", columns=list(types))
         status = await conn.execute(
