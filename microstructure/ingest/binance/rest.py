@@ -50,6 +50,9 @@ WEIGHTS: dict[str, int] = {
 }
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
+# Request priorities under the weight budget: a depth resync first, polls next, bulk gap fills last.
+HIGH, NORMAL, LOW = 0, 1, 2
+
 
 def depth_weight(limit: int) -> int:
     """/fapi/v1/depth weight by limit: 2 up to 50 levels, 5 for 100, 10 for 500, 20 for 1000."""
@@ -96,12 +99,12 @@ class IpBanned(RestError):
 
 
 class MalformedReply(RestError):
-    """HTTP 200 whose body is not JSON; `text` is the body as received (decoded, cut at 2000 characters)."""
+    """HTTP 200 whose body is not JSON (or not of the expected shape); `text` is the body as received (decoded, cut at 2000 characters)."""
 
-    def __init__(self, path: str, body: bytes) -> None:
+    def __init__(self, path: str, body: bytes, why: str = "invalid JSON") -> None:
         self.path = path
         self.text = body[:2000].decode("utf-8", "replace")
-        super().__init__(f"GET {path}: invalid JSON in the answer: {body[:200]!r}")
+        super().__init__(f"GET {path}: {why} in the answer: {body[:200]!r}")
 
 
 class RetriesExhausted(RestError):
@@ -273,7 +276,12 @@ class BinanceRest:
 
     # ---- the request loop
     async def request(
-        self, path: str, params: dict[str, Any] | None = None, *, weight: int | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        weight: int | None = None,
+        priority: int = NORMAL,
     ) -> Any:
         """GET `path` with `params`; the parsed JSON body. Retries, weights and errors as described above."""
         if weight is None:
@@ -379,6 +387,7 @@ class BinanceRest:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = AGG_TRADES_MAX_LIMIT,
+        priority: int = NORMAL,
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
             raise ValueError(f"limit: expected 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
@@ -393,7 +402,10 @@ class BinanceRest:
             "endTime": end_ms,
             "limit": limit,
         }
-        return await self.request("/fapi/v1/aggTrades", params)  # type: ignore[no-any-return]
+        rows = await self.request("/fapi/v1/aggTrades", params, priority=priority)
+        if not isinstance(rows, list):
+            raise MalformedReply("/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), "expected a list")
+        return rows  # type: ignore[no-any-return]
 
     async def agg_trades(
         self,
@@ -403,12 +415,19 @@ class BinanceRest:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = AGG_TRADES_MAX_LIMIT,
+        priority: int = NORMAL,
     ) -> pa.Table:
-        """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live)."""
+        """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live).
+        A reply whose rows lack a field or carry one of the wrong type raises MalformedReply."""
         rows = await self.agg_trades_raw(
-            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit
+            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit, priority=priority
         )
-        return agg_trades_table(rows)
+        try:
+            return agg_trades_table(rows)
+        except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+            raise MalformedReply(
+                "/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     async def depth(self, symbol: str, limit: int = 1000) -> dict[str, Any]:
         if limit not in DEPTH_LIMITS:

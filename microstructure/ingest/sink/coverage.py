@@ -56,6 +56,23 @@ async def rescan_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: 
     return found
 
 
+async def record_gaps(
+    conn: asyncpg.Connection, symbol: str, from_ids: list[int], to_ids: list[int], note: str = "live"
+) -> None:
+    """Record detected gaps as open (call inside a transaction); ranges already stored are skipped."""
+    await conn.execute(sql("gaps_record"), symbol, from_ids, to_ids, note)
+
+
+async def open_gaps_live(
+    conn: asyncpg.Connection, symbols: list[str]
+) -> list[tuple[str, int, int, int | None]]:
+    """(symbol, from_id, to_id, trade time in ms of the stored id below) of every open gap of `symbols`."""
+    return [
+        (r["symbol"], r["from_id"], r["to_id"], r["before_ms"])
+        for r in await conn.fetch(sql("gaps_open_live"), symbols)
+    ]
+
+
 async def recompute_coverage(
     conn: asyncpg.Connection, symbol: str, day: date
 ) -> tuple[int, int, int, int] | None:

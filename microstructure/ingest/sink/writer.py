@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from microstructure.config import Settings
-from microstructure.ingest.records import KINDS
+from microstructure.ingest.records import GAP_KIND, GAP_RECORDS, KINDS
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
 
@@ -125,6 +125,14 @@ def _kind_spec(kind: str) -> KindSpec:
 
 
 SPECS = {kind: _kind_spec(kind) for kind in KINDS}
+# Not a raw table: gaps a live collector detected, recorded in agg_trade_gaps before their fill.
+SPECS[GAP_KIND] = KindSpec(
+    GAP_KIND,
+    "agg_trade_gaps",
+    GAP_RECORDS,
+    tuple(ColumnSpec(f.name, "bigint") for f in GAP_RECORDS),
+    tuple(f.name for f in GAP_RECORDS),
+)
 
 
 def conform(kind: str, batch: pa.Table) -> pa.Table:
@@ -147,6 +155,12 @@ async def write_batch(conn: asyncpg.Connection, kind: str, symbol: str, batch: p
     spec = SPECS[kind]
     batch = conform(kind, batch)
     if batch.num_rows == 0:
+        return 0
+    if kind == GAP_KIND:
+        async with conn.transaction():
+            await coverage.record_gaps(
+                conn, symbol, batch.column("from_id").to_pylist(), batch.column("to_id").to_pylist()
+            )
         return 0
     table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
     payload = encode_copy_binary(table, list(spec.copy_columns))
@@ -245,6 +259,7 @@ class WriterStats:
     batches_replayed: int = 0
     batches_rejected: int = 0
     db_errors: int = 0
+    gaps_recorded: int = 0  # aggregate-id gaps recorded in agg_trade_gaps before their fill
     last_commit_unix: float | None = None
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -268,6 +283,7 @@ class WriterStats:
             "batches_replayed": self.batches_replayed,
             "batches_rejected": self.batches_rejected,
             "db_errors": self.db_errors,
+            "gaps_recorded": self.gaps_recorded,
             "commit_latency_p50_ms": self.latency_quantile(0.5),
             "commit_latency_p99_ms": self.latency_quantile(0.99),
         }
@@ -413,8 +429,9 @@ class Writer:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
         if batch.num_rows == 0:
             return
-        self.stats.batches_submitted += 1
-        self.stats.rows_submitted += batch.num_rows
+        if kind != GAP_KIND:  # gap records are bookkeeping, not rows
+            self.stats.batches_submitted += 1
+            self.stats.rows_submitted += batch.num_rows
         item = _Item(kind, symbol, batch, time.monotonic())
         full = (
             len(self._queue) >= self.max_queue_batches
@@ -431,6 +448,11 @@ class Writer:
     @property
     def queue_depth(self) -> int:
         return len(self._queue) + len(self._spilled)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing submitted is waiting: every batch so far has committed (or been refused)."""
+        return not self._queue and not self._spilled and self._current is None
 
     # -- spill files ---------------------------------------------------------------------------
     def _spill(self, item: _Item) -> None:
@@ -566,15 +588,18 @@ class Writer:
 
     async def _committed(self, item: _Item, inserted: int) -> None:
         s = self.stats
-        s.batches_committed += item.count
-        s.rows_committed += item.batch.num_rows
-        s.rows_inserted += inserted
         s.last_commit_unix = time.time()
-        s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
         for path in item.spill_files:
             self._spilled.popleft()
             path.unlink(missing_ok=True)
             s.batches_replayed += 1
+        if item.kind == GAP_KIND:
+            s.gaps_recorded += item.batch.num_rows
+            return
+        s.batches_committed += item.count
+        s.rows_committed += item.batch.num_rows
+        s.rows_inserted += inserted
+        s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
         if self.on_commit is not None:
             result = self.on_commit(item.kind, item.symbol, item.batch, inserted)
             if asyncio.iscoroutine(result):
