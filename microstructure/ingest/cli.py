@@ -26,9 +26,8 @@ from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVE
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
 
-DEFAULT_WEIGHT_BUDGET = 1200
+DEFAULT_WEIGHT_BUDGET: int | None = None  # auto: 80 % of the REQUEST_WEIGHT limit exchangeInfo announces
 DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be silent for a while
-MAX_WEIGHT_BUDGET = 2400
 DEFAULT_OI_INTERVAL = 60.0
 DEFAULT_STALE_TIMEOUT = 10.0  # mark price arrives every second, depth every 100-500 ms
 
@@ -90,8 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     agg.add_argument(
         "--weight-budget",
         metavar="N",
-        default=str(DEFAULT_WEIGHT_BUDGET),
-        help=f"REST request weight per minute to stay under (default {DEFAULT_WEIGHT_BUDGET}; Binance allows 2400)",
+        default="auto",
+        help="REST request weight per minute to stay under (default auto: 80%% of the REQUEST_WEIGHT limit in "
+        "exchangeInfo's rateLimits, 2400 on Binance; a number is capped at that limit)",
     )
     agg.add_argument("--no-progress", action="store_true", help="no progress bars")
     agg.add_argument("--no-monthly", action="store_true", help="historical: daily archives only")
@@ -308,7 +308,7 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     if mode not in ("historical", "live"):
         raise SettingError(f"--mode: expected historical or live, got {args.mode!r}")
     symbols = parse_symbols(args.symbol)
-    budget = parse_int(args.weight_budget, "--weight-budget", 20, MAX_WEIGHT_BUDGET)
+    budget = _weight_budget(args.weight_budget)
     apply_urls(args, settings)
     if mode == "historical":
         if args.live_seconds is not None:
@@ -354,6 +354,13 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _weight_budget(value: str | None) -> int | None:
+    """--weight-budget: None for auto (from exchangeInfo), else an integer >= 20."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    return parse_int(value, "--weight-budget", 20)
+
+
 def prepare_database(settings: Settings) -> str:
     """Resolve the database and apply the migrations (every writing command does this first)."""
     from microstructure.db import migrate
@@ -376,7 +383,7 @@ def run_historical(
     end: date | None = None,
     days: int | None = None,
     progress: bool = True,
-    weight_budget: int = DEFAULT_WEIGHT_BUDGET,
+    weight_budget: int | None = DEFAULT_WEIGHT_BUDGET,
     use_monthly: bool = True,
     cache_archives: bool = False,
     writer: Any = None,
@@ -441,7 +448,7 @@ def run_live(
     *,
     live_seconds: float | None,
     redundant: bool,
-    weight_budget: int,
+    weight_budget: int | None,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
     from microstructure.ingest.binance.rest import RestError

@@ -463,3 +463,31 @@ def test_an_open_gap_older_than_rest_history_is_left_for_historical_mode(db_url:
         assert conn.execute(
             "SELECT status FROM agg_trade_gaps WHERE symbol = 'ETHUSDT' AND from_id = 101"
         ).fetchone() == ("open",)
+
+
+def test_neighbouring_gaps_share_a_rest_request_and_the_summary_shows_budget_waits(
+    db_url: str, tmp_path: Path
+) -> None:
+    """One `fromId` page serves every gap within its 1,000 ids, and fills are paced under the budget
+    the exchange announces: many skipped ids cost few requests, and none is lost."""
+    cfg = dataclasses.replace(exchange_config(tmp_path, ws_skip_agg_trades=0.1), weight_limit=600)
+
+    async def go() -> object:
+        async with LocalExchange(cfg) as ex:
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            since = continue_from_a_second_ago(ex, db_url)
+            stop, stop_ms = stop_after(ex, 6)
+            report = await collect_aggtrades_live(
+                settings, db_url, list(SYMBOLS), stop_event=stop, batch_ms=100
+            )
+            assert_whole_sequence(ex, db_url, since, stop_ms[0])
+            return report
+
+    report = asyncio.run(go())
+    assert report.ok, report.errors  # type: ignore[attr-defined]
+    stats = list(report.symbols.values())  # type: ignore[attr-defined]
+    gaps, requests = sum(s.gaps_detected for s in stats), sum(s.fill_requests for s in stats)
+    assert gaps >= 50 and requests <= gaps / 4, (gaps, requests)
+    line = next(x for x in report.summary_lines() if x.startswith("REST:"))  # type: ignore[attr-defined]
+    assert "budget 480/min (exchange limit 600)" in line and "waited for budget" in line

@@ -53,6 +53,8 @@ class AllReport:
     seconds: float = 0.0
     stopped_by: str = ""
     health_url: str = ""
+    rest: dict[str, Any] = field(default_factory=dict)  # the shared REST client's counters
+    rest_line: str = ""  # the shared REST client: requests, weight, budget waits by priority
 
     def problems(self) -> list[str]:
         """Why this run did not do its job: a collector failed or stored nothing it was asked for, or
@@ -78,6 +80,8 @@ class AllReport:
             out.extend("  " + line for line in lines)
         for name, err in self.errors.items():
             out.append(f"  {name} FAILED: {err}")
+        if self.rest_line:
+            out.append("  " + self.rest_line)
         out.extend("  note: " + n for n in self.notes)
         if self.health is not None:
             out.append("  health:")
@@ -246,6 +250,7 @@ async def _live(
         stale_timeout=stale_timeout,
     )  # fmt: skip
     async with BinanceRest(settings.rest_url) as rest:
+        await rest.exchange_info()  # the weight budget from the exchange's announced limit
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
             "book": collect_book_live(
@@ -320,6 +325,8 @@ async def _live(
                 await health_server.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            report.rest_line = rest.summary_line()
+            report.rest = rest.stats.as_dict()
     report.events = dict(events.counts)
 
 

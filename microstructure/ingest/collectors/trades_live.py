@@ -135,6 +135,7 @@ class LiveReport:
     rotations: int = 0
     writer: dict[str, Any] = field(default_factory=dict)
     rest: dict[str, Any] = field(default_factory=dict)
+    rest_line: str = ""  # requests, weight and budget waits (when the collector has its own client)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -164,6 +165,8 @@ class LiveReport:
                 f"writer: {self.writer.get('rows_inserted', 0):,} rows inserted"
                 + (f", commit latency p99 {p99:.0f} ms" if p99 is not None else "")
             )
+        if self.rest_line:
+            lines.append(self.rest_line)
         lines.extend(f"error: {e}" for e in self.errors)
         return lines
 
@@ -360,7 +363,7 @@ class AggTradesLive:
             self.gap_wake.set()
 
     async def fill_page(
-        self, sym: str, from_id: int, *, until_ms: int | None = None
+        self, sym: str, from_id: int, *, until_ms: int | None = None, priority: int | None = None
     ) -> tuple[int, int, bool]:
         """One REST `fromId` page (1,000 ids) from `from_id`: the rows in pending gaps of `sym` (or, for
         the tail, every row up to trade time `until_ms`) go to the writer. (last id served, rows kept,
@@ -369,7 +372,9 @@ class AggTradesLive:
 
         stats = self.report.symbols[sym]
         stats.fill_requests += 1
-        page = await self.rest.agg_trades(sym, from_id=from_id, limit=REST_PAGE, priority=LOW)
+        page = await self.rest.agg_trades(
+            sym, from_id=from_id, limit=REST_PAGE, priority=LOW if priority is None else priority
+        )
         if page.num_rows == 0:
             return from_id - 1, 0, False
         ids = np.asarray(page.column("agg_id").to_numpy(), dtype=np.int64)
@@ -386,7 +391,7 @@ class AggTradesLive:
         more = page.num_rows >= REST_PAGE and (until_ms is None or bool(keep.all()))
         return int(ids[-1]), got, more
 
-    async def fill_next(self) -> bool:
+    async def fill_next(self, priority: int | None = None) -> bool:
         """Fill the lowest pending ids of the symbol that waited longest: one page serves every gap
         within its 1,000 ids, so neighbouring gaps share a request. False when nothing is pending."""
         syms = self.gaps.symbols()
@@ -394,7 +399,7 @@ class AggTradesLive:
             return False
         sym = syms[0]
         lo, hi = self.gaps.first(sym)  # type: ignore[misc]
-        last, got, _ = await self.fill_page(sym, lo)
+        last, got, _ = await self.fill_page(sym, lo, priority=priority)
         if last < lo:
             raise RuntimeError(f"REST served no aggregate trade from id {lo}")
         self.gaps.remove(sym, lo, last)  # a page holds every id from `lo` to its last one
@@ -468,18 +473,22 @@ class AggTradesLive:
 
     async def finish_fills(self, stop_ms: int) -> None:
         """At the stop: the pending gaps, then the tail (whatever traded up to the stop but did not
-        arrive), within `stop_fill_s`. What is not done by then stays recorded for the next run."""
+        arrive), within `stop_fill_s`, no longer paced (NORMAL priority). What is not done by then stays
+        recorded for the next run."""
+        from microstructure.ingest.binance.rest import NORMAL
+
         deadline = time.monotonic() + self.stop_fill_s
         failures = 0
         tails = {s: self.last[s] for s in self.symbols if self.last[s] is not None}
         while self.banned is None and time.monotonic() < deadline and (self.gaps or tails):
             try:
                 if self.gaps:
-                    await asyncio.wait_for(self.fill_next(), max(0.1, deadline - time.monotonic()))
+                    await asyncio.wait_for(self.fill_next(NORMAL), max(0.1, deadline - time.monotonic()))
                     continue
                 sym, last = next(iter(tails.items()))
                 served, _, more = await asyncio.wait_for(
-                    self.fill_page(sym, last + 1, until_ms=stop_ms), max(0.1, deadline - time.monotonic())
+                    self.fill_page(sym, last + 1, until_ms=stop_ms, priority=NORMAL),
+                    max(0.1, deadline - time.monotonic()),
                 )
                 if more and served > last:
                     tails[sym] = served
@@ -598,7 +607,7 @@ async def collect_aggtrades_live(
     batch_ms: int = 250,
     rotate_after: float = 23 * 3600,
     stale_timeout: float = 30.0,
-    weight_budget: int = 1200,
+    weight_budget: int | None = None,
     max_rest_fill_ids: int = MAX_REST_FILL_IDS,
     shared_streams: SharedStreams | None = None,
 ) -> LiveReport:
@@ -644,6 +653,8 @@ async def collect_aggtrades_live(
         collector.queue_stored_gaps(open_gaps, at_start=True)  # a live run starts with the gaps left open
         report = await collector.run(shared_streams)
         report.rest = rest.stats.as_dict()
+        if own_rest:
+            report.rest_line = rest.summary_line()
         # bounded even on a shared writer (its owner closes it), so a stop while the database is away still stops
         await writer.flush(timeout=writer.close_timeout)
         report.writer = writer.stats.as_dict()
