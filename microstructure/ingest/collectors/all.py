@@ -50,6 +50,7 @@ class AllReport:
     spill_files_left: int = 0  # every file in the spill folder at exit, rejected/ included
     spill_pending: int = 0  # of which batches waiting to be written (not rejected)
     batches_rejected: int = 0  # refused by the database during this run
+    batches_dropped: int = 0  # spill folder full while the database was away (recorded in ingest_events)
     seconds: float = 0.0
     stopped_by: str = ""
     health_url: str = ""
@@ -65,7 +66,7 @@ class AllReport:
                 out += [f"{name}: {p}" for p in part.problems()]
             elif not getattr(part, "ok", True):
                 out.append(f"{name}: not ok (see its summary)")
-        return out + writer_problems(self.spill_pending, self.batches_rejected)
+        return out + writer_problems(self.spill_pending, self.batches_rejected, self.batches_dropped)
 
     @property
     def ok(self) -> bool:
@@ -89,17 +90,20 @@ class AllReport:
         if self.events:
             out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         out.append(f"  spill files left: {self.spill_files_left}")
+        if self.batches_dropped:
+            out.append(f"  batches dropped (spill folder full, database away): {self.batches_dropped}")
         return out
 
 
 def spill_files(settings: Settings, *, rejected: bool = True) -> int:
-    """Files in the spill folder (with those in rejected/ unless `rejected` is False)."""
+    """Spilled batches in the spill folder (with those in rejected/ unless `rejected` is False). Only
+    finished `.arrow` files are batches: a `.tmp` left by a write that failed holds none."""
     folder = Path(settings.home) / "spill"
     if not folder.exists():
         return 0
     return sum(
         1
-        for p in folder.rglob("*")
+        for p in folder.rglob("*.arrow")
         if p.is_file() and (rejected or p.relative_to(folder).parts[0] != "rejected")
     )
 
@@ -142,6 +146,7 @@ async def collect_all(
     if own_writer:
         writer = await open_writer(settings, dsn)
     rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
+    dropped_before = getattr(getattr(writer, "stats", None), "batches_dropped", 0)
     features_stop = asyncio.Event()
     refresher_task = None
     if mode == "live" and features_interval is not None:
@@ -184,7 +189,7 @@ async def collect_all(
         if own_writer:
             await writer.close()
         else:  # the caller closes it; bounded, so that a stop while the database is away still stops
-            await writer.flush(getattr(writer, "close_timeout", None))
+            await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
         if refresher_task is not None:  # its last round covers what the final flush wrote
             features_stop.set()
             try:
@@ -201,6 +206,7 @@ async def collect_all(
     report.spill_pending = max(spill_files(settings, rejected=False), getattr(writer, "queue_depth", 0))
     stats = getattr(writer, "stats", None)
     report.batches_rejected = getattr(stats, "batches_rejected", 0) - rejected_before
+    report.batches_dropped = getattr(stats, "batches_dropped", 0) - dropped_before
     report.seconds = time.monotonic() - started
     return report
 

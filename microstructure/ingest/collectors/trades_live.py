@@ -37,7 +37,7 @@ from microstructure.ingest.collectors.trades_historical import check_symbols
 from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.records import AGG_TRADES, GAP_KIND, GAP_RECORDS
 from microstructure.ingest.sink import coverage
-from microstructure.ingest.sink.writer import open_writer
+from microstructure.ingest.sink.writer import open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -656,7 +656,12 @@ async def collect_aggtrades_live(
         if own_rest:
             report.rest_line = rest.summary_line()
         # bounded even on a shared writer (its owner closes it), so a stop while the database is away still stops
-        await writer.flush(timeout=writer.close_timeout)
+        await writer.flush(timeout=writer.close_timeout, give_up_when_down=True)
+        if own_writer:
+            await writer.close()
+            report.errors += writer_problems(
+                writer.queue_depth, writer.stats.batches_rejected, writer.stats.batches_dropped
+            )
         report.writer = writer.stats.as_dict()
         if collector.banned is not None:
             for line in report.summary_lines():
@@ -672,5 +677,5 @@ async def collect_aggtrades_live(
             await events.flush()
         if own_rest:
             await rest.close()
-        if own_writer and writer is not None:
+        if own_writer and writer is not None and writer._task is not None and not writer._task.done():
             await writer.close()
