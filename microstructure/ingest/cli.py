@@ -192,7 +192,8 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         "--health-port",
         metavar="PORT",
         default=os.environ.get(ENV_PREFIX + "HEALTH_PORT") or None,
-        help="live: serve GET /health (JSON, 503 when a stream is silent or batches wait on disk) and "
+        help="live: serve GET /health (JSON; 503 with the reasons when a stream is silent, no batch has "
+        "committed for 15 s while batches wait, batches wait on disk, or the spill folder is nearly full) and "
         f"GET /metrics (Prometheus) on 127.0.0.1:PORT (env {ENV_PREFIX}HEALTH_PORT; default: off)",
     )
     every.add_argument(

@@ -130,6 +130,7 @@ async def collect_all(
     health_port: int | None = None,
     liquidations_stream: str = "auto",
     features_interval: float | None = DEFAULT_FEATURES_INTERVAL,
+    health_commit_after: float = 15.0,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -172,6 +173,7 @@ async def collect_all(
                 health=health or Health(),
                 health_port=health_port,
                 liquidations_stream=liquidations_stream,
+                health_commit_after=health_commit_after,
             )
         else:
             await _historical(
@@ -229,6 +231,7 @@ async def _live(
     health: Health,
     health_port: int | None,
     liquidations_stream: str,
+    health_commit_after: float = 15.0,
 ) -> None:
     from microstructure.ingest.binance.rest import BinanceRest
 
@@ -288,7 +291,13 @@ async def _live(
         stream_task = asyncio.create_task(streams.run(stop), name="collect-streams")
         health_server = None
         if health_port is not None:
-            health_server = HealthServer(health, writer, events, stale_after=max(60.0, 3 * stale_timeout))
+            health_server = HealthServer(
+                health,
+                writer,
+                events,
+                stale_after=max(60.0, 3 * stale_timeout),
+                commit_after=health_commit_after,
+            )
             port = await health_server.start(health_port)
             report.health_url = f"http://127.0.0.1:{port}/health"
             log.info("health endpoint: %s (and /metrics)", report.health_url)
