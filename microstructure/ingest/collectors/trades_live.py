@@ -249,6 +249,7 @@ class AggTradesLive:
         self.fill_busy = False
         self.banned: IpBanned | None = None  # a 418 from REST: the run stops, nothing more is sent
         self.gap_sweep_s = GAP_SWEEP_S
+        self._poke = getattr(writer, "poke", None)
         self.stop_fill_s = STOP_FILL_S
 
     def _ban(self, exc: IpBanned) -> None:
@@ -305,8 +306,15 @@ class AggTradesLive:
         buf.m.append(m)
         buf.recv.append(recv_ms)
         stats.ws_rows += 1
-        if len(buf) >= self.batch_rows:
+        n = len(buf)
+        if n >= self.batch_rows:
             self.writer.submit_nowait("agg_trades", sym, buf.take())
+        elif n == 1 and self._poke is not None:
+            self._poke()  # an idle writer takes the rows as soon as this read has been handled
+
+    def take_buffers(self) -> list[tuple[str, str, pa.Table]]:
+        """What the writer takes when it is free (its pull source): every symbol's pending rows."""
+        return [("agg_trades", sym, buf.take()) for sym, buf in self.buffers.items() if len(buf)]
 
     async def flush_buffers(self) -> None:
         for sym, buf in self.buffers.items():
@@ -537,9 +545,16 @@ class AggTradesLive:
                 conns.append(asyncio.create_task(own.run(self.stop)))
         for conn_set in sets:
             conn_set.register(streams, self.on_message, COLLECTOR_STREAM)
+        pull = hasattr(self.writer, "add_source")
+        if pull:
+            self.writer.add_source(self.take_buffers)
+        else:
+            self._poke = None
         try:
             await self.stop.wait()
         finally:
+            if pull:
+                self.writer.remove_source(self.take_buffers)
             stop_ms = int(time.time() * 1000)
             for t in conns:
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -374,8 +374,10 @@ class Writer:
         hung_after: float = HUNG_AFTER_S,
         write_timeout: float = WRITE_TIMEOUT_S,
         max_spill_bytes: int | None = None,
+        pull_interval: float = 0.05,
     ) -> None:
         self.dsn = dsn
+        self.pull_interval = pull_interval  # sources are taken at most this often
         self.spill_dir = Path(spill_dir)
         self.max_queue_batches = max_queue_batches
         self.max_queue_rows = max_queue_rows
@@ -401,6 +403,7 @@ class Writer:
         self._current: _Item | None = None  # the batch being written (popped from the queue)
         self._singles = 0  # after a joined batch was refused: take this many batches one by one
         self._sources: list[Source] = []
+        self._last_pull = 0.0
         self._attempt_since: float | None = None  # monotonic: first try of the current batch
         self._failing = False  # the current batch's last try failed
         self.down = False  # the database is taken as away: batches go to disk
@@ -425,6 +428,10 @@ class Writer:
 
     def add_source(self, source: Source) -> None:
         self._sources.append(source)
+
+    def remove_source(self, source: Source) -> None:
+        with contextlib.suppress(ValueError):
+            self._sources.remove(source)
 
     def poke(self) -> None:
         """A source has rows: an idle writer takes them now."""
@@ -682,6 +689,7 @@ class Writer:
     # -- the loop ------------------------------------------------------------------------------
     def _pull(self) -> None:
         """Take what the sources hold (the writer has nothing else to write)."""
+        self._last_pull = time.monotonic()
         for source in self._sources:
             for kind, symbol, batch in source():
                 if batch.num_rows:
@@ -784,6 +792,9 @@ class Writer:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+                if self._sources and not self._queue and not self._spilled:
+                    # what arrives meanwhile joins the batch: commits stay few on a busy stream
+                    await asyncio.sleep(max(0.0, self._last_pull + self.pull_interval - time.monotonic()))
                 continue
             self._current = item
             self._attempt_since = time.monotonic()
