@@ -1,19 +1,27 @@
-"""Live aggregate-trade ingest: sustained message rate, receive-to-committed latency, CPU share.
+"""Live aggregate-trade ingest: offered and received rates, lag, staleness, collector and database CPU.
 
-    python bench/bench_live.py [--symbols 2] [--live-rate 3000] [--seconds 60] [--warmup 5]
+    python bench/bench_live.py [--symbols 2] [--live-rate 3000] [--seconds 60] [--warmup 5] [--uvloop]
+    python bench/bench_live.py --sets 500,1500,3000 --seconds 30     # one run per rate, alternating
 
 The local exchange (its own process) streams `--live-rate` aggregate trades per second per symbol
-(clustered arrivals); `collect_aggtrades_live` runs in this process with the project writer on a
-fresh database (embedded PostgreSQL unless MICROSTRUCTURE_DATABASE_URL). For every row that came
-from the websocket, latency = the time its batch's transaction committed minus the row's local
-receive time (recv_ms), so it covers parsing, batching (by count or 250 ms), queueing, COPY, merge
-and coverage. CPU share: this process's user + system time over the measured wall time.
+(clustered arrivals; offered = rate x symbols on average); `collect_aggtrades_live` runs in this
+process with the project writer on a fresh database (embedded PostgreSQL in its own processes).
+Per row that came from the websocket:
+- lag = local receive time - exchange trade time T (how late the stream delivers);
+- staleness = the commit time of the row's transaction - its receive time (how long until a query
+  sees it: parse, batching, queueing, COPY, coverage, commit).
+CPU: this process's user + system time over the measured wall time (the collector), and the
+embedded server's processes' (postmaster and its children, from /proc) over the same window.
+First trade: seconds from calling the collector to the first committed websocket row.
+Lost ids: per symbol, ids between the first and last stored that are not stored (after the run's
+REST fills), and whether the exchange dropped the connection as too slow (reconnects).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +31,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import live_setup, quantile
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-async def measure(settings, dsn: str, symbols: list[str], warmup: float, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+def server_cpu_s(pgdata: Path) -> float:
+    """User + system CPU seconds of the embedded server: its postmaster and the postmaster's children."""
+    try:
+        root = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(entry), int(fields[1])
+        if pid == root or ppid == root:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+async def measure(
+    settings, dsn: str, symbols: list[str], warmup: float, seconds: float, pgdata: Path
+) -> dict:  # type: ignore[no-untyped-def]
     import numpy as np
 
     from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
@@ -33,14 +65,26 @@ async def measure(settings, dsn: str, symbols: list[str], warmup: float, seconds
     from microstructure.ingest.sink.writer import Writer
 
     window = {"on": False}
-    latencies: list[np.ndarray] = []
+    stale: list[np.ndarray] = []
+    lag: list[np.ndarray] = []
+    first = {"at": None}
+    started = time.time()
 
     def on_commit(kind: str, symbol: str, batch, inserted: int) -> None:  # type: ignore[no-untyped-def]
+        if kind != "agg_trades":
+            return
+        now = time.time() * 1000
+        recv = batch.column("recv_ms")
+        if recv.null_count == len(recv):
+            return
+        if first["at"] is None:
+            first["at"] = now / 1000 - started
         if not window["on"]:
             return
-        recv = batch.column("recv_ms").drop_null().to_numpy()
-        if len(recv):
-            latencies.append(time.time() * 1000 - recv)
+        live = batch.filter(recv.is_valid())
+        r = live.column("recv_ms").to_numpy()
+        stale.append(now - r)
+        lag.append(r - live.column("ts_ms").to_numpy())
 
     health = Health()
     stop = asyncio.Event()
@@ -55,52 +99,99 @@ async def measure(settings, dsn: str, symbols: list[str], warmup: float, seconds
 
     await asyncio.sleep(warmup)
     window["on"] = True
-    m0, c0, t0 = received(), time.process_time(), time.monotonic()
+    m0, c0, d0, t0 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
     await asyncio.sleep(seconds)
-    m1, c1, t1 = received(), time.process_time(), time.monotonic()
+    m1, c1, d1, t1 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
     window["on"] = False
     stop.set()
     report = await task
     await writer.close()
-    lat = np.concatenate(latencies) if latencies else np.empty(0)
+    st = np.concatenate(stale) if stale else np.empty(0)
+    lg = np.concatenate(lag) if lag else np.empty(0)
     wall = t1 - t0
     return {
         "messages": m1 - m0,
         "msg_per_s": (m1 - m0) / wall,
         "cpu_share": (c1 - c0) / wall,
+        "db_cpu_share": (d1 - d0) / wall,
         "wall_s": wall,
-        "rows_measured": len(lat),
-        "p50_ms": quantile(list(lat), 0.5),
-        "p99_ms": quantile(list(lat), 0.99),
-        "max_ms": float(lat.max()) if len(lat) else float("nan"),
+        "rows_measured": len(st),
+        "stale_p50": quantile(list(st), 0.5),
+        "stale_p99": quantile(list(st), 0.99),
+        "stale_max": float(st.max()) if len(st) else float("nan"),
+        "lag_p50": quantile(list(lg), 0.5),
+        "lag_p99": quantile(list(lg), 0.99),
+        "first_s": first["at"],
         "report": report,
     }
+
+
+def lost_ids(dsn: str, symbols: list[str]) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return {
+            s: int(
+                conn.execute(
+                    "SELECT coalesce(max(agg_id) - min(agg_id) + 1 - count(*), 0) FROM agg_trades WHERE symbol = %s",
+                    (s,),
+                ).fetchone()[0]  # type: ignore[index]
+            )
+            for s in symbols
+        }
+
+
+def one(rate: float, args: argparse.Namespace) -> dict:
+    symbols = SYMBOLS[: args.symbols]
+    extra = ["--history-days", "0", "--live-rate", str(rate)]
+    with live_setup(symbols, *extra) as (settings, dsn):
+        pgdata = Path(settings.home).parent / "pg" / "pgdata"  # type: ignore[attr-defined]
+        runner = asyncio.run
+        if args.uvloop:
+            import uvloop
+
+            runner = uvloop.run  # type: ignore[assignment]
+        r = runner(measure(settings, dsn, symbols, args.warmup, args.seconds, pgdata))
+        r["lost"] = lost_ids(dsn, symbols)
+    report = r["report"]
+    offered = rate * len(symbols)
+    print(
+        f"{len(symbols)} symbols at {rate:g} trades/s each: offered {offered:,.0f} msg/s, received "
+        f"{r['msg_per_s']:,.0f} msg/s over {r['wall_s']:.0f} s"
+    )
+    print(
+        f"  staleness (commit - receive) over {r['rows_measured']:,} rows: p50 {r['stale_p50']:.0f} ms, "
+        f"p99 {r['stale_p99']:.0f} ms, max {r['stale_max']:.0f} ms; lag (receive - T): p50 {r['lag_p50']:.0f} ms, "
+        f"p99 {r['lag_p99']:.0f} ms"
+    )
+    per_k = 100 * r["cpu_share"] / (r["msg_per_s"] / 1000) if r["msg_per_s"] else float("nan")
+    print(
+        f"  collector CPU {100 * r['cpu_share']:.1f} % of a core ({per_k:.2f} % per 1,000 msg/s); "
+        f"database CPU {100 * r['db_cpu_share']:.1f} %; first trade stored {r['first_s']:.2f} s after start"
+    )
+    rest = sum(s.rest_rows for s in report.symbols.values())
+    print(f"  ids lost: {sum(r['lost'].values())}; by REST: {rest:,}; reconnects: {report.reconnects}")
+    if args.verbose:
+        print("\n".join("  " + x for x in report.summary_lines()))
+    return r
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--symbols", type=int, default=2)
     p.add_argument("--live-rate", type=float, default=3000.0, help="aggregate trades per second per symbol")
+    p.add_argument("--sets", help="comma-separated live rates: one run each (overrides --live-rate)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--uvloop", action="store_true", help="run the collector on uvloop (if installed)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each run's summary too")
     args = p.parse_args()
-
-    symbols = SYMBOLS[: args.symbols]
-    extra = ["--history-days", "0", "--live-rate", str(args.live_rate)]
-    with live_setup(symbols, *extra) as (settings, dsn):
-        r = asyncio.run(measure(settings, dsn, symbols, args.warmup, args.seconds))
-    report = r["report"]
-    print(
-        f"{len(symbols)} symbols at {args.live_rate:g} trades/s each (offered), {r['wall_s']:.0f} s measured"
-    )
-    print(f"received {r['messages']:,} messages = {r['msg_per_s']:,.0f}/s")
-    print(
-        f"receive-to-committed latency over {r['rows_measured']:,} rows: p50 {r['p50_ms']:.0f} ms, "
-        f"p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms"
-    )
-    print(f"collector CPU: {100 * r['cpu_share']:.0f} % of a core")
-    print("\n".join(report.summary_lines()))
-    return 0 if report.ok else 1
+    rates = [float(x) for x in args.sets.split(",")] if args.sets else [args.live_rate]
+    ok = True
+    for rate in rates:
+        r = one(rate, args)
+        ok = ok and sum(r["lost"].values()) == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class Settings:
     ws_url         MICROSTRUCTURE_WS_URL         Binance USD-M Futures websocket base
     archive_url    MICROSTRUCTURE_ARCHIVE_URL    data.binance.vision base
     spot_url       MICROSTRUCTURE_SPOT_URL       Binance spot REST base
+    spill_max_mb   MICROSTRUCTURE_SPILL_MAX_MB   at most this many MB of spill files (unset: the disk's room)
     """
 
     database_url: str | None = field(default_factory=lambda: _env("DATABASE_URL"))
@@ -53,9 +54,16 @@ class Settings:
     ws_url: str = field(default_factory=lambda: _env("WS_URL", BINANCE_FUTURES_WS) or "")
     archive_url: str = field(default_factory=lambda: _env("ARCHIVE_URL", BINANCE_ARCHIVE) or "")
     spot_url: str = field(default_factory=lambda: _env("SPOT_URL", BINANCE_SPOT_REST) or "")
+    spill_max_mb: int | None = field(
+        default_factory=lambda: _env_int("SPILL_MAX_MB", -1) if _env("SPILL_MAX_MB") else None
+    )
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
+        if self.spill_max_mb is not None and self.spill_max_mb < 1:
+            raise SettingError(
+                f"{ENV_PREFIX}SPILL_MAX_MB: expected a number of MB >= 1, got {self.spill_max_mb}"
+            )
         if not 0 <= self.embedded_port <= 65535:
             raise SettingError(f"embedded port: expected 0..65535, got {self.embedded_port}")
 

@@ -27,9 +27,8 @@ from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVE
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
 
-DEFAULT_WEIGHT_BUDGET = 1200
+DEFAULT_WEIGHT_BUDGET: int | None = None  # auto: 80 % of the REQUEST_WEIGHT limit exchangeInfo announces
 DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be silent for a while
-MAX_WEIGHT_BUDGET = 2400
 DEFAULT_OI_INTERVAL = 60.0
 DEFAULT_STALE_TIMEOUT = 10.0  # mark price arrives every second, depth every 100-500 ms
 
@@ -92,8 +91,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     agg.add_argument(
         "--weight-budget",
         metavar="N",
-        default=str(DEFAULT_WEIGHT_BUDGET),
-        help=f"REST request weight per minute to stay under (default {DEFAULT_WEIGHT_BUDGET}; Binance allows 2400)",
+        default="auto",
+        help="REST request weight per minute to stay under (default auto: 80%% of the REQUEST_WEIGHT limit in "
+        "exchangeInfo's rateLimits, 2400 on Binance; a number is capped at that limit)",
     )
     agg.add_argument("--no-progress", action="store_true", help="no progress bars")
     agg.add_argument("--no-monthly", action="store_true", help="historical: daily archives only")
@@ -195,7 +195,8 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         "--health-port",
         metavar="PORT",
         default=os.environ.get(ENV_PREFIX + "HEALTH_PORT") or None,
-        help="live: serve GET /health (JSON, 503 when a stream is silent or batches wait on disk) and "
+        help="live: serve GET /health (JSON; 503 with the reasons when a stream is silent, no batch has "
+        "committed for 15 s while batches wait, batches wait on disk, or the spill folder is nearly full) and "
         f"GET /metrics (Prometheus) on 127.0.0.1:PORT (env {ENV_PREFIX}HEALTH_PORT; default: off)",
     )
     every.add_argument(
@@ -311,7 +312,7 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     if mode not in ("historical", "live"):
         raise SettingError(f"--mode: expected historical or live, got {args.mode!r}")
     symbols = parse_symbols(args.symbol)
-    budget = parse_int(args.weight_budget, "--weight-budget", 20, MAX_WEIGHT_BUDGET)
+    budget = _weight_budget(args.weight_budget)
     apply_urls(args, settings)
     if mode == "historical":
         if args.live_seconds is not None:
@@ -357,6 +358,23 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def run_async(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed (the live hot path spends about half the CPU
+    of the standard loop there: BENCHMARKS.md), else on the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _weight_budget(value: str | None) -> int | None:
+    """--weight-budget: None for auto (from exchangeInfo), else an integer >= 20."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    return parse_int(value, "--weight-budget", 20)
+
+
 def prepare_database(settings: Settings) -> str:
     """Resolve the database and apply the migrations (every writing command does this first)."""
     from microstructure.db import migrate
@@ -379,7 +397,7 @@ def run_historical(
     end: date | None = None,
     days: int | None = None,
     progress: bool = True,
-    weight_budget: int = DEFAULT_WEIGHT_BUDGET,
+    weight_budget: int | None = DEFAULT_WEIGHT_BUDGET,
     use_monthly: bool = True,
     cache_archives: bool = False,
     writer: Any = None,
@@ -396,7 +414,7 @@ def run_historical(
 
     url = prepare_database(settings)
     try:
-        report = asyncio.run(
+        report = run_async(
             collect_aggtrades_historical(
                 settings,
                 url,
@@ -434,7 +452,7 @@ def refresh_features(url: str) -> list[str]:
     from microstructure.features_sql.refresher import refresh_once
 
     try:
-        return asyncio.run(refresh_once(url)).summary_lines()
+        return run_async(refresh_once(url)).summary_lines()
     except Exception as exc:  # the load itself is done and kept; the next refresh picks it up
         _error(f"feature refresh failed (run `microstructure features refresh`): {type(exc).__name__}: {exc}")
         return []
@@ -446,7 +464,7 @@ def run_live(
     *,
     live_seconds: float | None,
     redundant: bool,
-    weight_budget: int,
+    weight_budget: int | None,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
     from microstructure.ingest.binance.rest import RestError
@@ -455,7 +473,7 @@ def run_live(
 
     url = prepare_database(settings)
     try:
-        report = asyncio.run(
+        report = run_async(
             collect_aggtrades_live(
                 settings,
                 url,
@@ -496,7 +514,7 @@ def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
         return await coro_factory()
 
     try:
-        return asyncio.run(checked())
+        return run_async(checked())
     except UnknownSymbols as exc:
         print(f"microstructure: error: {exc}", file=sys.stderr)
         return 2

@@ -130,6 +130,18 @@ KINDS: dict[str, tuple[str, pa.Schema]] = {
     "liquidations": ("liquidations", LIQUIDATIONS),
 }
 
+# Aggregate-id gaps a live collector detected, recorded through the writer BEFORE they are filled, so
+# that a gap is never only in memory: it reaches agg_trade_gaps in submission order with the rows
+# around it, spilled to disk with them when the database is away (writer kind "agg_trade_gaps").
+GAP_RECORDS = pa.schema(
+    [
+        pa.field("from_id", pa.int64(), nullable=False),  # first missing id
+        pa.field("to_id", pa.int64(), nullable=False),  # last missing id (inclusive)
+        pa.field("ts_ms", pa.int64(), nullable=False),  # when it was detected (local clock)
+    ]
+)
+GAP_KIND = "agg_trade_gaps"
+
 # The archive-only tables, written by writer.merge_table: column -> PostgreSQL type it is sent as, in
 # COPY order (timestamptz columns come as epoch milliseconds).
 BOOK_DEPTH_BANDS: dict[str, str] = {

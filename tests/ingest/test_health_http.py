@@ -80,3 +80,83 @@ def test_a_silent_stream_makes_health_503() -> None:
     assert status == 503 and body["status"] == "degraded"
     assert body["problems"] == ["aggTrade[0]#1: no message for 120 s"]
     assert "microstructure_up 0" in metrics
+
+
+async def get_health(port: int) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/health") as r:
+        return r.status, await r.json()
+
+
+def test_a_frozen_database_makes_health_503_with_the_reason(db_url: str, tmp_path: Path) -> None:
+    """Data keeps arriving while the database answers nothing: /health says so (it said 200 "ok"
+    throughout while rows_committed stood still), and recovers once the database answers."""
+    from tcp_proxy import TcpProxy
+
+    cfg = ExchangeConfig(
+        symbols=("BTCUSDT",), seed=3, history_days=0, live_rate=50.0, cache_dir=tmp_path / "c"
+    )
+    port = free_port()
+
+    async def go(proxy: TcpProxy) -> tuple[tuple[int, dict], tuple[int, dict], tuple[int, dict]]:
+        async with LocalExchange(cfg) as ex:
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            stop = asyncio.Event()
+            task = asyncio.create_task(
+                collect_all(
+                    settings, proxy.dsn, ["BTCUSDT"], stop_event=stop, handle_signals=False,
+                    health_port=port, health_commit_after=3, features_interval=None,
+                )
+            )  # fmt: skip
+            await asyncio.sleep(3)
+            before = await get_health(port)
+            proxy.set("frozen")
+            await asyncio.sleep(6)
+            frozen = await get_health(port)
+            proxy.set("up")
+            after = frozen
+            for _ in range(60):
+                await asyncio.sleep(0.5)
+                after = await get_health(port)
+                if after[0] == 200:
+                    break
+            stop.set()
+            await task
+            return before, frozen, after
+
+    with TcpProxy(db_url) as proxy:
+        before, frozen, after = asyncio.run(go(proxy))
+    assert before[0] == 200, before[1]["problems"]
+    assert frozen[0] == 503 and frozen[1]["status"] == "degraded"
+    assert any("no batch committed for" in p for p in frozen[1]["problems"]), frozen[1]["problems"]
+    assert frozen[1]["writer"]["seconds_since_last_commit"] >= 3
+    assert after[0] == 200, after[1]["problems"]
+
+
+def test_a_nearly_full_spill_folder_makes_health_503(tmp_path: Path) -> None:
+    from test_writer_outage import trades
+
+    from microstructure.ingest.sink.writer import Writer
+
+    async def go() -> tuple[int, dict, str]:
+        w = Writer("postgresql://postgres:postgres@127.0.0.1:1/none", tmp_path / "spill",
+                   max_spill_bytes=200_000, spill_after=0.2, max_backoff=0.1)  # fmt: skip
+        await w.start()
+        server = HealthServer(Health(), writer=w)
+        port = await server.start(0)
+        try:
+            for k in range(30):
+                w.submit_nowait("agg_trades", "BTCUSDT", trades(k * 300, 300))
+                await asyncio.sleep(0.05)
+            status, body = await get_health(port)
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                metrics = await r.text()
+        finally:
+            await server.stop()
+            await w.close(0.1)
+        return status, body, metrics
+
+    status, body, metrics = asyncio.run(go())
+    assert status == 503
+    assert any("spill" in p and ("full" in p or "limit" in p) for p in body["problems"]), body["problems"]
+    assert "microstructure_writer_spill_bytes" in metrics

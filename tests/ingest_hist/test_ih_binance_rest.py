@@ -15,6 +15,8 @@ from ih_helpers import generator_trades
 from microstructure.exchange.config import ExchangeConfig, FaultConfig
 from microstructure.exchange.server import LocalExchange
 from microstructure.ingest.binance.rest import (
+    HIGH,
+    LOW,
     BinanceError,
     BinanceRest,
     IpBanned,
@@ -225,5 +227,57 @@ def test_5xx_and_timeouts_are_retried_then_given_up() -> None:
                     await rest.ping()
         finally:
             await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_the_budget_comes_from_the_limit_exchange_info_announces(exchange_cache: Path) -> None:
+    """rateLimits' REQUEST_WEIGHT per minute sets the budget: 80 % of it by default, a requested
+    budget as asked but never above the limit."""
+
+    async def main() -> None:
+        async with LocalExchange(config(exchange_cache, weight_limit=1000)) as ex:
+            for asked, budget in ((None, 800), (300, 300), (5000, 1000)):
+                async with BinanceRest(ex.base_url, weight_budget_per_min=asked) as rest:
+                    await rest.symbols()
+                    assert (rest.exchange_limit, rest.budget) == (1000, budget), asked
+                    assert "exchange limit 1000" in rest.summary_line()
+
+    asyncio.run(main())
+
+
+def test_a_depth_snapshot_goes_first_when_gap_fills_used_their_share(exchange_cache: Path) -> None:
+    """Gap fills (LOW) leave a quarter of the budget free and are paced over the minute: with the
+    minute's weight near their share, a fill waits for the next minute while a depth snapshot (HIGH)
+    is sent at once, and the summary shows who waited."""
+    start = datetime(2024, 3, 5, 12, 0, 5, tzinfo=UTC)  # the server's minute ends ~55 s after start
+
+    async def main() -> None:
+        async with LocalExchange(config(exchange_cache, clock_start=start)) as ex:
+            async with aiohttp.ClientSession() as s:  # another program of the same IP used 240
+                for _ in range(12):
+                    status, _, _ = await raw_get(
+                        s, ex.base_url + "/fapi/v1/aggTrades", symbol="BTCUSDT", limit=1
+                    )
+                    assert status == 200
+            async with BinanceRest(ex.base_url, weight_budget_per_min=400) as rest:
+                first = ex.markets["BTCUSDT"].first_id()
+                for i in range(3):  # 240 + 60 = 300: the LOW share (75 %) of 400 is used up
+                    await rest.agg_trades("BTCUSDT", from_id=first + 10 * i, limit=10, priority=LOW)
+                fill = asyncio.create_task(
+                    rest.agg_trades("BTCUSDT", from_id=first + 30, limit=10, priority=LOW)
+                )
+                await asyncio.sleep(0.2)
+                t0 = time.monotonic()
+                book = await rest.depth("BTCUSDT", 1000)  # weight 20: 320 of 400, HIGH
+                took = time.monotonic() - t0
+                assert book["bids"] and took < 20  # not at the next minute, ~55 s away
+                await asyncio.sleep(2)
+                assert not fill.done()  # the fill waits for the next minute: 300 + 20 > 300
+                fill.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await fill
+                assert rest.stats.waits_by_priority.get("high", 0.0) == 0.0
+                assert "low" in rest.summary_line() and HIGH == 0
 
     asyncio.run(main())

@@ -1,10 +1,17 @@
 """Async REST client for Binance USD-M Futures (or the local exchange), polite about request weight.
 
 Rate limits (per IP, per calendar minute of the server clock):
+- the budget: `weight_budget_per_min` when given, else 1200 until exchangeInfo has been read, then
+  SAFETY_MARGIN (80 %) of the REQUEST_WEIGHT limit its `rateLimits` announce; a given budget is never
+  above that limit;
 - every response carries X-MBX-USED-WEIGHT-1M: the client keeps the server's count of the current
   minute (never below its own reservations) and, when a request's weight would take the minute past
-  `weight_budget_per_min`, waits for the next minute boundary of the SERVER clock (offset learnt from
+  its share of the budget, waits for the next minute boundary of the SERVER clock (offset learnt from
   `server_time()`) before sending it;
+- requests are scheduled by priority, not raced: HIGH (a depth snapshot a diff book waits on) may use
+  the whole budget; NORMAL (polls, metadata, historical pages) too; LOW (live gap fills, where one
+  `fromId` page serves every gap within its 1,000 ids) leaves LOW_RESERVE of it free and is paced
+  evenly over the minute, so a burst of fills never makes a resync wait for the next minute;
 - 429: the Retry-After header (seconds) blocks every request of this client for that long, then the
   request is retried (counted in `stats.rate_limited`);
 - 418: the IP is banned; `IpBanned` is raised with the ban's length and nothing is sent until it ends;
@@ -20,7 +27,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -49,6 +56,13 @@ WEIGHTS: dict[str, int] = {
     "/futures/data/openInterestHist": 1,  # documented as 0; counted as 1 to stay on the safe side
 }
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+
+# Request priorities under the weight budget: a depth resync first, polls next, bulk gap fills last.
+HIGH, NORMAL, LOW = 0, 1, 2
+PRIORITY_NAMES = {HIGH: "high", NORMAL: "normal", LOW: "low"}
+SAFETY_MARGIN = 0.8  # of the exchange's announced weight limit, for the default budget
+LOW_RESERVE = 0.25  # share of the budget LOW requests leave to HIGH and NORMAL ones
+DEFAULT_BUDGET = 1200  # before exchangeInfo tells the real limit
 
 
 def depth_weight(limit: int) -> int:
@@ -96,12 +110,12 @@ class IpBanned(RestError):
 
 
 class MalformedReply(RestError):
-    """HTTP 200 whose body is not JSON; `text` is the body as received (decoded, cut at 2000 characters)."""
+    """HTTP 200 whose body is not JSON (or not of the expected shape); `text` is the body as received (decoded, cut at 2000 characters)."""
 
-    def __init__(self, path: str, body: bytes) -> None:
+    def __init__(self, path: str, body: bytes, why: str = "invalid JSON") -> None:
         self.path = path
         self.text = body[:2000].decode("utf-8", "replace")
-        super().__init__(f"GET {path}: invalid JSON in the answer: {body[:200]!r}")
+        super().__init__(f"GET {path}: {why} in the answer: {body[:200]!r}")
 
 
 class RetriesExhausted(RestError):
@@ -116,6 +130,7 @@ class RestStats:
     retries: int = 0  # attempts repeated after a network error, 5xx or 429
     budget_waits: int = 0  # times a request waited for the next minute to stay under the budget
     budget_wait_s: float = 0.0
+    waits_by_priority: dict[str, float] = field(default_factory=dict)  # seconds waited, by priority
     max_used_weight_1m: int = 0  # highest X-MBX-USED-WEIGHT-1M seen
     last_used_weight_1m: int = 0
 
@@ -161,7 +176,7 @@ class BinanceRest:
         self,
         base_url: str,
         *,
-        weight_budget_per_min: int = 1200,
+        weight_budget_per_min: int | None = None,
         max_retries: int = 6,
         max_rate_limited: int = 30,
         backoff_base: float = 0.5,
@@ -169,10 +184,12 @@ class BinanceRest:
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if weight_budget_per_min < 20:
+        if weight_budget_per_min is not None and weight_budget_per_min < 20:
             raise ValueError(f"weight budget: expected at least 20 per minute, got {weight_budget_per_min}")
         self.base_url = base_url.rstrip("/")
-        self.budget = weight_budget_per_min
+        self.requested_budget = weight_budget_per_min  # None: from exchangeInfo
+        self.budget = weight_budget_per_min or DEFAULT_BUDGET
+        self.exchange_limit: int | None = None  # REQUEST_WEIGHT per minute announced by exchangeInfo
         self.max_retries = max_retries
         self.max_rate_limited = max_rate_limited
         self.backoff_base = backoff_base
@@ -182,12 +199,13 @@ class BinanceRest:
         self.clock_offset_ms = 0  # server clock - local clock, learnt from server_time()
         self._session = session
         self._own_session = session is None
-        self._lock = asyncio.Lock()
         self._window = -1  # server minute the weight count refers to
         self._used = 0  # weight used (server's count or our reservations, whichever is higher)
         self._blocked_until = 0.0  # monotonic time before which nothing is sent (after a 429)
         self._banned: IpBanned | None = None
         self._banned_until_mono = 0.0
+        self._low_tokens = float("inf")  # LOW requests are paced: weight they may send now (full at first)
+        self._low_refill = time.monotonic()
 
     # ---- lifecycle
     async def __aenter__(self) -> BinanceRest:
@@ -224,35 +242,94 @@ class BinanceRest:
         """Weight of the current server minute, as far as this client knows."""
         return self._used if self._window == self.server_now_ms() // MINUTE_MS else 0
 
-    async def _reserve(self, weight: int) -> int:
-        """Wait until the request fits the budget (and any 429 back-off has passed); return its window."""
-        async with self._lock:
+    def learn_limits(self, info: Any) -> None:
+        """Take the REQUEST_WEIGHT limit of exchangeInfo's `rateLimits` (per minute): the budget
+        becomes SAFETY_MARGIN of it, or the requested budget when that is lower."""
+        if not isinstance(info, dict):
+            return
+        for rl in info.get("rateLimits") or []:
+            if not isinstance(rl, dict) or rl.get("rateLimitType") != "REQUEST_WEIGHT":
+                continue
+            try:
+                limit, num = int(rl["limit"]), int(rl.get("intervalNum", 1))
+            except (KeyError, TypeError, ValueError):
+                continue
+            per_min = {"SECOND": 60 / max(1, num), "MINUTE": 1 / max(1, num), "HOUR": 1 / (60 * max(1, num)),
+                       "DAY": 1 / (1440 * max(1, num))}.get(str(rl.get("interval")))  # fmt: skip
+            if per_min is None or limit <= 0:
+                continue
+            self.exchange_limit = int(limit * per_min)
+            auto = max(20, int(self.exchange_limit * SAFETY_MARGIN))
+            self.budget = min(self.requested_budget, self.exchange_limit) if self.requested_budget else auto
+            return
+
+    def _low_cap(self) -> int:
+        return max(20, int(self.budget * (1 - LOW_RESERVE)))
+
+    async def _reserve(self, weight: int, priority: int = NORMAL) -> int:
+        """Wait until the request fits its share of the budget (and any 429 back-off has passed);
+        return its window. No lock: nothing is awaited between the check and the reservation."""
+        started = time.monotonic()
+        waited = False
+        try:
             while True:
                 if self._banned is not None and time.monotonic() < self._banned_until_mono:
                     raise self._banned
                 wait = self._blocked_until - time.monotonic()
                 if wait > 0:
+                    waited = True
                     await asyncio.sleep(wait)
                     continue
                 now = self.server_now_ms()
                 window = now // MINUTE_MS
                 if window != self._window:
                     self._window, self._used = window, 0
-                if self._used + weight <= self.budget or self._used == 0:
+                cap = self.budget if priority < LOW else self._low_cap()
+                if priority == LOW:
+                    # paced: the LOW share of the budget spread over the minute, small bursts allowed
+                    rate = self._low_cap() / 60.0
+                    mono = time.monotonic()
+                    burst = max(float(weight), 0.25 * self._low_cap())
+                    self._low_tokens = min(burst, self._low_tokens + (mono - self._low_refill) * rate)
+                    self._low_refill = mono
+                    if self._low_tokens < weight:
+                        waited = True
+                        await asyncio.sleep((weight - self._low_tokens) / rate)
+                        continue
+                if self._used + weight <= cap or self._used == 0:
                     self._used += weight
+                    if priority == LOW:
+                        self._low_tokens -= weight
                     return window
                 # Sleep to the next minute of the server clock (+ a margin for clock error).
                 sleep_s = ((window + 1) * MINUTE_MS - now) / 1000 + 0.25
                 self.stats.budget_waits += 1
-                self.stats.budget_wait_s += sleep_s
+                waited = True
                 log.info(
-                    "weight %d + %d would exceed the budget of %d/min: waiting %.1f s for the next minute",
+                    "weight %d + %d would exceed the %s budget of %d/min: waiting %.1f s for the next minute",
                     self._used,
                     weight,
-                    self.budget,
+                    PRIORITY_NAMES.get(priority, "normal"),
+                    cap,
                     sleep_s,
                 )
                 await asyncio.sleep(sleep_s)
+        finally:
+            if waited:
+                spent = time.monotonic() - started
+                self.stats.budget_wait_s += spent
+                name = PRIORITY_NAMES.get(priority, "normal")
+                self.stats.waits_by_priority[name] = self.stats.waits_by_priority.get(name, 0.0) + spent
+
+    def summary_line(self) -> str:
+        """Requests, weight and the time requests waited for budget (by priority), for run summaries."""
+        st = self.stats
+        waits = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(st.waits_by_priority.items()))
+        limit = f" (exchange limit {self.exchange_limit})" if self.exchange_limit else ""
+        return (
+            f"REST: {st.requests} requests, weight {st.weight_used}, budget {self.budget}/min{limit}; "
+            f"waited for budget: {waits or 'never'}; {st.rate_limited} answered 429"
+        )
 
     def _observe(self, headers: Any, window: int) -> None:
         raw = headers.get("X-MBX-USED-WEIGHT-1M") or headers.get("x-mbx-used-weight-1m")
@@ -273,7 +350,12 @@ class BinanceRest:
 
     # ---- the request loop
     async def request(
-        self, path: str, params: dict[str, Any] | None = None, *, weight: int | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        weight: int | None = None,
+        priority: int = NORMAL,
     ) -> Any:
         """GET `path` with `params`; the parsed JSON body. Retries, weights and errors as described above."""
         if weight is None:
@@ -283,7 +365,7 @@ class BinanceRest:
         failures = 0
         limited = 0
         while True:
-            window = await self._reserve(weight)
+            window = await self._reserve(weight, priority)
             self.stats.requests += 1
             try:
                 async with self.session.get(url, params=query, timeout=self.timeout) as resp:
@@ -360,7 +442,10 @@ class BinanceRest:
         return server
 
     async def exchange_info(self) -> dict[str, Any]:
-        return await self.request("/fapi/v1/exchangeInfo")  # type: ignore[no-any-return]
+        """exchangeInfo; its `rateLimits` set the weight budget (learn_limits)."""
+        info = await self.request("/fapi/v1/exchangeInfo")
+        self.learn_limits(info)
+        return info  # type: ignore[no-any-return]
 
     async def symbols(self, *, trading_only: bool = False) -> dict[str, dict[str, Any]]:
         """Listed contracts by name (exchangeInfo.symbols)."""
@@ -379,6 +464,7 @@ class BinanceRest:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = AGG_TRADES_MAX_LIMIT,
+        priority: int = NORMAL,
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
             raise ValueError(f"limit: expected 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
@@ -393,7 +479,10 @@ class BinanceRest:
             "endTime": end_ms,
             "limit": limit,
         }
-        return await self.request("/fapi/v1/aggTrades", params)  # type: ignore[no-any-return]
+        rows = await self.request("/fapi/v1/aggTrades", params, priority=priority)
+        if not isinstance(rows, list):
+            raise MalformedReply("/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), "expected a list")
+        return rows  # type: ignore[no-any-return]
 
     async def agg_trades(
         self,
@@ -403,18 +492,29 @@ class BinanceRest:
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int = AGG_TRADES_MAX_LIMIT,
+        priority: int = NORMAL,
     ) -> pa.Table:
-        """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live)."""
+        """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live).
+        A reply whose rows lack a field or carry one of the wrong type raises MalformedReply."""
         rows = await self.agg_trades_raw(
-            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit
+            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit, priority=priority
         )
-        return agg_trades_table(rows)
+        try:
+            return agg_trades_table(rows)
+        except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+            raise MalformedReply(
+                "/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), f"{type(exc).__name__}: {exc}"
+            ) from exc
 
-    async def depth(self, symbol: str, limit: int = 1000) -> dict[str, Any]:
+    async def depth(self, symbol: str, limit: int = 1000, priority: int = HIGH) -> dict[str, Any]:
+        """A depth snapshot; HIGH priority by default (a local book waits on it)."""
         if limit not in DEPTH_LIMITS:
             raise ValueError(f"depth limit: expected one of {DEPTH_LIMITS}, got {limit}")
         return await self.request(  # type: ignore[no-any-return]
-            "/fapi/v1/depth", {"symbol": symbol, "limit": limit}, weight=depth_weight(limit)
+            "/fapi/v1/depth",
+            {"symbol": symbol, "limit": limit},
+            weight=depth_weight(limit),
+            priority=priority,
         )
 
     async def premium_index(self, symbol: str | None = None) -> Any:

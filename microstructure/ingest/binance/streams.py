@@ -11,19 +11,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 
 from microstructure.ingest.health import EventLog, Health, StreamHealth, note_malformed, now_ms
 
 log = logging.getLogger(__name__)
 
+loads = orjson.loads  # JSON of every message: orjson is several times faster than json
+
 Handler = Callable[[str, Any, int], None]
+
+
+ENDED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
+
+
+async def _watch_connection(
+    ws: aiohttp.ClientWebSocketResponse, h: StreamHealth, stop: asyncio.Event, stale_timeout: float,
+    state: dict[str, bool],
+) -> None:  # fmt: skip
+    """One periodic check per connection instead of a timer per message: the last message's time
+    (kept by the reader) compared with the clock; a silent connection, or `stop`, closes it."""
+    period = max(0.05, min(1.0, stale_timeout / 4))
+    while not ws.closed:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period)
+        if stop.is_set():
+            break
+        if now_ms() - max(h.last_recv_ms, state["since_ms"]) > stale_timeout * 1000:
+            state["stale"] = True
+            break
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), 2.0)
 
 
 async def combined_stream(
@@ -41,7 +70,9 @@ async def combined_stream(
 ) -> AsyncIterator[tuple[str, Any, int]]:
     """(stream, data, recv_ms) of a combined-stream connection, reconnecting forever until `stop`.
 
-    - no message for `stale_timeout` seconds: the connection is dropped and made again;
+    - no message for `stale_timeout` seconds: the connection is dropped and made again (a watcher
+      task per connection compares the last message's time with the clock a few times a second: no
+      future or timer per message);
     - closed or failed connections come back with jittered exponential backoff (capped);
     - a message that is not JSON or not {"stream","data"} is counted, logged (the first ones with their
       text) and recorded in ingest_events; the stream goes on.
@@ -51,38 +82,26 @@ async def combined_stream(
     own = session is None
     sess = session or aiohttp.ClientSession()
     attempt = 0
+    text = aiohttp.WSMsgType.TEXT
     try:
         while not stop.is_set():
             try:
                 async with sess.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=1 << 22) as ws:
                     attempt = 0
-                    while not stop.is_set():
-                        recv = asyncio.ensure_future(ws.receive())
-                        stopper = asyncio.ensure_future(stop.wait())
-                        done, _ = await asyncio.wait(
-                            {recv, stopper}, timeout=stale_timeout, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        stopper.cancel()
-                        if recv not in done:
-                            recv.cancel()
-                            with contextlib.suppress(asyncio.CancelledError, Exception):
-                                await recv
-                            if stop.is_set():
-                                return
-                            h.stale_reconnects += 1
-                            log.warning("%s: no message for %.1f s; reconnecting", name, stale_timeout)
-                            if events is not None:
-                                events.record(
-                                    collector, None, "reconnect", {"stream": name, "reason": "stale"}
-                                )
-                            break
-                        msg = recv.result()
-                        if msg.type == aiohttp.WSMsgType.TEXT:
+                    state = {"stale": False, "since_ms": now_ms()}
+                    watcher = asyncio.create_task(_watch_connection(ws, h, stop, stale_timeout, state))
+                    try:
+                        while True:
+                            msg = await ws.receive()
+                            if msg.type is not text:
+                                if msg.type in ENDED:
+                                    break  # closed, closing or failed
+                                continue
                             recv_ms = now_ms()
                             h.messages += 1
                             h.last_recv_ms = recv_ms
                             try:
-                                obj = json.loads(msg.data)
+                                obj = loads(msg.data)
                                 stream_name, data = obj["stream"], obj["data"]
                                 if not isinstance(stream_name, str) or not isinstance(data, dict):
                                     raise TypeError("stream/data of the wrong type")
@@ -90,13 +109,17 @@ async def combined_stream(
                                 note_malformed(h, events, collector, None, name, msg.data, exc)
                                 continue
                             yield stream_name, data, recv_ms
-                        elif msg.type in (
-                            aiohttp.WSMsgType.CLOSE,
-                            aiohttp.WSMsgType.CLOSING,
-                            aiohttp.WSMsgType.CLOSED,
-                            aiohttp.WSMsgType.ERROR,
-                        ):
-                            break
+                    finally:
+                        watcher.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await watcher
+                    if stop.is_set():
+                        return
+                    if state["stale"]:
+                        h.stale_reconnects += 1
+                        log.warning("%s: no message for %.1f s; reconnecting", name, stale_timeout)
+                        if events is not None:
+                            events.record(collector, None, "reconnect", {"stream": name, "reason": "stale"})
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("%s: connection failed: %s", name, exc)
             if stop.is_set():

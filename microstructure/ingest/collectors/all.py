@@ -50,9 +50,12 @@ class AllReport:
     spill_files_left: int = 0  # every file in the spill folder at exit, rejected/ included
     spill_pending: int = 0  # of which batches waiting to be written (not rejected)
     batches_rejected: int = 0  # refused by the database during this run
+    batches_dropped: int = 0  # spill folder full while the database was away (recorded in ingest_events)
     seconds: float = 0.0
     stopped_by: str = ""
     health_url: str = ""
+    rest: dict[str, Any] = field(default_factory=dict)  # the shared REST client's counters
+    rest_line: str = ""  # the shared REST client: requests, weight, budget waits by priority
 
     def problems(self) -> list[str]:
         """Why this run did not do its job: a collector failed or stored nothing it was asked for, or
@@ -63,7 +66,7 @@ class AllReport:
                 out += [f"{name}: {p}" for p in part.problems()]
             elif not getattr(part, "ok", True):
                 out.append(f"{name}: not ok (see its summary)")
-        return out + writer_problems(self.spill_pending, self.batches_rejected)
+        return out + writer_problems(self.spill_pending, self.batches_rejected, self.batches_dropped)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,8 @@ class AllReport:
             out.extend("  " + line for line in lines)
         for name, err in self.errors.items():
             out.append(f"  {name} FAILED: {err}")
+        if self.rest_line:
+            out.append("  " + self.rest_line)
         out.extend("  note: " + n for n in self.notes)
         if self.health is not None:
             out.append("  health:")
@@ -85,17 +90,20 @@ class AllReport:
         if self.events:
             out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         out.append(f"  spill files left: {self.spill_files_left}")
+        if self.batches_dropped:
+            out.append(f"  batches dropped (spill folder full, database away): {self.batches_dropped}")
         return out
 
 
 def spill_files(settings: Settings, *, rejected: bool = True) -> int:
-    """Files in the spill folder (with those in rejected/ unless `rejected` is False)."""
+    """Spilled batches in the spill folder (with those in rejected/ unless `rejected` is False). Only
+    finished `.arrow` files are batches: a `.tmp` left by a write that failed holds none."""
     folder = Path(settings.home) / "spill"
     if not folder.exists():
         return 0
     return sum(
         1
-        for p in folder.rglob("*")
+        for p in folder.rglob("*.arrow")
         if p.is_file() and (rejected or p.relative_to(folder).parts[0] != "rejected")
     )
 
@@ -122,6 +130,7 @@ async def collect_all(
     health_port: int | None = None,
     liquidations_stream: str = "auto",
     features_interval: float | None = DEFAULT_FEATURES_INTERVAL,
+    health_commit_after: float = 15.0,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -138,6 +147,7 @@ async def collect_all(
     if own_writer:
         writer = await open_writer(settings, dsn)
     rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
+    dropped_before = getattr(getattr(writer, "stats", None), "batches_dropped", 0)
     features_stop = asyncio.Event()
     refresher_task = None
     if mode == "live" and features_interval is not None:
@@ -163,6 +173,7 @@ async def collect_all(
                 health=health or Health(),
                 health_port=health_port,
                 liquidations_stream=liquidations_stream,
+                health_commit_after=health_commit_after,
             )
         else:
             await _historical(
@@ -180,7 +191,7 @@ async def collect_all(
         if own_writer:
             await writer.close()
         else:  # the caller closes it; bounded, so that a stop while the database is away still stops
-            await writer.flush(getattr(writer, "close_timeout", None))
+            await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
         if refresher_task is not None:  # its last round covers what the final flush wrote
             features_stop.set()
             try:
@@ -197,6 +208,7 @@ async def collect_all(
     report.spill_pending = max(spill_files(settings, rejected=False), getattr(writer, "queue_depth", 0))
     stats = getattr(writer, "stats", None)
     report.batches_rejected = getattr(stats, "batches_rejected", 0) - rejected_before
+    report.batches_dropped = getattr(stats, "batches_dropped", 0) - dropped_before
     report.seconds = time.monotonic() - started
     return report
 
@@ -219,6 +231,7 @@ async def _live(
     health: Health,
     health_port: int | None,
     liquidations_stream: str,
+    health_commit_after: float = 15.0,
 ) -> None:
     from microstructure.ingest.binance.rest import BinanceRest
 
@@ -246,6 +259,7 @@ async def _live(
         stale_timeout=stale_timeout,
     )  # fmt: skip
     async with BinanceRest(settings.rest_url) as rest:
+        await rest.exchange_info()  # the weight budget from the exchange's announced limit
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
             "book": collect_book_live(
@@ -277,7 +291,13 @@ async def _live(
         stream_task = asyncio.create_task(streams.run(stop), name="collect-streams")
         health_server = None
         if health_port is not None:
-            health_server = HealthServer(health, writer, events, stale_after=max(60.0, 3 * stale_timeout))
+            health_server = HealthServer(
+                health,
+                writer,
+                events,
+                stale_after=max(60.0, 3 * stale_timeout),
+                commit_after=health_commit_after,
+            )
             port = await health_server.start(health_port)
             report.health_url = f"http://127.0.0.1:{port}/health"
             log.info("health endpoint: %s (and /metrics)", report.health_url)
@@ -320,6 +340,8 @@ async def _live(
                 await health_server.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            report.rest_line = rest.summary_line()
+            report.rest = rest.stats.as_dict()
     report.events = dict(events.counts)
 
 

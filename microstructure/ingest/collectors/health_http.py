@@ -1,9 +1,15 @@
 """Health and counters of a running collector over HTTP, for probes and Prometheus.
 
     GET /health    JSON: per stream messages, malformed, reconnects and seconds since the last
-                   message; writer counters (rows, batches, spill files, commit latency); event
-                   counts. 200 when every stream has spoken within `stale_after` seconds and nothing
-                   waits in spill files, else 503 with the reasons.
+                   message; writer counters (rows, batches, spill files and space, commit latency,
+                   seconds since the last commit); event counts. 200 when all is well, else 503
+                   with the reasons in `problems`:
+                   - a stream silent for `stale_after` seconds;
+                   - batches waiting while none has committed for `commit_after` seconds (the
+                     database stopped or frozen);
+                   - batches waiting in spill files;
+                   - the spill folder nearly full (`spill_full_at` of its size limit or of its
+                     filesystem), or full.
     GET /metrics   the same counters in Prometheus' text format.
 
 Started by `collect all --health-port N` on 127.0.0.1 (a setting: `host`).
@@ -26,6 +32,8 @@ class HealthServer:
     writer: Any = None
     events: EventLog | None = None
     stale_after: float = 60.0
+    commit_after: float = 15.0
+    spill_full_at: float = 0.9
     started_ms: int = field(default_factory=now_ms)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -44,12 +52,25 @@ class HealthServer:
                 problems.append(f"{name}: no message for {silent or uptime:.0f} s")
         writer: dict[str, Any] = {}
         if self.writer is not None:
-            writer = {**self.writer.stats.as_dict(), "queue_depth": self.writer.queue_depth}
-            writer.pop("last_commit_unix", None)
-            spilled = len(getattr(self.writer, "_spilled", ()))
+            w = self.writer
+            writer = {**w.stats.as_dict(), "queue_depth": w.queue_depth}
+            last_commit = w.stats.last_commit_unix
+            since_commit = time.time() - last_commit if last_commit else uptime
+            writer["seconds_since_last_commit"] = round(since_commit, 1)
+            writer["database_down"] = bool(getattr(w, "down", False))
+            spilled = getattr(w, "spill_files", 0)
             writer["spill_files"] = spilled
+            space = w.spill_space() if hasattr(w, "spill_space") else {}
+            writer.update({k: v for k, v in space.items() if v is not None})
+            waiting = not getattr(w, "idle", True)
+            if waiting and since_commit > self.commit_after:
+                problems.append(
+                    f"writer: no batch committed for {since_commit:.0f} s while {w.queue_depth + 1} batches "
+                    "wait (database unreachable or frozen?)"
+                )
             if spilled:
                 problems.append(f"writer: {spilled} batches wait in spill files (database unreachable?)")
+            problems += self._spill_problems(space)
         body = {
             "status": "ok" if not problems else "degraded",
             "problems": problems,
@@ -61,6 +82,20 @@ class HealthServer:
             "events": dict(self.events.counts) if self.events is not None else {},
         }
         return not problems, body
+
+    def _spill_problems(self, space: dict[str, Any]) -> list[str]:
+        mb = 1 << 20
+        if space.get("spill_full"):
+            return ["writer: the spill folder is full: batches are dropped while the database is away"]
+        limit, used = space.get("max_spill_bytes"), int(space.get("spill_bytes") or 0)
+        if limit and used >= self.spill_full_at * limit:
+            return [f"writer: spill files use {used / mb:.1f} of their {limit / mb:.1f} MB limit"]
+        total, free = space.get("fs_total_bytes"), space.get("fs_free_bytes")
+        if total and free is not None and free <= (1 - self.spill_full_at) * total:
+            return [
+                f"writer: the spill folder's filesystem is nearly full: {free / mb:.1f} MB free of {total / mb:.1f} MB"
+            ]
+        return []
 
     def metrics(self) -> str:
         _, body = self.snapshot()
@@ -76,7 +111,15 @@ class HealthServer:
             ]
         for key, value in body["writer"].items():
             if isinstance(value, int | float) and value is not None:
-                kind = "gauge" if key in ("queue_depth", "spill_files") or "latency" in key else "counter"
+                gauges = (
+                    "queue_depth",
+                    "spill_files",
+                    "seconds_since_last_commit",
+                    "database_down",
+                    "spill_full",
+                )
+                kind = "gauge" if key in gauges or "latency" in key or "bytes" in key else "counter"
+                value = int(value) if isinstance(value, bool) else value
                 name = f"microstructure_writer_{key}" + ("_total" if kind == "counter" else "")
                 lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
         if body["events"]:

@@ -197,6 +197,7 @@ class MarketReport:
     seconds: float = 0.0
     batches_left: int = 0  # in spill files at exit (own writer only; collect all checks its own)
     batches_rejected: int = 0  # refused by the database (own writer only)
+    batches_dropped: int = 0  # spill folder full while the database was away (own writer only)
 
     def problems(self) -> list[str]:
         """Why this run did not do its job: a symbol without a single mark price stored, or whose every
@@ -208,7 +209,7 @@ class MarketReport:
                 out.append(f"no mark price stored for {s} in {self.seconds:.1f} s")
             if not self.oi_polls.get(s) and self.oi_failed.get(s):
                 out.append(f"every open-interest poll of {s} failed ({self.poll_misses.get(s, 0)} misses)")
-        return out + writer_problems(self.batches_left, self.batches_rejected)
+        return out + writer_problems(self.batches_left, self.batches_rejected, self.batches_dropped)
 
     @property
     def ok(self) -> bool:
@@ -567,8 +568,9 @@ async def collect_market_live(
             await writer.close()
             report.batches_left = writer.queue_depth
             report.batches_rejected = writer.stats.batches_rejected
+            report.batches_dropped = writer.stats.batches_dropped
         else:  # the owner closes it; bounded, so that a stop while the database is away still stops
-            await writer.flush(getattr(writer, "close_timeout", None))
+            await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
         if own_events:
             await events.flush()
         if own_rest:

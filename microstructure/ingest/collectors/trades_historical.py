@@ -837,7 +837,7 @@ async def collect_aggtrades_historical(
     days: int | None = None,
     progress: bool = True,
     writer: Any = None,
-    weight_budget: int = 1200,
+    weight_budget: int | None = None,
     prefetch: int = 2,
     use_monthly: bool = True,
     monthly_max_bytes: int = 256 << 20,

@@ -16,8 +16,10 @@ replaced by a new one that starts before the old one stops (overlap), so rotatio
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import random
 import signal
 import time
 from collections.abc import Sequence
@@ -33,8 +35,9 @@ from microstructure.ingest.binance.rest import BinanceRest, IpBanned
 from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.trades_historical import check_symbols
 from microstructure.ingest.health import EventLog, Health
-from microstructure.ingest.records import AGG_TRADES
-from microstructure.ingest.sink.writer import open_writer
+from microstructure.ingest.records import AGG_TRADES, GAP_KIND, GAP_RECORDS
+from microstructure.ingest.sink import coverage
+from microstructure.ingest.sink.writer import open_writer, writer_problems
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,69 @@ REST_PAGE = 1000
 # A gap wider than this is not fetched page by page from REST (1,000 ids per request, weight 20):
 # it stays an open gap in agg_trade_gaps, shown by `status`, for historical mode (archives) to fill.
 MAX_REST_FILL_IDS = 500_000
+# REST aggTrades reach back about a year: an open gap older than this is left for historical mode.
+REST_HORIZON_MS = 360 * 86_400_000
+FILL_BACKOFF_MAX = 30.0  # seconds between tries of a failing REST fill, at most
+GAP_SWEEP_S = 30.0  # how often the open gaps stored in the database are read again
+STOP_FILL_S = 10.0  # at the stop, how long pending fills and the tail may still take
+
+
+class GapRanges:
+    """Missing aggregate ids per symbol waiting for a REST fill: sorted, disjoint, inclusive ranges."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[str, list[tuple[int, int]]] = {}
+
+    def add(self, sym: str, lo: int, hi: int) -> None:
+        if hi < lo:
+            return
+        merged: list[tuple[int, int]] = []
+        for a, b in self.ranges.get(sym, []):
+            if b < lo - 1 or a > hi + 1:
+                merged.append((a, b))
+            else:
+                lo, hi = min(lo, a), max(hi, b)
+        bisect.insort(merged, (lo, hi))
+        self.ranges[sym] = merged
+
+    def remove(self, sym: str, lo: int, hi: int) -> None:
+        out: list[tuple[int, int]] = []
+        for a, b in self.ranges.get(sym, []):
+            if b < lo or a > hi:
+                out.append((a, b))
+                continue
+            if a < lo:
+                out.append((a, lo - 1))
+            if b > hi:
+                out.append((hi + 1, b))
+        if out:
+            self.ranges[sym] = out
+        else:
+            self.ranges.pop(sym, None)
+
+    def first(self, sym: str) -> tuple[int, int] | None:
+        r = self.ranges.get(sym)
+        return r[0] if r else None
+
+    def symbols(self) -> list[str]:
+        return [s for s, r in self.ranges.items() if r]
+
+    def contains(self, sym: str, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` fall in a range of `sym`."""
+        keep = np.zeros(len(ids), dtype=bool)
+        for a, b in self.ranges.get(sym, []):
+            keep |= (ids >= a) & (ids <= b)
+        return keep
+
+    def missing(self, sym: str | None = None) -> int:
+        syms = [sym] if sym is not None else list(self.ranges)
+        return sum(b - a + 1 for s in syms for a, b in self.ranges.get(s, []))
+
+    def count(self) -> int:
+        return sum(len(r) for r in self.ranges.values())
+
+    def __bool__(self) -> bool:
+        return any(self.ranges.values())
 
 
 @dataclass
@@ -54,6 +120,10 @@ class SymbolLive:
     gaps_detected: int = 0
     gap_ids_filled: int = 0
     gaps_left_for_historical: int = 0
+    gaps_from_earlier_runs: int = 0  # open gaps in the database at start, filled by this run
+    fill_requests: int = 0
+    fill_retries: int = 0  # REST fill attempts that failed and were tried again
+    ids_left_open: int = 0  # still missing at the end (recorded in agg_trade_gaps for the next run)
 
 
 @dataclass
@@ -64,6 +134,8 @@ class LiveReport:
     reconnects: int = 0
     rotations: int = 0
     writer: dict[str, Any] = field(default_factory=dict)
+    rest: dict[str, Any] = field(default_factory=dict)
+    rest_line: str = ""  # requests, weight and budget waits (when the collector has its own client)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -77,10 +149,12 @@ class LiveReport:
         ]
         for sym, s in self.symbols.items():
             lines.append(
-                f"{sym}: {s.ws_rows:,} from websocket, {s.rest_rows:,} by REST ({s.gaps_detected} gaps), "
-                f"{s.duplicates:,} duplicates dropped"
+                f"{sym}: {s.ws_rows:,} from websocket, {s.rest_rows:,} by REST ({s.gaps_detected} gaps"
+                + (f", {s.gaps_from_earlier_runs} left by earlier runs" if s.gaps_from_earlier_runs else "")
+                + f"; {s.fill_requests} requests, {s.fill_retries} retried), {s.duplicates:,} duplicates dropped"
                 + (
-                    f"; {s.gaps_left_for_historical} gaps too wide for REST left open: run --mode historical"
+                    f"; {s.gaps_left_for_historical} gaps too wide or too old for REST left open: "
+                    "run --mode historical"
                     if s.gaps_left_for_historical
                     else ""
                 )
@@ -91,6 +165,8 @@ class LiveReport:
                 f"writer: {self.writer.get('rows_inserted', 0):,} rows inserted"
                 + (f", commit latency p99 {p99:.0f} ms" if p99 is not None else "")
             )
+        if self.rest_line:
+            lines.append(self.rest_line)
         lines.extend(f"error: {e}" for e in self.errors)
         return lines
 
@@ -149,8 +225,10 @@ class AggTradesLive:
         rotate_after: float,
         stale_timeout: float,
         max_rest_fill_ids: int = MAX_REST_FILL_IDS,
+        dsn: str | None = None,
     ) -> None:
         self.settings = settings
+        self.dsn = dsn
         self.max_rest_fill_ids = max_rest_fill_ids
         self.symbols = [s.upper() for s in symbols]
         self.writer = writer
@@ -166,8 +244,13 @@ class AggTradesLive:
         self.stale_timeout = stale_timeout
         self.buffers = {s: _Buffer() for s in self.symbols}
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
-        self.gap_queue: asyncio.Queue[tuple[str, int, int | None, int | None]] = asyncio.Queue()
+        self.gaps = GapRanges()  # ids waiting for a REST fill (each recorded in agg_trade_gaps first)
+        self.gap_wake = asyncio.Event()
+        self.fill_busy = False
         self.banned: IpBanned | None = None  # a 418 from REST: the run stops, nothing more is sent
+        self.gap_sweep_s = GAP_SWEEP_S
+        self._poke = getattr(writer, "poke", None)
+        self.stop_fill_s = STOP_FILL_S
 
     def _ban(self, exc: IpBanned) -> None:
         """A 418 while filling: every further REST request would be refused for the ban's length, so
@@ -199,7 +282,7 @@ class AggTradesLive:
         if prev is not None and a > prev + 1:
             stats.gaps_detected += 1
             if a - 1 - prev <= self.max_rest_fill_ids:
-                self.gap_queue.put_nowait((sym, prev + 1, a - 1, None))
+                self.record_gap(sym, prev + 1, a - 1)
             else:
                 stats.gaps_left_for_historical += 1
                 log.warning(
@@ -223,8 +306,15 @@ class AggTradesLive:
         buf.m.append(m)
         buf.recv.append(recv_ms)
         stats.ws_rows += 1
-        if len(buf) >= self.batch_rows:
+        n = len(buf)
+        if n >= self.batch_rows:
             self.writer.submit_nowait("agg_trades", sym, buf.take())
+        elif n == 1 and self._poke is not None:
+            self._poke()  # an idle writer takes the rows as soon as this read has been handled
+
+    def take_buffers(self) -> list[tuple[str, str, pa.Table]]:
+        """What the writer takes when it is free (its pull source): every symbol's pending rows."""
+        return [("agg_trades", sym, buf.take()) for sym, buf in self.buffers.items() if len(buf)]
 
     async def flush_buffers(self) -> None:
         for sym, buf in self.buffers.items():
@@ -237,53 +327,204 @@ class AggTradesLive:
                 await asyncio.wait_for(self.stop.wait(), self.batch_ms / 1000)
             await self.flush_buffers()
 
-    # -- REST fills ----------------------------------------------------------------------------
-    async def fill(self, sym: str, from_id: int, to_id: int | None, until_ms: int | None) -> int:
-        """Fetch ids from `from_id` up to `to_id` (inclusive) or, without one, up to trade time `until_ms`."""
-        got = 0
-        next_id = from_id
-        while to_id is None or next_id <= to_id:
-            page = await self.rest.agg_trades(sym, from_id=next_id, limit=REST_PAGE)
-            if page.num_rows == 0:
-                break
-            ids = page.column("agg_id").to_numpy()
-            keep = np.ones(page.num_rows, dtype=bool)
-            if to_id is not None:
-                keep &= ids <= to_id
-            if until_ms is not None:
-                keep &= page.column("ts_ms").to_numpy() <= until_ms
-            if keep.any():
-                chunk = page.filter(pa.array(keep))
-                # a gap fill: its neighbours may still be in a websocket batch not yet committed,
-                # so the writer must not take them for missing (sink/coverage.py)
-                await self.writer.submit("agg_trades", sym, chunk, gap_fill=True)
-                got += chunk.num_rows
-            if not keep.all() or page.num_rows < REST_PAGE:
-                break
-            next_id = int(ids[-1]) + 1
+    # -- gaps: recorded, then filled ----------------------------------------------------------
+    def record_gap(self, sym: str, lo: int, hi: int) -> None:
+        """A gap is written to agg_trade_gaps (through the writer, ahead of its fill and spilled to disk
+        with the rows when the database is away) before it is queued for REST: a crash or a failed fill
+        leaves it open in the database, where the next run (or this one's sweep) finds it."""
+        record = pa.Table.from_arrays(
+            [
+                pa.array([lo], pa.int64()),
+                pa.array([hi], pa.int64()),
+                pa.array([int(time.time() * 1000)], pa.int64()),
+            ],
+            schema=GAP_RECORDS,
+        )
+        self.writer.submit_nowait(GAP_KIND, sym, record)
+        self.gaps.add(sym, lo, hi)
+        self.gap_wake.set()
+
+    def queue_stored_gaps(self, rows: list[tuple[str, int, int, int | None]], *, at_start: bool) -> None:
+        """Open gaps read from the database: those REST can still serve join the fill queue; older or
+        wider ones are left for historical mode and said so."""
+        now = int(time.time() * 1000)
+        for sym, lo, hi, before_ms in rows:
+            if sym not in self.report.symbols:
+                continue
+            stats = self.report.symbols[sym]
+            too_old = before_ms is not None and now - before_ms > REST_HORIZON_MS
+            if hi - lo + 1 > self.max_rest_fill_ids or too_old:
+                if at_start:
+                    stats.gaps_left_for_historical += 1
+                    log.warning(
+                        "open gap %s beyond what REST serves, left for historical mode",
+                        "older than a year" if too_old else "too wide",
+                        extra={"symbol": sym, "from_id": lo, "to_id": hi},
+                    )
+                continue
+            if self.gaps.missing(sym) and bool(self.gaps.contains(sym, np.array([lo, hi])).all()):
+                continue
+            if at_start:
+                stats.gaps_from_earlier_runs += 1
+            self.gaps.add(sym, lo, hi)
+        if self.gaps:
+            self.gap_wake.set()
+
+    async def fill_page(
+        self, sym: str, from_id: int, *, until_ms: int | None = None, priority: int | None = None
+    ) -> tuple[int, int, bool]:
+        """One REST `fromId` page (1,000 ids) from `from_id`: the rows in pending gaps of `sym` (or, for
+        the tail, every row up to trade time `until_ms`) go to the writer. (last id served, rows kept,
+        whether the exchange has more after it)."""
+        from microstructure.ingest.binance.rest import LOW
+
         stats = self.report.symbols[sym]
+        stats.fill_requests += 1
+        page = await self.rest.agg_trades(
+            sym, from_id=from_id, limit=REST_PAGE, priority=LOW if priority is None else priority
+        )
+        if page.num_rows == 0:
+            return from_id - 1, 0, False
+        ids = np.asarray(page.column("agg_id").to_numpy(), dtype=np.int64)
+        if until_ms is None:
+            keep = self.gaps.contains(sym, ids)
+        else:
+            keep = page.column("ts_ms").to_numpy() <= until_ms
+        got = int(keep.sum())
+        if got:
+            chunk = page if keep.all() else page.filter(pa.array(keep))
+            # a REST fill: its neighbours may still be in a websocket batch not yet committed, so the
+            # writer must not take them for missing (sink/coverage.py)
+            await self.writer.submit("agg_trades", sym, chunk, gap_fill=True)
         stats.rest_rows += got
         stats.gap_ids_filled += got
-        if self.events is not None and to_id is not None:
-            self.events.record(COLLECTOR, sym, "gap_fill", {"from_id": from_id, "to_id": to_id, "rows": got})
-        return got
+        more = page.num_rows >= REST_PAGE and (until_ms is None or bool(keep.all()))
+        return int(ids[-1]), got, more
+
+    async def fill_next(self, priority: int | None = None) -> bool:
+        """Fill the lowest pending ids of the symbol that waited longest: one page serves every gap
+        within its 1,000 ids, so neighbouring gaps share a request. False when nothing is pending."""
+        syms = self.gaps.symbols()
+        if not syms:
+            return False
+        sym = syms[0]
+        lo, hi = self.gaps.first(sym)  # type: ignore[misc]
+        last, got, _ = await self.fill_page(sym, lo, priority=priority)
+        if last < lo:
+            raise RuntimeError(f"REST served no aggregate trade from id {lo}")
+        self.gaps.remove(sym, lo, last)  # a page holds every id from `lo` to its last one
+        # round robin: the symbol goes to the back of the queue
+        if sym in self.gaps.ranges:
+            self.gaps.ranges[sym] = self.gaps.ranges.pop(sym)
+        if self.events is not None:
+            self.events.record(
+                COLLECTOR, sym, "gap_fill", {"from_id": lo, "to_id": min(hi, last), "rows": got}
+            )
+        return True
 
     async def gap_filler(self) -> None:
+        """Fill pending gaps one page at a time; any failure is retried with backoff (the gap stays
+        pending and recorded), a 418 stops the run."""
+        failures = 0
         while True:
-            sym, lo, hi, until = await self.gap_queue.get()
+            if not self.gaps:
+                self.gap_wake.clear()
+                await self.gap_wake.wait()
+                continue
+            if self.banned is not None:
+                return
+            self.fill_busy = True
             try:
-                if self.banned is None:  # banned: the gap stays open in the database, for a later run
-                    await self.fill(sym, lo, hi, until)
+                await self.fill_next()
+                failures = 0
             except IpBanned as exc:
                 self._ban(exc)
-            except Exception as exc:  # a failed fill leaves an open gap in the database, visible in status
-                self.report.errors.append(f"{sym}: REST fill {lo}..{hi} failed: {exc}")
-                log.error(
-                    "REST gap fill failed",
-                    extra={"symbol": sym, "from_id": lo, "to_id": hi, "error": str(exc)},
+                return
+            except Exception as exc:  # malformed reply, network, retries exhausted: try again later
+                failures += 1
+                sym = (self.gaps.symbols() or ["?"])[0]
+                if sym in self.report.symbols:
+                    self.report.symbols[sym].fill_retries += 1
+                delay = min(FILL_BACKOFF_MAX, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "REST gap fill failed; retrying",
+                    extra={
+                        "symbol": sym,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "retry_in_s": round(delay, 1),
+                    },
                 )
+                self.health.add("gap_fill_retries")
+                if self.events is not None and failures <= 20:
+                    self.events.record(
+                        COLLECTOR, sym, "gap_fill_retry", {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                    )
+                await asyncio.sleep(delay)
             finally:
-                self.gap_queue.task_done()
+                self.fill_busy = False
+
+    async def gap_sweeper(self, dsn: str) -> None:
+        """Every `gap_sweep_s`, while the writer has nothing waiting (so every fill of this run has
+        committed), read the open gaps of the database again: gaps that spill files of an earlier run
+        brought back, or that a fill could not finish, join the queue."""
+        while not await _sleep_or_stop(self.stop, self.gap_sweep_s):
+            if not getattr(self.writer, "idle", True) or self.gaps or self.fill_busy:
+                continue
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                try:
+                    rows = await coverage.open_gaps_live(conn, self.symbols)
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.info("open gaps not read (database unavailable): %s", exc)
+                continue
+            self.queue_stored_gaps(rows, at_start=False)
+
+    async def finish_fills(self, stop_ms: int) -> None:
+        """At the stop: the pending gaps, then the tail (whatever traded up to the stop but did not
+        arrive), within `stop_fill_s`, no longer paced (NORMAL priority). What is not done by then stays
+        recorded for the next run."""
+        from microstructure.ingest.binance.rest import NORMAL
+
+        deadline = time.monotonic() + self.stop_fill_s
+        failures = 0
+        tails = {s: self.last[s] for s in self.symbols if self.last[s] is not None}
+        while self.banned is None and time.monotonic() < deadline and (self.gaps or tails):
+            try:
+                if self.gaps:
+                    await asyncio.wait_for(self.fill_next(NORMAL), max(0.1, deadline - time.monotonic()))
+                    continue
+                sym, last = next(iter(tails.items()))
+                served, _, more = await asyncio.wait_for(
+                    self.fill_page(sym, last + 1, until_ms=stop_ms, priority=NORMAL),
+                    max(0.1, deadline - time.monotonic()),
+                )
+                if more and served > last:
+                    tails[sym] = served
+                else:
+                    del tails[sym]
+                failures = 0
+            except IpBanned as exc:
+                self._ban(exc)
+            except (Exception, TimeoutError) as exc:
+                failures += 1
+                log.warning(
+                    "REST fill at the stop failed; retrying", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )
+                await asyncio.sleep(min(2.0, 0.2 * 2**failures))
+        for sym in self.symbols:
+            left = self.gaps.missing(sym)
+            self.report.symbols[sym].ids_left_open = left
+            if left:
+                self.report.errors.append(
+                    f"{sym}: {left} ids in {len(self.gaps.ranges.get(sym, []))} gaps not filled by the stop "
+                    "(recorded in agg_trade_gaps: the next live run fills them)"
+                )
+        for sym in tails:
+            self.report.errors.append(
+                f"{sym}: the tail after id {tails[sym]} was not fetched by the stop (the next live run fills it)"
+            )
 
     async def run(self, shared: SharedStreams | None = None) -> LiveReport:
         """Until `stop`: on `shared` connections (collect all) or on this collector's own, two
@@ -292,6 +533,7 @@ class AggTradesLive:
         streams = [f"{s.lower()}@aggTrade" for s in self.symbols]
         filler = asyncio.create_task(self.gap_filler())
         flusher = asyncio.create_task(self.flusher())
+        sweeper = asyncio.create_task(self.gap_sweeper(self.dsn)) if self.dsn else None
         sets = [shared] if shared is not None else []
         conns = []
         if shared is None:
@@ -305,29 +547,30 @@ class AggTradesLive:
                 conns.append(asyncio.create_task(own.run(self.stop)))
         for conn_set in sets:
             conn_set.register(streams, self.on_message, COLLECTOR_STREAM)
+        pull = hasattr(self.writer, "add_source")
+        if pull:
+            self.writer.add_source(self.take_buffers)
+        else:
+            self._poke = None
         try:
             await self.stop.wait()
         finally:
+            if pull:
+                self.writer.remove_source(self.take_buffers)
             stop_ms = int(time.time() * 1000)
             for t in conns:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await self.flush_buffers()
-            await self.gap_queue.join()  # gaps seen so far are filled
-            # The tail: whatever traded up to the stop but did not arrive.
-            for sym in self.symbols:
-                if self.last[sym] is not None and self.banned is None:
-                    try:
-                        await self.fill(sym, self.last[sym] + 1, None, stop_ms)  # type: ignore[operator]
-                    except IpBanned as exc:
-                        self._ban(exc)
-                    except Exception as exc:
-                        self.report.errors.append(f"{sym}: REST tail fill failed: {exc}")
             filler.cancel()
             flusher.cancel()
-            for t in (filler, flusher):
+            for t in (filler, flusher, sweeper):
+                if t is None:
+                    continue
+                t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            await self.finish_fills(stop_ms)
         self.report.seconds = time.monotonic() - started
         totals = [c.totals() for c in sets]
         self.report.malformed = self.health.stream(COLLECTOR_STREAM).malformed + (
@@ -338,7 +581,16 @@ class AggTradesLive:
         return self.report
 
 
-async def stored_last_ids(dsn: str, symbols: Sequence[str]) -> dict[str, int | None]:
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def stored_state(
+    dsn: str, symbols: Sequence[str]
+) -> tuple[dict[str, int | None], list[tuple[str, int, int, int | None]]]:
+    """The largest stored id per symbol (where the run continues) and the open gaps (what it fills first)."""
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
@@ -346,9 +598,14 @@ async def stored_last_ids(dsn: str, symbols: Sequence[str]) -> dict[str, int | N
             "FROM unnest($1::text[]) AS s",
             [s.upper() for s in symbols],
         )
+        gaps = await coverage.open_gaps_live(conn, [s.upper() for s in symbols])
     finally:
         await conn.close()
-    return {r["symbol"]: r["last_id"] for r in rows}
+    return {r["symbol"]: r["last_id"] for r in rows}, gaps
+
+
+async def stored_last_ids(dsn: str, symbols: Sequence[str]) -> dict[str, int | None]:
+    return (await stored_state(dsn, symbols))[0]
 
 
 async def collect_aggtrades_live(
@@ -367,7 +624,7 @@ async def collect_aggtrades_live(
     batch_ms: int = 250,
     rotate_after: float = 23 * 3600,
     stale_timeout: float = 30.0,
-    weight_budget: int = 1200,
+    weight_budget: int | None = None,
     max_rest_fill_ids: int = MAX_REST_FILL_IDS,
     shared_streams: SharedStreams | None = None,
 ) -> LiveReport:
@@ -403,15 +660,25 @@ async def collect_aggtrades_live(
     try:
         if own_writer:
             writer = await open_writer(settings, dsn)
+        last_ids, open_gaps = await stored_state(dsn, symbols)
         collector = AggTradesLive(
             settings, symbols, writer=writer, rest=rest, stop=stop, health=health or Health(), events=events,
-            last_ids=await stored_last_ids(dsn, symbols), redundant=redundant, batch_rows=batch_rows,
+            last_ids=last_ids, redundant=redundant, batch_rows=batch_rows,
             batch_ms=batch_ms, rotate_after=rotate_after, stale_timeout=stale_timeout,
-            max_rest_fill_ids=max_rest_fill_ids,
+            max_rest_fill_ids=max_rest_fill_ids, dsn=dsn,
         )  # fmt: skip
+        collector.queue_stored_gaps(open_gaps, at_start=True)  # a live run starts with the gaps left open
         report = await collector.run(shared_streams)
+        report.rest = rest.stats.as_dict()
+        if own_rest:
+            report.rest_line = rest.summary_line()
         # bounded even on a shared writer (its owner closes it), so a stop while the database is away still stops
-        await writer.flush(timeout=writer.close_timeout)
+        await writer.flush(timeout=writer.close_timeout, give_up_when_down=True)
+        if own_writer:
+            await writer.close()
+            report.errors += writer_problems(
+                writer.queue_depth, writer.stats.batches_rejected, writer.stats.batches_dropped
+            )
         report.writer = writer.stats.as_dict()
         if collector.banned is not None:
             for line in report.summary_lines():
@@ -427,5 +694,5 @@ async def collect_aggtrades_live(
             await events.flush()
         if own_rest:
             await rest.close()
-        if own_writer and writer is not None:
+        if own_writer and writer is not None and writer._task is not None and not writer._task.done():
             await writer.close()

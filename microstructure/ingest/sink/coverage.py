@@ -64,7 +64,7 @@ async def add_batch(
     )
     lo_id, hi_id = int(ids.min()), int(ids.max())
     await resolve_gaps(conn, symbol, lo_id, hi_id)
-    await record_gaps(conn, symbol, lo_id, hi_id, neighbours=not gap_fill)
+    await scan_gaps(conn, symbol, lo_id, hi_id, neighbours=not gap_fill)
 
 
 async def resolve_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int) -> None:
@@ -98,7 +98,7 @@ async def resolve_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id:
         )
 
 
-async def record_gaps(
+async def scan_gaps(
     conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int, *, neighbours: bool = True
 ) -> list[tuple[int, int]]:
     """Record as open the missing ranges among the stored ids of [lo_id, hi_id], widened to the
@@ -110,6 +110,23 @@ async def record_gaps(
     if found:
         await conn.execute(sql("gaps_upsert"), symbol, [f for f, _ in found], [t for _, t in found])
     return found
+
+
+async def record_gaps(
+    conn: asyncpg.Connection, symbol: str, from_ids: list[int], to_ids: list[int], note: str = "live"
+) -> None:
+    """Record detected gaps as open (call inside a transaction); ranges already stored are skipped."""
+    await conn.execute(sql("gaps_record"), symbol, from_ids, to_ids, note)
+
+
+async def open_gaps_live(
+    conn: asyncpg.Connection, symbols: list[str]
+) -> list[tuple[str, int, int, int | None]]:
+    """(symbol, from_id, to_id, trade time in ms of the stored id below) of every open gap of `symbols`."""
+    return [
+        (r["symbol"], r["from_id"], r["to_id"], r["before_ms"])
+        for r in await conn.fetch(sql("gaps_open_live"), symbols)
+    ]
 
 
 async def recompute_coverage(

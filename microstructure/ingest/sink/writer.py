@@ -17,8 +17,10 @@ is moved to `rejected/` with a log line, so it cannot block the pipeline.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -35,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from microstructure.config import Settings
-from microstructure.ingest.records import KINDS
+from microstructure.ingest.records import GAP_KIND, GAP_RECORDS, KINDS
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
 
@@ -125,6 +127,14 @@ def _kind_spec(kind: str) -> KindSpec:
 
 
 SPECS = {kind: _kind_spec(kind) for kind in KINDS}
+# Not a raw table: gaps a live collector detected, recorded in agg_trade_gaps before their fill.
+SPECS[GAP_KIND] = KindSpec(
+    GAP_KIND,
+    "agg_trade_gaps",
+    GAP_RECORDS,
+    tuple(ColumnSpec(f.name, "bigint") for f in GAP_RECORDS),
+    tuple(f.name for f in GAP_RECORDS),
+)
 
 
 def conform(kind: str, batch: pa.Table) -> pa.Table:
@@ -151,6 +161,12 @@ async def write_batch(
     spec = SPECS[kind]
     batch = conform(kind, batch)
     if batch.num_rows == 0:
+        return 0
+    if kind == GAP_KIND:
+        async with conn.transaction():
+            await coverage.record_gaps(
+                conn, symbol, batch.column("from_id").to_pylist(), batch.column("to_id").to_pylist()
+            )
         return 0
     table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
     payload = encode_copy_binary(table, list(spec.copy_columns))
@@ -228,13 +244,18 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and state[:2] in DATA_ERROR_CLASSES
 
 
-def writer_problems(left: int, rejected: int) -> list[str]:
+def writer_problems(left: int, rejected: int, dropped: int = 0) -> list[str]:
     """What a run's report says when batches did not reach the database."""
     out = []
     if left:
         out.append(f"{left} batches left in spill files (not in the database; replayed on the next start)")
     if rejected:
         out.append(f"{rejected} batches refused by the database (moved to spill/rejected)")
+    if dropped:
+        out.append(
+            f"{dropped} batches dropped: the database was away and the spill folder full "
+            "(each recorded in ingest_events as 'dropped', or logged when the database never came back)"
+        )
     return out
 
 
@@ -248,7 +269,10 @@ class WriterStats:
     batches_spilled: int = 0
     batches_replayed: int = 0
     batches_rejected: int = 0
+    batches_dropped: int = 0  # spill folder full while the database was away: oldest in memory dropped
+    rows_dropped: int = 0
     db_errors: int = 0
+    gaps_recorded: int = 0  # aggregate-id gaps recorded in agg_trade_gaps before their fill
     last_commit_unix: float | None = None
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -271,7 +295,10 @@ class WriterStats:
             "batches_spilled": self.batches_spilled,
             "batches_replayed": self.batches_replayed,
             "batches_rejected": self.batches_rejected,
+            "batches_dropped": self.batches_dropped,
+            "rows_dropped": self.rows_dropped,
             "db_errors": self.db_errors,
+            "gaps_recorded": self.gaps_recorded,
             "commit_latency_p50_ms": self.latency_quantile(0.5),
             "commit_latency_p99_ms": self.latency_quantile(0.99),
         }
@@ -283,8 +310,9 @@ class _Item:
     symbol: str
     batch: pa.Table
     submitted: float  # time.monotonic()
+    seq: int = 0  # submission order: spill file names and the write order follow it
     gap_fill: bool = False  # agg_trades fetched for ids known to be missing (write_batch)
-    spill_files: list[Path] = field(default_factory=list)  # the files it was read from, in order
+    spill_files: list[Path] = field(default_factory=list)  # the files that hold it, in order
     parts: list[_Item] = field(default_factory=list)  # the queued batches it joins (coalesced)
 
     @property
@@ -296,13 +324,45 @@ class _Item:
 # A backlog (a slow database, spill files to replay) is written in fewer, larger transactions:
 # consecutive batches of one kind and symbol are joined up to this many rows.
 COALESCE_ROWS = 200_000
+SPILL_AFTER_S = 3.0  # a write failing this long: the database is away, batches go to disk at once
+HUNG_AFTER_S = 10.0  # a write unanswered this long (a frozen server): the same
+WRITE_TIMEOUT_S = 60.0  # a write unanswered this long is abandoned and tried again on a new connection
+SPILL_RETRY_S = 5.0  # after the spill folder was full, how long before spilling is tried again
 
 
 OnCommit = Callable[[str, str, pa.Table, int], Awaitable[None] | None]
+Source = Callable[[], list[tuple[str, str, pa.Table]]]
+
+
+def _seq_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[0])
+
+
+def _time_range(kind: str, batch: pa.Table) -> tuple[int | None, int | None]:
+    col = SPECS[kind].time_field
+    if col not in batch.column_names or batch.num_rows == 0:
+        return None, None
+    t = batch.column(col)
+    return pc.min(t).as_py(), pc.max(t).as_py()
 
 
 class Writer:
-    """Background writer with a bounded queue and spill files; see the module doc."""
+    """Background writer with a bounded queue and spill files; see the module doc.
+
+    Memory is not the buffer of last resort: once a write has failed for `spill_after` seconds (or
+    gone unanswered for `hung_after`), the batch being written and every queued one go to spill
+    files at once, and so does each new batch until a write commits, so a SIGKILL loses at most that
+    window. When spilling fails (the folder's filesystem is full, or `max_spill_bytes` is reached),
+    batches stay in memory up to the queue's bounds and the OLDEST in memory is dropped beyond them:
+    counted in stats, logged, and recorded in ingest_events (kind 'dropped': table, symbol, rows, time
+    range) once the database answers again. Batches are written in submission order (`seq`), from
+    memory or disk alike.
+
+    `add_source(fn)`: when the writer has nothing else to do it takes what `fn()` returns (a list of
+    (kind, symbol, batch)), so a live collector's rows are written as soon as the writer is free: a
+    quiet stream commits at once, a busy one in batches of what arrived during the previous commit.
+    `poke()` tells an idle writer that a source has rows.
+    """
 
     def __init__(
         self,
@@ -315,8 +375,14 @@ class Writer:
         max_backoff: float = 5.0,
         close_timeout: float = 60.0,
         on_commit: OnCommit | None = None,
+        spill_after: float = SPILL_AFTER_S,
+        hung_after: float = HUNG_AFTER_S,
+        write_timeout: float = WRITE_TIMEOUT_S,
+        max_spill_bytes: int | None = None,
+        pull_interval: float = 0.05,
     ) -> None:
         self.dsn = dsn
+        self.pull_interval = pull_interval  # sources are taken at most this often
         self.spill_dir = Path(spill_dir)
         self.max_queue_batches = max_queue_batches
         self.max_queue_rows = max_queue_rows
@@ -324,80 +390,105 @@ class Writer:
         self.max_backoff = max_backoff
         self.close_timeout = close_timeout
         self.on_commit = on_commit
+        self.spill_after = spill_after
+        self.hung_after = hung_after
+        self.write_timeout = write_timeout
+        self.max_spill_bytes = max_spill_bytes
         self.stats = WriterStats()
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
-        self._spilled: deque[Path] = deque()
+        self._spilled: list[Path] = []  # sorted by sequence number
+        self._spill_bytes = 0
         self._seq = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._current: _Item | None = None  # the batch being written (popped from the queue)
         self._singles = 0  # after a joined batch was refused: take this many batches one by one
+        self._sources: list[Source] = []
+        self._last_pull = 0.0
+        self._attempt_since: float | None = None  # monotonic: first try of the current batch
+        self._failing = False  # the current batch's last try failed
+        self.down = False  # the database is taken as away: batches go to disk
+        self.down_since: float | None = None  # time.time() of the first failed write of this outage
+        self.spill_full = False  # the last spill failed for want of space
+        self._spill_retry_at = 0.0
+        self._drops: list[dict[str, object]] = []  # not yet recorded in ingest_events
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        leftovers = sorted(p for p in self.spill_dir.glob("*.arrow") if p.is_file())
         for tmp in self.spill_dir.glob("*.arrow.tmp"):
             tmp.unlink(missing_ok=True)  # a spill that never finished writing: its batch is still upstream
-        self._spilled.extend(leftovers)
-        self._seq = 1 + max((int(p.name.split("-", 1)[0]) for p in leftovers), default=0)
+        leftovers = sorted((p for p in self.spill_dir.glob("*.arrow") if p.is_file()), key=_seq_of)
+        self._spilled = leftovers
+        self._spill_bytes = sum(p.stat().st_size for p in leftovers)
+        self._seq = 1 + max((_seq_of(p) for p in leftovers), default=0)
         if leftovers:
             log.info("replaying %d spill files left by an earlier run", len(leftovers))
         self._task = asyncio.create_task(self._run(), name="writer")
+        self._watch_task = asyncio.create_task(self._watch(), name="writer-watch")
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far is committed; False on timeout."""
+    def add_source(self, source: Source) -> None:
+        self._sources.append(source)
+
+    def remove_source(self, source: Source) -> None:
+        with contextlib.suppress(ValueError):
+            self._sources.remove(source)
+
+    def poke(self) -> None:
+        """A source has rows: an idle writer takes them now."""
+        if self._current is None:
+            self._wake.set()
+
+    def _memory_pending(self) -> bool:
+        cur = self._current
+        return bool(self._queue) or (cur is not None and not cur.spill_files)
+
+    async def flush(self, timeout: float | None = None, *, give_up_when_down: bool = False) -> bool:
+        """Wait until everything submitted so far is committed; False on timeout. With
+        `give_up_when_down`, also False as soon as the database is taken as away and everything is
+        on disk (or cannot be: the spill folder is full): a stop then does not wait for it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._queue or self._spilled or self._current is not None:
+            if give_up_when_down and self.down and (not self._memory_pending() or self.spill_full):
+                return False
             self._idle.clear()
             self._wake.set()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            try:
-                await asyncio.wait_for(self._idle.wait(), remaining)
-            except TimeoutError:
-                return False
+            wait = 0.25 if give_up_when_down else remaining
+            if wait is not None and remaining is not None:
+                wait = min(wait, remaining)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), wait)
         return True
 
     async def close(self, timeout: float | None = None) -> None:
-        """Flush (up to `timeout` s, default `close_timeout`), then stop. What could not be written
-        stays in spill files, replayed by the next writer on the same folder: a collector asked to
-        stop while the database is away still stops."""
-        flushed = await self.flush(self.close_timeout if timeout is None else timeout)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Flush (up to `timeout` s, default `close_timeout`; at once when the database is away),
+        then stop. What could not be written stays in spill files, replayed by the next writer on the
+        same folder: a collector asked to stop while the database is away still stops."""
+        flushed = await self.flush(self.close_timeout if timeout is None else timeout, give_up_when_down=True)
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not flushed:
-            # Keep submission order on disk: the batch being written and the queue were submitted
-            # before anything already spilled, so they take the next numbers and the older files
-            # are renumbered after them.
-            pending = [
-                part
-                for i in [self._current, *self._queue]
-                if i is not None and not i.spill_files
-                for part in (i.parts or [i])  # a joined batch goes back to disk as its batches
-            ]
-            self._queue.clear()
-            self._current = None
-            later = list(self._spilled)
-            self._spilled.clear()
-            for item in pending:
-                self._spill(item)
-            for path in later:  # move after the batches that were submitted before them
-                renamed = self.spill_dir / f"{self._seq:012d}-{path.name.split('-', 1)[1]}"
-                self._seq += 1
-                os.replace(path, renamed)
-                self._spilled.append(renamed)
+            lost = self._spill_memory(final=True)
             log.warning(
-                "writer closed with %d batches in spill files, replayed on the next start", len(self._spilled)
+                "writer closed with %d batches in spill files, replayed on the next start%s",
+                len(self._spilled),
+                f"; {lost} batches lost (no spill space, no database)" if lost else "",
             )
+        if self._drops:
+            for d in self._drops:
+                log.error("dropped before reaching the database (not recorded in ingest_events)", extra=d)
         if self._conn is not None:
-            await self._conn.close()
+            self._conn.terminate()
             self._conn = None
 
     async def __aenter__(self) -> Writer:
@@ -413,36 +504,92 @@ class Writer:
         self.submit_nowait(kind, symbol, batch, gap_fill=gap_fill)
 
     def submit_nowait(self, kind: str, symbol: str, batch: pa.Table, *, gap_fill: bool = False) -> None:
-        """Queue a batch, or spill it to disk when the queue is full or earlier batches are on disk.
-        `gap_fill`: aggregate trades fetched for ids known to be missing (see write_batch)."""
+        """Queue a batch, or spill it to disk when the queue is full or the database is away."""
         if kind not in SPECS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
         if batch.num_rows == 0:
             return
-        self.stats.batches_submitted += 1
-        self.stats.rows_submitted += batch.num_rows
-        item = _Item(kind, symbol, batch, time.monotonic(), gap_fill=gap_fill)
+        if kind != GAP_KIND:  # gap records are bookkeeping, not rows
+            self.stats.batches_submitted += 1
+            self.stats.rows_submitted += batch.num_rows
+        self._enqueue(_Item(kind, symbol, batch, time.monotonic(), seq=self._next_seq(), gap_fill=gap_fill))
+        self._wake.set()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _enqueue(self, item: _Item) -> None:
         full = (
             len(self._queue) >= self.max_queue_batches
-            or self._queued_rows + batch.num_rows > self.max_queue_rows
+            or self._queued_rows + item.batch.num_rows > self.max_queue_rows
         )
-        if self._spilled or full:
-            # Once anything is spilled, later batches follow it to disk so that order is kept.
-            self._spill(item)
-        else:
-            self._queue.append(item)
-            self._queued_rows += batch.num_rows
-        self._wake.set()
+        if (self.down or full) and self._spill(item):
+            return
+        self._queue.append(item)
+        self._queued_rows += item.batch.num_rows
+        self._trim_memory()
+
+    def _trim_memory(self) -> None:
+        """Over the queue's bounds with nowhere to spill: drop the oldest batches in memory."""
+        while len(self._queue) > 1 and (
+            len(self._queue) > self.max_queue_batches or self._queued_rows > self.max_queue_rows
+        ):
+            old = self._queue.popleft()
+            self._queued_rows -= old.batch.num_rows
+            self._drop(old, "spill folder full while the database was away")
+
+    def _drop(self, item: _Item, reason: str) -> None:
+        lo, hi = _time_range(item.kind, item.batch)
+        detail: dict[str, object] = {
+            "table": SPECS[item.kind].table,
+            "symbol": item.symbol,
+            "rows": item.batch.num_rows,
+            "from_ms": lo,
+            "to_ms": hi,
+            "from": _iso(lo),
+            "to": _iso(hi),
+            "reason": reason,
+        }
+        self.stats.batches_dropped += 1
+        self.stats.rows_dropped += item.batch.num_rows
+        self._drops.append(detail)
+        log.error("batch dropped: spill folder full and the database away", extra=detail)
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue) + len(self._spilled)
 
+    @property
+    def spill_files(self) -> int:
+        """Batches waiting in spill files (finished files only: a .tmp is not a batch)."""
+        return len(self._spilled)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing submitted is waiting: every batch so far has committed (or been refused)."""
+        return not self._queue and not self._spilled and self._current is None
+
+    def spill_space(self) -> dict[str, object]:
+        """Bytes in spill files, the limit (setting) and the free space of the folder's filesystem."""
+        out: dict[str, object] = {"spill_bytes": self._spill_bytes, "max_spill_bytes": self.max_spill_bytes}
+        try:
+            st = os.statvfs(self.spill_dir)
+            out["fs_free_bytes"] = st.f_bavail * st.f_frsize
+            out["fs_total_bytes"] = st.f_blocks * st.f_frsize
+        except OSError:
+            pass
+        out["spill_full"] = self.spill_full
+        return out
+
     # -- spill files ---------------------------------------------------------------------------
-    def _spill(self, item: _Item) -> None:
+    def _spill(self, item: _Item) -> bool:
+        """Write one batch to its spill file (temporary name, fsync, rename); False when there is no
+        room (ENOSPC or `max_spill_bytes`): nothing is left behind, the batch stays with the caller."""
+        if self.spill_full and time.monotonic() < self._spill_retry_at:
+            return False
         fill = "-fill" if item.gap_fill else ""
-        name = f"{self._seq:012d}-{item.kind}-{item.symbol}{fill}.arrow"
-        self._seq += 1
+        name = f"{item.seq:012d}-{item.kind}-{item.symbol}{fill}.arrow"
         path = self.spill_dir / name
         tmp = path.with_suffix(".arrow.tmp")
         meta = {
@@ -450,16 +597,90 @@ class Writer:
             b"symbol": item.symbol.encode(),
             b"gap_fill": b"1" if item.gap_fill else b"0",
         }
-        table = conform(item.kind, item.batch)
-        table = table.replace_schema_metadata(meta)
-        with open(tmp, "wb") as fh:
-            with ipc.new_file(fh, table.schema) as w:
-                w.write_table(table)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self._spilled.append(path)
+        table = conform(item.kind, item.batch).replace_schema_metadata(meta)
+        try:
+            if self.max_spill_bytes is not None and self._spill_bytes + table.nbytes > self.max_spill_bytes:
+                raise OSError(28, f"spill limit of {self.max_spill_bytes} bytes reached")
+            with open(tmp, "wb") as fh:
+                with ipc.new_file(fh, table.schema) as w:
+                    w.write_table(table)
+                fh.flush()
+                os.fsync(fh.fileno())
+            size = tmp.stat().st_size
+            if self.max_spill_bytes is not None and self._spill_bytes + size > self.max_spill_bytes:
+                raise OSError(28, f"spill limit of {self.max_spill_bytes} bytes reached")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self.spill_full:
+                log.error(
+                    "spill folder full: keeping the newest batches in memory, dropping the oldest beyond "
+                    "the queue's bounds",
+                    extra={"folder": str(self.spill_dir), "error": f"{type(exc).__name__}: {exc}"},
+                )
+            self.spill_full = True
+            self._spill_retry_at = time.monotonic() + SPILL_RETRY_S
+            return False
+        if self.spill_full:
+            log.warning("spill folder has room again", extra={"folder": str(self.spill_dir)})
+        self.spill_full = False
+        bisect.insort(self._spilled, path, key=_seq_of)
+        self._spill_bytes += size
         self.stats.batches_spilled += 1
+        return True
+
+    def _spill_memory(self, *, final: bool = False) -> int:
+        """Move the batch being written and every queued batch to spill files, oldest first. The
+        batch being written keeps going, now backed by its files. Returns how many could not be
+        spilled (dropped when `final`: the process is stopping)."""
+        cur = self._current
+        if cur is not None and not cur.spill_files:
+            parts = cur.parts or [cur]
+            files = []
+            for part in parts:
+                if not self._spill(part):
+                    break
+                files.append(self._spilled[self._spilled_index(part.seq)])
+            if len(files) == len(parts):
+                cur.spill_files, cur.parts = files, []
+            else:  # partly on disk: the rest goes back to memory, the written part stays a file
+                for f in files:
+                    self._spilled.remove(f)
+                    self._spill_bytes -= f.stat().st_size
+                    f.unlink(missing_ok=True)
+                    self.stats.batches_spilled -= 1
+        while self._queue:
+            item = self._queue[0]
+            if not self._spill(item):
+                break
+            self._queue.popleft()
+            self._queued_rows -= item.batch.num_rows
+        lost = 0
+        if final:
+            rest = [
+                p
+                for i in ([cur] if cur is not None and not cur.spill_files else [])
+                for p in (i.parts or [i])
+            ]
+            for item in [*rest, *self._queue]:
+                self._drop(item, "stopped with the database away and the spill folder full")
+                lost += 1
+            self._queue.clear()
+            self._queued_rows = 0
+            self._current = None
+        return lost
+
+    def _spilled_index(self, seq: int) -> int:
+        i = bisect.bisect_left(self._spilled, seq, key=_seq_of)
+        return i
+
+    def _unspill(self, path: Path) -> None:
+        with contextlib.suppress(ValueError):
+            self._spilled.remove(path)
+        with contextlib.suppress(OSError):
+            self._spill_bytes -= path.stat().st_size
+        path.unlink(missing_ok=True)
 
     @staticmethod
     def _read_spill(path: Path) -> _Item:
@@ -471,24 +692,40 @@ class Writer:
             meta[b"symbol"].decode(),
             table.replace_schema_metadata(None),
             time.monotonic(),
+            seq=_seq_of(path),
             gap_fill=meta.get(b"gap_fill") == b"1",
             spill_files=[path],
         )
 
     # -- the loop ------------------------------------------------------------------------------
+    def _pull(self) -> None:
+        """Take what the sources hold (the writer has nothing else to write)."""
+        self._last_pull = time.monotonic()
+        for source in self._sources:
+            for kind, symbol, batch in source():
+                if batch.num_rows:
+                    self.submit_nowait(kind, symbol, batch)
+
     def _next(self) -> _Item | None:
+        if not self._queue and not self._spilled and self._sources and not self.down:
+            self._pull()
         single = self._singles > 0
         self._singles = max(0, self._singles - 1)
-        if self._queue:
+        from_memory = bool(self._queue) and (
+            not self._spilled or self._queue[0].seq < _seq_of(self._spilled[0])
+        )
+        if from_memory:
             parts = [self._queue.popleft()]
             rows = parts[0].batch.num_rows
+            limit = _seq_of(self._spilled[0]) if self._spilled else None
             while not single and self._queue:
                 nxt = self._queue[0]
-                if (nxt.kind, nxt.symbol, nxt.gap_fill) != (
-                    parts[0].kind,
-                    parts[0].symbol,
-                    parts[0].gap_fill,
-                ) or rows + nxt.batch.num_rows > COALESCE_ROWS:
+                if (
+                    (nxt.kind, nxt.symbol, nxt.gap_fill)
+                    != (parts[0].kind, parts[0].symbol, parts[0].gap_fill)
+                    or rows + nxt.batch.num_rows > COALESCE_ROWS
+                    or (limit is not None and nxt.seq > limit)
+                ):
                     break
                 parts.append(self._queue.popleft())
                 rows += nxt.batch.num_rows
@@ -498,19 +735,17 @@ class Writer:
             first = parts[0]
             batch = pa.concat_tables([conform(first.kind, p.batch) for p in parts])
             return _Item(
-                first.kind,
-                first.symbol,
-                batch,
-                min(p.submitted for p in parts),
-                gap_fill=first.gap_fill,
-                parts=parts,
-            )
+                first.kind, first.symbol, batch, min(p.submitted for p in parts), seq=first.seq,
+                gap_fill=first.gap_fill, parts=parts,
+            )  # fmt: skip
         items: list[_Item] = []
+        limit = self._queue[0].seq if self._queue else None
         for path in list(self._spilled):
             if items and (
                 single
                 or path.name.split("-", 1)[1] != items[0].spill_files[0].name.split("-", 1)[1]
                 or sum(i.batch.num_rows for i in items) >= COALESCE_ROWS
+                or (limit is not None and _seq_of(path) > limit)
             ):
                 break
             try:
@@ -519,7 +754,7 @@ class Writer:
                 if items:
                     break  # the good ones first; this file is dealt with on the next call
                 log.error("spill file unreadable, moved aside", extra={"file": str(path), "error": str(exc)})
-                self._spilled.popleft()
+                self._spilled.remove(path)
                 self._reject_file(path)
                 return self._next()
         if not items:
@@ -533,6 +768,7 @@ class Writer:
             first.symbol,
             batch,
             first.submitted,
+            seq=first.seq,
             gap_fill=first.gap_fill,
             spill_files=[p for i in items for p in i.spill_files],
         )
@@ -542,23 +778,47 @@ class Writer:
             self._conn = await asyncpg.connect(self.dsn, timeout=10)
         return self._conn
 
+    async def _watch(self) -> None:
+        """Take the database as away once a write has failed for `spill_after` s or hung for
+        `hung_after` s: everything in memory goes to disk now, and new batches follow."""
+        while True:
+            await asyncio.sleep(0.25)
+            since = self._attempt_since
+            if since is None:
+                continue
+            age = time.monotonic() - since
+            if (self._failing and age >= self.spill_after) or age >= self.hung_after:
+                if not self.down:
+                    self.down = True
+                    log.warning(
+                        "database unavailable for %.0f s: batches go to spill files until it answers", age
+                    )
+                if self._memory_pending():
+                    self._spill_memory()
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
             item = self._next()
             if item is None:
                 self._current = None
+                self._attempt_since = None
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+                if self._sources and not self._queue and not self._spilled:
+                    # what arrives meanwhile joins the batch: commits stay few on a busy stream
+                    await asyncio.sleep(max(0.0, self._last_pull + self.pull_interval - time.monotonic()))
                 continue
             self._current = item
+            self._attempt_since = time.monotonic()
             other_failures = 0
             while True:
                 try:
                     conn = await self._connection()
-                    inserted = await write_batch(
-                        conn, item.kind, item.symbol, item.batch, gap_fill=item.gap_fill
+                    inserted = await asyncio.wait_for(
+                        write_batch(conn, item.kind, item.symbol, item.batch, gap_fill=item.gap_fill),
+                        self.write_timeout,
                     )
                 except Exception as exc:
                     if self._conn is not None:  # whatever state it is in, the next try starts clean
@@ -570,6 +830,9 @@ class Writer:
                         if is_data_error(exc) or other_failures >= OTHER_ERROR_TRIES:
                             self._reject(item, exc)
                             break
+                    self._failing = True
+                    if self.down_since is None:
+                        self.down_since = time.time()
                     self.stats.db_errors += 1
                     log.warning(
                         "database unavailable, retrying" if connection_error else "batch failed, retrying",
@@ -578,30 +841,53 @@ class Writer:
                             "backoff_s": round(backoff, 2),
                         },
                     )
-                    # Memory stays bounded while we wait: new batches spill once the queue is full.
                     await asyncio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, self.max_backoff)
                     continue
                 backoff = 0.1
+                self._failing = False
+                if self.down:
+                    log.warning("database answers again: replaying spill files")
+                self.down = False
+                self.down_since = None
                 await self._committed(item, inserted)
                 break
             self._current = None
+            self._attempt_since = None
 
     async def _committed(self, item: _Item, inserted: int) -> None:
         s = self.stats
+        s.last_commit_unix = time.time()
+        for path in item.spill_files:
+            self._unspill(path)
+            s.batches_replayed += 1
+        if self._drops:
+            await self._record_drops()
+        if item.kind == GAP_KIND:
+            s.gaps_recorded += item.batch.num_rows
+            return
         s.batches_committed += item.count
         s.rows_committed += item.batch.num_rows
         s.rows_inserted += inserted
-        s.last_commit_unix = time.time()
         s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
-        for path in item.spill_files:
-            self._spilled.popleft()
-            path.unlink(missing_ok=True)
-            s.batches_replayed += 1
         if self.on_commit is not None:
             result = self.on_commit(item.kind, item.symbol, item.batch, inserted)
             if asyncio.iscoroutine(result):
                 await result
+
+    async def _record_drops(self) -> None:
+        """The batches dropped while the database was away, one ingest_events row each."""
+        drops = self._drops
+        try:
+            conn = await self._connection()
+            await conn.executemany(
+                "INSERT INTO ingest_events (collector, symbol, kind, detail) VALUES ('writer', $1, 'dropped', $2::jsonb)",
+                [(str(d["symbol"]), json.dumps(d)) for d in drops],
+            )
+        except Exception as exc:  # kept for the next commit
+            log.warning("dropped batches not recorded yet", extra={"error": str(exc)[:200]})
+            return
+        self._drops = self._drops[len(drops) :]
 
     def _reject(self, item: _Item, exc: BaseException) -> None:
         if item.count > 1:
@@ -623,17 +909,28 @@ class Writer:
                 "error": f"{type(exc).__name__}: {str(exc)[:500]}",
             },
         )
-        if item.spill_files:
-            self._spilled.popleft()
-            self._reject_file(item.spill_files[0])
-        else:
-            self._spill(item)
-            self._reject_file(self._spilled.pop())
+        if not item.spill_files:
+            if not self._spill(item):
+                self._drop(item, "refused by the database and no room to keep it in rejected/")
+                return
+            item.spill_files = [self._spilled[self._spilled_index(item.seq)]]
+        path = item.spill_files[0]
+        with contextlib.suppress(ValueError):
+            self._spilled.remove(path)
+        with contextlib.suppress(OSError):
+            self._spill_bytes -= path.stat().st_size
+        self._reject_file(path)
 
     def _reject_file(self, path: Path) -> None:
         target = self.spill_dir / "rejected"
         target.mkdir(exist_ok=True)
         os.replace(path, target / path.name)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
 
 
 async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, types: dict[str, str]) -> int:
@@ -650,8 +947,6 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
     stage = f"stage_{table}"
     cols = ", ".join(types)
     async with conn.transaction():
-        # The staging table has the COPY types; the INSERT casts them to the table's where they
-        # differ (book_depth_bands.percentage: double precision -> numeric(5,2), exact to the band).
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({', '.join(f'{c} {t}' for c, t in types.items())}) "
             "ON COMMIT DELETE ROWS"
@@ -671,7 +966,11 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
 
 
 async def open_writer(settings: Settings, dsn: str) -> Writer:
-    """A started Writer spilling under the project folder (HOME/spill)."""
-    writer = Writer(dsn, Path(settings.home) / "spill")
+    """A started Writer spilling under the project folder (HOME/spill), at most
+    `settings.spill_max_mb` MB of it when set (MICROSTRUCTURE_SPILL_MAX_MB)."""
+    limit = getattr(settings, "spill_max_mb", None)
+    writer = Writer(
+        dsn, Path(settings.home) / "spill", max_spill_bytes=None if limit is None else limit << 20
+    )
     await writer.start()
     return writer
