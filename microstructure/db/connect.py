@@ -160,8 +160,10 @@ def resolve_database_url(settings: Settings, *, start_embedded: bool = True, che
         else:
             check_url_syntax(settings.database_url)
         return libpq_url(settings.database_url)
+    from microstructure.config import check_home
     from microstructure.db.embedded import EmbeddedPostgres
 
+    check_home(settings.home)  # the embedded server's data lives there
     embedded = EmbeddedPostgres(settings.home, settings.embedded_port)
     st = embedded.ensure_running() if start_embedded else embedded.status()
     return st.dsn()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from alembic import command
 from alembic.config import Config
@@ -27,7 +28,27 @@ def alembic_config(url: str, engine: str | None = None) -> Config:
 def upgrade(url: str, revision: str = "head", *, engine: str | None = None) -> None:
     """Bring the schema to `revision`; a no-op when it is already there. Safe to call concurrently."""
     engine_override(engine)  # a bad MICROSTRUCTURE_ENGINE is a one-line SettingError, even on a no-op
-    command.upgrade(alembic_config(url, engine), revision)
+    try:
+        command.upgrade(alembic_config(url, engine), revision)
+    except Exception as exc:
+        _privilege_error(exc, url)
+        raise
+
+
+def _privilege_error(exc: BaseException, url: str) -> None:
+    """A role that may not read or change the schema: one DatabaseUnavailable line saying so."""
+    import psycopg
+
+    from microstructure.db.connect import DatabaseUnavailable, _redact, describe_host
+
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, psycopg.errors.InsufficientPrivilege):
+        user = urlsplit(url).username or "the database user"
+        raise DatabaseUnavailable(
+            f"database at {describe_host(url)}: {user} lacks privileges to apply the schema "
+            f"({_redact(orig.diag.message_primary or str(orig), url)}); run `microstructure db upgrade` as the "
+            "schema's owner once, or grant this role ownership"
+        ) from None
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -284,6 +284,15 @@ class Reader:
             hi = row["hi"] if hi is None else max(hi, row["hi"])
         return (lo, hi) if lo is not None and hi is not None else None
 
+    async def record_progress(self, root: Path, hour_end: datetime) -> None:
+        """The newest hour exported to `root`, for collect all's export-lag metric."""
+        await self._pg.execute(
+            "INSERT INTO microstructure_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE "
+            "SET value = greatest(microstructure_meta.value::timestamptz, excluded.value::timestamptz)::text",
+            f"export_watermark:{root}",
+            hour_end.isoformat(),
+        )
+
     # the invalidation log, on the same connection
     async def pending(
         self, consumer: str, tables: Sequence[str]
@@ -461,6 +470,7 @@ async def export_type(
         if not start and not end and (watermark is None or last > watermark):
             state.set(t.name, symbol, last)
             state.save()
+            await reader.record_progress(root, last)
     await reader.advance(consumer, horizon)
 
 

@@ -21,7 +21,7 @@ from datetime import date
 from typing import Any
 
 from microstructure.args import parse_day, parse_int, parse_seconds, parse_symbols
-from microstructure.config import ENV_PREFIX, SettingError, Settings
+from microstructure.config import ENV_PREFIX, SettingError, Settings, check_home
 from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
@@ -254,7 +254,7 @@ def _days(args: argparse.Namespace) -> tuple[date | None, date | None, int | Non
     if args.days is not None:
         if args.start or args.end:
             raise SettingError("--days: give either --days N or --start/--end, not both")
-        return None, None, parse_int(args.days, "--days", 1)
+        return None, None, parse_int(args.days, "--days", 0)  # as collect aggtrades: 0 = today so far
     if not args.start:
         raise SettingError("--start: historical mode needs --start YYYY-MM-DD (and --end) or --days N")
     start = parse_day(args.start, "--start")
@@ -380,6 +380,7 @@ def prepare_database(settings: Settings) -> str:
     from microstructure.db import migrate
     from microstructure.db.connect import resolve_database_url
 
+    check_home(settings.home)  # spill files live there: a bad folder is one line, not a later traceback
     url = resolve_database_url(settings)
     migrate.upgrade(url)
     return url
@@ -406,7 +407,7 @@ def run_historical(
     import aiohttp
 
     from microstructure.ingest.binance.archives import ArchiveError
-    from microstructure.ingest.binance.rest import RestError
+    from microstructure.ingest.binance.rest import NotAnExchange, RestError
     from microstructure.ingest.collectors.trades_historical import (
         HistoricalError,
         collect_aggtrades_historical,
@@ -429,7 +430,7 @@ def run_historical(
                 cache_archives=cache_archives,
             )
         )
-    except HistoricalError as exc:
+    except (HistoricalError, NotAnExchange) as exc:
         _error(str(exc))
         return 2
     except (RestError, ArchiveError) as exc:
@@ -467,7 +468,7 @@ def run_live(
     weight_budget: int | None,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
-    from microstructure.ingest.binance.rest import RestError
+    from microstructure.ingest.binance.rest import NotAnExchange, RestError
     from microstructure.ingest.collectors.trades_historical import HistoricalError
     from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 
@@ -484,7 +485,7 @@ def run_live(
                 stale_timeout=stale_timeout,
             )
         )
-    except HistoricalError as exc:  # an unknown symbol, refused before connecting
+    except (HistoricalError, NotAnExchange) as exc:  # an unknown symbol or not an exchange, before connecting
         _error(str(exc))
         return 2
     except RestError as exc:  # a 418 ban (stopped after flushing what it had), or unreachable
@@ -505,7 +506,7 @@ def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
     import aiohttp
 
     from microstructure.ingest.binance.archives import ArchiveError
-    from microstructure.ingest.binance.rest import BinanceRest, RestError
+    from microstructure.ingest.binance.rest import BinanceRest, NotAnExchange, RestError
     from microstructure.ingest.collectors.trades_historical import UnknownSymbols, check_symbols
 
     async def checked() -> Any:
@@ -515,7 +516,7 @@ def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
 
     try:
         return run_async(checked())
-    except UnknownSymbols as exc:
+    except (UnknownSymbols, NotAnExchange) as exc:
         print(f"microstructure: error: {exc}", file=sys.stderr)
         return 2
     except (RestError, ArchiveError) as exc:
@@ -635,6 +636,8 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
         if mode != "live":
             raise SettingError("--health-port: only with --mode live")
     features_interval = _features_interval(args.features_interval)
+    if health_port:
+        _check_port_free(health_port)
     url = prepare_database(settings)
     return _finish(
         _run(
@@ -659,6 +662,19 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
             symbols,
         )
     )
+
+
+def _check_port_free(port: int) -> None:
+    """--health-port must be free on 127.0.0.1 before anything starts."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise SettingError(
+                f"--health-port {port}: 127.0.0.1:{port} cannot be used ({exc.strerror or exc})"
+            ) from None
 
 
 def _features_interval(value: str) -> float:

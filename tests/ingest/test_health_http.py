@@ -160,3 +160,66 @@ def test_a_nearly_full_spill_folder_makes_health_503(tmp_path: Path) -> None:
     assert status == 503
     assert any("spill" in p and ("full" in p or "limit" in p) for p in body["problems"]), body["problems"]
     assert "microstructure_writer_spill_bytes" in metrics
+
+
+def test_metrics_report_features_lag_and_export_lag(db_url: str, tmp_path: Path) -> None:
+    """/metrics says how far behind the newest materialised bar and the newest exported hour are."""
+    import sys
+    from datetime import UTC, datetime
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "features"))
+    from fx_cases import MIDNIGHT, write_cases
+
+    from microstructure.export.exporter import export_once
+    from microstructure.features_sql.refresher import refresh_once
+
+    asyncio.run(write_cases(db_url))  # rows of 2026-03-01/02, exported before the live run
+    asyncio.run(refresh_once(db_url))
+    export_once(db_url, tmp_path / "data", types=["aggtrades"])
+    exported_to = datetime.fromtimestamp(MIDNIGHT / 1000, UTC).replace(minute=0).timestamp() + 3600
+    cfg = ExchangeConfig(
+        symbols=("BTCUSDT",), seed=3, history_days=0, live_rate=50.0, cache_dir=tmp_path / "c"
+    )
+    port = free_port()
+
+    async def go() -> str:
+        async with LocalExchange(cfg) as ex:
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            stop = asyncio.Event()
+            task = asyncio.create_task(
+                collect_all(
+                    settings,
+                    db_url,
+                    ["BTCUSDT"],
+                    stop_event=stop,
+                    handle_signals=False,
+                    health_port=port,
+                    features_interval=1.0,
+                )
+            )
+            metrics = ""
+            async with aiohttp.ClientSession() as http:
+                for _ in range(40):  # until the first live bar is materialised and the probe has run
+                    await asyncio.sleep(0.5)
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        metrics = await r.text()
+                    lag = [
+                        ln
+                        for ln in metrics.splitlines()
+                        if ln.startswith("microstructure_features_lag_seconds ")
+                    ]
+                    if lag and float(lag[0].split()[1]) < 120:
+                        break
+            stop.set()
+            await task
+            return metrics
+
+    metrics = asyncio.run(go())
+    values = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in metrics.splitlines()
+        if ln.startswith("microstructure_") and " " in ln
+    }
+    assert values["microstructure_features_lag_seconds"] < 120  # live bars of this minute
+    assert abs(values["microstructure_export_lag_seconds"] - (now_ms() / 1000 - exported_to)) < 60

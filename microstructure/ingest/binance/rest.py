@@ -118,6 +118,21 @@ class MalformedReply(RestError):
         super().__init__(f"GET {path}: {why} in the answer: {body[:200]!r}")
 
 
+class NotAnExchange(MalformedReply):
+    """The answer is not JSON and not labelled as JSON (an HTML page, a proxy's error page): the URL
+    is not a Binance-compatible API. Says the status and content type."""
+
+    def __init__(self, url: str, path: str, status: int, content_type: str, body: bytes) -> None:
+        super().__init__(path, body, "not JSON")
+        self.status, self.content_type = status, content_type
+        snippet = " ".join(body[:80].decode("utf-8", "replace").split())
+        RestError.__init__(
+            self,
+            f"{url} answered HTTP {status} {content_type or 'without a content type'}, not Binance's JSON "
+            f"({snippet!r}): is this a Binance USD-M Futures API (or the local exchange)?",
+        )
+
+
 class RetriesExhausted(RestError):
     """The request kept failing (network errors, 5xx or 429s) beyond the retry limits."""
 
@@ -391,11 +406,14 @@ class BinanceRest:
                 )
                 await asyncio.sleep(delay)
                 continue
+            content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if status == 200:
                 self.stats.weight_used += weight
                 try:
                     return json.loads(body)
                 except ValueError as exc:
+                    if content_type and "json" not in content_type:
+                        raise NotAnExchange(url, path, status, content_type, body) from exc
                     raise MalformedReply(path, body) from exc
             if status == 418:
                 retry_after = _retry_after(headers, default=120.0)
@@ -426,6 +444,8 @@ class BinanceRest:
                 await asyncio.sleep(delay)
                 continue
             code, msg = _error_body(body)
+            if code is None and content_type and "json" not in content_type:
+                raise NotAnExchange(url, path, status, content_type, body)
             raise BinanceError(code, msg, status, path)
 
     # ---- endpoints

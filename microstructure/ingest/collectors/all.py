@@ -299,6 +299,7 @@ async def _live(
                 commit_after=health_commit_after,
             )
             port = await health_server.start(health_port)
+            lag_task = asyncio.create_task(health_server.watch_lags(dsn, stop), name="health-lags")
             report.health_url = f"http://127.0.0.1:{port}/health"
             log.info("health endpoint: %s (and /metrics)", report.health_url)
         try:
@@ -337,6 +338,9 @@ async def _live(
                     await t
             await events.flush()
             if health_server is not None:
+                lag_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await lag_task
                 await health_server.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)

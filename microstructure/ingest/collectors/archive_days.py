@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -78,19 +79,27 @@ def ms_of_day(d: date) -> int:
 
 
 async def resolve_days(
-    settings: Settings, start: date | None, end: date | None, days: int | None
+    settings: Settings,
+    start: date | None,
+    end: date | None,
+    days: int | None,
+    symbols: Sequence[str] | None = None,
 ) -> tuple[date, date, int]:
-    """[start, end] of complete UTC days, and the exchange's now in ms (asked from the server)."""
+    """[start, end] of complete UTC days, and the exchange's now in ms (asked from the server); with
+    `symbols`, the start is not before the first of them was listed (exchangeInfo's onboardDate)."""
     from microstructure.ingest.binance.rest import BinanceRest
+    from microstructure.ingest.collectors.trades_historical import first_listed_day
 
     async with BinanceRest(settings.rest_url) as rest:
         server_ms = await rest.server_time()
+        listed = await first_listed_day(rest, symbols) if symbols else None
     today = datetime.fromtimestamp(server_ms / 1000, tz=UTC).date()
     if days is not None:
-        return today - timedelta(days=days), today - timedelta(days=1), server_ms
-    assert start is not None
-    last = min(end or today - timedelta(days=1), today - timedelta(days=1))
-    return start, last, server_ms
+        first, last = today - timedelta(days=days), today - timedelta(days=1)
+    else:
+        assert start is not None
+        first, last = start, min(end or today - timedelta(days=1), today - timedelta(days=1))
+    return (max(first, listed) if listed else first), last, server_ms
 
 
 async def load_archive_table(

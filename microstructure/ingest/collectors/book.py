@@ -415,7 +415,7 @@ async def collect_book_historical(
     Idempotent (ON CONFLICT DO NOTHING on (symbol, ts, percentage)).
     """
     collector = "book_depth_historical"
-    first, last, _ = await resolve_days(settings, start, end, days)
+    first, last, _ = await resolve_days(settings, start, end, days, symbols)
     report = HistoricalReport("bookDepth archives -> book_depth_bands")
     events = EventLog(dsn)
     conn = await asyncpg.connect(dsn)

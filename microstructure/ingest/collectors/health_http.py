@@ -10,13 +10,17 @@
                    - batches waiting in spill files;
                    - the spill folder nearly full (`spill_full_at` of its size limit or of its
                      filesystem), or full.
-    GET /metrics   the same counters in Prometheus' text format.
+    GET /metrics   the same counters in Prometheus' text format, plus the features lag (now minus
+                   the end of the newest materialised 1m bar) and the export lag (now minus the end
+                   of the newest hour a Parquet export wrote), read from the database every few
+                   seconds (`watch_lags`).
 
 Started by `collect all --health-port N` on 127.0.0.1 (a setting: `host`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +40,34 @@ class HealthServer:
     spill_full_at: float = 0.9
     started_ms: int = field(default_factory=now_ms)
     port: int = 0
+    lags: dict[str, float | None] = field(default_factory=dict)  # name -> seconds (None: nothing yet)
     _runner: web.AppRunner | None = None
+
+    async def watch_lags(self, dsn: str, stop: Any, every: float = 5.0) -> None:
+        """Refresh `lags` from the database until `stop` is set; a failed read keeps the last values."""
+        import asyncio
+
+        import asyncpg
+
+        from microstructure.db.queries import load
+
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+                try:
+                    now = time.time()
+                    for name, query in (
+                        ("features_lag_seconds", "lag_features"),
+                        ("export_lag_seconds", "lag_export"),
+                    ):
+                        t = await conn.fetchval(load(query))
+                        self.lags[name] = None if t is None else round(max(0.0, now - t.timestamp()), 1)
+                finally:
+                    await conn.close()
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
         now = now_ms()
@@ -80,6 +111,7 @@ class HealthServer:
             "counters": dict(self.health.counters),
             "writer": writer,
             "events": dict(self.events.counts) if self.events is not None else {},
+            "lags": dict(self.lags),
         }
         return not problems, body
 
@@ -122,6 +154,9 @@ class HealthServer:
                 value = int(value) if isinstance(value, bool) else value
                 name = f"microstructure_writer_{key}" + ("_total" if kind == "counter" else "")
                 lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        for name, value in body["lags"].items():
+            if value is not None:
+                lines += [f"# TYPE microstructure_{name} gauge", f"microstructure_{name} {value}"]
         if body["events"]:
             lines.append("# TYPE microstructure_events_total counter")
             lines += [

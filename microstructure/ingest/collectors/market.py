@@ -620,7 +620,7 @@ async def collect_market_historical(
     from microstructure.ingest.binance.rest import BinanceRest
 
     collector = "market_historical"
-    first, last, server_ms = await resolve_days(settings, start, end, days)
+    first, last, server_ms = await resolve_days(settings, start, end, days, symbols)
     report = HistoricalReport("market data (funding, open interest, metrics, price klines)")
     events = EventLog(dsn)
     own_writer = writer is None

@@ -827,6 +827,17 @@ async def check_symbols(rest: BinanceRest, symbols: Iterable[str]) -> list[str]:
     return wanted
 
 
+async def first_listed_day(rest: BinanceRest, symbols: Iterable[str]) -> date | None:
+    """The earliest UTC day any of `symbols` was listed (exchangeInfo's onboardDate), if known."""
+    listed = await rest.symbols()
+    days = [
+        datetime.fromtimestamp(int(info["onboardDate"]) / 1000, tz=UTC).date()
+        for s in symbols
+        if isinstance(info := listed.get(s), dict) and str(info.get("onboardDate", "")).isdigit()
+    ]
+    return min(days) if days else None
+
+
 async def collect_aggtrades_historical(
     settings: Settings,
     dsn: str,
@@ -876,6 +887,12 @@ async def collect_aggtrades_historical(
         wanted = await check_symbols(client, symbols)
         if days is not None:
             start, end = today - timedelta(days=days), today
+        listed = await first_listed_day(client, wanted)
+        if listed is not None and start is not None and start < listed:
+            # nothing trades before the contract was listed: do not walk those days (archives 404,
+            # REST pages empty) at the REST budget
+            log.info("start %s is before %s was listed; starting at %s", start, ", ".join(wanted), listed)
+            start = listed
         assert start is not None
         if end is None or end > today:
             end = today
