@@ -56,3 +56,18 @@ def test_asyncpg_prepared_statements(pglite_url: str) -> None:
             await conn.close()
 
     assert asyncio.run(run()) == [11, 12, 13]
+
+
+def test_each_connection_starts_clean_on_the_shared_backend(pglite_url: str) -> None:
+    """PGlite is one backend for every connection in turn: what a client leaves (psycopg's automatic
+    prepared statements, an open transaction, temp tables) is gone for the next, as on PostgreSQL."""
+    for _ in range(2):  # the second client would meet the first one's "_pg3_0" without the reset
+        with psycopg.connect(pglite_url) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+            assert conn.execute("SELECT to_regclass('pg_temp.harness_tmp')").fetchone() == (None,)
+            assert conn.execute("SHOW search_path").fetchone() == ("public",)
+            for i in range(6):  # past psycopg's prepare threshold (5)
+                assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+            conn.execute("CREATE TEMP TABLE harness_tmp (x int)")
+            conn.commit()
+            conn.execute("SELECT 1")  # a transaction left open

@@ -254,26 +254,27 @@ def test_a_depth_snapshot_goes_first_when_gap_fills_used_their_share(exchange_ca
 
     async def main() -> None:
         async with LocalExchange(config(exchange_cache, clock_start=start)) as ex:
-            async with aiohttp.ClientSession() as s:  # another program of the same IP used 240
-                for _ in range(12):
+            async with aiohttp.ClientSession() as s:  # another program of the same IP used 220
+                for _ in range(11):
                     status, _, _ = await raw_get(
                         s, ex.base_url + "/fapi/v1/aggTrades", symbol="BTCUSDT", limit=1
                     )
                     assert status == 200
             async with BinanceRest(ex.base_url, weight_budget_per_min=400) as rest:
+                await rest.server_time()  # weight 1; minutes follow the server clock from here on
                 first = ex.markets["BTCUSDT"].first_id()
-                for i in range(3):  # 240 + 60 = 300: the LOW share (75 %) of 400 is used up
+                for i in range(3):  # 220 + 1 + 60 = 281: one more fill passes the LOW share (300)
                     await rest.agg_trades("BTCUSDT", from_id=first + 10 * i, limit=10, priority=LOW)
                 fill = asyncio.create_task(
                     rest.agg_trades("BTCUSDT", from_id=first + 30, limit=10, priority=LOW)
                 )
                 await asyncio.sleep(0.2)
                 t0 = time.monotonic()
-                book = await rest.depth("BTCUSDT", 1000)  # weight 20: 320 of 400, HIGH
+                book = await rest.depth("BTCUSDT", 1000)  # weight 20: 301 of 400, HIGH
                 took = time.monotonic() - t0
                 assert book["bids"] and took < 20  # not at the next minute, ~55 s away
                 await asyncio.sleep(2)
-                assert not fill.done()  # the fill waits for the next minute: 300 + 20 > 300
+                assert not fill.done()  # the fill waits for the next minute: 301 + 20 > 300
                 fill.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await fill

@@ -94,6 +94,10 @@ class GapRanges:
     def symbols(self) -> list[str]:
         return [s for s, r in self.ranges.items() if r]
 
+    def within(self, sym: str, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of `sym`'s ranges that fall between `lo` and `hi`."""
+        return [(max(a, lo), min(b, hi)) for a, b in self.ranges.get(sym, []) if b >= lo and a <= hi]
+
     def contains(self, sym: str, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` fall in a range of `sym`."""
         keep = np.zeros(len(ids), dtype=bool)
@@ -408,18 +412,19 @@ class AggTradesLive:
         if not syms:
             return False
         sym = syms[0]
-        lo, hi = self.gaps.first(sym)  # type: ignore[misc]
+        lo, _ = self.gaps.first(sym)  # type: ignore[misc]
         last, got, _ = await self.fill_page(sym, lo, priority=priority)
         if last < lo:
             raise RuntimeError(f"REST served no aggregate trade from id {lo}")
-        self.gaps.remove(sym, lo, last)  # a page holds every id from `lo` to its last one
+        closed = self.gaps.within(sym, lo, last)  # a page holds every id from `lo` to its last one
+        self.gaps.remove(sym, lo, last)
         # round robin: the symbol goes to the back of the queue
         if sym in self.gaps.ranges:
             self.gaps.ranges[sym] = self.gaps.ranges.pop(sym)
         if self.events is not None:
-            self.events.record(
-                COLLECTOR, sym, "gap_fill", {"from_id": lo, "to_id": min(hi, last), "rows": got}
-            )
+            for a, b in closed:  # one event per gap the page closed; aggregate ids are dense
+                detail = {"from_id": a, "to_id": b, "rows": b - a + 1, "page_from_id": lo, "page_rows": got}
+                self.events.record(COLLECTOR, sym, "gap_fill", detail)
         return True
 
     async def gap_filler(self) -> None:
