@@ -187,6 +187,8 @@ class ExchangeConfig:
     symbols         contracts listed (any name; known ones get realistic precision and prices)
     seed            one seed for the whole market: same config, same data
     history_days    full days of history before today (archives, REST)
+    listed_days     exchangeInfo's onboardDate this many days before today (None: the real
+                    contract's listing date, e.g. 2019-09-25 for BTCUSDT)
     trades_per_day  aggregate trades per day for a BTCUSDT-like symbol (others scale by activity);
                     Binance's BTCUSDT has ~2-3 million; the default keeps tests fast
     live_rate       aggregate trades per second per symbol from server start on (None: as history)
@@ -208,6 +210,7 @@ class ExchangeConfig:
     symbols: tuple[str, ...] = ("BTCUSDT",)
     seed: int = 1
     history_days: int = 3
+    listed_days: int | None = None
     trades_per_day: int = 30_000
     live_rate: float | None = None
     clock_start: datetime | None = None

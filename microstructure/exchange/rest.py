@@ -434,6 +434,13 @@ def quarter_end_ms(now: int) -> int:
     return t if t > now else quarter_end_ms(t + DAY_MS)
 
 
+def onboard_ms(ex: ExchangeState, real_ms: int) -> int:
+    """A contract's listing time: the real one, or `listed_days` before today when configured."""
+    if ex.config.listed_days is None:
+        return real_ms
+    return ex.now_ms() // DAY_MS * DAY_MS - ex.config.listed_days * DAY_MS
+
+
 def exchange_info_body(ex: ExchangeState) -> dict[str, object]:
     symbols = []
     for sym in ex.markets:
@@ -447,7 +454,7 @@ def exchange_info_body(ex: ExchangeState) -> dict[str, object]:
                 "pair": sym,
                 "contractType": "CURRENT_QUARTER" if dated else "PERPETUAL",
                 "deliveryDate": quarter_end_ms(ex.now_ms()) if dated else 4133404800000,
-                "onboardDate": s.onboard_ms,
+                "onboardDate": onboard_ms(ex, s.onboard_ms),
                 "status": "TRADING",
                 "maintMarginPercent": "2.5000",
                 "requiredMarginPercent": "5.0000",

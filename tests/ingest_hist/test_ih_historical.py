@@ -398,3 +398,23 @@ def test_progress_bars_on_a_terminal_only(
     asyncio.run(run(True))
     err = capsys.readouterr().err
     assert "BTCUSDT" in err and "rows/s" in err and "2/2" in err and "days" in err
+
+
+def test_days_beyond_the_listing_start_at_the_onboard_date(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """`--days 100000` walks no day before exchangeInfo's onboardDate: no archive asked for, no REST
+    page spent; the run starts at the listing day and stores exactly what exists."""
+
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache, listed_days=2)) as ex:
+            seen = count_archive_requests(ex)
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            rep = await run_collect(settings, db_url, ["BTCUSDT"], None, None, days=100_000)
+            assert rep.start_day == D10 and rep.end_day == D12  # listed on 2022-08-10, today 08-12
+            assert seen and all(("2022-08-10" in p or "2022-08-11" in p) for p in seen), seen
+            ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+            ref = generator_trades(ex, "BTCUSDT", day_start_ms(D10), ex.now_ms())["agg_id"]
+            assert ids == ref[: len(ids)] and len(ids) >= len(ref) - 1000
+
+    asyncio.run(main())
