@@ -81,19 +81,24 @@ class Settings:
             raise SettingError(f"--exchange-url: expected an http:// or https:// URL, got {base_url!r}")
 
 
+def unusable_dir(path: Path) -> str | None:
+    """Create `path` if missing and write a probe file in it: why it cannot be used, or None."""
+    if path.exists() and not path.is_dir():
+        return "not a folder (a file is there)"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return None
+
+
 def check_home(home: Path) -> Path:
     """The project folder (MICROSTRUCTURE_HOME / --home), created if missing and writable, or one
     SettingError line naming it and why (a file there, a read-only filesystem, no permission)."""
     home = Path(home)
-    if home.exists() and not home.is_dir():
-        raise SettingError(f"MICROSTRUCTURE_HOME / --home {home}: not a folder (a file is there)")
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SettingError(
-            f"MICROSTRUCTURE_HOME / --home {home}: cannot write there ({exc.strerror or exc})"
-        ) from None
+    if why := unusable_dir(home):
+        raise SettingError(f"MICROSTRUCTURE_HOME / --home {home}: {why}")
     return home

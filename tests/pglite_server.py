@@ -38,7 +38,8 @@ def node_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for any server a test starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -62,7 +63,7 @@ class PGliteServer:
     """`with PGliteServer() as dsn:` or `start()` / `stop()`."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[str] | None = None
         self._stderr: list[str] = []
 

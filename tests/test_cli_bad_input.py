@@ -14,16 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from pglite_server import free_port
 from test_cli_foundation import _assert_one_clear_line, run_cli
 
 from microstructure.cli import build_parser
 from microstructure.ingest.cli import _days
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -32,7 +27,7 @@ def web_page(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "site"
     root.mkdir()
     (root / "index.html").write_text("<html><body><h1>Welcome to nginx!</h1></body></html>")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
         stdout=subprocess.DEVNULL,

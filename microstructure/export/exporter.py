@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from microstructure.config import unusable_dir
 from microstructure.export.partitions import (
     Manifest,
     day_dir,
@@ -141,13 +142,8 @@ def consumer_name(root: Path, type_name: str) -> str:
 def check_output_dir(root: Path) -> Path:
     """The output folder, created and writable, or one ExportError line naming it."""
     root = root.expanduser().resolve()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{time.monotonic_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ExportError(f"--output-dir {root}: cannot write there ({exc.strerror or exc})") from None
+    if why := unusable_dir(root):
+        raise ExportError(f"--output-dir {root}: {why}")
     return root
 
 

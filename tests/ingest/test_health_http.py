@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
+from pglite_server import free_port
 
 from microstructure.config import Settings
 from microstructure.exchange import ExchangeConfig, LocalExchange
 from microstructure.ingest.collectors.all import collect_all
 from microstructure.ingest.collectors.health_http import HealthServer
 from microstructure.ingest.health import Health, now_ms
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_collect_all_serves_health_and_metrics(db_url: str, tmp_path: Path) -> None:
