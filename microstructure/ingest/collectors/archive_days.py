@@ -92,7 +92,7 @@ async def resolve_days(
 
     async with BinanceRest(settings.rest_url) as rest:
         server_ms = await rest.server_time()
-        listed = await first_listed_day(rest, symbols) if symbols else None
+        listed = first_listed_day(await rest.symbols(), symbols) if symbols else None
     today = datetime.fromtimestamp(server_ms / 1000, tz=UTC).date()
     if days is not None:
         first, last = today - timedelta(days=days), today - timedelta(days=1)

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -817,19 +817,22 @@ def _as_date(value: date | str | None, name: str) -> date | None:
 
 async def check_symbols(rest: BinanceRest, symbols: Iterable[str]) -> list[str]:
     """Upper-cased, de-duplicated symbols; UnknownSymbols when exchangeInfo does not list one."""
+    return known_symbols(await rest.symbols(), symbols, rest.base_url)
+
+
+def known_symbols(listed: Mapping[str, Any], symbols: Iterable[str], base_url: str) -> list[str]:
+    """check_symbols against an exchangeInfo already fetched (`BinanceRest.symbols()`)."""
     wanted = list(dict.fromkeys(s.strip().upper() for s in symbols if s.strip()))
     if not wanted:
         raise HistoricalError("no symbol given")
-    listed = await rest.symbols()
     unknown = [s for s in wanted if s not in listed]
     if unknown:
-        raise UnknownSymbols(unknown, rest.base_url)
+        raise UnknownSymbols(unknown, base_url)
     return wanted
 
 
-async def first_listed_day(rest: BinanceRest, symbols: Iterable[str]) -> date | None:
-    """The earliest UTC day any of `symbols` was listed (exchangeInfo's onboardDate), if known."""
-    listed = await rest.symbols()
+def first_listed_day(listed: Mapping[str, Any], symbols: Iterable[str]) -> date | None:
+    """The earliest UTC day any of `symbols` was listed (onboardDate in `BinanceRest.symbols()`)."""
     days = [
         datetime.fromtimestamp(int(info["onboardDate"]) / 1000, tz=UTC).date()
         for s in symbols
@@ -884,10 +887,11 @@ async def collect_aggtrades_historical(
         await client.open()
         now_ms = await client.server_time()
         today = ms_day(now_ms)
-        wanted = await check_symbols(client, symbols)
+        contracts = await client.symbols()  # one exchangeInfo for the check and the listing dates
+        wanted = known_symbols(contracts, symbols, client.base_url)
         if days is not None:
             start, end = today - timedelta(days=days), today
-        listed = await first_listed_day(client, wanted)
+        listed = first_listed_day(contracts, wanted)
         if listed is not None and start is not None and start < listed:
             # nothing trades before the contract was listed: do not walk those days (archives 404,
             # REST pages empty) at the REST budget
