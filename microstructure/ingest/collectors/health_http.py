@@ -51,23 +51,26 @@ class HealthServer:
 
         from microstructure.db.queries import load
 
-        while not stop.is_set():
-            try:
-                conn = await asyncpg.connect(dsn, timeout=5)
+        queries = (("features_lag_seconds", load("lag_features")), ("export_lag_seconds", load("lag_export")))
+        conn: asyncpg.Connection | None = None  # one connection for the run, opened again after a failure
+        try:
+            while not stop.is_set():
                 try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(dsn, timeout=5)
                     now = time.time()
-                    for name, query in (
-                        ("features_lag_seconds", "lag_features"),
-                        ("export_lag_seconds", "lag_export"),
-                    ):
-                        t = await conn.fetchval(load(query))
+                    for name, sql in queries:
+                        t = await conn.fetchval(sql, timeout=5)
                         self.lags[name] = None if t is None else round(max(0.0, now - t.timestamp()), 1)
-                finally:
-                    await conn.close()
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pass
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    if conn is not None:
+                        conn.terminate()
+                    conn = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+        finally:
+            if conn is not None:
+                conn.terminate()
 
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
         now = now_ms()
