@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from day_partitions import day_partitions
 from schema_catalog import catalog_snapshot
 
 from microstructure.db import migrate
@@ -32,7 +33,8 @@ def test_upgrade_creates_ordinary_tables_with_time_indexes(db_url: str) -> None:
             ).fetchall()
         )
         assert set(kinds) >= RAW_TABLES | BOOKKEEPING
-        assert all(kinds[t] == "r" for t in RAW_TABLES)  # ordinary tables, not partitioned
+        # ordinary tables, but for the two that grow by millions a day: partitioned by UTC day (0006)
+        assert {t: kinds[t] for t in RAW_TABLES if kinds[t] != "r"} == {"agg_trades": "p", "book_snapshots": "p"}
         engine = conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone()
         assert engine == ("postgresql",)
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (
@@ -126,6 +128,7 @@ def test_natural_keys_make_writes_idempotent(db_url: str) -> None:
         "is_buyer_maker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
     )
     with psycopg.connect(db_url) as conn:
+        day_partitions(conn, "agg_trades", row[2])
         conn.execute(sql, row)
         conn.execute(sql, row)
         assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (1,)
@@ -139,7 +142,7 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(empty_db: str)
     once = catalog_snapshot(empty_db)
     migrate.upgrade(empty_db)
     assert catalog_snapshot(empty_db) == once
-    assert ("0005",) in once["alembic"]
+    assert ("0006",) in once["alembic"]
     assert {name for name, _ in once["functions"]} >= {"time_bucket", "first", "last"}
     migrate.downgrade(empty_db)
     after = catalog_snapshot(empty_db)

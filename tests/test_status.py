@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
+from day_partitions import day_partitions
 
 from microstructure.status import collect_status
 
@@ -12,6 +13,7 @@ from microstructure.status import collect_status
 def test_status_reports_coverage_gaps_lag_and_events(db_url: str) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     with psycopg.connect(db_url) as conn:
+        day_partitions(conn, "agg_trades", now - timedelta(seconds=30), now)
         conn.execute(
             "INSERT INTO agg_trades VALUES ('BTCUSDT', 10, %s, 1, 1, 1, 1, false, %s),"
             " ('BTCUSDT', 20, %s, 1, 1, 2, 2, true, %s)",

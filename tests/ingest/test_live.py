@@ -16,6 +16,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
+from day_partitions import day_partitions
 
 from microstructure.config import Settings
 from microstructure.db import migrate
@@ -89,6 +90,7 @@ def continue_from_a_second_ago(ex: LocalExchange, dsn: str) -> dict[str, int]:
             spec = market.spec
             tr = market.trades_between(0, ex.now_ms() - 1_000)
             t = int(tr.T[-1])
+            day_partitions(conn, "agg_trades", t)
             conn.execute(
                 "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, "
                 "is_buyer_maker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -207,6 +209,7 @@ def test_a_gap_too_wide_for_rest_is_left_open_for_historical_mode(db_url: str, t
             first_live = int(ex.markets["BTCUSDT"].trades_between(0, ex.now_ms() + 1).a[-1])
             old = first_live - 5_000  # as if the last run stopped 5,000 ids ago
             with psycopg.connect(db_url) as conn:
+                day_partitions(conn, "agg_trades", ex.now_ms() - 3_600_000)
                 conn.execute(
                     "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, "
                     "is_buyer_maker) VALUES ('BTCUSDT', %s, now() - interval '1 hour', 1, 1, 1, 1, false)",

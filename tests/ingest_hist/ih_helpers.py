@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from aiohttp import web
 
+from microstructure.ingest.records import AGG_TRADES
 from microstructure.ingest.sink.writer import Writer
 
 
@@ -121,3 +125,29 @@ def record_answers(ex: Any, on_request: Callable[[web.Request], None] | None = N
     ex.make_app = recording_app
     ex.limiter.check = check
     return rec
+
+
+DAY_MS = 86_400_000
+
+
+def day_ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def trades(first_id: int, n: int, t0_ms: int, span_ms: int, seed: int = 1) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    ts = t0_ms + np.sort(rng.integers(0, span_ms, n)).astype(np.int64)
+    return pa.table(
+        {
+            "agg_id": ids,
+            "ts_ms": ts,
+            "price": 30_000 + rng.normal(0, 5, n).cumsum(),
+            "quantity": rng.exponential(0.1, n),
+            "first_trade_id": ids * 3,
+            "last_trade_id": ids * 3 + 2,
+            "is_buyer_maker": rng.random(n) < 0.5,
+            "recv_ms": pa.nulls(n, pa.int64()),
+        },
+        schema=AGG_TRADES,
+    )

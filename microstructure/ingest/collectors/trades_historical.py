@@ -48,6 +48,7 @@ import pyarrow as pa
 from microstructure.config import Settings
 from microstructure.ingest.binance import archives
 from microstructure.ingest.binance.rest import AGG_TRADES_MAX_LIMIT, HOUR_MS, BinanceRest, RestStats
+from microstructure.ingest.sink import bulk
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class SymbolReport:
     rows: int = 0  # rows handed to the writer in this run
     rows_archive: int = 0
     rows_rest: int = 0
+    rows_bulk: int = 0  # of rows_archive: loaded by the bulk path (a fresh day partition)
     days_skipped: list[date] = field(default_factory=list)  # already complete
     days_archive: list[date] = field(default_factory=list)
     months_archive: list[str] = field(default_factory=list)
@@ -155,7 +157,8 @@ class HistoricalReport:
         for s in self.symbols.values():
             refused = {d.isoformat() for d in s.days_refused}
             lines.append(
-                f"{s.symbol}: {s.rows:,} rows ({s.rows_archive:,} archive, {s.rows_rest:,} REST); days: "
+                f"{s.symbol}: {s.rows:,} rows ({s.rows_archive:,} archive, {s.rows_bulk:,} of them bulk-loaded, "
+                f"{s.rows_rest:,} REST); days: "
                 f"{len(s.days_archive)} archive{f' ({len(s.months_archive)} monthly)' if s.months_archive else ''}, "
                 f"{len(s.days_rest)} REST, {len(s.days_skipped)} already complete, {len(s.days_refused)} refused; "
                 f"stored {s.stored_rows:,} rows, ids {s.first_id}..{s.last_id}; "
@@ -519,6 +522,34 @@ class _SymbolRun:
                 self.report.rows_rest += chunk.num_rows
             ctx.progress.update(self.symbol, rows=self.report.rows)
 
+    async def _store_archive(self, table: pa.Table) -> None:
+        """An archive's rows, a UTC day at a time: by the bulk path where the day has no partition yet
+        (sink/bulk.py), else through the writer's idempotent merge."""
+        if not self.ctx.bulk_load or table.num_rows == 0:
+            await self._submit(table, "archive")
+            return
+        await self.ctx.writer.flush()  # what went before is stored first: the gap scan sees it
+        days = np.asarray(table.column("ts_ms").to_numpy(), dtype=np.int64) // DAY_MS
+        cuts = np.flatnonzero(np.diff(days)) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(days)], strict=True):
+            part = table.slice(lo, hi - lo)
+            d = date(1970, 1, 1) + timedelta(days=int(days[lo]))
+            try:
+                async with self.ctx.pool.acquire() as conn:
+                    stored = await bulk.load_day(conn, self.symbol, d, part)
+            except (OSError, asyncpg.exceptions.PostgresError) as exc:
+                # the writer retries, spills and rejects with a log line as for any batch
+                log.warning("%s %s: bulk load failed (%s); through the writer instead", self.symbol, d, exc)
+                stored = None
+            if stored is None:
+                await self._submit(part, "archive")
+                await self.ctx.writer.flush()
+                continue
+            self.report.rows += stored
+            self.report.rows_archive += stored
+            self.report.rows_bulk += stored
+            self.ctx.progress.update(self.symbol, rows=self.report.rows)
+
     async def _finish_unit(
         self, last_day: date, last_id: int | None, last_ts: int | None, complete: bool
     ) -> None:
@@ -586,11 +617,12 @@ class _SymbolRun:
                 self.last_id,
             )
         self.ctx.progress.update(self.symbol, note=f"{unit.month or unit.days[0]} archive")
-        await self._submit(arc.table, "archive")
+        await self._store_archive(arc.table)
         if arc.rows:
             self.last_id = arc.last_id
         last_ts = int(arc.table.column("ts_ms")[-1].as_py()) if arc.rows else None
         await self._finish_unit(unit.days[-1], arc.last_id, last_ts, complete=True)
+        await self.ctx.days_stored(unit.days)
         if unit.kind == "month":
             rep.months_archive.append(unit.month)
         rep.days_archive.extend(unit.days)
@@ -801,6 +833,22 @@ class _Run:
     monthly_max_bytes: int
     batch_rows: int
     rest_batch_rows: int
+    bulk_load: bool = True  # whole days with no partition yet by the bulk path (sink/bulk.py)
+    symbols_total: int = 1
+    timescaledb: bool = False
+    _stored: dict[date, int] = field(default_factory=dict)
+
+    async def days_stored(self, days: Sequence[date]) -> None:
+        """Days a symbol finished from archives. On TimescaleDB a day every symbol of the run has
+        finished is compressed at once when it is older than the compression policy's horizon (the
+        policy does the rest): a loaded day is never merged into again (coverage skips it)."""
+        if not self.timescaledb:
+            return
+        for d in days:
+            self._stored[d] = self._stored.get(d, 0) + 1
+            if self._stored[d] == self.symbols_total:
+                async with self.pool.acquire() as conn:
+                    await bulk.compress_day(conn, KIND, d)
 
 
 # ---------------------------------------------------------------- entry point
@@ -860,12 +908,14 @@ async def collect_aggtrades_historical(
     batch_rows: int = 100_000,
     rest_batch_rows: int = 10_000,
     rest: BinanceRest | None = None,
+    bulk_load: bool = True,
 ) -> HistoricalReport:
     """Load aggregate trades of `symbols` for the UTC days [start_day, end_day] (see the module doc).
 
     `days=N` instead of a range: the last N complete days plus today so far (server clock). end_day
     after today is clamped to today. `writer`: a started Writer to use (flushed, not closed); without
-    one a Writer(dsn, spill_dir=settings.home/'spill') is started and closed here.
+    one a Writer(dsn, spill_dir=settings.home/'spill') is started and closed here. `bulk_load`:
+    archive days with no partition yet go by the bulk path (False: all through the writer).
     """
     t_start = time.monotonic()
     start = _as_date(start_day, "start")
@@ -929,6 +979,9 @@ async def collect_aggtrades_historical(
                 monthly_max_bytes=monthly_max_bytes,
                 batch_rows=batch_rows,
                 rest_batch_rows=rest_batch_rows,
+                bulk_load=bulk_load,
+                symbols_total=len(wanted),
+                timescaledb=await bulk.on_timescaledb(pool),
             )
             sem = asyncio.Semaphore(max(1, symbol_concurrency))
 

@@ -35,6 +35,12 @@ def sql(name: str) -> str:
     return resources.files("microstructure.ingest.sink").joinpath("sql", f"{name}.sql").read_text()
 
 
+async def lock_symbol(conn: asyncpg.Connection, symbol: str) -> None:
+    """Serialise the writers of one symbol's aggregate trades until the transaction ends: the gap
+    bookkeeping reads what the others write."""
+    await conn.execute(sql("agg_trades_lock_symbol"), symbol)
+
+
 async def add_batch(
     conn: asyncpg.Connection,
     symbol: str,

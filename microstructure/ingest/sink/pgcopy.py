@@ -7,8 +7,11 @@ runs per row, for fixed-width, text and float8[] columns alike.
 
 from __future__ import annotations
 
+import asyncio
+import io
 from dataclasses import dataclass
 
+import asyncpg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -205,3 +208,30 @@ def encode_copy_binary(table: pa.Table, columns: list[ColumnSpec]) -> bytes:
     parts += [encode_column(table.column(c.source), c.pg_type) for c in columns]
     _, body = interleave(parts)
     return HEADER + body.tobytes() + TRAILER
+
+
+async def copy_binary(
+    conn: asyncpg.Connection, table: str, payload: bytes, columns: list[str], *, freeze: bool = False
+) -> str:
+    """Binary COPY of an encoded payload into `table`; the server's status line.
+
+    A connection lost while asyncpg waits for the socket to drain (a large COPY under flow control)
+    would leave it waiting for ever (asyncpg 0.32 does not wake that wait on connection loss): the
+    COPY is cancelled when the connection ends and the loss raised as ConnectionDoesNotExistError."""
+    task = asyncio.ensure_future(
+        conn.copy_to_table(table, source=io.BytesIO(payload), format="binary", columns=columns, freeze=freeze)
+    )
+
+    def lost(_conn: object) -> None:
+        if not task.done():
+            task.cancel()
+
+    conn.add_termination_listener(lost)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if conn.is_closed() and task.cancelled():
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost during COPY") from None
+        raise
+    finally:
+        conn.remove_termination_listener(lost)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import io
 import json
 import logging
 import os
@@ -39,7 +38,8 @@ import pyarrow.ipc as ipc
 from microstructure.config import Settings
 from microstructure.ingest.records import GAP_KIND, GAP_RECORDS, KINDS
 from microstructure.ingest.sink import coverage, invalidations
-from microstructure.ingest.sink.pgcopy import ColumnSpec, encode_copy_binary
+from microstructure.ingest.sink.partitions import DayPartitions, is_missing_partition
+from microstructure.ingest.sink.pgcopy import ColumnSpec, copy_binary, encode_copy_binary
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,19 @@ def conform(kind: str, batch: pa.Table) -> pa.Table:
 
 
 async def write_batch(
-    conn: asyncpg.Connection, kind: str, symbol: str, batch: pa.Table, *, gap_fill: bool = False
+    conn: asyncpg.Connection,
+    kind: str,
+    symbol: str,
+    batch: pa.Table,
+    *,
+    gap_fill: bool = False,
+    partitions: DayPartitions | None = None,
 ) -> int:
     """Write one batch in one transaction; returns the rows inserted (duplicates are skipped; for
     funding_rates a repeat that completes a null mark price or interval counts too). `gap_fill`
     (agg_trades): the rows were fetched for ids known to be missing, so the gap bookkeeping does not
-    take the ids around them for missing (coverage.py)."""
+    take the ids around them for missing (coverage.py). `partitions`: what this process knows of
+    the day partitions (partitions.py); without it they are checked on every call."""
     spec = SPECS[kind]
     batch = conform(kind, batch)
     if batch.num_rows == 0:
@@ -172,12 +179,33 @@ async def write_batch(
     payload = encode_copy_binary(table, list(spec.copy_columns))
     times = np.asarray(batch.column(spec.time_field).to_numpy(), dtype=np.int64)
     lo_ms, hi_ms = int(times.min()), int(times.max())
+    parts = partitions if partitions is not None else DayPartitions()
+    await parts.ensure(conn, spec.table, lo_ms, hi_ms)
+    try:
+        return await _write_rows(conn, spec, symbol, batch, payload, lo_ms, hi_ms, gap_fill)
+    except asyncpg.exceptions.CheckViolationError as exc:
+        if not is_missing_partition(exc):
+            raise
+        parts.forget(spec.table)  # dropped since this process made it (retention): make it again
+        await parts.ensure(conn, spec.table, lo_ms, hi_ms)
+        return await _write_rows(conn, spec, symbol, batch, payload, lo_ms, hi_ms, gap_fill)
+
+
+async def _write_rows(
+    conn: asyncpg.Connection,
+    spec: KindSpec,
+    symbol: str,
+    batch: pa.Table,
+    payload: bytes,
+    lo_ms: int,
+    hi_ms: int,
+    gap_fill: bool,
+) -> int:
+    kind = spec.kind
     async with conn.transaction():
         if kind != "agg_trades":
             await conn.execute(spec.stage_sql())
-            await conn.copy_to_table(
-                spec.stage, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
-            )
+            await copy_binary(conn, spec.stage, payload, list(spec.db_columns))
             status = await conn.execute(spec.merge_sql())
             inserted = int(status.split()[-1])
             if inserted:
@@ -187,7 +215,7 @@ async def write_batch(
             return inserted
         # Serialise writers of one symbol: the gap bookkeeping reads what others write, and the
         # direct path below relies on no other writer filling the id range meanwhile.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agg_trades:' || $1))", symbol)
+        await coverage.lock_symbol(conn, symbol)
         ids = np.asarray(batch.column("agg_id").to_numpy(), dtype=np.int64)
         ts_ms = np.asarray(batch.column("ts_ms").to_numpy(), dtype=np.int64)
         unique = len(ids) == 1 or bool(np.all(np.diff(np.sort(ids)) > 0))
@@ -197,16 +225,12 @@ async def write_batch(
             # Nothing stored in the batch's id range and no id twice in it: nothing can conflict, so
             # the rows go straight into the table (the bulk-load case: archives, REST pages, a
             # live batch) at bare COPY speed.
-            await conn.copy_to_table(
-                spec.table, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
-            )
+            await copy_binary(conn, spec.table, payload, list(spec.db_columns))
             days, counts = np.unique(ts_ms // coverage.DAY_MS, return_counts=True)
             per_day = {int(d): int(n) for d, n in zip(days, counts, strict=True)}
         else:
             await conn.execute(spec.stage_sql())
-            await conn.copy_to_table(
-                spec.stage, source=io.BytesIO(payload), format="binary", columns=list(spec.db_columns)
-            )
+            await copy_binary(conn, spec.stage, payload, list(spec.db_columns))
             per_day = {int(r["day"]): int(r["n"]) for r in await conn.fetch(spec.merge_sql())}
         await coverage.add_batch(conn, symbol, ids, ts_ms, per_day, gap_fill=gap_fill)
         inserted = sum(per_day.values())
@@ -410,6 +434,7 @@ class Writer:
         self._sources: list[Source] = []
         self._last_pull = 0.0
         self._attempt_since: float | None = None  # monotonic: first try of the current batch
+        self._partitions = DayPartitions()  # the day partitions this writer knows exist
         self._failing = False  # the current batch's last try failed
         self.down = False  # the database is taken as away: batches go to disk
         self.down_since: float | None = None  # time.time() of the first failed write of this outage
@@ -817,7 +842,14 @@ class Writer:
                 try:
                     conn = await self._connection()
                     inserted = await asyncio.wait_for(
-                        write_batch(conn, item.kind, item.symbol, item.batch, gap_fill=item.gap_fill),
+                        write_batch(
+                            conn,
+                            item.kind,
+                            item.symbol,
+                            item.batch,
+                            gap_fill=item.gap_fill,
+                            partitions=self._partitions,
+                        ),
                         self.write_timeout,
                     )
                 except Exception as exc:
@@ -951,7 +983,7 @@ async def merge_table(conn: asyncpg.Connection, table: str, data: pa.Table, type
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({', '.join(f'{c} {t}' for c, t in types.items())}) "
             "ON COMMIT DELETE ROWS"
         )
-        await conn.copy_to_table(stage, source=io.BytesIO(payload), format="binary", columns=list(types))
+        await copy_binary(conn, stage, payload, list(types))
         status = await conn.execute(
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
         )

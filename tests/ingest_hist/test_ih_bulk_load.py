@@ -1,0 +1,241 @@
+"""The bulk-load path for whole days (sink/bulk.py) on the embedded PostgreSQL: a fresh day partition
+filled by COPY FREEZE, indexed and attached in one transaction; idempotent, killable, and no wait for
+a live writer of today's partition meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from ih_helpers import DAY_MS, day_ms, run_collect, stored_rows, trades
+from test_ih_historical import D9, D10, D11, exchange, settings_for
+
+from microstructure.exchange.server import LocalExchange
+from microstructure.ingest.sink import bulk
+from microstructure.ingest.sink.writer import write_batch
+
+
+def partitions(db_url: str) -> list[str]:
+    with psycopg.connect(db_url) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'agg_trades'::regclass ORDER BY 1"
+            )
+        ]
+
+
+def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_url: str) -> None:
+    d = date(2026, 11, 20)
+    batch = trades(1_000, 50_000, day_ms(d), DAY_MS)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute("SET wal_compression = pglz")
+            assert await bulk.load_day(conn, "BTCUSDT", d, batch) == 50_000
+            assert await conn.fetchval("SHOW wal_compression") == "pglz"  # the session's setting is back
+            # the day exists now: the bulk path steps aside, and the writer's merge adds nothing
+            assert await bulk.load_day(conn, "BTCUSDT", d, batch) is None
+            assert await write_batch(conn, "agg_trades", "BTCUSDT", batch) == 0
+            # rows outside the day are not for the bulk path
+            assert await bulk.load_day(conn, "BTCUSDT", d + timedelta(days=1), batch) is None
+            # a day loaded in pieces: the first piece makes the partition, the rest merge into it
+            d2 = d + timedelta(days=1)
+            b2 = trades(51_000, 1_000, day_ms(d2), DAY_MS)
+            assert await bulk.load_day(conn, "BTCUSDT", d2, b2.slice(0, 600)) == 600
+            assert await write_batch(conn, "agg_trades", "BTCUSDT", b2) == 400
+            cov = await conn.fetch(
+                "SELECT day, first_id, last_id, row_count, missing_count FROM agg_trade_coverage ORDER BY day"
+            )
+            assert [tuple(r) for r in cov] == [(d, 1_000, 50_999, 50_000, 0), (d2, 51_000, 51_999, 1_000, 0)]
+            assert await conn.fetchval("SELECT count(*) FROM agg_trade_gaps") == 0
+            logged = await conn.fetchval(
+                "SELECT count(*) FROM raw_invalidations WHERE table_name = 'agg_trades'"
+            )
+            assert logged >= 2
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    assert partitions(db_url) == ["agg_trades_p20261120", "agg_trades_p20261121"]
+    db = stored_rows(db_url, "BTCUSDT")
+    assert db["agg_id"] == list(range(1_000, 52_000))
+    assert db["price"][:50_000] == batch.column("price").to_pylist()
+    with psycopg.connect(db_url) as conn:
+        # loaded frozen (COPY FREEZE): the pages are all-visible and all-frozen at once, no vacuum needed
+        # (but for the last bulk-extended run of pages, which PostgreSQL leaves to the next vacuum)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+        pages, visible, frozen = conn.execute(
+            "SELECT pg_relation_size('agg_trades_p20261120') / current_setting('block_size')::int, "
+            "all_visible, all_frozen FROM pg_visibility_map_summary('agg_trades_p20261120')"
+        ).fetchone()
+        assert pages > 100 and visible == frozen >= 0.85 * pages
+        kinds = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'agg_trades_p20261120'::regclass AND contype IN ('c', 'p') ORDER BY 1"
+        ).fetchall()
+        assert kinds == [("agg_trades_p20261120_day",), ("agg_trades_p20261120_pkey",)]
+
+
+def test_a_killed_bulk_load_leaves_no_half_attached_day_and_runs_again(db_url: str) -> None:
+    d = date(2026, 11, 22)
+    batch = trades(1, 1_500_000, day_ms(d), DAY_MS)
+
+    async def main() -> None:
+        loader = await asyncpg.connect(db_url)
+        watcher = await asyncpg.connect(db_url)
+        pid = loader.get_server_pid()
+        task = asyncio.create_task(bulk.load_day(loader, "BTCUSDT", d, batch))
+        seen = None
+        for _ in range(2000):  # kill it while it fills or indexes the day's table
+            seen = await watcher.fetchval(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active' "
+                "AND (query LIKE 'COPY%' OR query LIKE '%index_day_table%')",
+                pid,
+            )
+            if seen:
+                break
+            await asyncio.sleep(0.005)
+        assert seen, "the load never reached COPY"
+        assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises((asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError, OSError)):
+            await task
+        assert await watcher.fetchval("SELECT count(*) FROM agg_trades") == 0
+        assert await watcher.fetchval("SELECT count(*) FROM agg_trade_coverage") == 0
+        assert await watcher.fetchval("SELECT to_regclass('agg_trades_p20261122')") is None
+        await watcher.close()
+        again = await asyncpg.connect(db_url)
+        try:
+            assert await bulk.load_day(again, "BTCUSDT", d, batch) == 1_500_000
+            assert await again.fetchval("SELECT count(DISTINCT agg_id) FROM agg_trades") == 1_500_000
+        finally:
+            await again.close()
+
+    asyncio.run(main())
+    assert partitions(db_url) == ["agg_trades_p20261122"]
+
+
+LOADER = f"""
+import asyncio, sys
+from datetime import date
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import asyncpg
+from ih_helpers import DAY_MS, day_ms, trades
+from microstructure.ingest.sink import bulk
+
+async def main(url, days):
+    conn = await asyncpg.connect(url)
+    first = 1
+    for d in map(date.fromisoformat, days):
+        print(await bulk.load_day(conn, "BTCUSDT", d, trades(first, 600_000, day_ms(d), DAY_MS)), flush=True)
+        first += 600_000
+    await conn.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def test_live_writes_into_today_wait_for_no_attach_of_older_days(db_url: str) -> None:
+    """A live writer commits a batch every 20 ms into today's partition while three older days of
+    600,000 rows each are bulk-loaded and attached: every live row is stored, no live write waits."""
+    today = date(2026, 12, 2)
+    old_days = [today - timedelta(days=k) for k in (5, 4, 3)]
+
+    async def main() -> tuple[list[float], int, float]:
+        live = await asyncpg.connect(db_url)
+        probe = await asyncpg.connect(db_url)
+        done = asyncio.Event()
+        latencies: list[float] = []
+        sent = 0
+        worst_wait = 0.0
+
+        async def live_loop() -> None:
+            nonlocal sent
+            next_id = 10_000_000
+            t = day_ms(today)
+            while not done.is_set():
+                b = trades(next_id, 200, t, 1_000, seed=next_id)
+                t0 = time.monotonic()
+                await write_batch(live, "agg_trades", "BTCUSDT", b)
+                latencies.append(time.monotonic() - t0)
+                next_id += 200
+                sent += 200
+                t += 1_000
+                await asyncio.sleep(0.02)
+
+        async def lock_probe() -> None:
+            nonlocal worst_wait
+            pid = live.get_server_pid()
+            while not done.is_set():
+                waited = await probe.fetchval(
+                    "SELECT extract(epoch FROM now() - state_change) FROM pg_stat_activity "
+                    "WHERE pid = $1 AND wait_event_type = 'Lock'",
+                    pid,
+                )
+                worst_wait = max(worst_wait, float(waited or 0.0))
+                await asyncio.sleep(0.01)
+
+        runners = [asyncio.create_task(live_loop()), asyncio.create_task(lock_probe())]
+        await asyncio.sleep(0.3)
+        # the loader in a process of its own: its encoding must not stall this event loop
+        loader = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LOADER, db_url, *(d.isoformat() for d in old_days),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await loader.communicate()
+        assert loader.returncode == 0 and out.decode().split() == ["600000"] * 3
+        await asyncio.sleep(0.3)
+        done.set()
+        await asyncio.gather(*runners)
+        for c in (live, probe):
+            await c.close()
+        return latencies, sent, worst_wait
+
+    latencies, sent, worst_wait = asyncio.run(main())
+    assert len(latencies) > 20
+    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+    assert worst_wait < 1.0
+    with psycopg.connect(db_url) as conn:
+        live_rows = conn.execute(
+            "SELECT count(*) FROM agg_trades WHERE ts >= %s", (datetime(2026, 12, 2, tzinfo=UTC),)
+        ).fetchone()[0]
+        assert live_rows == sent
+        assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (sent + 1_800_000,)
+    assert partitions(db_url) == [f"agg_trades_p{d:%Y%m%d}" for d in old_days] + ["agg_trades_p20261202"]
+
+
+def test_the_collector_bulk_loads_archive_days_and_a_rerun_stores_nothing_twice(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            report = await run_collect(settings, db_url, ["BTCUSDT"], D9, D11)
+            rep = report.symbols["BTCUSDT"]
+            assert rep.days_archive == [D9, D10, D11] and report.ok
+            assert rep.rows_bulk == rep.rows_archive == rep.rows > 50_000
+            first = stored_rows(db_url, "BTCUSDT")["agg_id"]
+            assert first == list(range(first[0], first[0] + len(first)))
+            # forget that the days are complete: the archives come again, the partitions exist, so
+            # they go through the idempotent merge and store nothing
+            with psycopg.connect(db_url) as conn:
+                conn.execute("DELETE FROM agg_trade_coverage")
+                conn.execute("DELETE FROM ingest_checkpoints")
+            again = await run_collect(settings, db_url, ["BTCUSDT"], D9, D11)
+            r2 = again.symbols["BTCUSDT"]
+            assert r2.days_archive == [D9, D10, D11] and r2.rows_bulk == 0 and again.ok
+            assert stored_rows(db_url, "BTCUSDT")["agg_id"] == first
+            assert r2.rows == len(first)  # every row sent again, none stored twice
+            # the same range through today's path only (no bulk): nothing changes either
+            plain = await run_collect(settings, db_url, ["BTCUSDT"], D9, D11, bulk_load=False)
+            assert plain.symbols["BTCUSDT"].days_skipped == [D9, D10, D11]
+
+    asyncio.run(main())
+    assert partitions(db_url) == ["agg_trades_p20220809", "agg_trades_p20220810", "agg_trades_p20220811"]
