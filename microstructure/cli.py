@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "microstructure.ingest.cli",
     "microstructure.features_sql.cli",
     "microstructure.export.cli",
+    "microstructure.retention",
 )
 
 

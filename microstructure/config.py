@@ -45,6 +45,7 @@ class Settings:
     archive_url    MICROSTRUCTURE_ARCHIVE_URL    data.binance.vision base
     spot_url       MICROSTRUCTURE_SPOT_URL       Binance spot REST base
     spill_max_mb   MICROSTRUCTURE_SPILL_MAX_MB   at most this many MB of spill files (unset: the disk's room)
+    retention_keep_days  MICROSTRUCTURE_RETENTION_KEEP_DAYS  `retention`'s default --keep-days
     """
 
     database_url: str | None = field(default_factory=lambda: _env("DATABASE_URL"))
@@ -56,6 +57,9 @@ class Settings:
     spot_url: str = field(default_factory=lambda: _env("SPOT_URL", BINANCE_SPOT_REST) or "")
     spill_max_mb: int | None = field(
         default_factory=lambda: _env_int("SPILL_MAX_MB", -1) if _env("SPILL_MAX_MB") else None
+    )
+    retention_keep_days: int | None = field(
+        default_factory=lambda: _env_int("RETENTION_KEEP_DAYS", -1) if _env("RETENTION_KEEP_DAYS") else None
     )
 
     def __post_init__(self) -> None:
