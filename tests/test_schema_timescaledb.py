@@ -257,3 +257,56 @@ def test_0005_converts_book_depth_bands_on_a_compressed_hypertable(pglite_url: s
                                 "'book_depth_bands' AND column_name = 'percentage'").fetchone() == ("real",)  # fmt: skip
     finally:
         migrate.downgrade(pglite_url)
+
+
+def test_a_loaded_day_older_than_the_policy_horizon_is_compressed_on_load(migrated: str) -> None:
+    """sink/bulk.compress_day, which the historical loader calls when every symbol of a run has
+    finished an archive day: that day's chunk is compressed at once, a recent day's is not, and
+    writes keep working on both."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from microstructure.ingest.sink.bulk import compress_day
+
+    today = datetime.now(UTC).date()
+    old, recent = today - timedelta(days=30), today - timedelta(days=1)
+    sql = (
+        "INSERT INTO agg_trades (symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, is_buyer_maker) "
+        "SELECT 'BTCUSDT', %s + k, %s::date + k * interval '10 minutes', 100 + k, 1, k, k, k %% 2 = 0 "
+        "FROM generate_series(0, 143) k"
+    )
+    with psycopg.connect(migrated) as conn:
+        conn.execute(sql, (1_000, old))
+        conn.execute(sql, (50_000, recent))
+
+    async def main() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(migrated)
+        try:
+            return (
+                await compress_day(conn, "agg_trades", old),
+                await compress_day(conn, "agg_trades", recent),
+                await compress_day(conn, "agg_trades", old),  # already compressed: nothing more
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == (1, 0, 0)
+    with psycopg.connect(migrated) as conn:
+        chunks = dict(
+            conn.execute(
+                "SELECT range_start::date, is_compressed FROM timescaledb_information.chunks "
+                "WHERE hypertable_name = 'agg_trades'"
+            ).fetchall()
+        )
+        assert chunks == {old: True, recent: False}
+        # the loaded rows read back the same, and a live-style write still lands (and is a no-op twice)
+        assert conn.execute(
+            "SELECT count(*), sum(agg_id) FROM agg_trades WHERE ts < %s", (recent,)
+        ).fetchone() == (144, sum(range(1_000, 1_144)))
+        conn.execute(
+            sql.replace("generate_series(0, 143)", "generate_series(144, 144)") + " ON CONFLICT DO NOTHING",
+            (50_000, recent),
+        )
+        assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (289,)
