@@ -136,3 +136,20 @@ def test_partitions_are_made_as_rows_arrive_once_each(db_url: str) -> None:
         assert conn.execute(
             "SELECT microstructure_ensure_day_partitions('mark_prices', now(), now())"
         ).fetchone() == (0,)
+
+
+def test_db_schema_shows_a_partitioned_table_once_with_its_days_and_rows(empty_db: str) -> None:
+    migrate.upgrade(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "SELECT microstructure_ensure_day_partitions('agg_trades', '2026-11-28', '2026-12-02 12:00')"
+        )
+        conn.execute(AGG_ROWS)
+        conn.execute("ANALYZE agg_trades")
+    tables = {t.name: t for t in migrate.summarize(empty_db).tables}
+    assert not any(name.startswith("agg_trades_p2") for name in tables)
+    assert (
+        tables["agg_trades"].kind == "partitioned (5 days)" and tables["agg_trades"].chunk_interval == "1 day"
+    )
+    assert tables["agg_trades"].rows_estimate == 8000
+    assert tables["book_snapshots"].kind == "partitioned (0 days)" and tables["mark_prices"].kind == "table"

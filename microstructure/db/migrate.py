@@ -58,7 +58,7 @@ def downgrade(url: str, revision: str = "base") -> None:
 @dataclass(frozen=True)
 class TableInfo:
     name: str
-    kind: str  # hypertable | table
+    kind: str  # hypertable | table | partitioned (N days)
     rows_estimate: int
     chunk_interval: str | None = None
     compression: str | None = None
@@ -115,17 +115,23 @@ def summarize(url: str) -> SchemaSummary:
                     interval = hyper.get(name, (None, None))[0]
                     hyper[name] = (interval, f"segment by {segby}; order by {ordby}")
             tables = []
-            for name, estimate in conn.execute(
+            for name, estimate, parts in conn.execute(
                 text(
-                    "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_class c "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+                    # a day partition is shown as part of its parent: rows summed, partitions counted
+                    "SELECT c.relname, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0) "
+                    " FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid) "
+                    " ELSE greatest(c.reltuples, 0) END::bigint, "
+                    " CASE WHEN c.relkind = 'p' THEN (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) END "
+                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
                     "AND c.relname <> 'alembic_version' ORDER BY c.relname"
                 )
             ):
                 if name in hyper:
                     interval, comp = hyper[name]
                     tables.append(TableInfo(name, "hypertable", int(estimate), interval, comp))
+                elif parts is not None:
+                    tables.append(TableInfo(name, f"partitioned ({parts} days)", int(estimate), "1 day"))
                 else:
                     tables.append(TableInfo(name, "table", int(estimate)))
             if hyper:
