@@ -24,7 +24,6 @@ idempotent merge instead.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import date
@@ -35,7 +34,7 @@ import pyarrow as pa
 
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.coverage import DAY_MS, sql
-from microstructure.ingest.sink.pgcopy import copy_binary, encode_copy_binary
+from microstructure.ingest.sink.pgcopy import copy_binary, encoded_pieces
 from microstructure.ingest.sink.writer import SPECS, conform
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,6 @@ async def load_day(conn: asyncpg.Connection, symbol: str, day: date, batch: pa.T
     if len(ids) > 1 and not bool(np.all(np.diff(np.sort(ids)) > 0)):
         return None
     table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
-    # encoding a day takes a while: off the event loop, so a live stream in the same process goes on
-    payload = await asyncio.to_thread(encode_copy_binary, table, list(spec.copy_columns))
     wal_off = await _session_set(conn, "wal_compression", "off")
     try:
         async with conn.transaction():
@@ -81,7 +78,10 @@ async def load_day(conn: asyncpg.Connection, symbol: str, day: date, batch: pa.T
                 return None
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
             part = await conn.fetchval(sql("bulk_day_new"), KIND, day)
-            await copy_binary(conn, part, payload, list(spec.db_columns), freeze=True)
+            # encoded in pieces in a worker thread while the server takes the previous piece: the
+            # event loop (a live stream in the same process) goes on meanwhile
+            pieces = encoded_pieces(table, list(spec.copy_columns))
+            await copy_binary(conn, part, pieces, list(spec.db_columns), freeze=True)
             await conn.execute(sql("bulk_day_index"), KIND, day)
             await coverage.lock_symbol(conn, symbol)
             await conn.execute(sql("bulk_day_attach"), KIND, day)

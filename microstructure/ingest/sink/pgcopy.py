@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -198,28 +199,65 @@ def encode_column(arr: pa.Array | pa.ChunkedArray, pg_type: str) -> Part:
     raise ValueError(f"no binary COPY encoder for PostgreSQL type {pg_type!r}")
 
 
-def encode_copy_binary(table: pa.Table, columns: list[ColumnSpec]) -> bytes:
-    """The whole COPY ... FROM STDIN (FORMAT binary) payload: header, rows, trailer."""
+def encode_copy_rows(table: pa.Table, columns: list[ColumnSpec]) -> bytes:
+    """The rows of a binary COPY payload, without header and trailer."""
     n = table.num_rows
     if n == 0:
-        return HEADER + TRAILER
+        return b""
     count = np.full(n, len(columns), dtype=">i2").view(np.uint8)
     parts: list[Part] = [(np.full(n, 2, dtype=np.int64), count)]
     parts += [encode_column(table.column(c.source), c.pg_type) for c in columns]
     _, body = interleave(parts)
-    return HEADER + body.tobytes() + TRAILER
+    return body.tobytes()
+
+
+def encode_copy_binary(table: pa.Table, columns: list[ColumnSpec]) -> bytes:
+    """The whole COPY ... FROM STDIN (FORMAT binary) payload: header, rows, trailer."""
+    return HEADER + encode_copy_rows(table, columns) + TRAILER
+
+
+ENCODE_PIECE_ROWS = 100_000  # the encoder's temporaries stay in cache: a 2.5 M-row table in one piece costs 5x
+
+
+async def encoded_pieces(table: pa.Table, columns: list[ColumnSpec]) -> AsyncIterator[bytes]:
+    """A large table's binary COPY payload, encoded piece by piece in a worker thread while the
+    server takes the previous piece (header first, trailer last)."""
+    yield HEADER
+    nxt = None
+    for off in range(0, table.num_rows, ENCODE_PIECE_ROWS):
+        piece = asyncio.ensure_future(
+            asyncio.to_thread(encode_copy_rows, table.slice(off, ENCODE_PIECE_ROWS), columns)
+        )
+        if nxt is not None:
+            yield await nxt
+        nxt = piece
+    if nxt is not None:
+        yield await nxt
+    yield TRAILER
 
 
 async def copy_binary(
-    conn: asyncpg.Connection, table: str, payload: bytes, columns: list[str], *, freeze: bool = False
+    conn: asyncpg.Connection,
+    table: str,
+    payload: bytes | AsyncIterator[bytes],
+    columns: list[str],
+    *,
+    freeze: bool = False,
 ) -> str:
-    """Binary COPY of an encoded payload into `table`; the server's status line.
+    """Binary COPY of an encoded payload (bytes, or pieces from `encoded_pieces`) into `table`; the
+    server's status line.
 
     A connection lost while asyncpg waits for the socket to drain (a large COPY under flow control)
     would leave it waiting for ever (asyncpg 0.32 does not wake that wait on connection loss): the
     COPY is cancelled when the connection ends and the loss raised as ConnectionDoesNotExistError."""
     task = asyncio.ensure_future(
-        conn.copy_to_table(table, source=io.BytesIO(payload), format="binary", columns=columns, freeze=freeze)
+        conn.copy_to_table(
+            table,
+            source=io.BytesIO(payload) if isinstance(payload, bytes) else payload,
+            format="binary",
+            columns=columns,
+            freeze=freeze,
+        )
     )
 
     def lost(_conn: object) -> None:
