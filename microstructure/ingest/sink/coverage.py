@@ -70,7 +70,20 @@ async def add_batch(
     )
     lo_id, hi_id = int(ids.min()), int(ids.max())
     await resolve_gaps(conn, symbol, lo_id, hi_id)
-    await scan_gaps(conn, symbol, lo_id, hi_id, neighbours=not gap_fill)
+    await scan_gaps(
+        conn, symbol, lo_id, hi_id, neighbours=not gap_fill, complete=_every_id(ids, lo_id, hi_id)
+    )
+
+
+def _every_id(ids: np.ndarray, lo_id: int, hi_id: int) -> bool:
+    """Does the batch hold every id of [lo_id, hi_id]? (an archive day, a REST page: then nothing
+    inside its range can be missing once it is stored)"""
+    span = hi_id - lo_id + 1
+    if len(ids) < span:
+        return False
+    if len(ids) == span and bool(np.all(np.diff(ids) == 1)):
+        return True  # sorted and consecutive: the usual case, without a sort
+    return int(np.unique(ids).size) == span
 
 
 async def resolve_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int) -> None:
@@ -105,14 +118,28 @@ async def resolve_gaps(conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id:
 
 
 async def scan_gaps(
-    conn: asyncpg.Connection, symbol: str, lo_id: int, hi_id: int, *, neighbours: bool = True
+    conn: asyncpg.Connection,
+    symbol: str,
+    lo_id: int,
+    hi_id: int,
+    *,
+    neighbours: bool = True,
+    complete: bool = False,
 ) -> list[tuple[int, int]]:
     """Record as open the missing ranges among the stored ids of [lo_id, hi_id], widened to the
-    stored ids just below and above it when `neighbours`. Returns the ranges found."""
+    stored ids just below and above it when `neighbours`. Returns the ranges found. `complete`: the
+    batch just stored held every id of [lo_id, hi_id], so only the edges to its neighbours are read
+    (not the whole range: a day is 2.5 M ids)."""
     lo, hi = lo_id, hi_id
     if neighbours:
         lo, hi = await conn.fetchrow(sql("gaps_bounds"), symbol, lo_id, hi_id)
-    found = [(r["from_id"], r["to_id"]) for r in await conn.fetch(sql("gaps_scan"), symbol, lo, hi)]
+    spans = [(lo, lo_id), (hi_id, hi)] if complete else [(lo, hi)]
+    found = [
+        (r["from_id"], r["to_id"])
+        for a, b in spans
+        if b > a
+        for r in await conn.fetch(sql("gaps_scan"), symbol, a, b)
+    ]
     if found:
         await conn.execute(sql("gaps_upsert"), symbol, [f for f, _ in found], [t for _, t in found])
     return found

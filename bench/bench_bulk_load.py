@@ -1,0 +1,266 @@
+"""Historical aggregate-trade load into day partitions: the bulk path vs the writer's direct COPY.
+
+    python bench/bench_bulk_load.py [--days 30] [--trades-per-day 2500000] [--symbol BTCUSDT]
+        [--paths new,old] [--wal-compression on|off] [--max-wal-size 8GB] [--checkpoint-timeout 15min]
+
+The local exchange (its own process) serves `--days` complete BTCUSDT-like days of daily aggTrades
+archives (generated once per seed, cached under --cache-dir and fetched once before timing). Its
+clock starts just after midnight of the day after the last, so the run is the archive path alone.
+
+Each path loads the same days into a fresh database of the same embedded server, one
+`collect_aggtrades_historical` call per day, oldest first, into the same database (so a day's time
+also shows whether the cost grows with what is already stored):
+
+- new: `bulk_load=True`, every day has no partition yet, so sink/bulk.py loads it (fresh table,
+  COPY FREEZE, index builds, CHECK, ATTACH in one transaction, session wal_compression off);
+- old: `bulk_load=False`, every row through the writer's direct binary COPY into the day's indexed
+  partition (created empty by the writer);
+- flat: today's path before day partitions (revision 0005's layout: one unpartitioned agg_trades,
+  made by `microstructure_unpartition('agg_trades')` after the migrations), every row through the
+  writer's direct binary COPY into the one indexed table.
+
+A call's time includes everything a day costs: download, sha256, unzip, parse, sort, encode, the
+database work, coverage and checkpoint (one call a day also means no prefetch of the next day's
+archive). Per day: rows, seconds, rows/s, the day partition's pg_total_relation_size and the WAL
+the server wrote meanwhile. Per path: total rows/s, the slope of a least-squares line through
+rows/s over the day index (rows/s per day, and in % of the mean), checkpoints taken. The server
+settings may be changed for the run (ALTER SYSTEM + pg_reload_conf()) to compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import database, exchange_process, stop_database
+
+SHOWN = ("wal_level", "wal_compression", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
+         "shared_buffers", "synchronous_commit")  # fmt: skip
+PATHS = {"new": True, "old": False, "flat": False}  # name -> bulk_load
+# every relation of agg_trades: the table (or the partitioned parent), its day partitions, their indexes
+TOTAL_SIZE = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c WHERE c.relkind IN ('r', 'p') "
+    "AND (c.relname = 'agg_trades' OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'agg_trades'::regclass))"
+)
+
+
+@dataclass
+class PathRun:
+    name: str
+    rows: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    disk: list[int] = field(default_factory=list)
+    wal: list[int] = field(default_factory=list)
+    rows_bulk: int = 0
+    cpu_s: float = 0.0
+    checkpoints: int = 0
+    load: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def rate(self) -> list[float]:
+        return [r / s for r, s in zip(self.rows, self.seconds, strict=True)]
+
+    @property
+    def total_rate(self) -> float:
+        return sum(self.rows) / sum(self.seconds)
+
+    def slope(self) -> float:
+        """rows/s gained (negative: lost) per day loaded, least squares over the day index."""
+        import numpy as np
+
+        if len(self.rows) < 2:
+            return float("nan")
+        return float(np.polyfit(np.arange(len(self.rows)), np.asarray(self.rate), 1)[0])
+
+
+def admin_sql(dsn: str, *statements: str) -> list[object]:
+    import psycopg
+
+    out: list[object] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            cur = conn.execute(s)
+            out.append(cur.fetchone()[0] if cur.description else None)  # type: ignore[index]
+    return out
+
+
+def checkpoints(dsn: str) -> int:
+    """Checkpoints the server has taken (timed + requested), PostgreSQL 17+ or older."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('pg_catalog.pg_stat_checkpointer')").fetchone()[0]:  # type: ignore[index]
+            q = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        else:
+            q = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        return int(conn.execute(q).fetchone()[0])  # type: ignore[index]
+
+
+def run_path(name: str, tmp: Path, base: str, args: argparse.Namespace, days: list[date]) -> PathRun:
+    from microstructure.config import Settings
+    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
+
+    dsn, _server = database(tmp)
+    settings = Settings(database_url=dsn, home=tmp / f"home-{name}")
+    settings.point_at_exchange(base)
+    if name == "flat":
+        admin_sql(dsn, "SELECT microstructure_unpartition('agg_trades')")
+    admin_sql(dsn, "CHECKPOINT")  # what the run before left behind is not this run's cost
+    run = PathRun(name)
+    ck0 = checkpoints(dsn)
+    la0 = os.getloadavg()[0]
+    c0 = time.process_time()
+    spans = [(days[0], days[-1])] if args.one_call else [(d, d) for d in days]
+    for d, d_end in spans:
+        lsn0, size0 = admin_sql(dsn, "SELECT pg_current_wal_lsn()::text", TOTAL_SIZE)
+        t0 = time.perf_counter()
+        report = asyncio.run(
+            collect_aggtrades_historical(
+                settings,
+                dsn,
+                [args.symbol],
+                d,
+                d_end,
+                progress=False,
+                use_monthly=False,
+                bulk_load=PATHS[name],
+            )
+        )
+        dt = time.perf_counter() - t0
+        if not report.ok:
+            raise SystemExit("\n".join(report.summary_lines()))
+        sym = report.symbols[args.symbol]
+        size1, wal = admin_sql(
+            dsn, TOTAL_SIZE, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn0}')::bigint"
+        )
+        size = int(size1) - int(size0)  # type: ignore[call-overload]
+        run.rows.append(sym.rows)
+        run.seconds.append(dt)
+        run.disk.append(int(size or 0))  # type: ignore[call-overload]
+        run.wal.append(int(wal))  # type: ignore[call-overload]
+        run.rows_bulk += sym.rows_bulk
+        print(f"  {name} {d}: {sym.rows:,} rows in {dt:.1f} s ({sym.rows / dt:,.0f} rows/s, "
+              f"bulk {sym.rows_bulk:,}, {int(size or 0) / 2**20:,.0f} MB)", file=sys.stderr, flush=True)  # type: ignore[call-overload]  # fmt: skip
+    run.cpu_s = time.process_time() - c0
+    run.checkpoints = checkpoints(dsn) - ck0
+    run.load = (la0, os.getloadavg()[0])
+    (n,) = admin_sql(dsn, "SELECT count(*) FROM agg_trades")
+    if n != sum(run.rows):
+        raise SystemExit(f"{name}: {n:,} rows stored, {sum(run.rows):,} reported")
+    admin_dsn = dsn.rsplit("/", 1)[0] + "/postgres"
+    admin_sql(admin_dsn, f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')  # free the disk
+    return run
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--trades-per-day", type=int, default=2_500_000)
+    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))
+    p.add_argument("--paths", default="new,old,flat", help="which paths, in this order (new, old, flat)")
+    p.add_argument(
+        "--one-call", action="store_true",
+        help="all days in one collector call (archive prefetch overlaps the loads; totals only)",
+    )  # fmt: skip
+    p.add_argument("--wal-compression", choices=("on", "off"), help="server setting for the run")
+    p.add_argument("--max-wal-size", help="server setting for the run, e.g. 8GB")
+    p.add_argument("--checkpoint-timeout", help="server setting for the run, e.g. 15min")
+    args = p.parse_args()
+    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    if not paths or any(x not in PATHS for x in paths):
+        p.error(f"--paths: expected names from {sorted(PATHS)}")
+
+    today = datetime.now(UTC).date()
+    clock = f"{today.isoformat()}T00:00:05"
+    first: date = today - timedelta(days=args.days)
+    days = [first + timedelta(days=k) for k in range(args.days)]
+    runs: dict[str, PathRun] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        server = None
+        extra = ["--history-days", str(args.days), "--trades-per-day", str(args.trades_per_day),
+                 "--seed", str(args.seed), "--clock-start", clock]  # fmt: skip
+        with exchange_process([args.symbol], args.cache_dir.resolve(), *extra) as base:
+            try:
+                # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
+                t0 = time.perf_counter()
+                for d in days:
+                    url = f"{base}/data/futures/um/daily/aggTrades/{args.symbol}/{args.symbol}-aggTrades-{d}.zip"
+                    with urllib.request.urlopen(url, timeout=1800) as resp:
+                        resp.read()
+                print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                dsn, server = database(tmp)
+                changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
+                           ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout)) if v]  # fmt: skip
+                if changes:
+                    admin_sql(
+                        dsn, *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in changes), "SELECT pg_reload_conf()"
+                    )
+                    time.sleep(1)  # the postmaster re-reads the files asynchronously
+                shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))
+                (version,) = admin_sql(dsn, "SHOW server_version")
+                admin_sql(dsn.rsplit("/", 1)[0] + "/postgres", f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}"')
+                for name in paths:
+                    runs[name] = run_path(name, tmp, base, args, days)
+            finally:
+                stop_database(server)
+
+    print(f"{args.days} days of {args.symbol}, --trades-per-day {args.trades_per_day:,}; PostgreSQL {version}; "
+          + ", ".join(f"{k} = {v}" for k, v in shown.items()))  # fmt: skip
+    print()
+    if args.one_call:
+        days = [days[0]]  # one row: the whole range
+    head = ["day"] + [f"{n} {c}" for n in runs for c in ("rows", "s", "rows/s", "MB", "WAL MB")]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for i, d in enumerate(days):
+        cells = [d.isoformat()]
+        for r in runs.values():
+            cells += [
+                f"{r.rows[i]:,}",
+                f"{r.seconds[i]:.1f}",
+                f"{r.rate[i]:,.0f}",
+                mb(r.disk[i]),
+                mb(r.wal[i]),
+            ]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        "| path | rows | s | rows/s | slope (rows/s per day) | MB per day | WAL MB per day | checkpoints "
+        "| collector CPU s | load avg start/end |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in runs.values():
+        n = len(r.rows)
+        slope = r.slope()
+        print(f"| {r.name} (bulk_load={PATHS[r.name]}; {r.rows_bulk:,} rows bulk) | {sum(r.rows):,} "
+              f"| {sum(r.seconds):.1f} | {r.total_rate:,.0f} | {slope:+,.0f} ({100 * slope / (sum(r.rate) / n):+.2f} %) "
+              f"| {mb(sum(r.disk) / n)} | {mb(sum(r.wal) / n)} | {r.checkpoints} | {r.cpu_s:.1f} "
+              f"| {r.load[0]:.1f} / {r.load[1]:.1f} |")  # fmt: skip
+    print()
+    for a, b in (("new", "flat"), ("old", "flat"), ("new", "old")):
+        if a in runs and b in runs:
+            x, y = runs[a], runs[b]
+            print(f"ratio {a} / {b} rows/s: {x.total_rate / y.total_rate:.2f}   "
+                  f"disk: {sum(x.disk) / sum(y.disk):.2f}   WAL: {sum(x.wal) / sum(y.wal):.2f}  ")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
