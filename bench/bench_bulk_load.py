@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import database, exchange_process, stop_database
+from common import add_archive_args, database, exchange_process, stop_database
 
 SHOWN = ("wal_level", "wal_compression", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
          "shared_buffers", "synchronous_commit")  # fmt: skip
@@ -168,11 +168,7 @@ def mb(n: float) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--trades-per-day", type=int, default=2_500_000)
-    p.add_argument("--symbol", default="BTCUSDT")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))
+    add_archive_args(p, days=30)
     p.add_argument("--paths", default="new,old,flat", help="which paths, in this order (new, old, flat)")
     p.add_argument(
         "--one-call", action="store_true",

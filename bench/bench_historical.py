@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import database, exchange_process, stop_database
+from common import add_archive_args, database, exchange_process, stop_database
 
 
 def read_back(dsn: str, symbol: str):  # type: ignore[no-untyped-def]
@@ -76,11 +76,7 @@ async def bare_copy(dsn: str, symbol: str, table) -> dict[str, float]:  # type: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--days", type=int, default=3)
-    p.add_argument("--trades-per-day", type=int, default=2_500_000)
-    p.add_argument("--symbol", default="BTCUSDT")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))
+    add_archive_args(p, days=3)
     args = p.parse_args()
 
     from microstructure.config import Settings

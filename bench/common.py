@@ -7,6 +7,7 @@ alone. Without MICROSTRUCTURE_DATABASE_URL, an embedded server is started in the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -93,3 +94,12 @@ def quantile(values: list[float], q: float) -> float:
     import numpy as np
 
     return float(np.quantile(np.asarray(values), q)) if values else float("nan")
+
+
+def add_archive_args(p: argparse.ArgumentParser, days: int) -> None:
+    """The options of a bench that loads the local exchange's aggTrades archives."""
+    p.add_argument("--days", type=int, default=days)
+    p.add_argument("--trades-per-day", type=int, default=2_500_000)
+    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))

@@ -127,13 +127,15 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION microstructure_partition_by_day(p_table text, p_column text) RETURNS integer
+CREATE FUNCTION microstructure_replace_table(p_table text, p_suffix text, p_partition_column text)
+RETURNS text
 LANGUAGE plpgsql AS $$
+-- Move table p_table aside (renamed p_table || p_suffix, its indexes too) and create an empty p_table
+-- of the same columns, defaults, checks and comments, range-partitioned on p_partition_column when
+-- given. Its keys and indexes are remembered for microstructure_restore_keys. Returns the old name.
 DECLARE
-    old text := p_table || '_unpartitioned';
+    old text := p_table || p_suffix;
     r record;
-    d date;
-    days integer := 0;
 BEGIN
     EXECUTE format('ALTER TABLE %I RENAME TO %I', p_table, old);
     CREATE TEMP TABLE microstructure_old_indexes ON COMMIT DROP AS
@@ -143,11 +145,23 @@ BEGIN
         FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
         WHERE i.indrelid = old::regclass;
     FOR r IN SELECT * FROM microstructure_old_indexes LOOP
-        EXECUTE format('ALTER INDEX %I RENAME TO %I', r.name, left(r.name, 50) || '_unpartitioned');
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', r.name, left(r.name, 50) || p_suffix);
     END LOOP;
     EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE '
-                   'INCLUDING COMMENTS) PARTITION BY RANGE (%I)', p_table, old, p_column);
+                   'INCLUDING COMMENTS)', p_table, old)
+            || CASE WHEN p_partition_column IS NULL THEN ''
+                    ELSE format(' PARTITION BY RANGE (%I)', p_partition_column) END;
     EXECUTE format('COMMENT ON TABLE %I IS %L', p_table, obj_description(old::regclass, 'pg_class'));
+    RETURN old;
+END
+$$;
+
+CREATE FUNCTION microstructure_restore_keys(p_table text) RETURNS void
+LANGUAGE plpgsql AS $$
+-- The keys and indexes microstructure_replace_table remembered, under their old names, on p_table.
+DECLARE
+    r record;
+BEGIN
     FOR r IN SELECT * FROM microstructure_old_indexes ORDER BY con IS NULL, name LOOP
         IF r.con IS NOT NULL THEN
             EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', p_table, r.con, r.condef);
@@ -156,6 +170,18 @@ BEGIN
                            r.name, p_table, r.body);
         END IF;
     END LOOP;
+    DROP TABLE microstructure_old_indexes;
+END
+$$;
+
+CREATE FUNCTION microstructure_partition_by_day(p_table text, p_column text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    old text := microstructure_replace_table(p_table, '_unpartitioned', p_column);
+    d date;
+    days integer := 0;
+BEGIN
+    PERFORM microstructure_restore_keys(p_table);  -- on the parent first: each day's attach matches them
     FOR d IN EXECUTE format('SELECT DISTINCT (%I AT TIME ZONE ''UTC'')::date FROM %I ORDER BY 1', p_column, old)
     LOOP
         PERFORM microstructure_new_day_table(p_table, d);
@@ -168,7 +194,6 @@ BEGIN
         days := days + 1;
     END LOOP;
     EXECUTE format('DROP TABLE %I', old);
-    DROP TABLE microstructure_old_indexes;
     RETURN days;
 END
 $$;
@@ -176,35 +201,13 @@ $$;
 CREATE FUNCTION microstructure_unpartition(p_table text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    old text := p_table || '_partitioned';
-    r record;
+    old text := microstructure_replace_table(p_table, '_partitioned', NULL);
     n bigint;
 BEGIN
-    EXECUTE format('ALTER TABLE %I RENAME TO %I', p_table, old);
-    CREATE TEMP TABLE microstructure_old_indexes ON COMMIT DROP AS
-        SELECT i.indexrelid::regclass::text AS name, c.conname::text AS con,
-               pg_get_constraintdef(c.oid) AS condef, i.indisunique AS uniq,
-               split_part(pg_get_indexdef(i.indexrelid), ' USING ', 2) AS body
-        FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-        WHERE i.indrelid = old::regclass;
-    FOR r IN SELECT * FROM microstructure_old_indexes LOOP
-        EXECUTE format('ALTER INDEX %I RENAME TO %I', r.name, left(r.name, 50) || '_partitioned');
-    END LOOP;
-    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE '
-                   'INCLUDING COMMENTS)', p_table, old);
-    EXECUTE format('COMMENT ON TABLE %I IS %L', p_table, obj_description(old::regclass, 'pg_class'));
     EXECUTE format('INSERT INTO %I SELECT * FROM %I', p_table, old);
     GET DIAGNOSTICS n = ROW_COUNT;
-    FOR r IN SELECT * FROM microstructure_old_indexes ORDER BY con IS NULL, name LOOP
-        IF r.con IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', p_table, r.con, r.condef);
-        ELSE
-            EXECUTE format('CREATE %sINDEX %I ON %I USING %s', CASE WHEN r.uniq THEN 'UNIQUE ' ELSE '' END,
-                           r.name, p_table, r.body);
-        END IF;
-    END LOOP;
+    PERFORM microstructure_restore_keys(p_table);  -- after the rows: one sorted build each
     EXECUTE format('DROP TABLE %I', old);  -- its partitions with it
-    DROP TABLE microstructure_old_indexes;
     RETURN n;
 END
 $$;
@@ -213,6 +216,8 @@ $$;
 FUNCTIONS = (
     "microstructure_unpartition(text)",
     "microstructure_partition_by_day(text, text)",
+    "microstructure_restore_keys(text)",
+    "microstructure_replace_table(text, text, text)",
     "microstructure_ensure_day_partitions(text, timestamptz, timestamptz)",
     "microstructure_attach_day_table(text, date)",
     "microstructure_index_day_table(text, date)",
