@@ -34,7 +34,10 @@ def test_upgrade_creates_ordinary_tables_with_time_indexes(db_url: str) -> None:
         )
         assert set(kinds) >= RAW_TABLES | BOOKKEEPING
         # ordinary tables, but for the two that grow by millions a day: partitioned by UTC day (0006)
-        assert {t: kinds[t] for t in RAW_TABLES if kinds[t] != "r"} == {"agg_trades": "p", "book_snapshots": "p"}
+        assert {t: kinds[t] for t in RAW_TABLES if kinds[t] != "r"} == {
+            "agg_trades": "p",
+            "book_snapshots": "p",
+        }
         engine = conn.execute("SELECT value FROM microstructure_meta WHERE key = 'engine'").fetchone()
         assert engine == ("postgresql",)
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (
