@@ -37,12 +37,12 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_archive_args, database, exchange_process, stop_database
+from common import add_archive_args, archive_exchange, database, stop_database
 
 SHOWN = ("wal_level", "wal_compression", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
          "shared_buffers", "synchronous_commit")  # fmt: skip
@@ -182,17 +182,11 @@ def main() -> int:
     if not paths or any(x not in PATHS for x in paths):
         p.error(f"--paths: expected names from {sorted(PATHS)}")
 
-    today = datetime.now(UTC).date()
-    clock = f"{today.isoformat()}T00:00:05"
-    first: date = today - timedelta(days=args.days)
-    days = [first + timedelta(days=k) for k in range(args.days)]
     runs: dict[str, PathRun] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = None
-        extra = ["--history-days", str(args.days), "--trades-per-day", str(args.trades_per_day),
-                 "--seed", str(args.seed), "--clock-start", clock]  # fmt: skip
-        with exchange_process([args.symbol], args.cache_dir.resolve(), *extra) as base:
+        with archive_exchange(args) as (base, days):
             try:
                 # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
                 t0 = time.perf_counter()

@@ -22,12 +22,12 @@ import io
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_archive_args, database, exchange_process, stop_database
+from common import add_archive_args, archive_exchange, database, stop_database
 
 
 def read_back(dsn: str, symbol: str):  # type: ignore[no-untyped-def]
@@ -82,16 +82,11 @@ def main() -> int:
     from microstructure.config import Settings
     from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
-    today = datetime.now(UTC).date()
-    clock = f"{today.isoformat()}T00:00:05"
-    first: date = today - timedelta(days=args.days)
-    last: date = today - timedelta(days=1)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = None
-        extra = ["--history-days", str(args.days), "--trades-per-day", str(args.trades_per_day),
-                 "--seed", str(args.seed), "--clock-start", clock]  # fmt: skip
-        with exchange_process([args.symbol], args.cache_dir.resolve(), *extra) as base:
+        with archive_exchange(args) as (base, days):
+            first, last = days[0], days[-1]
             try:
                 dsn, server = database(tmp)
                 settings = Settings(database_url=dsn, home=tmp / "home")

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 
@@ -103,3 +104,15 @@ def add_archive_args(p: argparse.ArgumentParser, days: int) -> None:
     p.add_argument("--symbol", default="BTCUSDT")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))
+
+
+@contextlib.contextmanager
+def archive_exchange(args: argparse.Namespace) -> Iterator[tuple[str, list[date]]]:
+    """The local exchange (its own process) serving `args.days` complete days of aggTrades archives
+    up to yesterday, its clock just after today's midnight: (its base URL, the days)."""
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=args.days - k) for k in range(args.days)]
+    extra = ["--history-days", str(args.days), "--trades-per-day", str(args.trades_per_day),
+             "--seed", str(args.seed), "--clock-start", f"{today.isoformat()}T00:00:05"]  # fmt: skip
+    with exchange_process([args.symbol], args.cache_dir.resolve(), *extra) as base:
+        yield base, days
