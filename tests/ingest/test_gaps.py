@@ -104,9 +104,11 @@ def test_partial_fills_split_a_gap_into_what_came_and_what_is_still_missing(db_u
         ).fetchall()
     assert {r[0] for r in rows} == {detected} and all(r[1] is not None for r in rows)
     assert sum(r[2] for r in rows) == 10  # the filled rows count the ten ids that were missing, once each
-    # A fill with a hole of its own records that hole, and not the ids between it and what is stored.
+    # A fill records no gap of its own: it is the kept rows of a contiguous REST page, so an id
+    # between them (203 here) is stored or in a websocket batch on its way, not missing (a live run
+    # once recorded such in-flight ids as gaps); the gaps it fills were recorded before it was fetched.
     write(db_url, "BTCUSDT", trades([200, 201, 202, 204, 205]), gap_fill=True)
-    assert gaps(db_url)[-1] == (203, 203, "open") and len(gaps(db_url)) == 5
+    assert len(gaps(db_url)) == 4 and (203, 203, "open") not in gaps(db_url)
 
 
 def test_a_spilled_fill_keeps_its_flag_when_replayed(db_url: str, tmp_path: Path) -> None:

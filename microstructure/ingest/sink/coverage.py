@@ -10,9 +10,10 @@ After each merged batch, in the batch's transaction (under the symbol's lock):
   missing now, and no id is in two rows;
 - new gaps: missing ranges are recorded as open when this batch shows them. A batch from a primary
   source (the stream, an archive, REST pages) shows the holes from the stored id below it to the
-  stored id above it. A gap fill (REST pages fetched for ids a collector knows to be missing) shows
-  only the holes inside its own id range: its neighbours may still be on their way (the websocket
-  batch holding the ids before the gap, not yet committed), and ids in flight are not missing.
+  stored id above it. A gap fill (the rows of a REST page that lie in gaps a collector knows of and
+  recorded before fetching) shows none: the page was contiguous, so every id between its rows that
+  it did not keep is stored or still on its way (a websocket batch not yet committed), and ids in
+  flight are not missing.
   Only ids really absent from the store when a batch commits, as far as its source can tell, are
   recorded: when a fill commits before the stream's batch around it, nothing was ever missing from
   the store and no gap is recorded at all.
@@ -70,9 +71,8 @@ async def add_batch(
     )
     lo_id, hi_id = int(ids.min()), int(ids.max())
     await resolve_gaps(conn, symbol, lo_id, hi_id)
-    await scan_gaps(
-        conn, symbol, lo_id, hi_id, neighbours=not gap_fill, complete=_every_id(ids, lo_id, hi_id)
-    )
+    if not gap_fill:
+        await scan_gaps(conn, symbol, lo_id, hi_id, complete=_every_id(ids, lo_id, hi_id))
 
 
 def _every_id(ids: np.ndarray, lo_id: int, hi_id: int) -> bool:
