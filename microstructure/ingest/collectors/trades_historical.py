@@ -533,7 +533,7 @@ class _SymbolRun:
         cuts = np.flatnonzero(np.diff(days)) + 1
         for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(days)], strict=True):
             part = table.slice(lo, hi - lo)
-            d = date(1970, 1, 1) + timedelta(days=int(days[lo]))
+            d = ms_day(int(days[lo]) * DAY_MS)
             try:
                 async with self.ctx.pool.acquire() as conn:
                     stored = await bulk.load_day(conn, self.symbol, d, part)

@@ -123,16 +123,13 @@ async def scan_gaps(
     lo_id: int,
     hi_id: int,
     *,
-    neighbours: bool = True,
     complete: bool = False,
 ) -> list[tuple[int, int]]:
     """Record as open the missing ranges among the stored ids of [lo_id, hi_id], widened to the
-    stored ids just below and above it when `neighbours`. Returns the ranges found. `complete`: the
-    batch just stored held every id of [lo_id, hi_id], so only the edges to its neighbours are read
-    (not the whole range: a day is 2.5 M ids)."""
-    lo, hi = lo_id, hi_id
-    if neighbours:
-        lo, hi = await conn.fetchrow(sql("gaps_bounds"), symbol, lo_id, hi_id)
+    stored ids just below and above it. Returns the ranges found. `complete`: the batch just stored
+    held every id of [lo_id, hi_id], so only the edges to its neighbours are read (not the whole
+    range: a day is 2.5 M ids)."""
+    lo, hi = await conn.fetchrow(sql("gaps_bounds"), symbol, lo_id, hi_id)
     spans = [(lo, lo_id), (hi_id, hi)] if complete else [(lo, hi)]
     found = [
         (r["from_id"], r["to_id"])

@@ -162,8 +162,8 @@ async def write_batch(
 ) -> int:
     """Write one batch in one transaction; returns the rows inserted (duplicates are skipped; for
     funding_rates a repeat that completes a null mark price or interval counts too). `gap_fill`
-    (agg_trades): the rows were fetched for ids known to be missing, so the gap bookkeeping does not
-    take the ids around them for missing (coverage.py). `partitions`: what this process knows of
+    (agg_trades): the rows were fetched for ids known to be missing (and recorded so), so the gap
+    bookkeeping records no new gap from them (coverage.py). `partitions`: what this process knows of
     the day partitions (partitions.py); without it they are checked on every call."""
     spec = SPECS[kind]
     batch = conform(kind, batch)
