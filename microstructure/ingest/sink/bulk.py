@@ -35,7 +35,7 @@ import pyarrow as pa
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.coverage import DAY_MS, sql
 from microstructure.ingest.sink.pgcopy import copy_binary, encoded_pieces
-from microstructure.ingest.sink.writer import SPECS, conform
+from microstructure.ingest.sink.writer import SPECS, conform, with_symbol
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ async def load_day(conn: asyncpg.Connection, symbol: str, day: date, batch: pa.T
     d = _epoch_day(day)
     if not bool(np.all(ts_ms // DAY_MS == d)):
         return None
-    if len(ids) > 1 and not bool(np.all(np.diff(np.sort(ids)) > 0)):
+    # an id twice: an archive's rows come sorted, so the sort runs only when they do not
+    ordered = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))
+    if not ordered and not bool(np.all(np.diff(np.sort(ids)) > 0)):
         return None
-    table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
+    table = with_symbol(batch, symbol)
     wal_off = await _session_set(conn, "wal_compression", "off")
     try:
         async with conn.transaction():

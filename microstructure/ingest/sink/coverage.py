@@ -56,9 +56,12 @@ async def add_batch(
     if len(ids) == 0:
         return
     days = ts_ms // DAY_MS
-    order = np.argsort(days, kind="stable")
-    days_sorted, ids_sorted = days[order], ids[order]
-    uniq, starts = np.unique(days_sorted, return_index=True)
+    if len(days) > 1 and not bool(np.all(days[1:] >= days[:-1])):
+        order = np.argsort(days, kind="stable")
+        days, ids = days[order], ids[order]
+    # days in order (an archive, a stream batch: already so, without a sort): where each day starts
+    starts = np.concatenate(([0], np.flatnonzero(days[1:] != days[:-1]) + 1))
+    uniq, ids_sorted = days[starts], ids
     firsts = np.minimum.reduceat(ids_sorted, starts)
     lasts = np.maximum.reduceat(ids_sorted, starts)
     await conn.execute(

@@ -137,6 +137,11 @@ SPECS[GAP_KIND] = KindSpec(
 )
 
 
+def with_symbol(batch: pa.Table, symbol: str) -> pa.Table:
+    """The batch with its symbol as the `__symbol` column the COPY's first field comes from."""
+    return batch.append_column("__symbol", pa.repeat(pa.scalar(symbol, pa.string()), batch.num_rows))
+
+
 def conform(kind: str, batch: pa.Table) -> pa.Table:
     """The batch with exactly the kind's columns in order and types (missing nullable columns are null)."""
     spec = SPECS[kind]
@@ -175,7 +180,7 @@ async def write_batch(
                 conn, symbol, batch.column("from_id").to_pylist(), batch.column("to_id").to_pylist()
             )
         return 0
-    table = batch.append_column("__symbol", pa.array([symbol] * batch.num_rows, pa.string()))
+    table = with_symbol(batch, symbol)
     payload = encode_copy_binary(table, list(spec.copy_columns))
     times = np.asarray(batch.column(spec.time_field).to_numpy(), dtype=np.int64)
     lo_ms, hi_ms = int(times.min()), int(times.max())
