@@ -1,18 +1,20 @@
 """Historical aggregate-trade load into day partitions: the bulk path vs the writer's direct COPY.
 
     python bench/bench_bulk_load.py [--days 30] [--trades-per-day 2500000] [--symbol BTCUSDT]
-        [--paths new,old] [--wal-compression on|off] [--max-wal-size 8GB] [--checkpoint-timeout 15min]
+        [--paths new,old,flat] [--one-call] [--wal-compression on|off] [--wal-level minimal|replica]
+        [--max-wal-size 8GB] [--checkpoint-timeout 15min]
 
 The local exchange (its own process) serves `--days` complete BTCUSDT-like days of daily aggTrades
 archives (generated once per seed, cached under --cache-dir and fetched once before timing). Its
 clock starts just after midnight of the day after the last, so the run is the archive path alone.
 
-Each path loads the same days into a fresh database of the same embedded server, one
-`collect_aggtrades_historical` call per day, oldest first, into the same database (so a day's time
-also shows whether the cost grows with what is already stored):
+Each path loads the same days into its own fresh database of the same embedded server, one
+`collect_aggtrades_historical` call per day, oldest first (so a day's time also shows whether the
+cost grows with what is already stored). The paths take turns a day at a time (day 1 of each path,
+then day 2, ...): a machine that slows down or speeds up during the run weighs on every path alike.
 
 - new: `bulk_load=True`, every day has no partition yet, so sink/bulk.py loads it (fresh table,
-  COPY FREEZE, index builds, CHECK, ATTACH in one transaction, session wal_compression off);
+  COPY FREEZE, index builds, CHECK, ATTACH, session wal_compression off);
 - old: `bulk_load=False`, every row through the writer's direct binary COPY into the day's indexed
   partition (created empty by the writer);
 - flat: today's path before day partitions (revision 0005's layout: one unpartitioned agg_trades,
@@ -21,10 +23,13 @@ also shows whether the cost grows with what is already stored):
 
 A call's time includes everything a day costs: download, sha256, unzip, parse, sort, encode, the
 database work, coverage and checkpoint (one call a day also means no prefetch of the next day's
-archive). Per day: rows, seconds, rows/s, the day partition's pg_total_relation_size and the WAL
-the server wrote meanwhile. Per path: total rows/s, the slope of a least-squares line through
-rows/s over the day index (rows/s per day, and in % of the mean), checkpoints taken. The server
-settings may be changed for the run (ALTER SYSTEM + pg_reload_conf()) to compare them.
+archive; `--one-call` loads each path's whole range in one call instead, as a real backfill does,
+and reports totals only). Per day: rows, seconds, rows/s, the day partition's pg_total_relation_size
+and the WAL the server wrote meanwhile. Per path: total rows/s, the slope of a least-squares line
+through rows/s over the day index (rows/s per day, and in % of the mean), checkpoints taken, the
+collector's CPU seconds and the whole machine's (/proc/stat, both cores: the server's share is the
+difference). The server settings may be changed for the run (ALTER SYSTEM + reload, or a restart
+for wal_level) to compare them.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ class PathRun:
     wal: list[int] = field(default_factory=list)
     rows_bulk: int = 0
     cpu_s: float = 0.0
+    machine_s: float = 0.0
     checkpoints: int = 0
-    load: tuple[float, float] = (0.0, 0.0)
 
     @property
     def rate(self) -> list[float]:
@@ -106,60 +111,96 @@ def checkpoints(dsn: str) -> int:
         return int(conn.execute(q).fetchone()[0])  # type: ignore[index]
 
 
-def run_path(name: str, tmp: Path, base: str, args: argparse.Namespace, days: list[date]) -> PathRun:
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core; /proc/stat, idle and iowait left out)."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    """One path's fresh database and the settings its collector calls use."""
+
+    run: PathRun
+    dsn: str
+    settings: object
+
+
+def start_path(name: str, tmp: Path, base: str) -> Target:
     from microstructure.config import Settings
-    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
     dsn, _server = database(tmp)
     settings = Settings(database_url=dsn, home=tmp / f"home-{name}")
     settings.point_at_exchange(base)
     if name == "flat":
         admin_sql(dsn, "SELECT microstructure_unpartition('agg_trades')")
-    admin_sql(dsn, "CHECKPOINT")  # what the run before left behind is not this run's cost
-    run = PathRun(name)
+    return Target(PathRun(name), dsn, settings)
+
+
+def load_span(t: Target, args: argparse.Namespace, d: date, d_end: date) -> None:
+    """One collector call for [d, d_end] into the path's database, measured."""
+    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
+
+    run, dsn = t.run, t.dsn
+    admin_sql(dsn, "CHECKPOINT")  # what the call before left behind is not this call's cost
     ck0 = checkpoints(dsn)
-    la0 = os.getloadavg()[0]
-    c0 = time.process_time()
+    lsn0, size0 = admin_sql(dsn, "SELECT pg_current_wal_lsn()::text", TOTAL_SIZE)
+    c0, m0 = time.process_time(), machine_busy_s()
+    t0 = time.perf_counter()
+    report = asyncio.run(
+        collect_aggtrades_historical(
+            t.settings,
+            dsn,
+            [args.symbol],
+            d,
+            d_end,
+            progress=False,
+            use_monthly=False,
+            bulk_load=PATHS[run.name],
+        )
+    )  # type: ignore[arg-type]
+    dt = time.perf_counter() - t0
+    run.cpu_s += time.process_time() - c0
+    run.machine_s += machine_busy_s() - m0
+    if not report.ok:
+        raise SystemExit("\n".join(report.summary_lines()))
+    sym = report.symbols[args.symbol]
+    size1, wal = admin_sql(dsn, TOTAL_SIZE, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn0}')::bigint")
+    size = int(size1) - int(size0)  # type: ignore[call-overload]
+    run.checkpoints += checkpoints(dsn) - ck0
+    run.rows.append(sym.rows)
+    run.seconds.append(dt)
+    run.disk.append(size)
+    run.wal.append(int(wal))  # type: ignore[call-overload]
+    run.rows_bulk += sym.rows_bulk
+    print(f"  {run.name} {d}: {sym.rows:,} rows in {dt:.1f} s ({sym.rows / dt:,.0f} rows/s, "
+          f"bulk {sym.rows_bulk:,}, {size / 2**20:,.0f} MB)", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def finish_path(t: Target) -> None:
+    (n,) = admin_sql(t.dsn, "SELECT count(*) FROM agg_trades")
+    if n != sum(t.run.rows):
+        raise SystemExit(f"{t.run.name}: {n:,} rows stored, {sum(t.run.rows):,} reported")
+    admin_dsn = t.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin_sql(admin_dsn, f'DROP DATABASE "{t.dsn.rsplit("/", 1)[1]}" WITH (FORCE)')  # free the disk
+
+
+def run_paths(
+    names: list[str], tmp: Path, base: str, args: argparse.Namespace, days: list[date]
+) -> dict[str, PathRun]:
+    """Every path, a day at a time in turn (day 1 of each path, then day 2, ...), so that a machine
+    slowing down or speeding up during the run weighs on all paths alike; with --one-call, each
+    path's whole range in one call, one path after the other."""
+    targets = [start_path(n, tmp, base) for n in names]
     spans = [(days[0], days[-1])] if args.one_call else [(d, d) for d in days]
     for d, d_end in spans:
-        lsn0, size0 = admin_sql(dsn, "SELECT pg_current_wal_lsn()::text", TOTAL_SIZE)
-        t0 = time.perf_counter()
-        report = asyncio.run(
-            collect_aggtrades_historical(
-                settings,
-                dsn,
-                [args.symbol],
-                d,
-                d_end,
-                progress=False,
-                use_monthly=False,
-                bulk_load=PATHS[name],
-            )
-        )
-        dt = time.perf_counter() - t0
-        if not report.ok:
-            raise SystemExit("\n".join(report.summary_lines()))
-        sym = report.symbols[args.symbol]
-        size1, wal = admin_sql(
-            dsn, TOTAL_SIZE, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn0}')::bigint"
-        )
-        size = int(size1) - int(size0)  # type: ignore[call-overload]
-        run.rows.append(sym.rows)
-        run.seconds.append(dt)
-        run.disk.append(int(size or 0))  # type: ignore[call-overload]
-        run.wal.append(int(wal))  # type: ignore[call-overload]
-        run.rows_bulk += sym.rows_bulk
-        print(f"  {name} {d}: {sym.rows:,} rows in {dt:.1f} s ({sym.rows / dt:,.0f} rows/s, "
-              f"bulk {sym.rows_bulk:,}, {int(size or 0) / 2**20:,.0f} MB)", file=sys.stderr, flush=True)  # type: ignore[call-overload]  # fmt: skip
-    run.cpu_s = time.process_time() - c0
-    run.checkpoints = checkpoints(dsn) - ck0
-    run.load = (la0, os.getloadavg()[0])
-    (n,) = admin_sql(dsn, "SELECT count(*) FROM agg_trades")
-    if n != sum(run.rows):
-        raise SystemExit(f"{name}: {n:,} rows stored, {sum(run.rows):,} reported")
-    admin_dsn = dsn.rsplit("/", 1)[0] + "/postgres"
-    admin_sql(admin_dsn, f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')  # free the disk
-    return run
+        for t in targets:
+            load_span(t, args, d, d_end)
+    for t in targets:
+        finish_path(t)
+    return {t.run.name: t.run for t in targets}
 
 
 def mb(n: float) -> str:
@@ -177,6 +218,9 @@ def main() -> int:
     p.add_argument("--wal-compression", choices=("on", "off"), help="server setting for the run")
     p.add_argument("--max-wal-size", help="server setting for the run, e.g. 8GB")
     p.add_argument("--checkpoint-timeout", help="server setting for the run, e.g. 15min")
+    p.add_argument(
+        "--wal-level", choices=("minimal", "replica"), help="server setting for the run (restarts it)"
+    )
     args = p.parse_args()
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     if not paths or any(x not in PATHS for x in paths):
@@ -203,11 +247,16 @@ def main() -> int:
                         dsn, *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in changes), "SELECT pg_reload_conf()"
                     )
                     time.sleep(1)  # the postmaster re-reads the files asynchronously
+                if args.wal_level and server is not None:
+                    senders = "0" if args.wal_level == "minimal" else "10"
+                    admin_sql(dsn, f"ALTER SYSTEM SET wal_level = '{args.wal_level}'",
+                              f"ALTER SYSTEM SET max_wal_senders = {senders}")  # fmt: skip
+                    server.stop()  # type: ignore[attr-defined]
+                    server.ensure_running()  # type: ignore[attr-defined]
                 shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))
                 (version,) = admin_sql(dsn, "SHOW server_version")
                 admin_sql(dsn.rsplit("/", 1)[0] + "/postgres", f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}"')
-                for name in paths:
-                    runs[name] = run_path(name, tmp, base, args, days)
+                runs = run_paths(paths, tmp, base, args, days)
             finally:
                 stop_database(server)
 
@@ -233,7 +282,7 @@ def main() -> int:
     print()
     print(
         "| path | rows | s | rows/s | slope (rows/s per day) | MB per day | WAL MB per day | checkpoints "
-        "| collector CPU s | load avg start/end |"
+        "| collector CPU s | machine CPU s (2 cores) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs.values():
@@ -242,7 +291,7 @@ def main() -> int:
         print(f"| {r.name} (bulk_load={PATHS[r.name]}; {r.rows_bulk:,} rows bulk) | {sum(r.rows):,} "
               f"| {sum(r.seconds):.1f} | {r.total_rate:,.0f} | {slope:+,.0f} ({100 * slope / (sum(r.rate) / n):+.2f} %) "
               f"| {mb(sum(r.disk) / n)} | {mb(sum(r.wal) / n)} | {r.checkpoints} | {r.cpu_s:.1f} "
-              f"| {r.load[0]:.1f} / {r.load[1]:.1f} |")  # fmt: skip
+              f"| {r.machine_s:.1f} |")  # fmt: skip
     print()
     for a, b in (("new", "flat"), ("old", "flat"), ("new", "old")):
         if a in runs and b in runs:
