@@ -1,6 +1,6 @@
-"""The bulk-load path for whole days (sink/bulk.py) on the embedded PostgreSQL: a fresh day partition
-filled by COPY FREEZE, indexed and attached in one transaction; idempotent, killable, and no wait for
-a live writer of today's partition meanwhile."""
+"""The bulk-load path for whole days (sink/bulk.py) on the embedded PostgreSQL: a fresh day table
+filled by COPY FREEZE, indexed side by side and attached; idempotent, killable at any step, and no
+wait for a live writer of today's partition meanwhile."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ from microstructure.ingest.sink import bulk
 from microstructure.ingest.sink.writer import write_batch
 
 
+def load_tables(db_url: str) -> list[str]:
+    """What waits (or was left) in microstructure_load."""
+    with psycopg.connect(db_url) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'microstructure_load'::regnamespace "
+                "AND relkind = 'r' ORDER BY 1"
+            )
+        ]
+
+
 def partitions(db_url: str) -> list[str]:
     with psycopg.connect(db_url) as conn:
         return [
@@ -37,20 +49,19 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
     batch = trades(1_000, 50_000, day_ms(d), DAY_MS)
 
     async def main() -> None:
-        conn = await asyncpg.connect(db_url)
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
         try:
-            await conn.execute("SET wal_compression = pglz")
-            assert await bulk.load_day(conn, "BTCUSDT", d, batch) == 50_000
-            assert await conn.fetchval("SHOW wal_compression") == "pglz"  # the session's setting is back
+            assert await bulk.load_day(pool, "BTCUSDT", d, batch) == 50_000
+            conn = await pool.acquire()
             # the day exists now: the bulk path steps aside, and the writer's merge adds nothing
-            assert await bulk.load_day(conn, "BTCUSDT", d, batch) is None
+            assert await bulk.load_day(pool, "BTCUSDT", d, batch) is None
             assert await write_batch(conn, "agg_trades", "BTCUSDT", batch) == 0
             # rows outside the day are not for the bulk path
-            assert await bulk.load_day(conn, "BTCUSDT", d + timedelta(days=1), batch) is None
+            assert await bulk.load_day(pool, "BTCUSDT", d + timedelta(days=1), batch) is None
             # a day loaded in pieces: the first piece makes the partition, the rest merge into it
             d2 = d + timedelta(days=1)
             b2 = trades(51_000, 1_000, day_ms(d2), DAY_MS)
-            assert await bulk.load_day(conn, "BTCUSDT", d2, b2.slice(0, 600)) == 600
+            assert await bulk.load_day(pool, "BTCUSDT", d2, b2.slice(0, 600)) == 600
             assert await write_batch(conn, "agg_trades", "BTCUSDT", b2) == 400
             cov = await conn.fetch(
                 "SELECT day, first_id, last_id, row_count, missing_count FROM agg_trade_coverage ORDER BY day"
@@ -61,8 +72,11 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
                 "SELECT count(*) FROM raw_invalidations WHERE table_name = 'agg_trades'"
             )
             assert logged >= 2
+            # no day's lock is left held: a writer makes the next day's partition at once
+            assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+            await pool.release(conn)
         finally:
-            await conn.close()
+            await pool.close()
 
     asyncio.run(main())
     assert partitions(db_url) == ["agg_trades_p20261120", "agg_trades_p20261121"]
@@ -82,44 +96,83 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
             "SELECT conname FROM pg_constraint WHERE conrelid = 'agg_trades_p20261120'::regclass AND contype IN ('c', 'p') ORDER BY 1"
         ).fetchall()
         assert kinds == [("agg_trades_p20261120_day",), ("agg_trades_p20261120_pkey",)]
+        # the partition's indexes carry the names a partition made by the writer gets
+        idx = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'agg_trades_p20261120' ORDER BY 1"
+        ).fetchall()
+        assert idx == [("agg_trades_p20261120_pkey",), ("agg_trades_p20261120_symbol_ts_idx",)]
+        assert conn.execute("SELECT relnamespace::regnamespace::text FROM pg_class "
+                            "WHERE oid = 'agg_trades_p20261120'::regclass").fetchone() == ("public",)  # fmt: skip
+    assert load_tables(db_url) == []
 
 
-def test_a_killed_bulk_load_leaves_no_half_attached_day_and_runs_again(db_url: str) -> None:
+@pytest.mark.parametrize("step", ["COPY", "CREATE"])
+def test_a_killed_bulk_load_leaves_no_half_attached_day_and_runs_again(db_url: str, step: str) -> None:
+    """The backend filling the day's table (COPY) or one building an index (CREATE) is killed: nothing
+    of the day is stored or left behind, and the same load runs again."""
     d = date(2026, 11, 22)
     batch = trades(1, 1_500_000, day_ms(d), DAY_MS)
 
     async def main() -> None:
-        loader = await asyncpg.connect(db_url)
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
         watcher = await asyncpg.connect(db_url)
-        pid = loader.get_server_pid()
-        task = asyncio.create_task(bulk.load_day(loader, "BTCUSDT", d, batch))
-        seen = None
-        for _ in range(2000):  # kill it while it fills or indexes the day's table
-            seen = await watcher.fetchval(
-                "SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active' "
-                "AND (query LIKE 'COPY%' OR query LIKE '%index_day_table%')",
-                pid,
+        task = asyncio.create_task(bulk.load_day(pool, "BTCUSDT", d, batch))
+        pid = None
+        for _ in range(4000):  # kill it while it fills or indexes the day's table
+            pid = await watcher.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1 LIMIT 1",
+                f"{step}%microstructure_load%",
             )
-            if seen:
+            if pid:
                 break
             await asyncio.sleep(0.005)
-        assert seen, "the load never reached COPY"
+        assert pid, f"the load never reached {step}"
         assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises((asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError, OSError)):
             await task
         assert await watcher.fetchval("SELECT count(*) FROM agg_trades") == 0
         assert await watcher.fetchval("SELECT count(*) FROM agg_trade_coverage") == 0
         assert await watcher.fetchval("SELECT to_regclass('agg_trades_p20261122')") is None
+        assert await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
         await watcher.close()
-        again = await asyncpg.connect(db_url)
+        assert load_tables(db_url) == []
         try:
-            assert await bulk.load_day(again, "BTCUSDT", d, batch) == 1_500_000
-            assert await again.fetchval("SELECT count(DISTINCT agg_id) FROM agg_trades") == 1_500_000
+            assert await bulk.load_day(pool, "BTCUSDT", d, batch) == 1_500_000
+            async with pool.acquire() as again:
+                assert await again.fetchval("SELECT count(DISTINCT agg_id) FROM agg_trades") == 1_500_000
         finally:
-            await again.close()
+            await pool.close()
 
     asyncio.run(main())
     assert partitions(db_url) == ["agg_trades_p20261122"]
+    assert load_tables(db_url) == []
+
+
+def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_url: str) -> None:
+    """A loader process that died between committing the day's table and attaching it (no chance to
+    clean up) leaves the table in microstructure_load, unseen by agg_trades; loading the day again
+    replaces it."""
+    d = date(2026, 11, 23)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SELECT microstructure_new_load_table('agg_trades', %s)", (d,))
+        conn.execute(
+            "INSERT INTO microstructure_load.agg_trades_p20261123 VALUES "
+            "('BTCUSDT', 1, '2026-11-23 00:00:01+00', 1, 1, 1, 1, false, NULL)"
+        )
+    assert load_tables(db_url) == ["agg_trades_p20261123"]
+    assert stored_rows(db_url, "BTCUSDT")["agg_id"] == []
+    batch = trades(5, 1_000, day_ms(d), DAY_MS)
+
+    async def main() -> None:
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
+        try:
+            assert await bulk.load_day(pool, "BTCUSDT", d, batch) == 1_000
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+    assert load_tables(db_url) == []
+    assert stored_rows(db_url, "BTCUSDT")["agg_id"] == list(range(5, 1_005))
 
 
 LOADER = f"""
@@ -131,12 +184,12 @@ from ih_helpers import DAY_MS, day_ms, trades
 from microstructure.ingest.sink import bulk
 
 async def main(url, days):
-    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
     first = 1
     for d in map(date.fromisoformat, days):
-        print(await bulk.load_day(conn, "BTCUSDT", d, trades(first, 600_000, day_ms(d), DAY_MS)), flush=True)
+        print(await bulk.load_day(pool, "BTCUSDT", d, trades(first, 600_000, day_ms(d), DAY_MS)), flush=True)
         first += 600_000
-    await conn.close()
+    await pool.close()
 
 asyncio.run(main(sys.argv[1], sys.argv[2:]))
 """

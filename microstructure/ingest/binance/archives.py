@@ -851,15 +851,19 @@ async def load_aggtrades_archive(
     *,
     cache_dir: Path | None = None,
     tmp_dir: Path | None = None,
+    parse_slots: asyncio.Semaphore | None = None,
 ) -> AggTradesArchive:
-    """Download, verify and parse one aggTrades archive (parsing runs in a worker thread).
+    """Download, verify and parse one aggTrades archive (parsing runs in a worker thread, once a
+    slot of `parse_slots` is free: archives fetched ahead then parse one after the other, in the order
+    they asked, so the first is ready soonest instead of all of them late).
 
     Raises ArchiveMissing (404: not published) and ChecksumMismatch (refused).
     """
     url = archive_url(base_url, "aggTrades", symbol, period, when)
     dl = await download_archive(session, url, cache_dir=cache_dir, tmp_dir=tmp_dir)
     try:
-        result = await asyncio.to_thread(parse_aggtrades_zip, dl.path, url=url)
+        async with parse_slots or contextlib.nullcontext():
+            result = await asyncio.to_thread(parse_aggtrades_zip, dl.path, url=url)
     finally:
         dl.discard()
     result.sha256, result.size = dl.sha256, dl.size

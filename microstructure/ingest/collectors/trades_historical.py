@@ -31,6 +31,7 @@ import calendar
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict, deque
@@ -501,6 +502,7 @@ class _SymbolRun:
             when,
             cache_dir=ctx.cache_dir,
             tmp_dir=ctx.tmp_dir,
+            parse_slots=ctx.parse_slots,
         )
 
     def _prefetch(self, queue: deque[_Unit], current: _Unit) -> None:
@@ -535,8 +537,7 @@ class _SymbolRun:
             part = table.slice(lo, hi - lo)
             d = ms_day(int(days[lo]) * DAY_MS)
             try:
-                async with self.ctx.pool.acquire() as conn:
-                    stored = await bulk.load_day(conn, self.symbol, d, part)
+                stored = await bulk.load_day(self.ctx.pool, self.symbol, d, part)
             except (OSError, asyncpg.exceptions.PostgresError) as exc:
                 # the writer retries, spills and rejects with a log line as for any batch
                 log.warning("%s %s: bulk load failed (%s); through the writer instead", self.symbol, d, exc)
@@ -836,6 +837,11 @@ class _Run:
     bulk_load: bool = True  # whole days with no partition yet by the bulk path (sink/bulk.py)
     symbols_total: int = 1
     timescaledb: bool = False
+    # archives parse one at a time per two cores (pyarrow's CSV reader uses them all already): the
+    # archive asked first is ready first, its load overlaps the next one's parse
+    parse_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(max(1, (os.cpu_count() or 2) // 2))
+    )
     _stored: dict[date, int] = field(default_factory=dict)
 
     async def days_stored(self, days: Sequence[date]) -> None:
@@ -952,7 +958,8 @@ async def collect_aggtrades_historical(
             end = today
         if start > today:
             raise HistoricalError(f"start {start} is after today ({today}, exchange clock)")
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(2, symbol_concurrency + 1))
+        # a bulk load holds 3 connections (its own, one per index build), a checkpoint 1
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3 * max(1, symbol_concurrency) + 1)
         if own_writer:
             from microstructure.ingest.sink.writer import Writer
 

@@ -250,6 +250,7 @@ async def copy_binary(
     columns: list[str],
     *,
     freeze: bool = False,
+    schema: str | None = None,
 ) -> str:
     """Binary COPY of an encoded payload (bytes, or pieces from `encoded_pieces`) into `table`; the
     server's status line.
@@ -264,6 +265,7 @@ async def copy_binary(
             format="binary",
             columns=columns,
             freeze=freeze,
+            schema_name=schema,
         )
     )
 

@@ -37,7 +37,32 @@ depends_on = None
 
 DAY_PARTITIONED = (("agg_trades", "ts"), ("book_snapshots", "ts"))
 
-FUNCTIONS_SQL = r"""
+# revision 0007 replaces this one; its downgrade puts this text back
+INDEX_DAY_TABLE_SQL = r"""
+CREATE OR REPLACE FUNCTION microstructure_index_day_table(p_parent text, p_day date) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    part text := microstructure_day_partition_name(p_parent, p_day);
+    r record;
+BEGIN
+    -- keys first (ATTACH matches a parent's key only to a key of the child), then plain indexes
+    FOR r IN SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
+             WHERE c.conrelid = p_parent::regclass AND c.contype IN ('p', 'u') ORDER BY c.conname LOOP
+        EXECUTE format('ALTER TABLE %I ADD %s', part, r.def);
+    END LOOP;
+    FOR r IN SELECT i.indisunique AS uniq, pg_get_indexdef(i.indexrelid) AS def FROM pg_index i
+             WHERE i.indrelid = p_parent::regclass
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+             ORDER BY i.indexrelid LOOP
+        EXECUTE format('CREATE %sINDEX ON %I USING %s', CASE WHEN r.uniq THEN 'UNIQUE ' ELSE '' END,
+                       part, split_part(r.def, ' USING ', 2));
+    END LOOP;
+END
+$$;
+"""
+
+FUNCTIONS_SQL = (
+    r"""
 CREATE FUNCTION microstructure_day_partition_name(p_parent text, p_day date) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT p_parent || '_p' || to_char(p_day, 'YYYYMMDD') $$;
 
@@ -60,27 +85,9 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION microstructure_index_day_table(p_parent text, p_day date) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    part text := microstructure_day_partition_name(p_parent, p_day);
-    r record;
-BEGIN
-    -- keys first (ATTACH matches a parent's key only to a key of the child), then plain indexes
-    FOR r IN SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c
-             WHERE c.conrelid = p_parent::regclass AND c.contype IN ('p', 'u') ORDER BY c.conname LOOP
-        EXECUTE format('ALTER TABLE %I ADD %s', part, r.def);
-    END LOOP;
-    FOR r IN SELECT i.indisunique AS uniq, pg_get_indexdef(i.indexrelid) AS def FROM pg_index i
-             WHERE i.indrelid = p_parent::regclass
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-             ORDER BY i.indexrelid LOOP
-        EXECUTE format('CREATE %sINDEX ON %I USING %s', CASE WHEN r.uniq THEN 'UNIQUE ' ELSE '' END,
-                       part, split_part(r.def, ' USING ', 2));
-    END LOOP;
-END
-$$;
-
+"""
+    + INDEX_DAY_TABLE_SQL
+    + r"""
 CREATE FUNCTION microstructure_attach_day_table(p_parent text, p_day date) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -212,6 +219,7 @@ BEGIN
 END
 $$;
 """
+)
 
 FUNCTIONS = (
     "microstructure_unpartition(text)",
