@@ -103,6 +103,12 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
         assert idx == [("agg_trades_p20261120_pkey",), ("agg_trades_p20261120_symbol_ts_idx",)]
         assert conn.execute("SELECT relnamespace::regnamespace::text FROM pg_class "
                             "WHERE oid = 'agg_trades_p20261120'::regclass").fetchone() == ("public",)  # fmt: skip
+        # the symbol the COPY did not send came from a default the attached partition no longer has
+        default = conn.execute(
+            "SELECT column_default FROM information_schema.columns "
+            "WHERE table_name = 'agg_trades_p20261120' AND column_name = 'symbol'"
+        ).fetchone()
+        assert default == (None,)
     assert load_tables(db_url) == []
 
 
@@ -154,13 +160,13 @@ def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_ur
     replaces it."""
     d = date(2026, 11, 23)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("SELECT microstructure_new_load_table('agg_trades', %s)", (d,))
+        conn.execute("SELECT microstructure_new_load_table('agg_trades', %s, 'BTCUSDT')", (d,))
         conn.execute(
             "INSERT INTO microstructure_load.agg_trades_p20261123 VALUES "
-            "('BTCUSDT', 1, '2026-11-23 00:00:01+00', 1, 1, 1, 1, false, NULL)"
+            "('ETHUSDT', 1, '2026-11-23 00:00:01+00', 1, 1, 1, 1, false, NULL)"
         )
     assert load_tables(db_url) == ["agg_trades_p20261123"]
-    assert stored_rows(db_url, "BTCUSDT")["agg_id"] == []
+    assert stored_rows(db_url, "ETHUSDT")["agg_id"] == []
     batch = trades(5, 1_000, day_ms(d), DAY_MS)
 
     async def main() -> None:
@@ -173,6 +179,7 @@ def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_ur
     asyncio.run(main())
     assert load_tables(db_url) == []
     assert stored_rows(db_url, "BTCUSDT")["agg_id"] == list(range(5, 1_005))
+    assert stored_rows(db_url, "ETHUSDT")["agg_id"] == []
 
 
 LOADER = f"""

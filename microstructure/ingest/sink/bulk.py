@@ -41,8 +41,8 @@ import pyarrow as pa
 
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.coverage import DAY_MS, sql
-from microstructure.ingest.sink.pgcopy import copy_binary, encoded_pieces
-from microstructure.ingest.sink.writer import SPECS, conform, with_symbol
+from microstructure.ingest.sink.pgcopy import ColumnSpec, copy_binary, encoded_pieces
+from microstructure.ingest.sink.writer import SPECS, conform
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,18 @@ async def _load_session(conn: asyncpg.Connection, *, parallel_builds: bool = Fal
             await conn.execute("; ".join(f"RESET {name}" for name in applied))
 
 
+def _sent_columns(table: pa.Table) -> tuple[list[ColumnSpec], list[str]]:
+    """The columns the COPY sends: not the symbol (the load table's default), nor a column null in
+    every row (an archive has no receive time): a fifth less to encode and for the server to read."""
+    spec = SPECS[KIND]
+    keep = [
+        (c, name)
+        for c, name in zip(spec.copy_columns, spec.db_columns, strict=True)
+        if name != "symbol" and table.column(c.source).null_count < table.num_rows
+    ]
+    return [c for c, _ in keep], [name for _, name in keep]
+
+
 async def _build(pool: asyncpg.Pool, statement: str, parallel: bool) -> None:
     async with pool.acquire() as conn, _load_session(conn, parallel_builds=parallel):
         await conn.execute(statement)  # a CREATE INDEX the catalog wrote (bulk_day_index.sql)
@@ -99,13 +111,12 @@ async def load_day(pool: asyncpg.Pool, symbol: str, day: date, batch: pa.Table) 
     ordered = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))
     if not ordered and not bool(np.all(np.diff(np.sort(ids)) > 0)):
         return None
-    table = with_symbol(batch, symbol)
     async with pool.acquire() as conn, _load_session(conn):
         if not await conn.fetchval(sql("bulk_day_lock"), KIND, day, column=1):
             await conn.execute(sql("bulk_day_unlock"), KIND, day)
             return None
         try:
-            await _load_locked(pool, conn, symbol, day, table, ids, ts_ms)
+            await _load_locked(pool, conn, symbol, day, batch, ids, ts_ms)
         finally:
             with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
                 await conn.execute(sql("bulk_day_unlock"), KIND, day)
@@ -123,14 +134,14 @@ async def _load_locked(
     ts_ms: np.ndarray,
 ) -> None:
     """Steps 2-4 of the module doc, under the day's lock; what a failure leaves is dropped."""
-    spec = SPECS[KIND]
     try:
         async with conn.transaction():
-            part = await conn.fetchval(sql("bulk_day_new"), KIND, day)
+            part = await conn.fetchval(sql("bulk_day_new"), KIND, day, symbol)
             # encoded in pieces in a worker thread while the server takes the previous piece: the
             # event loop (a live stream in the same process) goes on meanwhile
-            pieces = encoded_pieces(table, list(spec.copy_columns))
-            await copy_binary(conn, part, pieces, list(spec.db_columns), freeze=True, schema=LOAD_SCHEMA)
+            copy_columns, db_columns = _sent_columns(table)
+            pieces = encoded_pieces(table, copy_columns)
+            await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
         builds = [r["build"] for r in await conn.fetch(sql("bulk_day_index"), KIND, day)]
         tasks = [asyncio.ensure_future(_build(pool, b, parallel=len(builds) > 1)) for b in builds]
         try:

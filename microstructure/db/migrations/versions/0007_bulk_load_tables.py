@@ -15,11 +15,12 @@ the next load of that day drops; the names in the parent's schema are never take
   index names are the ones revision 0006 gave: `<partition>_pkey` and PostgreSQL's own names for
   the rest. microstructure_index_day_table (revision 0006) now runs these statements too, so one
   definition builds a day's indexes on both paths;
-- microstructure_new_load_table(parent, day): `microstructure_load.<partition>` shaped like the
-  parent with the CHECK matching the day's bound (so COPY checks each row and ATTACH scans nothing),
-  after dropping a table left there by a killed load;
-- microstructure_attach_load_table(parent, day): the keys finished, the table moved into the parent's
-  schema and attached;
+- microstructure_new_load_table(parent, day, symbol): `microstructure_load.<partition>` shaped like
+  the parent with the CHECK matching the day's bound (so COPY checks each row and ATTACH scans
+  nothing) and `symbol` as its symbol column's default (so COPY need not send it), after dropping a
+  table left there by a killed load;
+- microstructure_attach_load_table(parent, day): the keys finished, the default dropped, the table
+  moved into the parent's schema and attached;
 - microstructure_drop_load_table(parent, day): what a failed load leaves behind, dropped.
 
 Revision ID: 0007
@@ -92,7 +93,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION microstructure_new_load_table(p_parent text, p_day date) RETURNS text
+CREATE FUNCTION microstructure_new_load_table(p_parent text, p_day date, p_symbol text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     part text := microstructure_day_partition_name(p_parent, p_day);
@@ -107,6 +108,8 @@ BEGIN
     EXECUTE format('CREATE TABLE microstructure_load.%I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
                    'INCLUDING STORAGE, CONSTRAINT %I CHECK (%I >= %L::timestamptz AND %I < %L::timestamptz))',
                    part, p_parent, part || '_day', col, lo, col, hi);
+    -- the day's one symbol as the column's default while it loads: the COPY need not send it per row
+    EXECUTE format('ALTER TABLE microstructure_load.%I ALTER COLUMN symbol SET DEFAULT %L', part, p_symbol);
     RETURN part;
 END
 $$;
@@ -125,6 +128,7 @@ BEGIN
              WHERE finish IS NOT NULL LOOP
         EXECUTE r.finish;
     END LOOP;
+    EXECUTE format('ALTER TABLE microstructure_load.%I ALTER COLUMN symbol DROP DEFAULT', part);
     EXECUTE format('ALTER TABLE microstructure_load.%I SET SCHEMA %s', part, nsp);
     EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s.%I FOR VALUES FROM (%L) TO (%L)', p_parent::regclass,
                    nsp, part, lo, hi);
@@ -134,7 +138,7 @@ $$;
 
 FUNCTIONS = (
     "microstructure_attach_load_table(text, date)",
-    "microstructure_new_load_table(text, date)",
+    "microstructure_new_load_table(text, date, text)",
     "microstructure_drop_load_table(text, date)",
     "microstructure_day_index_ddl(text, date, regclass)",
 )
