@@ -182,6 +182,49 @@ def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_ur
     assert stored_rows(db_url, "ETHUSDT")["agg_id"] == []
 
 
+def test_a_historical_run_drops_the_tables_of_dead_loaders_and_keeps_a_live_ones(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """Tables a killed loader left for days the run does not load are dropped when a historical run
+    starts (their disk comes back); the table of a loader still at work (it holds its day's lock, in
+    another session) is kept, and so is a run with bulk loading off."""
+    dead, busy = date(2026, 11, 24), date(2026, 11, 25)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for d in (dead, busy):
+            conn.execute("SELECT microstructure_new_load_table('agg_trades', %s, 'BTCUSDT')", (d,))
+    assert load_tables(db_url) == ["agg_trades_p20261124", "agg_trades_p20261125"]
+    holder = psycopg.connect(db_url, autocommit=True)  # a loader at work on the busy day
+    holder.execute(
+        "SELECT pg_advisory_lock(hashtext('microstructure_partition:' || microstructure_day_partition_name('agg_trades', %s)))",
+        (busy,),
+    )
+
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            plain = await run_collect(settings, db_url, ["BTCUSDT"], D9, D9, bulk_load=False)
+            assert plain.ok and load_tables(db_url) == ["agg_trades_p20261124", "agg_trades_p20261125"]
+            report = await run_collect(settings, db_url, ["BTCUSDT"], D10, D10)
+            assert report.ok and report.symbols["BTCUSDT"].rows_bulk > 0
+
+    try:
+        asyncio.run(main())
+        assert load_tables(db_url) == ["agg_trades_p20261125"]
+    finally:
+        holder.close()  # the loader is gone: the next sweep takes its table too
+
+    async def sweep() -> list[str]:
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
+        try:
+            return await bulk.drop_stale_load_tables(pool)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(sweep()) == ["agg_trades_p20261125"]
+    assert load_tables(db_url) == []
+    assert asyncio.run(sweep()) == []
+
+
 LOADER = f"""
 import asyncio, sys
 from datetime import date

@@ -960,6 +960,8 @@ async def collect_aggtrades_historical(
             raise HistoricalError(f"start {start} is after today ({today}, exchange clock)")
         # a bulk load holds 3 connections (its own, one per index build), a checkpoint 1
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3 * max(1, symbol_concurrency) + 1)
+        if bulk_load:
+            await bulk.drop_stale_load_tables(pool)  # the disk a killed run's day tables took
         if own_writer:
             from microstructure.ingest.sink.writer import Writer
 

@@ -18,7 +18,8 @@ On day-partitioned PostgreSQL (revisions 0006, 0007) a day nobody has written is
 
 Nothing of the day is visible in agg_trades until the last commit. A load that fails drops its table;
 one killed midway leaves at most the unattached table in microstructure_load, which no query of
-agg_trades sees and which the next load of the day drops: running it again loads the day again. The
+agg_trades sees and which the next historical run drops (`drop_stale_load_tables`, at its start) or
+the next load of the day replaces: running it again loads the day again. The
 sessions turn WAL compression off for the load when they may (an index build writes full-page
 images, and the embedded server's pglz is slow) and give the index builds more memory.
 
@@ -161,6 +162,18 @@ async def _load_locked(
         ):
             await conn.execute(sql("bulk_day_discard"), KIND, day)
         raise
+
+
+async def drop_stale_load_tables(pool: asyncpg.Pool) -> list[str]:
+    """Drop what killed loads left in microstructure_load (tables no live loader holds); their names.
+    A load at work in another process keeps its table."""
+    async with pool.acquire() as conn:
+        names = [r["name"] for r in await conn.fetch(sql("bulk_drop_stale"))]
+    if names:
+        log.warning(
+            "dropped %d day table(s) a killed bulk load left unattached: %s", len(names), ", ".join(names)
+        )
+    return names
 
 
 async def on_timescaledb(pool: asyncpg.Pool) -> bool:

@@ -21,7 +21,11 @@ the next load of that day drops; the names in the parent's schema are never take
   table left there by a killed load;
 - microstructure_attach_load_table(parent, day): the keys finished, the default dropped, the table
   moved into the parent's schema and attached;
-- microstructure_drop_load_table(parent, day): what a failed load leaves behind, dropped.
+- microstructure_drop_load_table(parent, day): what a failed load leaves behind, dropped;
+- microstructure_drop_stale_load_tables(): every table in `microstructure_load` whose day lock no
+  session holds (its loader is gone: it was killed, or its host died), dropped, and their names; a
+  table whose loader is at work is kept. The historical collector calls it when it starts, so the
+  disk a killed load took comes back without loading that day again.
 
 Revision ID: 0007
 Revises: 0006
@@ -93,6 +97,24 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION microstructure_drop_stale_load_tables() RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.relname::text AS name FROM pg_class c
+             WHERE c.relnamespace = 'microstructure_load'::regnamespace AND c.relkind = 'r'
+             ORDER BY 1 LOOP
+        -- the table's name is its partition's: a loader holds that day's lock from before it creates
+        -- the table until it has attached or dropped it (sink/sql/bulk_day_lock.sql)
+        IF pg_try_advisory_xact_lock(hashtext('microstructure_partition:' || r.name)) THEN
+            EXECUTE format('DROP TABLE microstructure_load.%I', r.name);
+            RETURN NEXT r.name;
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION microstructure_new_load_table(p_parent text, p_day date, p_symbol text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -140,6 +162,7 @@ FUNCTIONS = (
     "microstructure_attach_load_table(text, date)",
     "microstructure_new_load_table(text, date, text)",
     "microstructure_drop_load_table(text, date)",
+    "microstructure_drop_stale_load_tables()",
     "microstructure_day_index_ddl(text, date, regclass)",
 )
 
