@@ -171,10 +171,14 @@ def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_ur
 
     async def main() -> None:
         pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
+        phases: dict[str, float] = {}
         try:
-            assert await bulk.load_day(pool, "BTCUSDT", d, batch) == 1_000
+            assert await bulk.load_day(pool, "BTCUSDT", d, batch, phases=phases) == 1_000
         finally:
             await pool.close()
+        keyed, timed = "build btree (symbol, agg_id, ts)", "build btree (symbol, ts)"
+        assert set(phases) == {"copy", keyed, timed, "builds", "attach"}
+        assert min(phases.values()) > 0 and phases["builds"] >= max(phases[keyed], phases[timed])
 
     asyncio.run(main())
     assert load_tables(db_url) == []

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import date
 
@@ -91,15 +92,27 @@ def _sent_columns(table: pa.Table) -> tuple[list[ColumnSpec], list[str]]:
     return [c for c, _ in keep], [name for _, name in keep]
 
 
-async def _build(pool: asyncpg.Pool, statement: str, parallel: bool) -> None:
+def _phase(phases: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    phases[name] = now - since
+    return now
+
+
+async def _build(pool: asyncpg.Pool, statement: str, parallel: bool, phases: dict[str, float]) -> None:
+    t = time.perf_counter()
     async with pool.acquire() as conn, _load_session(conn, parallel_builds=parallel):
         await conn.execute(statement)  # a CREATE INDEX the catalog wrote (bulk_day_index.sql)
+    _phase(phases, "build " + statement.split(" ON ")[1].split(" USING ")[1], t)
 
 
-async def load_day(pool: asyncpg.Pool, symbol: str, day: date, batch: pa.Table) -> int | None:
+async def load_day(
+    pool: asyncpg.Pool, symbol: str, day: date, batch: pa.Table, *, phases: dict[str, float] | None = None
+) -> int | None:
     """Load `batch` (every aggregate trade of `symbol` on UTC `day`) by the bulk path; the rows stored,
     or None when the path does not apply (see the module doc). Holds up to 1 + (the table's indexes)
-    of the pool's connections at once."""
+    of the pool's connections at once. `phases`, when given, receives each step's seconds: `copy`
+    (the COPY and its commit), `build <index>` for each index and `builds` (all of them, side by
+    side), `attach` (the last transaction)."""
     batch = conform(KIND, batch)
     if batch.num_rows == 0:
         return None
@@ -117,7 +130,7 @@ async def load_day(pool: asyncpg.Pool, symbol: str, day: date, batch: pa.Table) 
             await conn.execute(sql("bulk_day_unlock"), KIND, day)
             return None
         try:
-            await _load_locked(pool, conn, symbol, day, batch, ids, ts_ms)
+            await _load_locked(pool, conn, symbol, day, batch, ids, ts_ms, {} if phases is None else phases)
         finally:
             with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
                 await conn.execute(sql("bulk_day_unlock"), KIND, day)
@@ -133,8 +146,10 @@ async def _load_locked(
     table: pa.Table,
     ids: np.ndarray,
     ts_ms: np.ndarray,
+    phases: dict[str, float],
 ) -> None:
     """Steps 2-4 of the module doc, under the day's lock; what a failure leaves is dropped."""
+    step = time.perf_counter()
     try:
         async with conn.transaction():
             part = await conn.fetchval(sql("bulk_day_new"), KIND, day, symbol)
@@ -143,19 +158,22 @@ async def _load_locked(
             copy_columns, db_columns = _sent_columns(table)
             pieces = encoded_pieces(table, copy_columns)
             await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
+        step = _phase(phases, "copy", step)
         builds = [r["build"] for r in await conn.fetch(sql("bulk_day_index"), KIND, day)]
-        tasks = [asyncio.ensure_future(_build(pool, b, parallel=len(builds) > 1)) for b in builds]
+        tasks = [asyncio.ensure_future(_build(pool, b, len(builds) > 1, phases)) for b in builds]
         try:
             await asyncio.gather(*tasks)  # the first failure raised as itself
         finally:
             for t in tasks:  # and the others cancelled, their connections given back
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        step = _phase(phases, "builds", step)
         async with conn.transaction():
             await coverage.lock_symbol(conn, symbol)
             await conn.execute(sql("bulk_day_attach"), KIND, day)
             await coverage.add_batch(conn, symbol, ids, ts_ms, {_epoch_day(day): len(ids)})
             await invalidations.log_range(conn, KIND, symbol, int(ts_ms.min()), int(ts_ms.max()))
+        _phase(phases, "attach", step)
     except BaseException:
         with contextlib.suppress(
             asyncpg.exceptions.PostgresError, OSError, asyncpg.exceptions.InterfaceError
