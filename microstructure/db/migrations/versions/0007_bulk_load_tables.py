@@ -7,7 +7,8 @@ connection only sees a committed table. So a day's table is now filled (COPY FRE
 in the schema `microstructure_load`, indexed there by as many connections as it has indexes, then
 keyed, moved into the parent's schema and attached in a last transaction. A load killed midway
 leaves at most an unattached table in `microstructure_load`, which no query of the parent sees and
-the next load of that day drops; the names in the parent's schema are never taken by it.
+which the next historical run (or the next load of that day) drops; the names in the parent's
+schema are never taken by it.
 
 - microstructure_day_index_ddl(parent, day, table): the statements that give `table` the parent's
   keys and indexes: `build` (a CREATE [UNIQUE] INDEX each, independent of one another) and, for a
