@@ -40,14 +40,20 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_archive_args, archive_exchange, database, stop_database
+from common import (
+    add_archive_args,
+    archive_exchange,
+    database,
+    drop_database,
+    fetch_daily_archive,
+    stop_database,
+)
 
 SHOWN = ("wal_level", "wal_compression", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
          "shared_buffers", "synchronous_commit")  # fmt: skip
@@ -183,8 +189,7 @@ def finish_path(t: Target) -> None:
     (n,) = admin_sql(t.dsn, "SELECT count(*) FROM agg_trades")
     if n != sum(t.run.rows):
         raise SystemExit(f"{t.run.name}: {n:,} rows stored, {sum(t.run.rows):,} reported")
-    admin_dsn = t.dsn.rsplit("/", 1)[0] + "/postgres"
-    admin_sql(admin_dsn, f'DROP DATABASE "{t.dsn.rsplit("/", 1)[1]}" WITH (FORCE)')  # free the disk
+    drop_database(t.dsn)  # free the disk
 
 
 def run_paths(
@@ -235,9 +240,7 @@ def main() -> int:
                 # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
                 t0 = time.perf_counter()
                 for d in days:
-                    url = f"{base}/data/futures/um/daily/aggTrades/{args.symbol}/{args.symbol}-aggTrades-{d}.zip"
-                    with urllib.request.urlopen(url, timeout=1800) as resp:
-                        resp.read()
+                    fetch_daily_archive(base, args.symbol, d)
                 print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 dsn, server = database(tmp)
                 changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
@@ -255,7 +258,7 @@ def main() -> int:
                     server.ensure_running()  # type: ignore[attr-defined]
                 shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))
                 (version,) = admin_sql(dsn, "SHOW server_version")
-                admin_sql(dsn.rsplit("/", 1)[0] + "/postgres", f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}"')
+                drop_database(dsn)
                 runs = run_paths(paths, tmp, base, args, days)
             finally:
                 stop_database(server)

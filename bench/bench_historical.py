@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_archive_args, archive_exchange, database, stop_database
+from common import add_archive_args, archive_exchange, database, fetch_daily_archive, stop_database
 
 
 def read_back(dsn: str, symbol: str):  # type: ignore[no-untyped-def]
@@ -92,13 +92,8 @@ def main() -> int:
                 settings = Settings(database_url=dsn, home=tmp / "home")
                 settings.point_at_exchange(base)
                 # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
-                import urllib.request
-
                 for k in range(args.days):
-                    day = (first + timedelta(days=k)).isoformat()
-                    url = f"{base}/data/futures/um/daily/aggTrades/{args.symbol}/{args.symbol}-aggTrades-{day}.zip"
-                    with urllib.request.urlopen(url, timeout=600) as resp:
-                        resp.read()
+                    fetch_daily_archive(base, args.symbol, first + timedelta(days=k), timeout=600)
                 c0, t0 = time.process_time(), time.perf_counter()
                 report = asyncio.run(
                     collect_aggtrades_historical(

@@ -18,12 +18,18 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_archive_args, archive_exchange, database, stop_database
+from common import (
+    add_archive_args,
+    archive_exchange,
+    database,
+    drop_database,
+    fetch_daily_archive,
+    stop_database,
+)
 
 
 async def one_round(dsn: str, symbol: str, day: object, table: object) -> dict[str, float]:
@@ -52,16 +58,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     args.days = 1
-    import psycopg
-
     from microstructure.ingest.binance.archives import parse_aggtrades_zip
 
     with tempfile.TemporaryDirectory() as tmp_name, archive_exchange(args) as (base, days):
         tmp = Path(tmp_name)
         d = days[0]
-        url = f"{base}/data/futures/um/daily/aggTrades/{args.symbol}/{args.symbol}-aggTrades-{d}.zip"
-        with urllib.request.urlopen(url, timeout=1800) as resp:
-            table = parse_aggtrades_zip(resp.read(), url=url).table
+        table = parse_aggtrades_zip(fetch_daily_archive(base, args.symbol, d)).table
         server = None
         runs: list[dict[str, float]] = []
         try:
@@ -70,9 +72,7 @@ def main() -> int:
                 runs.append(asyncio.run(one_round(dsn, args.symbol, d, table)))
                 print(f"  round {k + 1}: " + ", ".join(f"{n} {v:.2f} s" for n, v in runs[-1].items()),
                       file=sys.stderr, flush=True)  # fmt: skip
-                admin = dsn.rsplit("/", 1)[0] + "/postgres"
-                with psycopg.connect(admin, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+                drop_database(dsn)
         finally:
             stop_database(server)
     print(f"{table.num_rows:,} rows of {args.symbol} on {d}, {args.rounds} rounds, seconds\n")

@@ -43,6 +43,14 @@ def database(tmp: Path) -> tuple[str, object | None]:
     return dsn, server
 
 
+def drop_database(dsn: str) -> None:
+    """Drop the database `dsn` names (its disk freed at once), from the same server's postgres."""
+    import psycopg
+
+    with psycopg.connect(dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
 def stop_database(server: object | None) -> None:
     if server is not None:
         with contextlib.suppress(Exception):
@@ -104,6 +112,19 @@ def add_archive_args(p: argparse.ArgumentParser, days: int) -> None:
     p.add_argument("--symbol", default="BTCUSDT")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=Path(".microstructure/exchange-cache"))
+
+
+def fetch_daily_archive(base: str, symbol: str, day: date | str, *, timeout: float = 1800) -> bytes:
+    """One daily aggTrades archive from the local exchange at `base` (the first fetch of a day makes
+    the exchange generate and cache it)."""
+    import urllib.request
+
+    from microstructure.ingest.binance.archives import archive_url
+
+    with urllib.request.urlopen(
+        archive_url(base, "aggTrades", symbol, "daily", day), timeout=timeout
+    ) as resp:
+        return resp.read()
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ async def _build(pool: asyncpg.Pool, statement: str, parallel: bool, phases: dic
     t = time.perf_counter()
     async with pool.acquire() as conn, _load_session(conn, parallel_builds=parallel):
         await conn.execute(statement)  # a CREATE INDEX the catalog wrote (bulk_day_index.sql)
-    _phase(phases, "build " + statement.split(" ON ")[1].split(" USING ")[1], t)
+    _phase(phases, "build " + statement.partition(" USING ")[2], t)  # e.g. "build btree (symbol, ts)"
 
 
 async def load_day(
