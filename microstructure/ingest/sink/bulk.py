@@ -10,7 +10,8 @@ On day-partitioned PostgreSQL (revisions 0006, 0007) a day nobody has written is
    anti-wraparound vacuum later) and committed, so that other connections see it;
 3. its key and time index built side by side, one connection each (a sorted build each, several
    times cheaper than maintaining two B-trees row by row, and on two cores together about 30 % less
-   wall time than one after the other);
+   wall time than one after the other), each scanning the table from its start (no synchronized
+   scan, see `_load_session`);
 4. in one transaction: the symbol's lock, the key constraint, the move into the parent's schema and
    ATTACH PARTITION (no validation scan: the CHECK matches; SHARE UPDATE EXCLUSIVE on the parent,
    which blocks no reader and no writer of other days), coverage, gaps and the invalidation log as
@@ -60,8 +61,11 @@ def _epoch_day(d: date) -> int:
 @contextlib.asynccontextmanager
 async def _load_session(conn: asyncpg.Connection, *, parallel_builds: bool = False) -> AsyncIterator[None]:
     """The session settings of a load: WAL compression off where the role may (it needs superuser),
-    more memory for index builds, and no parallel workers for a build that runs beside another one
-    (two builds at once already take both cores). Put back on the way out."""
+    more memory for index builds, and for a build that runs beside another one no parallel workers
+    (two builds at once already take both cores) and no synchronized scan: the second build's scan
+    would join the first one's midway through the table and read it rotated, not in its sorted
+    order, and that build then took 3-5 s instead of 1.3 s (bench_load_day.py, in-collector runs).
+    Put back on the way out."""
     applied = []
     try:
         await conn.execute("SET wal_compression = off")
@@ -73,6 +77,8 @@ async def _load_session(conn: asyncpg.Connection, *, parallel_builds: bool = Fal
     if parallel_builds:
         await conn.execute("SET max_parallel_maintenance_workers = 0")
         applied.append("max_parallel_maintenance_workers")
+        await conn.execute("SET synchronize_seqscans = off")
+        applied.append("synchronize_seqscans")
     try:
         yield
     finally:
