@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 RUNS = [
     ["bench_exchange.py", "--trades-per-day", "2500000", "--live-rate", "3000", "--seconds", "10"],
     ["bench_historical.py", "--days", "3", "--trades-per-day", "2500000"],
-    ["bench_bulk_load.py", "--days", "3", "--trades-per-day", "2500000", "--paths", "new,flat", "--one-call"],
+    ["bench_bulk_load.py", "--days", "3", "--trades-per-day", "2500000", "--paths", "new,flat", "--one-call", "--rounds", "3"],
     ["bench_load_day.py", "--rounds", "5"],
     ["bench_live.py", "--symbols", "2", "--live-rate", "3000", "--seconds", "60"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15"],

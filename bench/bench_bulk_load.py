@@ -1,8 +1,8 @@
 """Historical aggregate-trade load into day partitions: the bulk path vs the writer's direct COPY.
 
     python bench/bench_bulk_load.py [--days 30] [--trades-per-day 2500000] [--symbol BTCUSDT]
-        [--paths new,old,flat] [--one-call] [--wal-compression on|off] [--wal-level minimal|replica]
-        [--max-wal-size 8GB] [--checkpoint-timeout 15min]
+        [--paths new,old,flat] [--one-call] [--rounds 1] [--wal-compression on|off]
+        [--wal-level minimal|replica] [--max-wal-size 8GB] [--checkpoint-timeout 15min]
 
 The local exchange (its own process) serves `--days` complete BTCUSDT-like days of daily aggTrades
 archives (generated once per seed, cached under --cache-dir and fetched once before timing). Its
@@ -30,6 +30,12 @@ through rows/s over the day index (rows/s per day, and in % of the mean), checkp
 collector's CPU seconds and the whole machine's (/proc/stat, both cores: the server's share is the
 difference). The server settings may be changed for the run (ALTER SYSTEM + reload, or a restart
 for wal_level) to compare them.
+
+`--rounds N` repeats the whole comparison N times, each round into fresh databases, the paths'
+order turned around every other round (with --one-call the paths run one after the other, so the
+first would otherwise always meet the machine as it was first); it ends with each round's
+rows/s per path, the ratios and their median: on a machine whose speed drifts by 2x within minutes
+(a shared VM), one round's ratio is one sample.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -197,7 +204,8 @@ def run_paths(
 ) -> dict[str, PathRun]:
     """Every path, a day at a time in turn (day 1 of each path, then day 2, ...), so that a machine
     slowing down or speeding up during the run weighs on all paths alike; with --one-call, each
-    path's whole range in one call, one path after the other."""
+    path's whole range in one call, one path after the other (in the order of `names`); the runs
+    in the order of --paths."""
     targets = [start_path(n, tmp, base) for n in names]
     spans = [(days[0], days[-1])] if args.one_call else [(d, d) for d in days]
     for d, d_end in spans:
@@ -205,69 +213,24 @@ def run_paths(
             load_span(t, args, d, d_end)
     for t in targets:
         finish_path(t)
-    return {t.run.name: t.run for t in targets}
+    by_name = {t.run.name: t.run for t in targets}
+    return {n: by_name[n] for n in sorted(by_name, key=args.paths_order.index)}
 
 
 def mb(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_archive_args(p, days=30)
-    p.add_argument("--paths", default="new,old,flat", help="which paths, in this order (new, old, flat)")
-    p.add_argument(
-        "--one-call", action="store_true",
-        help="all days in one collector call (archive prefetch overlaps the loads; totals only)",
-    )  # fmt: skip
-    p.add_argument("--wal-compression", choices=("on", "off"), help="server setting for the run")
-    p.add_argument("--max-wal-size", help="server setting for the run, e.g. 8GB")
-    p.add_argument("--checkpoint-timeout", help="server setting for the run, e.g. 15min")
-    p.add_argument(
-        "--wal-level", choices=("minimal", "replica"), help="server setting for the run (restarts it)"
-    )
-    args = p.parse_args()
-    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    if not paths or any(x not in PATHS for x in paths):
-        p.error(f"--paths: expected names from {sorted(PATHS)}")
+RATIOS = (("new", "flat"), ("old", "flat"), ("new", "old"))
 
-    runs: dict[str, PathRun] = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        server = None
-        with archive_exchange(args) as (base, days):
-            try:
-                # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
-                t0 = time.perf_counter()
-                for d in days:
-                    fetch_daily_archive(base, args.symbol, d)
-                print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-                dsn, server = database(tmp)
-                changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
-                           ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout)) if v]  # fmt: skip
-                if changes:
-                    admin_sql(
-                        dsn, *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in changes), "SELECT pg_reload_conf()"
-                    )
-                    time.sleep(1)  # the postmaster re-reads the files asynchronously
-                if args.wal_level and server is not None:
-                    senders = "0" if args.wal_level == "minimal" else "10"
-                    admin_sql(dsn, f"ALTER SYSTEM SET wal_level = '{args.wal_level}'",
-                              f"ALTER SYSTEM SET max_wal_senders = {senders}")  # fmt: skip
-                    server.stop()  # type: ignore[attr-defined]
-                    server.ensure_running()  # type: ignore[attr-defined]
-                shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))
-                (version,) = admin_sql(dsn, "SHOW server_version")
-                drop_database(dsn)
-                runs = run_paths(paths, tmp, base, args, days)
-            finally:
-                stop_database(server)
 
-    print(f"{args.days} days of {args.symbol}, --trades-per-day {args.trades_per_day:,}; PostgreSQL {version}; "
-          + ", ".join(f"{k} = {v}" for k, v in shown.items()))  # fmt: skip
-    print()
-    if args.one_call:
-        days = [days[0]]  # one row: the whole range
+def runs_order(k: int, paths: list[str]) -> list[str]:
+    """The order the paths ran in round k (0-based): turned around every other round."""
+    return paths if k % 2 == 0 else paths[::-1]
+
+
+def print_round(runs: dict[str, PathRun], days: list[date]) -> None:
+    """One round's tables: per day (or per call), per path, the ratios."""
     head = ["day"] + [f"{n} {c}" for n in runs for c in ("rows", "s", "rows/s", "MB", "WAL MB")]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
@@ -296,11 +259,103 @@ def main() -> int:
               f"| {mb(sum(r.disk) / n)} | {mb(sum(r.wal) / n)} | {r.checkpoints} | {r.cpu_s:.1f} "
               f"| {r.machine_s:.1f} |")  # fmt: skip
     print()
-    for a, b in (("new", "flat"), ("old", "flat"), ("new", "old")):
+    for a, b in RATIOS:
         if a in runs and b in runs:
             x, y = runs[a], runs[b]
             print(f"ratio {a} / {b} rows/s: {x.total_rate / y.total_rate:.2f}   "
                   f"disk: {sum(x.disk) / sum(y.disk):.2f}   WAL: {sum(x.wal) / sum(y.wal):.2f}  ")  # fmt: skip
+
+
+def print_rounds(rounds: list[dict[str, PathRun]]) -> None:
+    """Every round's rows/s per path and ratios, and the ratios' median and range."""
+    names = list(rounds[0])
+    pairs = [(a, b) for a, b in RATIOS if a in rounds[0] and b in rounds[0]]
+    print()
+    head = ["round"] + [f"{n} rows/s" for n in names] + [f"{a} / {b}" for a, b in pairs]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for k, runs in enumerate(rounds):
+        cells = [str(k + 1)] + [f"{runs[n].total_rate:,.0f}" for n in names]
+        cells += [f"{runs[a].total_rate / runs[b].total_rate:.2f}" for a, b in pairs]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    for a, b in pairs:
+        r = [runs[a].total_rate / runs[b].total_rate for runs in rounds]
+        print(f"ratio {a} / {b} over {len(rounds)} rounds: median {statistics.median(r):.2f}, "
+              f"min {min(r):.2f}, max {max(r):.2f}  ")  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_archive_args(p, days=30)
+    p.add_argument("--paths", default="new,old,flat", help="which paths, in this order (new, old, flat)")
+    p.add_argument(
+        "--one-call", action="store_true",
+        help="all days in one collector call (archive prefetch overlaps the loads; totals only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="repeat the comparison in fresh databases, the paths' order turned every other round",
+    )  # fmt: skip
+    p.add_argument("--wal-compression", choices=("on", "off"), help="server setting for the run")
+    p.add_argument("--max-wal-size", help="server setting for the run, e.g. 8GB")
+    p.add_argument("--checkpoint-timeout", help="server setting for the run, e.g. 15min")
+    p.add_argument(
+        "--wal-level", choices=("minimal", "replica"), help="server setting for the run (restarts it)"
+    )
+    args = p.parse_args()
+    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    if not paths or any(x not in PATHS for x in paths):
+        p.error(f"--paths: expected names from {sorted(PATHS)}")
+    if args.rounds < 1:
+        p.error("--rounds: at least 1")
+    args.paths_order = paths
+
+    rounds: list[dict[str, PathRun]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        server = None
+        with archive_exchange(args) as (base, days):
+            try:
+                # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
+                t0 = time.perf_counter()
+                for d in days:
+                    fetch_daily_archive(base, args.symbol, d)
+                print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                dsn, server = database(tmp)
+                changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
+                           ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout)) if v]  # fmt: skip
+                if changes:
+                    admin_sql(
+                        dsn, *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in changes), "SELECT pg_reload_conf()"
+                    )
+                    time.sleep(1)  # the postmaster re-reads the files asynchronously
+                if args.wal_level and server is not None:
+                    senders = "0" if args.wal_level == "minimal" else "10"
+                    admin_sql(dsn, f"ALTER SYSTEM SET wal_level = '{args.wal_level}'",
+                              f"ALTER SYSTEM SET max_wal_senders = {senders}")  # fmt: skip
+                    server.stop()  # type: ignore[attr-defined]
+                    server.ensure_running()  # type: ignore[attr-defined]
+                shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))
+                (version,) = admin_sql(dsn, "SHOW server_version")
+                drop_database(dsn)
+                for k in range(args.rounds):
+                    if args.rounds > 1:
+                        print(f"round {k + 1} of {args.rounds}", file=sys.stderr, flush=True)
+                    rounds.append(run_paths(runs_order(k, paths), tmp, base, args, days))
+            finally:
+                stop_database(server)
+
+    print(f"{args.days} days of {args.symbol}, --trades-per-day {args.trades_per_day:,}; PostgreSQL {version}; "
+          + ", ".join(f"{k} = {v}" for k, v in shown.items()))  # fmt: skip
+    for k, runs in enumerate(rounds):
+        print()
+        if args.rounds > 1:
+            print(f"### round {k + 1} (paths in the order {', '.join(runs_order(k, paths))})")
+            print()
+        print_round(runs, [days[0]] if args.one_call else days)  # one call: one row, the whole range
+    if args.rounds > 1:
+        print_rounds(rounds)
     return 0
 
 
