@@ -22,6 +22,11 @@ stored); the run is recorded in ingest_events. Nothing is logged for the feature
 export: feature bars and Parquet files of dropped days stay as they are, and a query on a dropped
 range returns no rows. The setting MICROSTRUCTURE_RETENTION_KEEP_DAYS gives --keep-days a default.
 
+Scheduled: `collect all --mode live --retention-keep-days N` (or the setting) runs the same check and
+drop every --retention-interval seconds (`run_scheduled`), never forced: a day goes once the export
+(run on its own schedule) holds it; a round that cannot run (no export yet, the database away) is
+logged and the next one tries again.
+
 Exit codes: 0 done (days held back are reported, not an error); 2 bad arguments, or no export yet
 without --force (nothing dropped).
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -52,6 +58,9 @@ log = logging.getLogger(__name__)
 TABLES = {t.name: t for t in TIME_TABLES}
 EXPORT_TYPE = {t.sources[0]: t.name for t in RAW_TYPES}  # raw table -> its export type
 FEATURES_CONSUMER = "features"
+
+
+DEFAULT_INTERVAL = 3600.0  # seconds between scheduled rounds (collect all)
 
 
 class NoExportYet(SettingError):
@@ -217,6 +226,50 @@ async def run_retention(
     for line in report.summary_lines():
         log.info("%s", line)
     return report
+
+
+@dataclass
+class ScheduledRetention:
+    """What the rounds of `run_scheduled` did."""
+
+    keep_days: int
+    rounds: int = 0
+    dropped: dict[str, list[date]] = field(default_factory=dict)  # table -> the days dropped
+    waiting: str = ""  # why the last round could not run, if it could not
+
+    def summary_lines(self) -> list[str]:
+        done = "; ".join(f"{t} {len(d)} days ({min(d)} .. {max(d)})" for t, d in sorted(self.dropped.items()))
+        line = f"retention (keep {self.keep_days} days, {self.rounds} rounds): {'dropped ' + done if done else 'nothing dropped'}"
+        return [line + (f"; last round: {self.waiting}" if self.waiting else "")]
+
+
+async def run_scheduled(
+    dsn: str, keep_days: int, stop: asyncio.Event, interval: float = DEFAULT_INTERVAL
+) -> ScheduledRetention:
+    """`run_retention(dsn, keep_days)` now and then every `interval` seconds until `stop` is set (see
+    the module doc); what the rounds dropped."""
+    if keep_days < 1:
+        raise SettingError(f"--retention-keep-days: expected a number of days >= 1, got {keep_days}")
+    out = ScheduledRetention(keep_days)
+    while not stop.is_set():
+        out.rounds += 1
+        try:
+            report = await run_retention(dsn, keep_days)
+        except NoExportYet as exc:
+            if out.waiting != str(exc):  # said once, not every round
+                log.warning("%s", exc)
+            out.waiting = str(exc)
+        except (OSError, asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError) as exc:
+            out.waiting = f"failed: {type(exc).__name__}: {exc}"
+            log.error("retention round %d failed: %s: %s", out.rounds, type(exc).__name__, exc)
+        else:
+            out.waiting = ""
+            for t in report.tables:
+                if t.dropped_days:
+                    out.dropped.setdefault(t.table, []).extend(t.dropped_days)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+    return out
 
 
 # ---------------------------------------------------------------- CLI

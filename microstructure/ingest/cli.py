@@ -26,6 +26,7 @@ from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
+from microstructure.retention import DEFAULT_INTERVAL as DEFAULT_RETENTION_INTERVAL
 
 DEFAULT_WEIGHT_BUDGET: int | None = None  # auto: 80 % of the REQUEST_WEIGHT limit exchangeInfo announces
 DEFAULT_AGG_STALE_TIMEOUT = 30.0  # a quiet symbol's aggTrade stream may be silent for a while
@@ -206,6 +207,19 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         help="live: materialise the 1m/5m/15m features of what was written every SECONDS (default "
         f"{DEFAULT_FEATURES_INTERVAL:g}; 0: not during the run, only at the end). Historical mode refreshes them "
         "once after the loads.",
+    )
+    every.add_argument(
+        "--retention-keep-days",
+        metavar="N",
+        help="live: every --retention-interval, drop raw days older than N days that the Parquet export "
+        "already holds (as `microstructure retention --keep-days N`, never forced; env "
+        f"{ENV_PREFIX}RETENTION_KEEP_DAYS; default: off)",
+    )
+    every.add_argument(
+        "--retention-interval",
+        metavar="SECONDS",
+        default=str(DEFAULT_RETENTION_INTERVAL),
+        help=f"live: seconds between retention rounds (default {DEFAULT_RETENTION_INTERVAL:g})",
     )
     every.set_defaults(handler=cmd_all)
 
@@ -636,6 +650,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
         if mode != "live":
             raise SettingError("--health-port: only with --mode live")
     features_interval = _features_interval(args.features_interval)
+    retention_keep_days, retention_interval = _retention(args, settings, mode)
     if health_port:
         _check_port_free(health_port)
     url = prepare_database(settings)
@@ -657,6 +672,8 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 stale_timeout=stale_timeout,
                 liquidations_stream=liquidations,
                 features_interval=features_interval,
+                retention_keep_days=retention_keep_days,
+                retention_interval=retention_interval,
             ),
             settings,
             symbols,
@@ -675,6 +692,16 @@ def _check_port_free(port: int) -> None:
             raise SettingError(
                 f"--health-port {port}: 127.0.0.1:{port} cannot be used ({exc.strerror or exc})"
             ) from None
+
+
+def _retention(args: argparse.Namespace, settings: Settings, mode: str) -> tuple[int | None, float]:
+    """--retention-keep-days (default: the setting, live only) and --retention-interval."""
+    interval = parse_seconds(args.retention_interval, "--retention-interval")
+    if args.retention_keep_days is None:
+        return (settings.retention_keep_days if mode == "live" else None), interval
+    if mode != "live":
+        raise SettingError("--retention-keep-days: only with --mode live (run `microstructure retention`)")
+    return parse_int(args.retention_keep_days, "--retention-keep-days", 1, 100_000), interval
 
 
 def _features_interval(value: str) -> float:

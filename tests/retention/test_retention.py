@@ -19,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
 from ex_helpers import write_hours
 
 from microstructure.cli import main
+from microstructure.config import Settings
+from microstructure.exchange import ExchangeConfig, LocalExchange
 from microstructure.export.exporter import export_once
 from microstructure.features_sql.refresher import refresh_pending
+from microstructure.ingest.collectors.all import collect_all
 from microstructure.ingest.sink.writer import write_batch
-from microstructure.retention import NoExportYet, run_retention
+from microstructure.retention import NoExportYet, ScheduledRetention, run_retention, run_scheduled
 
 D1, D2, D3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)  # write_hours: 03-01 20:00 .. 03-03 02:00
 NOW = datetime(2026, 3, 4, tzinfo=UTC)
@@ -145,3 +148,82 @@ def test_retention_cli_refuses_without_an_export_and_forces(
         assert conn.execute("SELECT count(*) FROM agg_trades").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM book_snapshots").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM mark_prices").fetchone()[0] > 0  # not asked for
+
+
+def _count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_scheduled_retention_waits_for_the_export_then_drops_the_old_days(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(write_hours(db_url, hours=6, trades_per_hour=500))  # 03-01 20:00 .. 03-02 02:00
+    before = _count(db_url, "agg_trades")
+    out = tmp_path / "parquet"
+
+    async def go() -> tuple[ScheduledRetention, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_scheduled(db_url, 1, stop, interval=0.1))
+        await asyncio.sleep(0.6)  # several rounds with no export yet: nothing may go
+        unexported = _count(db_url, "agg_trades")
+        await asyncio.to_thread(export_once, db_url, out, now=NOW)
+        for _ in range(100):  # the next round drops what the export now holds
+            if _count(db_url, "agg_trades") == 0:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # and the rounds after it find nothing more
+        stop.set()
+        return await asyncio.wait_for(task, 10), unexported
+
+    with caplog.at_level("WARNING", logger="microstructure.retention"):
+        done, unexported = asyncio.run(go())
+    assert before > 0 and unexported == before
+    assert [r.getMessage() for r in caplog.records if "no Parquet export" in r.getMessage()] != []
+    assert sum("no Parquet export" in r.getMessage() for r in caplog.records) == 1  # said once
+    assert done.rounds >= 6 and done.waiting == ""
+    assert done.dropped["agg_trades"] == [D1, D2] and done.dropped["book_snapshots"] == [D1, D2]
+    assert _count(db_url, "agg_trades") == 0 and _count(db_url, "book_snapshots") == 0
+    assert done.summary_lines()[0].startswith(f"retention (keep 1 days, {done.rounds} rounds): dropped ")
+    assert "agg_trades 2 days (2026-03-01 .. 2026-03-02)" in done.summary_lines()[0]
+
+
+def test_collect_all_live_runs_retention_beside_the_collectors(db_url: str, tmp_path: Path) -> None:
+    """A live run with --retention-keep-days drops the exported old days while today's rows land."""
+    asyncio.run(write_hours(db_url, hours=6, trades_per_hour=500))
+    export_once(db_url, tmp_path / "parquet", now=NOW)
+    cfg = ExchangeConfig(
+        symbols=("BTCUSDT",), seed=3, history_days=0, live_rate=50.0, cache_dir=tmp_path / "c"
+    )
+
+    async def go() -> object:
+        async with LocalExchange(cfg) as ex:
+            settings = Settings(home=tmp_path / "home")
+            settings.point_at_exchange(ex.base_url)
+            return await collect_all(
+                settings, db_url, ["BTCUSDT"], live_seconds=3, handle_signals=False,
+                retention_keep_days=1, retention_interval=0.5,
+            )  # fmt: skip
+
+    report = asyncio.run(go())
+    assert report.ok, report.problems()  # type: ignore[attr-defined]
+    done = report.parts["retention"]  # type: ignore[attr-defined]
+    assert isinstance(done, ScheduledRetention) and done.rounds >= 2
+    assert done.dropped["agg_trades"] == [D1, D2]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM agg_trades WHERE ts < '2026-03-03'").fetchone() == (0,)
+        live = conn.execute("SELECT count(*) FROM agg_trades WHERE symbol = 'BTCUSDT'").fetchone()[0]
+    assert live > 10  # the live rows of today are stored
+    assert any(line.startswith("  retention (keep 1 days") for line in report.summary_lines())  # type: ignore[attr-defined]
+
+
+def test_collect_all_retention_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--home", str(tmp_path / "home"), "collect", "all", "--symbol", "BTCUSDT"]
+    for extra, expected in (
+        (["--mode", "historical", "--days", "1", "--retention-keep-days", "3"], "only with --mode live"),
+        (["--retention-keep-days", "0"], "--retention-keep-days: expected an integer from 1"),
+        (["--retention-keep-days", "2", "--retention-interval", "soon"], "--retention-interval: expected"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err

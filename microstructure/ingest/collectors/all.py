@@ -34,6 +34,8 @@ from microstructure.ingest.collectors.market import collect_market_historical, c
 from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.sink.writer import open_writer, writer_problems
+from microstructure.retention import DEFAULT_INTERVAL as DEFAULT_RETENTION_INTERVAL
+from microstructure.retention import run_scheduled as run_retention_scheduled
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +133,18 @@ async def collect_all(
     liquidations_stream: str = "auto",
     features_interval: float | None = DEFAULT_FEATURES_INTERVAL,
     health_commit_after: float = 15.0,
+    retention_keep_days: int | None = None,
+    retention_interval: float = DEFAULT_RETENTION_INTERVAL,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
     Features: live, the refresher materialises what the writer committed every `features_interval`
     seconds (None: not at all) and once more after the last flush; historical, once after the
     loads, before the report, so that old days are materialised too (a TimescaleDB refresh policy
-    only covers its recent window)."""
+    only covers its recent window).
+
+    Retention (live, when `retention_keep_days` is given): raw days older than that go every
+    `retention_interval` seconds once the Parquet export holds them (retention.run_scheduled)."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -148,11 +155,16 @@ async def collect_all(
         writer = await open_writer(settings, dsn)
     rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
     dropped_before = getattr(getattr(writer, "stats", None), "batches_dropped", 0)
-    features_stop = asyncio.Event()
-    refresher_task = None
+    background_stop = asyncio.Event()
+    refresher_task = retention_task = None
     if mode == "live" and features_interval is not None:
         refresher_task = asyncio.create_task(
-            run_refresher(dsn, features_stop, features_interval), name="features-refresher"
+            run_refresher(dsn, background_stop, features_interval), name="features-refresher"
+        )
+    if mode == "live" and retention_keep_days is not None:
+        retention_task = asyncio.create_task(
+            run_retention_scheduled(dsn, retention_keep_days, background_stop, retention_interval),
+            name="retention",
         )
     try:
         if mode == "live":
@@ -192,12 +204,14 @@ async def collect_all(
             await writer.close()
         else:  # the caller closes it; bounded, so that a stop while the database is away still stops
             await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
-        if refresher_task is not None:  # its last round covers what the final flush wrote
-            features_stop.set()
-            try:
-                report.parts["features"] = await refresher_task
+        background_stop.set()  # the background rounds stop too
+        for name, task in (("features", refresher_task), ("retention", retention_task)):
+            if task is None:
+                continue
+            try:  # the refresher's last round covers what the final flush wrote
+                report.parts[name] = await task
             except Exception as exc:
-                report.errors["features"] = f"{type(exc).__name__}: {exc}"
+                report.errors[name] = f"{type(exc).__name__}: {exc}"
     if mode == "historical" and features_interval is not None:
         try:
             report.parts["features"] = await refresh_once(dsn)
