@@ -61,6 +61,57 @@ def test_header_and_headerless_files_parse_the_same(header: bool) -> None:
     )
 
 
+def _many_rows(n: int) -> str:
+    rng = np.random.default_rng(5)
+    price = 64000 + np.cumsum(rng.normal(0, 0.5, n)).round(1)
+    ts = 1660003200000 + np.sort(rng.integers(0, 86_400_000, n))
+    return "".join(
+        f"{100 + i},{p:.1f},{q:.3f},{1000 + 2 * i},{1001 + 2 * i},{t},{'true' if b else 'false'}\n"
+        for i, (p, q, t, b) in enumerate(
+            zip(price, rng.uniform(0.001, 2, n), ts, rng.random(n) < 0.5, strict=True)
+        )
+    )
+
+
+def test_a_deflated_member_inflated_in_many_reads_parses_as_the_stored_one(tmp_path: Path) -> None:
+    """The ISA-L stream (a deflated member, read from a path or bytes, several MB in 1 MB pieces) gives
+    what zipfile's own reading of a stored member gives."""
+    text = HEADER + "\n" + _many_rows(120_000)
+    deflated = make_zip(text)
+    stored = io.BytesIO()
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("BTCUSDT-aggTrades-2022-08-09.csv", text)
+    path = tmp_path / "a.zip"
+    path.write_bytes(deflated)
+    assert len(text) > 6 * A.INFLATE_READ and len(deflated) > A.INFLATE_READ  # many compressed reads
+    want = A.parse_aggtrades_zip(stored.getvalue())
+    assert want.table.num_rows == 120_000 and want.malformed == 0
+    for source in (deflated, path):
+        got = A.parse_aggtrades_zip(source)
+        assert got.table.equals(want.table) and got.header and got.malformed == 0
+
+
+def test_a_member_that_does_not_inflate_to_what_the_zip_says_is_one_clear_error() -> None:
+    good = make_zip(HEADER + "\n" + _many_rows(5_000))
+    info = zipfile.ZipFile(io.BytesIO(good)).infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode())  # no extra field: writestr adds none
+    # a flipped byte in the middle of the deflate data: a broken stream or a CRC that does not match
+    broken = bytearray(good)
+    broken[start + info.compress_size // 2] ^= 0xFF
+    with pytest.raises(
+        A.ArchiveError, match=r"BTCUSDT-aggTrades-2022-08-09.csv (does not inflate|inflates to)"
+    ):
+        A.parse_aggtrades_zip(bytes(broken), url="https://x/BTCUSDT-aggTrades-2022-08-09.zip")
+    # the right stream, the CRC the central directory holds changed
+    central = good.rindex(b"PK\x01\x02")
+    crc = bytearray(good)
+    crc[central + 16] ^= 0x01
+    with pytest.raises(
+        A.ArchiveError, match=r"inflates to [\d,]+ bytes with CRC-32 [0-9a-f]{8}, the zip says"
+    ):
+        A.parse_aggtrades_zip(bytes(crc))
+
+
 def test_header_is_detected_by_content_not_by_date_and_capitalised_booleans() -> None:
     # a headerless file "after" 2022-08-11 and a header with another column order
     rows = [r.replace("true", "True").replace("false", "False") for r in ROWS]

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from isal import isal_zlib
 
 from microstructure.ingest.records import AGG_TRADES, FUNDING_RATES, OPEN_INTEREST
 
@@ -797,6 +798,83 @@ def archive_records(kind: str, parsed: ParsedCsv) -> tuple[str, pa.Table]:
     raise NotImplementedError(f"{kind}: parsed by parse_archive_csv, but no batch schema to write it yet")
 
 
+INFLATE_READ = 1 << 20  # compressed bytes read at a time
+
+
+class _Inflated(io.RawIOBase):
+    """A zip member's deflate data inflated as a stream by ISA-L (isal_zlib: about 3.5x zlib's speed
+    here, 0.16 s instead of 0.58 s of CPU for a 163 MB day of aggTrades), its CRC-32 and length
+    checked at the end as zipfile checks them: a member that does not inflate to what the zip says
+    is an ArchiveError naming the file."""
+
+    def __init__(self, raw: IO[bytes], member: zipfile.ZipInfo, where: str) -> None:
+        self.raw, self.member, self.where = raw, member, where
+        self.left = member.compress_size
+        self.inflater = isal_zlib.decompressobj(-15)  # raw deflate, as zip members hold it
+        self.crc = 0
+        self.size = 0
+        self.pending = memoryview(b"")
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _more(self) -> None:
+        chunk = self.raw.read(min(self.left, INFLATE_READ)) if self.left > 0 else b""
+        self.left -= len(chunk)
+        try:
+            out = self.inflater.decompress(chunk) if chunk else self.inflater.flush()
+        except isal_zlib.error as exc:
+            raise ArchiveError(f"{self.where}: {self.member.filename} does not inflate ({exc})") from None
+        if not chunk:
+            self.done = True
+        self.crc = isal_zlib.crc32(out, self.crc)
+        self.size += len(out)
+        self.pending = memoryview(out)
+        if self.done and (self.crc != self.member.CRC or self.size != self.member.file_size):
+            raise ArchiveError(
+                f"{self.where}: {self.member.filename} inflates to {self.size:,} bytes with CRC-32 "
+                f"{self.crc:08x}, the zip says {self.member.file_size:,} bytes and {self.member.CRC:08x}"
+            )
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = 0
+        while n < len(view):
+            if not self.pending:
+                if self.done:
+                    break
+                self._more()
+                continue
+            k = min(len(view) - n, len(self.pending))
+            view[n : n + k] = self.pending[:k]
+            self.pending = self.pending[k:]
+            n += k
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _open_inflated(path_or_bytes: Path | bytes, member: zipfile.ZipInfo, where: str) -> IO[bytes]:
+    """`member`'s data as a stream: its own file handle (each open reads from the start)."""
+    if isinstance(path_or_bytes, bytes):
+        raw: IO[bytes] = io.BytesIO(path_or_bytes)
+    else:
+        raw = open(path_or_bytes, "rb")  # noqa: SIM115 (the returned stream owns it and closes it)
+    try:
+        raw.seek(member.header_offset)
+        head = raw.read(30)  # the local file header; its name and extra field lengths say where data starts
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise ArchiveError(f"{where}: {member.filename}: no local file header where the zip says")
+        raw.seek(int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little"), io.SEEK_CUR)
+    except BaseException:
+        raw.close()
+        raise
+    return io.BufferedReader(_Inflated(raw, member, where), buffer_size=INFLATE_READ)
+
+
 def _zip_member_opener(
     path_or_bytes: Path | bytes, where: str
 ) -> tuple[Callable[[], IO[bytes]], Callable[[], None]]:
@@ -807,7 +885,9 @@ def _zip_member_opener(
         zf.close()
         raise ArchiveError(f"{where}: expected one CSV in the zip, found {[m.filename for m in members]}")
     member = csvs[0]
-    return (lambda: zf.open(member)), zf.close
+    if member.compress_type == zipfile.ZIP_DEFLATED and not member.flag_bits & 0x1:  # not encrypted
+        return (lambda: _open_inflated(path_or_bytes, member, where)), zf.close
+    return (lambda: zf.open(member)), zf.close  # stored (or another method): zipfile reads it
 
 
 def parse_archive_zip(kind: str, path_or_bytes: Path | bytes, *, where: str = "") -> ParsedCsv:
