@@ -200,13 +200,13 @@ def finish_path(t: Target) -> None:
 
 
 def run_paths(
-    names: list[str], tmp: Path, base: str, args: argparse.Namespace, days: list[date]
+    paths: list[str], k: int, tmp: Path, base: str, args: argparse.Namespace, days: list[date]
 ) -> dict[str, PathRun]:
-    """Every path, a day at a time in turn (day 1 of each path, then day 2, ...), so that a machine
-    slowing down or speeding up during the run weighs on all paths alike; with --one-call, each
-    path's whole range in one call, one path after the other (in the order of `names`); the runs
-    in the order of --paths."""
-    targets = [start_path(n, tmp, base) for n in names]
+    """Round `k` of the paths, in the order `runs_order` gives it: a day at a time in turn (day 1
+    of each path, then day 2, ...), so that a machine slowing down or speeding up during the run
+    weighs on all paths alike; with --one-call, each path's whole range in one call, one path after
+    the other. The runs come back in the order of `paths` (--paths)."""
+    targets = [start_path(n, tmp, base) for n in runs_order(k, paths)]
     spans = [(days[0], days[-1])] if args.one_call else [(d, d) for d in days]
     for d, d_end in spans:
         for t in targets:
@@ -214,7 +214,7 @@ def run_paths(
     for t in targets:
         finish_path(t)
     by_name = {t.run.name: t.run for t in targets}
-    return {n: by_name[n] for n in sorted(by_name, key=args.paths_order.index)}
+    return {n: by_name[n] for n in paths}
 
 
 def mb(n: float) -> str:
@@ -309,7 +309,6 @@ def main() -> int:
         p.error(f"--paths: expected names from {sorted(PATHS)}")
     if args.rounds < 1:
         p.error("--rounds: at least 1")
-    args.paths_order = paths
 
     rounds: list[dict[str, PathRun]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -342,7 +341,7 @@ def main() -> int:
                 for k in range(args.rounds):
                     if args.rounds > 1:
                         print(f"round {k + 1} of {args.rounds}", file=sys.stderr, flush=True)
-                    rounds.append(run_paths(runs_order(k, paths), tmp, base, args, days))
+                    rounds.append(run_paths(paths, k, tmp, base, args, days))
             finally:
                 stop_database(server)
 

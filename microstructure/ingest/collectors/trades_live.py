@@ -33,6 +33,7 @@ import pyarrow as pa
 from microstructure.config import Settings
 from microstructure.ingest.binance.rest import BinanceRest, IpBanned
 from microstructure.ingest.binance.streams import SharedStreams
+from microstructure.ingest.collectors.runtime import sleep_or_stop
 from microstructure.ingest.collectors.trades_historical import check_symbols
 from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.records import AGG_TRADES, GAP_KIND, GAP_RECORDS
@@ -472,7 +473,7 @@ class AggTradesLive:
         """Every `gap_sweep_s`, while the writer has nothing waiting (so every fill of this run has
         committed), read the open gaps of the database again: gaps that spill files of an earlier run
         brought back, or that a fill could not finish, join the queue."""
-        while not await _sleep_or_stop(self.stop, self.gap_sweep_s):
+        while not await sleep_or_stop(self.stop, self.gap_sweep_s):
             if not getattr(self.writer, "idle", True) or self.gaps or self.fill_busy:
                 continue
             try:
@@ -584,12 +585,6 @@ class AggTradesLive:
         self.report.reconnects = sum(t.reconnects for t in totals)  # stale ones included
         self.report.rotations = sum(c.rotations for c in sets)
         return self.report
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 async def stored_state(
