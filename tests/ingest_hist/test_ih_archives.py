@@ -413,3 +413,62 @@ def test_a_book_depth_band_out_of_range_is_a_malformed_row() -> None:
     depth = A.parse_archive_csv("bookDepth", text)
     assert depth.table.column("percentage").to_pylist() == [-0.2, 5.0]
     assert depth.malformed_reasons == ["column percentage: expected a number from -100 to 100, got '1234.5'"]
+
+
+async def _parse_in_line(
+    turns: list[A.ParseTurn], download_s: list[float], log_: list[tuple[str, int]]
+) -> None:
+    """Each archive 'downloads' for its time, then parses at its turn (10 ms), as load_aggtrades_archive."""
+
+    async def one(turn: A.ParseTurn, s: float) -> None:
+        try:
+            await asyncio.sleep(s)
+            async with turn:
+                log_.append(("start", turn.place))
+                await asyncio.sleep(0.01)
+                log_.append(("end", turn.place))
+        finally:
+            turn.give_up()
+
+    await asyncio.gather(*(one(t, s) for t, s in zip(turns, download_s, strict=True)))
+
+
+def test_archives_parse_in_the_order_asked_whichever_download_ends_first() -> None:
+    async def main() -> list[tuple[str, int]]:
+        line, log_ = A.ParseTurns(1), []
+        await _parse_in_line([line.turn() for _ in range(4)], [0.15, 0.1, 0.0, 0.05], log_)
+        return log_
+
+    # the oldest day's download ends last, yet it parses first, and one at a time
+    assert asyncio.run(main()) == [(e, p) for p in range(4) for e in ("start", "end")]
+
+
+def test_a_place_given_up_or_never_started_lets_the_next_parse() -> None:
+    async def main() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        line, log_ = A.ParseTurns(1), []
+        first, failed, third = line.turn(), line.turn(), line.turn()
+
+        async def fails() -> None:  # a download that fails: its place is given up, never parsed
+            try:
+                await asyncio.sleep(0.05)
+                raise A.ArchiveMissing("404")
+            finally:
+                failed.give_up()
+
+        never = asyncio.ensure_future(asyncio.sleep(1))  # a prefetch cancelled before it ran
+        fourth = line.turn()
+        never.add_done_callback(lambda _: fourth.give_up())
+        never.cancel()
+        fifth = line.turn()
+        outcome = await asyncio.gather(
+            _parse_in_line([first, third, fifth], [0.1, 0.0, 0.0], log_), fails(), return_exceptions=True
+        )
+        assert outcome[0] is None and isinstance(outcome[1], A.ArchiveMissing)
+        # two slots: the next place starts while the one before still parses
+        wide, log2 = A.ParseTurns(2), []
+        await _parse_in_line([wide.turn() for _ in range(3)], [0.0, 0.0, 0.0], log2)
+        return log_, log2
+
+    log_, log2 = asyncio.run(main())
+    assert log_ == [("start", 0), ("end", 0), ("start", 2), ("end", 2), ("start", 4), ("end", 4)]
+    assert log2[:2] == [("start", 0), ("start", 1)] and log2.index(("start", 2)) > log2.index(("end", 0))

@@ -922,6 +922,80 @@ def parse_aggtrades_zip(path_or_bytes: Path | bytes, *, url: str = "") -> AggTra
     )
 
 
+class ParseTurns:
+    """Parse slots handed out in the order the archives were asked for, not in the order their
+    downloads end: archives fetched ahead download side by side, and the one needed first (the
+    oldest day) must not wait behind a later one whose download happened to end first. `turn()`
+    takes the next place in the line, at once; an archive parses when a slot is free and every
+    earlier place has parsed or given up (a failed download, a cancel)."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = max(1, slots)
+        self._issued = 0
+        self._next = 0  # the first place not yet through
+        self._through: set[int] = set()  # places past the line out of order, waiting for _next
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    def turn(self) -> ParseTurn:
+        place, self._issued = self._issued, self._issued + 1
+        return ParseTurn(self, place)
+
+    async def _wait(self, place: int) -> None:
+        while not (self._free > 0 and self._next == place):
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[place] = fut
+            try:
+                await fut
+            finally:
+                self._waiting.pop(place, None)
+        self._free -= 1
+        self._pass(place)
+
+    def _pass(self, place: int) -> None:
+        if place < self._next:
+            return
+        self._through.add(place)
+        while self._next in self._through:
+            self._through.remove(self._next)
+            self._next += 1
+        self._wake()
+
+    def _release(self) -> None:
+        self._free += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        fut = self._waiting.get(self._next)
+        if fut is not None and not fut.done() and self._free > 0:
+            fut.set_result(None)
+
+
+@dataclass
+class ParseTurn:
+    """One place in a `ParseTurns` line: `async with` it to parse; `give_up` (idempotent, also
+    right after a parse) lets the places after it on."""
+
+    line: ParseTurns
+    place: int
+    _held: bool = False
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.line._wait(self.place)
+        except BaseException:
+            self.give_up()
+            raise
+        self._held = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._held:
+            self._held = False
+            self.line._release()
+
+    def give_up(self) -> None:
+        self.line._pass(self.place)
+
+
 async def load_aggtrades_archive(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -931,20 +1005,25 @@ async def load_aggtrades_archive(
     *,
     cache_dir: Path | None = None,
     tmp_dir: Path | None = None,
-    parse_slots: asyncio.Semaphore | None = None,
+    parse_turn: ParseTurn | None = None,
 ) -> AggTradesArchive:
-    """Download, verify and parse one aggTrades archive (parsing runs in a worker thread, once a
-    slot of `parse_slots` is free: archives fetched ahead then parse one after the other, in the order
-    they asked, so the first is ready soonest instead of all of them late).
+    """Download, verify and parse one aggTrades archive (parsing runs in a worker thread, at its
+    `parse_turn` of a `ParseTurns`: archives fetched ahead then parse one after the other in the
+    order they were asked for, so the first is ready soonest instead of all of them late). The turn
+    is given up however this ends.
 
     Raises ArchiveMissing (404: not published) and ChecksumMismatch (refused).
     """
     url = archive_url(base_url, "aggTrades", symbol, period, when)
-    dl = await download_archive(session, url, cache_dir=cache_dir, tmp_dir=tmp_dir)
     try:
-        async with parse_slots or contextlib.nullcontext():
-            result = await asyncio.to_thread(parse_aggtrades_zip, dl.path, url=url)
+        dl = await download_archive(session, url, cache_dir=cache_dir, tmp_dir=tmp_dir)
+        try:
+            async with parse_turn or contextlib.nullcontext():
+                result = await asyncio.to_thread(parse_aggtrades_zip, dl.path, url=url)
+        finally:
+            dl.discard()
     finally:
-        dl.discard()
+        if parse_turn is not None:
+            parse_turn.give_up()
     result.sha256, result.size = dl.sha256, dl.size
     return result

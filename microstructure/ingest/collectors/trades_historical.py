@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -383,6 +384,11 @@ class _SymbolRun:
         self.cov: dict[date, Coverage] = {}
         self.ckpt_detail: dict[str, Any] = {}
         self._requeue: list[_Unit] = []  # a monthly archive that failed: its days, to load one by one
+        # what is left of the days loaded last by the bulk path: their index builds and attach, then
+        # the unit's checkpoint. It runs while the next archive is copied in (_store_archive); all
+        # else waits for it first (_settle): a checkpoint never runs ahead of the rows it covers.
+        self._tail: asyncio.Task[None] | None = None
+        self._load: bulk.DayLoad | None = None  # the last bulk day begun
 
     # ---- planning
     async def _ends_at_day_end(self, d: date) -> bool:
@@ -483,7 +489,7 @@ class _SymbolRun:
         return units
 
     # ---- archives
-    async def _fetch(self, unit: _Unit) -> archives.AggTradesArchive:
+    async def _fetch(self, unit: _Unit, turn: archives.ParseTurn) -> archives.AggTradesArchive:
         ctx = self.ctx
         if unit.kind == "month":
             url = archives.archive_url(ctx.archive_url, "aggTrades", self.symbol, "monthly", unit.month)
@@ -502,14 +508,16 @@ class _SymbolRun:
             when,
             cache_dir=ctx.cache_dir,
             tmp_dir=ctx.tmp_dir,
-            parse_slots=ctx.parse_slots,
+            parse_turn=turn,
         )
 
     def _prefetch(self, queue: deque[_Unit], current: _Unit) -> None:
         ahead = [current, *list(queue)[: self.ctx.prefetch]]
         for u in ahead:
             if u.kind in ("day", "month") and u.task is None:
-                u.task = asyncio.create_task(self._fetch(u))
+                turn = self.ctx.parse_turns.turn()  # its place in the line now, in the queue's order
+                u.task = asyncio.create_task(self._fetch(u, turn))
+                u.task.add_done_callback(lambda _, turn=turn: turn.give_up())  # even if it never ran
 
     async def _submit(self, table: pa.Table, source: str) -> None:
         ctx = self.ctx
@@ -524,10 +532,42 @@ class _SymbolRun:
                 self.report.rows_rest += chunk.num_rows
             ctx.progress.update(self.symbol, rows=self.report.rows)
 
+    async def _undo_tail(self) -> None:
+        """On an error or a cancel: stop what the last bulk day left and drop its unattached table
+        (the day stays unloaded, a re-run loads it), so that no lock or connection stays taken."""
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            tail.cancel()
+            with contextlib.suppress(BaseException):
+                await tail
+        load, self._load = self._load, None
+        if load is not None and not load.done:  # cancelled before it began
+            await load.abandon()
+
+    async def _settle(self) -> None:
+        """Wait for what the last bulk-loaded days left to do (see `_tail`); its error raised here."""
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            await tail
+
+    def _then(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` after what `_tail` holds, in the background: the new tail."""
+        before = self._tail
+
+        async def chained() -> None:
+            if before is not None:
+                await before
+            await step()
+
+        self._tail = asyncio.create_task(chained())
+
     async def _store_archive(self, table: pa.Table) -> None:
         """An archive's rows, a UTC day at a time: by the bulk path where the day has no partition yet
-        (sink/bulk.py), else through the writer's idempotent merge."""
+        (sink/bulk.py), else through the writer's idempotent merge. A bulk day's COPY runs here, once
+        the day before it has been copied too; its index builds and attach are left to `_tail`, so
+        the next day's COPY (one core) runs beside them (two) instead of after them."""
         if not self.ctx.bulk_load or table.num_rows == 0:
+            await self._settle()
             await self._submit(table, "archive")
             return
         await self.ctx.writer.flush()  # what went before is stored first: the gap scan sees it
@@ -537,19 +577,39 @@ class _SymbolRun:
             part = table.slice(lo, hi - lo)
             d = ms_day(int(days[lo]) * DAY_MS)
             try:
-                stored = await bulk.load_day(self.ctx.pool, self.symbol, d, part)
+                load = await bulk.begin_day(self.ctx.pool, self.symbol, d, part)
             except (OSError, asyncpg.exceptions.PostgresError) as exc:
-                # the writer retries, spills and rejects with a log line as for any batch
-                log.warning("%s %s: bulk load failed (%s); through the writer instead", self.symbol, d, exc)
-                stored = None
-            if stored is None:
+                self._bulk_failed(d, exc)
+                load = None
+            try:
+                await self._settle()  # the day before: attached, checkpointed
+            except BaseException:
+                if load is not None:
+                    await load.abandon()
+                raise
+            if load is None:
                 await self._submit(part, "archive")
                 await self.ctx.writer.flush()
                 continue
-            self.report.rows += stored
-            self.report.rows_archive += stored
-            self.report.rows_bulk += stored
-            self.ctx.progress.update(self.symbol, rows=self.report.rows)
+            self._load = load
+            self._then(functools.partial(self._finish_bulk_day, load, part))
+
+    def _bulk_failed(self, d: date, exc: BaseException) -> None:
+        # the writer retries, spills and rejects with a log line as for any batch
+        log.warning("%s %s: bulk load failed (%s); through the writer instead", self.symbol, d, exc)
+
+    async def _finish_bulk_day(self, load: bulk.DayLoad, part: pa.Table) -> None:
+        try:
+            stored = await load.finish()
+        except (OSError, asyncpg.exceptions.PostgresError) as exc:
+            self._bulk_failed(load.day, exc)
+            await self._submit(part, "archive")
+            await self.ctx.writer.flush()
+            return
+        self.report.rows += stored
+        self.report.rows_archive += stored
+        self.report.rows_bulk += stored
+        self.ctx.progress.update(self.symbol, rows=self.report.rows)
 
     async def _finish_unit(
         self, last_day: date, last_id: int | None, last_ts: int | None, complete: bool
@@ -622,12 +682,19 @@ class _SymbolRun:
         if arc.rows:
             self.last_id = arc.last_id
         last_ts = int(arc.table.column("ts_ms")[-1].as_py()) if arc.rows else None
-        await self._finish_unit(unit.days[-1], arc.last_id, last_ts, complete=True)
-        await self.ctx.days_stored(unit.days)
-        if unit.kind == "month":
-            rep.months_archive.append(unit.month)
-        rep.days_archive.extend(unit.days)
-        self.ctx.progress.update(self.symbol, days=len(unit.days))
+
+        async def finished() -> None:
+            await self._finish_unit(unit.days[-1], arc.last_id, last_ts, complete=True)
+            await self.ctx.days_stored(unit.days)
+            if unit.kind == "month":
+                rep.months_archive.append(unit.month)
+            rep.days_archive.extend(unit.days)
+            self.ctx.progress.update(self.symbol, days=len(unit.days))
+
+        if self._tail is None:
+            await finished()
+        else:  # after the bulk days' attach, while the next archive is copied in
+            self._then(finished)
 
     # ---- REST
     async def _first_id_from(self, t0: int, t1: int) -> int | None:
@@ -718,6 +785,8 @@ class _SymbolRun:
         try:
             while queue:
                 unit = queue.popleft()
+                if unit.kind in ("rest", "check"):
+                    await self._settle()  # their checkpoints and id chains follow the days before
                 self._sync_last_id(unit.days[0])
                 if unit.kind == "rest":
                     self._prefetch(queue, unit)
@@ -736,7 +805,7 @@ class _SymbolRun:
                 self._prefetch(queue, unit)
                 assert unit.task is not None
                 try:
-                    arc = await unit.task
+                    arc = await self._archive(unit)
                 except (archives.ArchiveMissing, _TooLarge) as exc:
                     if unit.kind == "month":
                         log.info(
@@ -779,7 +848,9 @@ class _SymbolRun:
                 if self._requeue:
                     queue.extendleft(reversed(self._requeue))
                     self._requeue = []
+            await self._settle()
         finally:
+            await self._undo_tail()
             for u in queue:
                 if u.task is not None and not u.task.done():
                     u.task.cancel()
@@ -791,6 +862,16 @@ class _SymbolRun:
         for days in (self.report.days_skipped, self.report.days_archive, self.report.days_rest):
             days.sort()
         return self.report
+
+    async def _archive(self, unit: _Unit) -> archives.AggTradesArchive:
+        """The unit's archive, downloaded and parsed while the last bulk day's indexes build; when
+        there is none to load, what that day left is done first (the unit then does something else)."""
+        assert unit.task is not None
+        try:
+            return await unit.task
+        except (archives.ArchiveError, _TooLarge):
+            await self._settle()
+            raise
 
     def _sync_last_id(self, d: date) -> None:
         """Days skipped as complete just before `d`: the id before `d` is that day's last id."""
@@ -837,10 +918,11 @@ class _Run:
     bulk_load: bool = True  # whole days with no partition yet by the bulk path (sink/bulk.py)
     symbols_total: int = 1
     timescaledb: bool = False
-    # archives parse one at a time per two cores (pyarrow's CSV reader uses them all already): the
-    # archive asked first is ready first, its load overlaps the next one's parse
-    parse_slots: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(max(1, (os.cpu_count() or 2) // 2))
+    # archives parse one at a time per two cores (pyarrow's CSV reader uses them all already), in
+    # the order they were asked for: the archive asked first is ready first, whichever download ends
+    # first, and its load overlaps the next one's parse
+    parse_turns: archives.ParseTurns = field(
+        default_factory=lambda: archives.ParseTurns((os.cpu_count() or 2) // 2)
     )
     _stored: dict[date, int] = field(default_factory=dict)
 
@@ -958,8 +1040,9 @@ async def collect_aggtrades_historical(
             end = today
         if start > today:
             raise HistoricalError(f"start {start} is after today ({today}, exchange clock)")
-        # a bulk load holds 3 connections (its own, one per index build), a checkpoint 1
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3 * max(1, symbol_concurrency) + 1)
+        # a bulk load holds 3 connections (its own, one per index build), the next day's COPY beside
+        # it 1, a checkpoint 1
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4 * max(1, symbol_concurrency) + 1)
         if bulk_load:
             await bulk.drop_stale_load_tables(pool)  # the disk a killed run's day tables took
         if own_writer:

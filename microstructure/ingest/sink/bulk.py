@@ -24,9 +24,12 @@ the next load of the day replaces: running it again loads the day again. The
 sessions turn WAL compression off for the load when they may (an index build writes full-page
 images, and the embedded server's pglz is slow) and give the index builds more memory.
 
-`load_day` returns None where the path does not apply (a TimescaleDB hypertable, a day whose
-partition exists, rows outside the day, an id twice): the caller writes those through the writer's
-idempotent merge instead. It takes a pool: the index builds need a connection each.
+`begin_day` does steps 1-2 and hands back a `DayLoad` whose `finish` does steps 3-4 (or `abandon`
+drops the table): the historical collector copies the next day while this one's indexes build.
+`load_day` is the two one after the other. Both return None where the path does not apply (a
+TimescaleDB hypertable, a day whose partition exists, rows outside the day, an id twice): the
+caller writes those through the writer's idempotent merge instead. They take a pool: the index
+builds need a connection each.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
@@ -118,7 +122,69 @@ async def load_day(
     or None when the path does not apply (see the module doc). Holds up to 1 + (the table's indexes)
     of the pool's connections at once. `phases`, when given, receives each step's seconds: `copy`
     (the COPY and its commit), `build <index>` for each index and `builds` (all of them, side by
-    side), `attach` (the last transaction)."""
+    side), `attach` (the last transaction). `begin_day` then `DayLoad.finish`, one after the other."""
+    load = await begin_day(pool, symbol, day, batch, phases=phases)
+    return None if load is None else await load.finish()
+
+
+@dataclass
+class DayLoad:
+    """A day whose rows are in its load table and committed (steps 1-2 of the module doc done): it
+    holds the day's lock and its connection until `finish` (steps 3-4) or `abandon` (the table
+    dropped). Nothing of it is in agg_trades yet. The caller may do other work between the two, e.g.
+    the next day's COPY while this day's indexes build (trades_historical.py), but must call one of
+    them: until then the day stays locked and the connection taken."""
+
+    pool: asyncpg.Pool
+    symbol: str
+    day: date
+    rows: int
+    ids: np.ndarray
+    ts_ms: np.ndarray
+    phases: dict[str, float]
+    conn: asyncpg.Connection
+    _release: contextlib.AsyncExitStack
+    _done: bool = False
+
+    async def finish(self) -> int:
+        """Build the indexes side by side, attach the day with its coverage; the rows stored. On a
+        failure the day's table is dropped and the error raised: the day stays unloaded."""
+        self._claim()
+        try:
+            await _build_and_attach(self)
+        finally:
+            await self._close()
+        log.debug("bulk-loaded %s %s: %d rows", self.symbol, self.day, self.rows)
+        return self.rows
+
+    async def abandon(self) -> None:
+        """Drop the day's table unattached and give back the lock and the connection."""
+        self._claim()
+        try:
+            await _discard(self.conn, self.day)
+        finally:
+            await self._close()
+
+    @property
+    def done(self) -> bool:
+        """finish or abandon has been called."""
+        return self._done
+
+    def _claim(self) -> None:
+        if self._done:
+            raise RuntimeError(f"bulk load of {self.symbol} {self.day} already finished or abandoned")
+        self._done = True
+
+    async def _close(self) -> None:
+        await self._release.aclose()
+
+
+async def begin_day(
+    pool: asyncpg.Pool, symbol: str, day: date, batch: pa.Table, *, phases: dict[str, float] | None = None
+) -> DayLoad | None:
+    """Steps 1-2 of the module doc for `batch` (every aggregate trade of `symbol` on UTC `day`): the
+    day locked, its rows copied into a fresh load table and committed; the load to finish, or None
+    when the path does not apply (nothing is left held then)."""
     batch = conform(KIND, batch)
     if batch.num_rows == 0:
         return None
@@ -131,42 +197,49 @@ async def load_day(
     ordered = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))
     if not ordered and not bool(np.all(np.diff(np.sort(ids)) > 0)):
         return None
-    async with pool.acquire() as conn, _load_session(conn):
+    async with contextlib.AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(pool.acquire())
+        await stack.enter_async_context(_load_session(conn))
         if not await conn.fetchval(sql("bulk_day_lock"), KIND, day, column=1):
             await conn.execute(sql("bulk_day_unlock"), KIND, day)
             return None
+        stack.push_async_callback(_unlock, conn, day)
+        step = time.perf_counter()
         try:
-            await _load_locked(pool, conn, symbol, day, batch, ids, ts_ms, {} if phases is None else phases)
-        finally:
-            with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
-                await conn.execute(sql("bulk_day_unlock"), KIND, day)
-    log.debug("bulk-loaded %s %s: %d rows", symbol, day, batch.num_rows)
-    return batch.num_rows
+            async with conn.transaction():
+                part = await conn.fetchval(sql("bulk_day_new"), KIND, day, symbol)
+                # encoded in pieces in a worker thread while the server takes the previous piece: the
+                # event loop (a live stream in the same process) goes on meanwhile
+                copy_columns, db_columns = _sent_columns(batch)
+                pieces = encoded_pieces(batch, copy_columns)
+                await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
+        except BaseException:
+            await _discard(conn, day)
+            raise
+        phases = {} if phases is None else phases
+        _phase(phases, "copy", step)
+        # from here the load owns the lock and the connection, given back by finish or abandon
+        return DayLoad(pool, symbol, day, batch.num_rows, ids, ts_ms, phases, conn, stack.pop_all())
+    return None  # not reached: the block returns or raises (a type checker cannot see it)
 
 
-async def _load_locked(
-    pool: asyncpg.Pool,
-    conn: asyncpg.Connection,
-    symbol: str,
-    day: date,
-    table: pa.Table,
-    ids: np.ndarray,
-    ts_ms: np.ndarray,
-    phases: dict[str, float],
-) -> None:
-    """Steps 2-4 of the module doc, under the day's lock; what a failure leaves is dropped."""
+async def _unlock(conn: asyncpg.Connection, day: date) -> None:
+    with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
+        await conn.execute(sql("bulk_day_unlock"), KIND, day)
+
+
+async def _discard(conn: asyncpg.Connection, day: date) -> None:
+    with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError, asyncpg.exceptions.InterfaceError):
+        await conn.execute(sql("bulk_day_discard"), KIND, day)
+
+
+async def _build_and_attach(load: DayLoad) -> None:
+    """Steps 3-4 of the module doc, under the day's lock; what a failure leaves is dropped."""
+    conn, day, phases = load.conn, load.day, load.phases
     step = time.perf_counter()
     try:
-        async with conn.transaction():
-            part = await conn.fetchval(sql("bulk_day_new"), KIND, day, symbol)
-            # encoded in pieces in a worker thread while the server takes the previous piece: the
-            # event loop (a live stream in the same process) goes on meanwhile
-            copy_columns, db_columns = _sent_columns(table)
-            pieces = encoded_pieces(table, copy_columns)
-            await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
-        step = _phase(phases, "copy", step)
         builds = [r["build"] for r in await conn.fetch(sql("bulk_day_index"), KIND, day)]
-        tasks = [asyncio.ensure_future(_build(pool, b, len(builds) > 1, phases)) for b in builds]
+        tasks = [asyncio.ensure_future(_build(load.pool, b, len(builds) > 1, phases)) for b in builds]
         try:
             await asyncio.gather(*tasks)  # the first failure raised as itself
         finally:
@@ -175,16 +248,15 @@ async def _load_locked(
             await asyncio.gather(*tasks, return_exceptions=True)
         step = _phase(phases, "builds", step)
         async with conn.transaction():
-            await coverage.lock_symbol(conn, symbol)
+            await coverage.lock_symbol(conn, load.symbol)
             await conn.execute(sql("bulk_day_attach"), KIND, day)
-            await coverage.add_batch(conn, symbol, ids, ts_ms, {_epoch_day(day): len(ids)})
-            await invalidations.log_range(conn, KIND, symbol, int(ts_ms.min()), int(ts_ms.max()))
+            await coverage.add_batch(conn, load.symbol, load.ids, load.ts_ms, {_epoch_day(day): load.rows})
+            await invalidations.log_range(
+                conn, KIND, load.symbol, int(load.ts_ms.min()), int(load.ts_ms.max())
+            )
         _phase(phases, "attach", step)
     except BaseException:
-        with contextlib.suppress(
-            asyncpg.exceptions.PostgresError, OSError, asyncpg.exceptions.InterfaceError
-        ):
-            await conn.execute(sql("bulk_day_discard"), KIND, day)
+        await _discard(conn, day)
         raise
 
 
