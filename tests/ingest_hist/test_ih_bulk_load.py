@@ -347,3 +347,62 @@ def test_the_collector_bulk_loads_archive_days_and_a_rerun_stores_nothing_twice(
 
     asyncio.run(main())
     assert partitions(db_url) == ["agg_trades_p20220809", "agg_trades_p20220810", "agg_trades_p20220811"]
+
+
+def test_the_next_day_is_copied_while_a_day_attaches_and_a_cancel_there_leaves_nothing_taken(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """The collector copies a day in while the day before builds its indexes and attaches (its
+    attach held here by another session holding the symbol's lock): both days' tables wait in
+    microstructure_load, no checkpoint is written ahead of them; cancelling the run then gives back
+    every lock and connection, drops both tables, and the same command loads all three days."""
+    symbol_lock = "SELECT pg_advisory_xact_lock(hashtext('agg_trades:BTCUSDT'))"
+
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            watcher = await asyncpg.connect(db_url)
+            holder = await asyncpg.connect(db_url)
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute(symbol_lock)
+            task = asyncio.create_task(run_collect(settings, db_url, ["BTCUSDT"], D9, D11))
+            waiting = ["agg_trades_p20220809", "agg_trades_p20220810"]
+            for _ in range(3000):
+                if load_tables(db_url) == waiting or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert load_tables(db_url) == waiting  # D10 copied in while D9 waits to attach
+            blocked = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%agg_trades:%'"
+            )
+            assert blocked == 1
+            assert await watcher.fetchval("SELECT count(*) FROM ingest_checkpoints") == 0
+            assert partitions(db_url) == []
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)  # returns: no connection was left taken
+            others = "pid NOT IN (pg_backend_pid(), $1)"
+            locks = await watcher.fetchval(
+                f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND {others}",
+                holder.get_server_pid(),
+            )
+            sessions = await watcher.fetchval(
+                f"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {others} "
+                "AND backend_type = 'client backend'",
+                holder.get_server_pid(),
+            )
+            assert (locks, sessions) == (0, 0)
+            assert load_tables(db_url) == [] and partitions(db_url) == []
+            await tx.rollback()
+            await holder.close()
+            await watcher.close()
+            report = await run_collect(settings, db_url, ["BTCUSDT"], D9, D11)
+            rep = report.symbols["BTCUSDT"]
+            assert report.ok and rep.days_archive == [D9, D10, D11] and rep.rows_bulk == rep.rows
+            ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+            assert ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) == rep.rows
+
+    asyncio.run(main())
+    assert partitions(db_url) == ["agg_trades_p20220809", "agg_trades_p20220810", "agg_trades_p20220811"]
+    assert load_tables(db_url) == []

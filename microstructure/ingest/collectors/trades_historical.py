@@ -545,10 +545,11 @@ class _SymbolRun:
             await load.abandon()
 
     async def _settle(self) -> None:
-        """Wait for what the last bulk-loaded days left to do (see `_tail`); its error raised here."""
-        tail, self._tail = self._tail, None
-        if tail is not None:
-            await tail
+        """Wait for what the last bulk-loaded days left to do (see `_tail`); its error raised here
+        (the tail then stays for `_undo_tail`, as on a cancel, which reaches the tail too)."""
+        if self._tail is not None:
+            await self._tail
+            self._tail = None
 
     def _then(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` after what `_tail` holds, in the background: the new tail."""
