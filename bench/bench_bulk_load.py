@@ -28,7 +28,8 @@ and reports totals only). Per day: rows, seconds, rows/s, the day partition's pg
 and the WAL the server wrote meanwhile. Per path: total rows/s, the slope of a least-squares line
 through rows/s over the day index (rows/s per day, and in % of the mean), checkpoints taken, the
 collector's CPU seconds and the whole machine's (/proc/stat, both cores: the server's share is the
-difference). The server settings may be changed for the run (ALTER SYSTEM + reload, or a restart
+difference), and how long a VACUUM (ANALYZE) of agg_trades took after each call (untimed: what
+the load left for autovacuum, done before the next call rather than on its time). The server settings may be changed for the run (ALTER SYSTEM + reload, or a restart
 for wal_level) to compare them.
 
 `--rounds N` repeats the whole comparison N times, each round into fresh databases, the paths'
@@ -82,6 +83,7 @@ class PathRun:
     rows_bulk: int = 0
     cpu_s: float = 0.0
     machine_s: float = 0.0
+    vacuum_s: float = 0.0
     checkpoints: int = 0
 
     @property
@@ -179,6 +181,12 @@ def load_span(t: Target, args: argparse.Namespace, d: date, d_end: date) -> None
     run.machine_s += machine_busy_s() - m0
     if not report.ok:
         raise SystemExit("\n".join(report.summary_lines()))
+    # what the load left for autovacuum (hint bits, visibility map, statistics) is done now, not
+    # timed but shown: else a worker would do it on the next call's time, maybe the other path's
+    # (after a 3-day flat load it takes 0.9-2.2 s; after the bulk path's frozen days 0.7 s)
+    v0 = time.perf_counter()
+    admin_sql(dsn, "VACUUM (ANALYZE) agg_trades")
+    run.vacuum_s += time.perf_counter() - v0
     sym = report.symbols[args.symbol]
     size1, wal = admin_sql(dsn, TOTAL_SIZE, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn0}')::bigint")
     size = int(size1) - int(size0)  # type: ignore[call-overload]
@@ -248,16 +256,16 @@ def print_round(runs: dict[str, PathRun], days: list[date]) -> None:
     print()
     print(
         "| path | rows | s | rows/s | slope (rows/s per day) | MB per day | WAL MB per day | checkpoints "
-        "| collector CPU s | machine CPU s (2 cores) |"
+        "| collector CPU s | machine CPU s (2 cores) | VACUUM after, s (not in s) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs.values():
         n = len(r.rows)
         slope = r.slope()
         print(f"| {r.name} (bulk_load={PATHS[r.name]}; {r.rows_bulk:,} rows bulk) | {sum(r.rows):,} "
               f"| {sum(r.seconds):.1f} | {r.total_rate:,.0f} | {slope:+,.0f} ({100 * slope / (sum(r.rate) / n):+.2f} %) "
               f"| {mb(sum(r.disk) / n)} | {mb(sum(r.wal) / n)} | {r.checkpoints} | {r.cpu_s:.1f} "
-              f"| {r.machine_s:.1f} |")  # fmt: skip
+              f"| {r.machine_s:.1f} | {r.vacuum_s:.1f} |")  # fmt: skip
     print()
     for a, b in RATIOS:
         if a in runs and b in runs:
