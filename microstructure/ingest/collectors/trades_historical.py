@@ -10,7 +10,11 @@ For each symbol and each UTC day of [start, end] (the server's clock decides wha
 - a whole past month whose days are all needed comes from the monthly archive (one download instead
   of ~30) when it is not larger than `monthly_max_bytes`, else from the daily archives;
 - past days come from the daily archives, verified against their .CHECKSUM; downloading (and parsing)
-  the next archives overlaps loading the current one (bounded prefetch);
+  the next archives overlaps loading the current one (bounded prefetch), and they parse in the
+  order asked for (archives.ParseTurns), so the oldest is ready first;
+- a day with no partition yet takes the bulk path (sink/bulk.py): its COPY runs while the day
+  before builds its indexes and attaches; that day's checkpoint follows its attach, and anything
+  else (REST, a skipped day, a failed archive) waits for both;
 - days without an archive (today; yesterday before publication; anything answering 404) are filled
   from REST with `fromId` pagination, starting after the last stored id (up to now for today);
 - a checksum mismatch refuses that day (error in the report, an `ingest_events` row) and the run
@@ -19,7 +23,7 @@ For each symbol and each UTC day of [start, end] (the server's clock decides wha
   it is written, so the day is not covered (a monthly archive falls back to the daily ones);
   missing archives are recorded in `ingest_events` too.
 
-Everything goes through the writer (idempotent: a run killed at any point and started again stores no
+Everything else goes through the writer (idempotent: a run killed at any point and started again stores no
 row twice and ends with the same rows). At the end everything is flushed and a report gives rows per
 symbol, days from archives and from REST, and the gaps left.
 """
@@ -804,7 +808,6 @@ class _SymbolRun:
                         queue.appendleft(_Unit("day", [d]))
                     continue
                 self._prefetch(queue, unit)
-                assert unit.task is not None
                 try:
                     arc = await self._archive(unit)
                 except (archives.ArchiveMissing, _TooLarge) as exc:
