@@ -215,12 +215,16 @@ def run_paths(
     weighs on all paths alike; with --one-call, each path's whole range in one call, one path after
     the other. The runs come back in the order of `paths` (--paths)."""
     targets = [start_path(n, tmp, base) for n in runs_order(k, paths)]
-    spans = [(days[0], days[-1])] if args.one_call else [(d, d) for d in days]
-    for d, d_end in spans:
+    if args.one_call:  # each database checked and dropped before the next path runs: the same disk
         for t in targets:
-            load_span(t, args, d, d_end)
-    for t in targets:
-        finish_path(t)
+            load_span(t, args, days[0], days[-1])
+            finish_path(t)
+    else:
+        for d in days:
+            for t in targets:
+                load_span(t, args, d, d)
+        for t in targets:
+            finish_path(t)
     by_name = {t.run.name: t.run for t in targets}
     return {n: by_name[n] for n in paths}
 
