@@ -29,8 +29,9 @@ and the WAL the server wrote meanwhile. Per path: total rows/s, the slope of a l
 through rows/s over the day index (rows/s per day, and in % of the mean), checkpoints taken, the
 collector's CPU seconds and the whole machine's (/proc/stat, both cores: the server's share is the
 difference), and how long a VACUUM (ANALYZE) of agg_trades took after each call (untimed: what
-the load left for autovacuum, done before the next call rather than on its time). The server settings may be changed for the run (ALTER SYSTEM + reload, or a restart
-for wal_level) to compare them.
+the load left for autovacuum, done before the next call rather than on its time). The server
+settings may be changed for the run (ALTER SYSTEM + reload, or a restart for wal_level) to compare
+them.
 
 `--rounds N` repeats the whole comparison N times, each round into fresh databases, the paths'
 order turned around every other round (with --one-call the paths run one after the other, so the
