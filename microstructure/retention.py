@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from microstructure.db.tables import TIME_TABLES, TimeTable
 from microstructure.export.partitions import Manifest, day_dir
 from microstructure.export.types import FEATURE_SOURCES, RAW_TYPES
 from microstructure.features_sql.stages import VIEW_RAW_TABLES
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,7 @@ async def run_scheduled(
             for t in report.tables:
                 if t.dropped_days:
                     out.dropped.setdefault(t.table, []).extend(t.dropped_days)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+        await sleep_or_stop(stop, interval)
     return out
 
 

@@ -48,6 +48,7 @@ from microstructure.export.partitions import (
     write_atomically,
 )
 from microstructure.export.types import SPAN_TABLES, TYPES, ExportType
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -542,11 +543,8 @@ async def follow(
             rep = await asyncio.to_thread(export_once, dsn, output_dir, lateness=lateness, **kw)
         except Exception as exc:  # the database away, another export holding the folder: next round
             log.warning("export round failed, retrying in %.0f s: %s: %s", poll, type(exc).__name__, exc)
-            try:
-                await asyncio.wait_for(stop.wait(), poll)
-            except TimeoutError:
-                continue
-            break
+            await sleep_or_stop(stop, poll)
+            continue
         for name, t in rep.types.items():
             tt = total.types[name]
             tt.written += t.written
@@ -561,8 +559,5 @@ async def follow(
         now = datetime.now(tz=UTC)
         next_close = floor_hour(now) + HOUR + timedelta(seconds=lateness)
         wait = min(poll, max(1.0, (next_close - now).total_seconds()))
-        try:
-            await asyncio.wait_for(stop.wait(), wait)
-        except TimeoutError:
-            continue
+        await sleep_or_stop(stop, wait)
     return total

@@ -36,6 +36,7 @@ import asyncpg
 
 from microstructure.db.invalidation_log import advance_cursor, pending_ranges
 from microstructure.features_sql.stages import RAW_TABLES, STAGE_BY_NAME, Stage, stages_for
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -411,11 +412,8 @@ async def run_refresher(
             if conn is not None:
                 conn.terminate()
                 conn = None
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            continue
-        break
+        if await sleep_or_stop(stop, interval):
+            break
     if conn is not None:
         with contextlib.suppress(Exception):
             total.add(await refresh_pending(conn, wait=True, dsn=dsn))  # what the last interval wrote

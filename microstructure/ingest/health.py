@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ class EventLog:
 
     async def run(self, stop: asyncio.Event, interval: float = 2.0) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await sleep_or_stop(stop, interval)
             await self.flush()
 
 

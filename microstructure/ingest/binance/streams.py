@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from microstructure.ingest.health import EventLog, Health, StreamHealth, note_malformed, now_ms
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,7 @@ async def _watch_connection(
     (kept by the reader) compared with the clock; a silent connection, or `stop`, closes it."""
     period = max(0.05, min(1.0, stale_timeout / 4))
     while not ws.closed:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), period)
-        if stop.is_set():
+        if await sleep_or_stop(stop, period):
             break
         if now_ms() - max(h.last_recv_ms, state["since_ms"]) > stale_timeout * 1000:
             state["stale"] = True
@@ -130,8 +129,7 @@ async def combined_stream(
             log.info("%s: reconnecting in %.2f s", name, delay)
             if events is not None:
                 events.record(collector, None, "reconnect", {"stream": name, "attempt": attempt})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await sleep_or_stop(stop, delay)
     finally:
         if own:
             await sess.close()

@@ -42,10 +42,11 @@ from microstructure.ingest.collectors.archive_days import (
     resolve_days,
 )
 from microstructure.ingest.collectors.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
-from microstructure.ingest.collectors.runtime import sleep_or_stop, start_stream, stop_after
+from microstructure.ingest.collectors.runtime import start_stream, stop_after
 from microstructure.ingest.health import EventLog, Health, note_malformed
 from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS, SnapshotRow
 from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
+from microstructure.waiting import sleep_or_stop
 
 DIFF_MAX_LEVELS = 1000  # --depth-levels: at most the levels of the REST snapshot (/fapi/v1/depth?limit=1000)
 

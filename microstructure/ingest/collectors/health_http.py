@@ -20,7 +20,6 @@ Started by `collect all --health-port N` on 127.0.0.1 (a setting: `host`).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from microstructure.ingest.health import EventLog, Health, now_ms
+from microstructure.waiting import sleep_or_stop
 
 
 @dataclass
@@ -45,8 +45,6 @@ class HealthServer:
 
     async def watch_lags(self, dsn: str, stop: Any, every: float = 5.0) -> None:
         """Refresh `lags` from the database until `stop` is set; a failed read keeps the last values."""
-        import asyncio
-
         import asyncpg
 
         from microstructure.db.queries import load
@@ -66,8 +64,7 @@ class HealthServer:
                     if conn is not None:
                         conn.terminate()
                     conn = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), every)
+                await sleep_or_stop(stop, every)
         finally:
             if conn is not None:
                 conn.terminate()

@@ -52,7 +52,7 @@ from microstructure.ingest.collectors.archive_days import (
     ms_of_day,
     resolve_days,
 )
-from microstructure.ingest.collectors.runtime import note_bad_reply, sleep_or_stop, start_stream, stop_after
+from microstructure.ingest.collectors.runtime import note_bad_reply, start_stream, stop_after
 from microstructure.ingest.health import EventLog, Health, now_ms
 from microstructure.ingest.records import (
     FUNDING_RATES,
@@ -63,6 +63,7 @@ from microstructure.ingest.records import (
     PRICE_KLINES,
 )
 from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,13 @@
 """The running of a live collector, alike for every one: its streams, its stop, its unusable REST replies.
 
 - `start_stream`: join the shared connections of `collect all`, or open the collector's own;
-- `stop_after` / `sleep_or_stop`: the `--live-seconds` timer, and sleeping until the next flush or stop;
+- `stop_after`: the `--live-seconds` timer (sleeping until the next flush or stop: waiting.sleep_or_stop);
 - `note_bad_reply`: a REST reply that arrived but cannot be used counts as a malformed message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,13 +38,6 @@ def start_stream(
     )
     own.register(streams, handler, collector)
     return own, asyncio.create_task(own.run(stop), name=f"{collector}-streams")
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True when `stop` was set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 def stop_after(stop: asyncio.Event, live_seconds: float | None) -> asyncio.Task[None] | None:

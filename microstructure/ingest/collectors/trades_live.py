@@ -33,12 +33,12 @@ import pyarrow as pa
 from microstructure.config import Settings
 from microstructure.ingest.binance.rest import BinanceRest, IpBanned
 from microstructure.ingest.binance.streams import SharedStreams
-from microstructure.ingest.collectors.runtime import sleep_or_stop
 from microstructure.ingest.collectors.trades_historical import check_symbols
 from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.records import AGG_TRADES, GAP_KIND, GAP_RECORDS
 from microstructure.ingest.sink import coverage
 from microstructure.ingest.sink.writer import open_writer, writer_problems
+from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
