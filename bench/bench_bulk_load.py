@@ -3,6 +3,7 @@
     python bench/bench_bulk_load.py [--days 30] [--trades-per-day 2500000] [--symbol BTCUSDT]
         [--paths new,old,flat] [--one-call] [--rounds 1] [--wal-compression on|off]
         [--wal-level minimal|replica] [--max-wal-size 8GB] [--checkpoint-timeout 15min]
+        [--wal-init-zero on|off] [--wal-buffers 64MB]
 
 The local exchange (its own process) serves `--days` complete BTCUSDT-like days of daily aggTrades
 archives (generated once per seed, cached under --cache-dir and fetched once before timing). Its
@@ -64,8 +65,8 @@ from common import (
     stop_database,
 )
 
-SHOWN = ("wal_level", "wal_compression", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
-         "shared_buffers", "synchronous_commit")  # fmt: skip
+SHOWN = ("wal_level", "wal_compression", "wal_init_zero", "wal_buffers", "maintenance_work_mem", "max_wal_size",
+         "checkpoint_timeout", "shared_buffers", "synchronous_commit")  # fmt: skip
 PATHS = {"new": True, "old": False, "flat": False}  # name -> bulk_load
 # every relation of agg_trades: the table (or the partitioned parent), its day partitions, their indexes
 TOTAL_SIZE = (
@@ -313,9 +314,11 @@ def main() -> int:
     p.add_argument("--wal-compression", choices=("on", "off"), help="server setting for the run")
     p.add_argument("--max-wal-size", help="server setting for the run, e.g. 8GB")
     p.add_argument("--checkpoint-timeout", help="server setting for the run, e.g. 15min")
+    p.add_argument("--wal-init-zero", choices=("on", "off"), help="server setting for the run")
     p.add_argument(
         "--wal-level", choices=("minimal", "replica"), help="server setting for the run (restarts it)"
     )
+    p.add_argument("--wal-buffers", help="server setting for the run, e.g. 64MB (restarts it)")
     args = p.parse_args()
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     if not paths or any(x not in PATHS for x in paths):
@@ -336,16 +339,20 @@ def main() -> int:
                 print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 dsn, server = database(tmp)
                 changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
-                           ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout)) if v]  # fmt: skip
+                           ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout),
+                           ("wal_init_zero", args.wal_init_zero)) if v]  # fmt: skip
                 if changes:
                     admin_sql(
                         dsn, *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in changes), "SELECT pg_reload_conf()"
                     )
                     time.sleep(1)  # the postmaster re-reads the files asynchronously
-                if args.wal_level and server is not None:
-                    senders = "0" if args.wal_level == "minimal" else "10"
-                    admin_sql(dsn, f"ALTER SYSTEM SET wal_level = '{args.wal_level}'",
-                              f"ALTER SYSTEM SET max_wal_senders = {senders}")  # fmt: skip
+                if (args.wal_level or args.wal_buffers) and server is not None:
+                    if args.wal_level:
+                        senders = "0" if args.wal_level == "minimal" else "10"
+                        admin_sql(dsn, f"ALTER SYSTEM SET wal_level = '{args.wal_level}'",
+                                  f"ALTER SYSTEM SET max_wal_senders = {senders}")  # fmt: skip
+                    if args.wal_buffers:
+                        admin_sql(dsn, f"ALTER SYSTEM SET wal_buffers = '{args.wal_buffers}'")
                     server.stop()  # type: ignore[attr-defined]
                     server.ensure_running()  # type: ignore[attr-defined]
                 shown = dict(zip(SHOWN, admin_sql(dsn, *(f"SHOW {s}" for s in SHOWN)), strict=True))

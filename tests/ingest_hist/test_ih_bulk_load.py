@@ -112,6 +112,41 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
     assert load_tables(db_url) == []
 
 
+def test_on_the_embedded_server_a_bulk_day_skips_the_wal_a_merged_day_writes(db_url: str) -> None:
+    """wal_level = minimal (embedded.py): a day's load table and its indexes, new in their
+    transactions, are fsynced at commit, not written to the WAL too; rows merged into an existing
+    partition are WAL-logged as on any server."""
+    bulk_day, merged_day = date(2026, 11, 20), date(2026, 11, 21)
+
+    async def main() -> tuple[int, int]:
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
+        try:
+            async with pool.acquire() as conn:
+                lsn = "SELECT pg_current_wal_lsn()"
+                start = await conn.fetchval(lsn)
+                assert await bulk.load_day(pool, "BTCUSDT", bulk_day, trades(1, 300_000, day_ms(bulk_day), DAY_MS))
+                mid = await conn.fetchval(lsn)
+                batch = trades(300_001, 300_000, day_ms(merged_day), DAY_MS)
+                assert await write_batch(conn, "agg_trades", "BTCUSDT", batch) == 300_000
+                end = await conn.fetchval(lsn)
+                diff = "SELECT pg_wal_lsn_diff($1, $2)::bigint"
+                return await conn.fetchval(diff, mid, start), await conn.fetchval(diff, end, mid)
+        finally:
+            await pool.close()
+
+    bulk_wal, merged_wal = asyncio.run(main())
+    with psycopg.connect(db_url) as conn:
+        size = {
+            d: conn.execute("SELECT pg_total_relation_size(%s::regclass)", (f"agg_trades_p{d:%Y%m%d}",)).fetchone()[0]
+            for d in (bulk_day, merged_day)
+        }
+        wal_level = conn.execute("SHOW wal_level").fetchone()
+    assert size[bulk_day] > 20_000_000 and size[merged_day] > 20_000_000  # both days stored in full
+    assert bulk_wal < 0.02 * size[bulk_day], (bulk_wal, size)  # coverage and the catalog only
+    assert merged_wal > 0.5 * size[merged_day], (merged_wal, size)  # heap and index pages logged
+    assert wal_level == ("minimal",)
+
+
 @pytest.mark.parametrize("step", ["COPY", "CREATE"])
 def test_a_killed_bulk_load_leaves_no_half_attached_day_and_runs_again(db_url: str, step: str) -> None:
     """The backend filling the day's table (COPY) or one building an index (CREATE) is killed: nothing
