@@ -124,7 +124,8 @@ def test_on_the_embedded_server_a_bulk_day_skips_the_wal_a_merged_day_writes(db_
             async with pool.acquire() as conn:
                 lsn = "SELECT pg_current_wal_lsn()"
                 start = await conn.fetchval(lsn)
-                assert await bulk.load_day(pool, "BTCUSDT", bulk_day, trades(1, 300_000, day_ms(bulk_day), DAY_MS))
+                rows = trades(1, 300_000, day_ms(bulk_day), DAY_MS)
+                assert await bulk.load_day(pool, "BTCUSDT", bulk_day, rows) == 300_000
                 mid = await conn.fetchval(lsn)
                 batch = trades(300_001, 300_000, day_ms(merged_day), DAY_MS)
                 assert await write_batch(conn, "agg_trades", "BTCUSDT", batch) == 300_000
@@ -137,7 +138,9 @@ def test_on_the_embedded_server_a_bulk_day_skips_the_wal_a_merged_day_writes(db_
     bulk_wal, merged_wal = asyncio.run(main())
     with psycopg.connect(db_url) as conn:
         size = {
-            d: conn.execute("SELECT pg_total_relation_size(%s::regclass)", (f"agg_trades_p{d:%Y%m%d}",)).fetchone()[0]
+            d: conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", (f"agg_trades_p{d:%Y%m%d}",)
+            ).fetchone()[0]
             for d in (bulk_day, merged_day)
         }
         wal_level = conn.execute("SHOW wal_level").fetchone()
