@@ -8,7 +8,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -272,5 +272,45 @@ def test_a_trust_data_folder_from_before_passwords_is_secured_on_its_next_start(
             psycopg.connect(f"postgresql://postgres@127.0.0.1:{st.port}/postgres", connect_timeout=5)
         with psycopg.connect(st.dsn("postgres")) as conn:
             assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    finally:
+        server.stop()
+
+
+def test_an_older_data_folder_gets_the_newer_server_defaults_that_fit_its_settings(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "home")
+    conf = server.data_dir / "postgresql.conf"
+
+    def show(*names: str) -> tuple[str, ...]:
+        with psycopg.connect(server.ensure_running().dsn("postgres")) as conn:
+            return tuple(conn.execute(f"SHOW {n}").fetchone()[0] for n in names)
+
+    def restart_with(edit: Callable[[str], str]) -> tuple[str, ...]:
+        server.stop()
+        conf.write_text(edit(conf.read_text()))
+        return show("wal_level", "max_wal_senders", "wal_init_zero", "archive_mode")
+
+    newer = ("wal_level = minimal\n", "max_wal_senders = 0\n", "wal_init_zero = off\n")
+
+    def as_older(text: str) -> str:
+        for line in newer:
+            assert line in text
+            text = text.replace(line, "")
+        return text
+
+    try:
+        assert show("wal_level", "max_wal_senders", "wal_init_zero") == ("minimal", "0", "off")
+        # a folder from before those defaults whose owner archives WAL: minimal WAL would keep the
+        # server from starting, so that group stays out; the rest is added
+        archiving = "archive_mode = on\narchive_command = '/bin/true'\n"
+        assert restart_with(lambda t: as_older(t) + archiving) == ("replica", "10", "off", "on")
+        assert conf.read_text().count("wal_init_zero = off") == 1
+        # archiving given up: the next start adds the group too
+        assert restart_with(lambda t: t.replace(archiving, "")) == ("minimal", "0", "off", "off")
+        # a setting made with ALTER SYSTEM is the owner's as well
+        server.stop()
+        conf.write_text(as_older(conf.read_text()))
+        (server.data_dir / "postgresql.auto.conf").write_text("wal_level = 'replica'\n")
+        assert show("wal_level", "wal_init_zero") == ("replica", "off")
+        assert "wal_level = minimal" not in conf.read_text()
     finally:
         server.stop()

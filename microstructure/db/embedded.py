@@ -49,6 +49,48 @@ class EmbeddedError(RuntimeError):
 
 SYNC_COMMIT_ENV = "MICROSTRUCTURE_EMBEDDED_SYNCHRONOUS_COMMIT"
 
+# The server's settings, appended to postgresql.conf at initdb, in groups that go in together (an
+# older folder gets the groups added since on its next start; a group of which any setting is already
+# set stays out). Modest settings for a laptop-sized ingest box, chosen for bulk loads (BENCHMARKS.md,
+# "Bulk load"):
+# - checkpoints far apart: +8 % rows/s over 10 days of 2.5 M rows; crash recovery replays more WAL;
+# - WAL compression on for the live writes; the bulk-load session turns it off;
+# - wal_level = minimal: a day's load table and its indexes, new in their transactions, are fsynced at
+#   commit instead of also written to the WAL: the bulk path writes 1 MB of WAL for 3 days of 2.5 M
+#   rows instead of 988 MB, takes a third less CPU, and its COPY and builds no longer wait on WAL
+#   writes (3 days in one call, 5 rounds each: new/flat median 2.26 with replica, 2.68 with minimal).
+#   Rows written into existing tables (the live path, merges) are WAL-logged as before. The price: no
+#   streaming replica and no pg_basebackup of this server (the Parquet export is the archive);
+#   `ALTER SYSTEM SET wal_level = replica` and `max_wal_senders = 10`, then a restart, bring them back;
+# - wal_init_zero = off: a new WAL segment is not zero-filled and fsynced before use; a fresh server
+#   has no segment to recycle, and its first loads waited on that (WalInitWrite, WalInitSync).
+SERVER_DEFAULTS: list[list[tuple[str, str]]] = [
+    [("shared_buffers", "'512MB'")],
+    [("max_wal_size", "'16GB'")],
+    [("checkpoint_timeout", "'30min'")],
+    [("wal_compression", "on")],
+    [("wal_level", "minimal"), ("max_wal_senders", "0")],
+    [("wal_init_zero", "off")],
+    [("timezone", "'UTC'")],
+    [("max_connections", "200")],
+    [("password_encryption", "'scram-sha-256'")],
+]
+# settings that also rule a group out when set (the server refuses to start with minimal WAL and them)
+_CONFLICTS = {"wal_level": {"archive_mode", "summarize_wal"}}
+DEFAULTS_MARK = "# microstructure embedded defaults"
+DEFAULTS_ADDED_MARK = "# microstructure embedded defaults added by a later version"
+_SETTING = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)  # not a commented-out line
+
+
+def _set_names(conf_text: str) -> set[str]:
+    """The settings a postgresql.conf text sets."""
+    return {m.group(1).lower() for m in _SETTING.finditer(conf_text)}
+
+
+def _write_defaults(conf: Path, mark: str, groups: list[list[tuple[str, str]]]) -> None:
+    with open(conf, "a") as fh:
+        fh.write(f"\n{mark}\n" + "".join(f"{k} = {v}\n" for g in groups for k, v in g))
+
 
 @dataclass(frozen=True)
 class EmbeddedStatus:
@@ -250,6 +292,7 @@ class EmbeddedPostgres:
                 return st
             user = self._system_user()
             self._init_data_dir(user)
+            self._add_new_defaults()
             port = self._choose_port()
             log.info("starting embedded PostgreSQL on 127.0.0.1:%d (data %s)", port, self.data_dir)
             if self.log_file.exists() and user:
@@ -339,28 +382,25 @@ class EmbeddedPostgres:
             )  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
-        # Modest settings for a laptop-sized ingest box, chosen for bulk loads (BENCHMARKS.md, "Bulk
-        # load"): checkpoints far apart (+8 % rows/s over 10 days of 2.5 M rows; crash recovery replays
-        # more WAL); WAL compression stays on for the live writes, the bulk-load session turns it off.
-        # wal_level = minimal: a day's load table and its indexes, new in their transactions, are
-        # fsynced at commit instead of written twice (their pages into the WAL as well): the bulk path
-        # writes under 1 MB of WAL for 3 days of 2.5 M rows instead of 988 MB, takes a third less CPU,
-        # and its COPY and builds no longer wait on WAL writes (3 days in one call, 5 rounds each:
-        # new/flat median 2.26 with replica, 2.68 with minimal). Rows written into existing tables (the
-        # live path, merges) are WAL-logged as before. The price: no streaming replica and no
-        # pg_basebackup of this server (the Parquet export is the archive); wal_level = replica and
-        # max_wal_senders > 0 in postgresql.conf bring them back.
-        # wal_init_zero = off: a new WAL segment is not zero-filled and fsynced before use; a fresh
-        # server has no segment to recycle, and its first loads waited on that (WalInitWrite and
-        # WalInitSync in pg_stat_activity).
+        _write_defaults(self.data_dir / "postgresql.conf", DEFAULTS_MARK, SERVER_DEFAULTS)
+
+    def _add_new_defaults(self) -> None:
+        """A folder an older version made: append the defaults added since (as groups, e.g. wal_level
+        with max_wal_senders), leaving every setting its postgresql.conf or ALTER SYSTEM already sets.
+        Read at the start that follows."""
         conf = self.data_dir / "postgresql.conf"
-        with open(conf, "a") as fh:
-            fh.write(
-                "\n# microstructure embedded defaults\n"
-                "shared_buffers = '512MB'\nmax_wal_size = '16GB'\ncheckpoint_timeout = '30min'\nwal_compression = on\n"
-                "wal_level = minimal\nmax_wal_senders = 0\nwal_init_zero = off\n"
-                "timezone = 'UTC'\nmax_connections = 200\npassword_encryption = 'scram-sha-256'\n"
-            )
+        text = conf.read_text()
+        if DEFAULTS_MARK not in text:
+            return  # not a folder this project initialised: its settings are its owner's
+        auto = self.data_dir / "postgresql.auto.conf"
+        taken = _set_names(text) | (_set_names(auto.read_text()) if auto.exists() else set())
+        missing = [
+            g for g in SERVER_DEFAULTS if not taken & ({k for k, _ in g} | _CONFLICTS.get(g[0][0], set()))
+        ]
+        if missing:
+            _write_defaults(conf, DEFAULTS_ADDED_MARK, missing)
+            log.info("embedded PostgreSQL: added the newer defaults %s to %s",
+                     ", ".join(f"{k} = {v}" for g in missing for k, v in g), conf)  # fmt: skip
 
     def _ensure_database(self, st: EmbeddedStatus) -> None:
         import psycopg

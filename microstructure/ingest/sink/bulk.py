@@ -22,7 +22,9 @@ one killed midway leaves at most the unattached table in microstructure_load, wh
 agg_trades sees and which the next historical run drops (`drop_stale_load_tables`, at its start) or
 the next load of the day replaces: running it again loads the day again. The
 sessions turn WAL compression off for the load when they may (an index build writes full-page
-images, and the embedded server's pglz is slow) and give the index builds more memory.
+images, and the embedded server's pglz is slow) and give the index builds more memory. On a server
+with `wal_level = minimal` (the embedded one) the COPY and the builds write no WAL at all: the table
+and each index are new in their transaction and fsynced at its commit.
 
 `begin_day` does steps 1-2 and hands back a `DayLoad` whose `finish` does steps 3-4 (or `abandon`
 drops the table): the historical collector copies the next day while this one's indexes build.
