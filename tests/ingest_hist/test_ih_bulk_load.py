@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -42,6 +43,16 @@ def partitions(db_url: str) -> list[str]:
                 "WHERE i.inhparent = 'agg_trades'::regclass ORDER BY 1"
             )
         ]
+
+
+async def hold_symbol_lock(db_url: str) -> tuple[asyncpg.Connection, Any]:
+    """Another session holding BTCUSDT's lock in an open transaction: a bulk day's attach (and any
+    writer of the symbol) waits for it. Roll the transaction back to let them on."""
+    holder = await asyncpg.connect(db_url)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT pg_advisory_xact_lock(hashtext('agg_trades:BTCUSDT'))")
+    return holder, tx
 
 
 def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_url: str) -> None:
@@ -394,16 +405,12 @@ def test_the_next_day_is_copied_while_a_day_attaches_and_a_cancel_there_leaves_n
     attach held here by another session holding the symbol's lock): both days' tables wait in
     microstructure_load, no checkpoint is written ahead of them; cancelling the run then gives back
     every lock and connection, drops both tables, and the same command loads all three days."""
-    symbol_lock = "SELECT pg_advisory_xact_lock(hashtext('agg_trades:BTCUSDT'))"
 
     async def main() -> None:
         async with LocalExchange(exchange(exchange_cache)) as ex:
             settings = settings_for(tmp_path, db_url, ex.base_url)
             watcher = await asyncpg.connect(db_url)
-            holder = await asyncpg.connect(db_url)
-            tx = holder.transaction()
-            await tx.start()
-            await holder.execute(symbol_lock)
+            holder, tx = await hold_symbol_lock(db_url)
             task = asyncio.create_task(run_collect(settings, db_url, ["BTCUSDT"], D9, D11))
             waiting = ["agg_trades_p20220809", "agg_trades_p20220810"]
             for _ in range(3000):
@@ -438,6 +445,48 @@ def test_the_next_day_is_copied_while_a_day_attaches_and_a_cancel_there_leaves_n
             report = await run_collect(settings, db_url, ["BTCUSDT"], D9, D11)
             rep = report.symbols["BTCUSDT"]
             assert report.ok and rep.days_archive == [D9, D10, D11] and rep.rows_bulk == rep.rows
+            ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
+            assert ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) == rep.rows
+
+    asyncio.run(main())
+    assert partitions(db_url) == ["agg_trades_p20220809", "agg_trades_p20220810", "agg_trades_p20220811"]
+    assert load_tables(db_url) == []
+
+
+def test_a_bulk_day_whose_session_is_killed_at_its_attach_goes_through_the_writer(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """The session attaching a day ends (killed while it waits for the symbol's lock, as in a server
+    restart): the collector drops the day's table, writes the day through the writer instead and
+    ends the run complete, every row once; the days after it still take the bulk path."""
+
+    async def main() -> None:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            settings = settings_for(tmp_path, db_url, ex.base_url)
+            watcher = await asyncpg.connect(db_url)
+            holder, tx = await hold_symbol_lock(db_url)
+            task = asyncio.create_task(run_collect(settings, db_url, ["BTCUSDT"], D9, D11))
+            blocked = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%agg_trades:%'"
+            pid = None
+            for _ in range(3000):
+                pid = await watcher.fetchval(blocked)
+                if pid or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert pid, "D9's attach never waited for the symbol's lock"
+            assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.sleep(0.2)
+            await tx.rollback()
+            await holder.close()
+            report = await asyncio.wait_for(task, 120)
+            rep = report.symbols["BTCUSDT"]
+            assert report.ok and rep.days_archive == [D9, D10, D11]
+            d9 = await watcher.fetchval(
+                "SELECT row_count FROM agg_trade_coverage WHERE symbol = 'BTCUSDT' AND day = $1", D9
+            )
+            assert d9 > 0 and rep.rows_bulk == rep.rows - d9  # D9 by the writer, D10 and D11 in bulk
+            assert await watcher.fetchval("SELECT count(*) FROM agg_trade_gaps") == 0
+            await watcher.close()
             ids = stored_rows(db_url, "BTCUSDT")["agg_id"]
             assert ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) == rep.rows
 

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 KIND = "agg_trades"
 INDEX_BUILD_MEMORY = "256MB"
 LOAD_SCHEMA = "microstructure_load"  # where a day's table waits to be attached (revision 0007)
+# what a load or its clean-up meets when the server or the connection goes (a pool's connection that
+# ended is detached from its proxy, whose every call then raises InterfaceError); a clean-up step
+# suppresses these, so the error that ended the load is the one raised
+LOAD_ERRORS = (asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError, OSError)
 
 
 def _epoch_day(d: date) -> int:
@@ -88,7 +92,7 @@ async def _load_session(conn: asyncpg.Connection, *, parallel_builds: bool = Fal
     try:
         yield
     finally:
-        with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
+        with contextlib.suppress(*LOAD_ERRORS):
             await conn.execute("; ".join(f"RESET {name}" for name in applied))
 
 
@@ -163,7 +167,7 @@ class DayLoad:
         """Drop the day's table unattached and give back the lock and the connection."""
         self._claim()
         try:
-            await _discard(self.conn, self.day)
+            await _discard(self.pool, self.conn, self.day)
         finally:
             await self._close()
 
@@ -216,7 +220,7 @@ async def begin_day(
                 pieces = encoded_pieces(batch, copy_columns)
                 await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
         except BaseException:
-            await _discard(conn, day)
+            await _discard(pool, conn, day)
             raise
         phases = {} if phases is None else phases
         _phase(phases, "copy", step)
@@ -226,13 +230,19 @@ async def begin_day(
 
 
 async def _unlock(conn: asyncpg.Connection, day: date) -> None:
-    with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError):
+    with contextlib.suppress(*LOAD_ERRORS):
         await conn.execute(sql("bulk_day_unlock"), KIND, day)
 
 
-async def _discard(conn: asyncpg.Connection, day: date) -> None:
-    with contextlib.suppress(asyncpg.exceptions.PostgresError, OSError, asyncpg.exceptions.InterfaceError):
+async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection, day: date) -> None:
+    """Drop the day's table on the load's connection; when that connection has ended (its session
+    gone with its day lock), from another one, as `drop_stale_load_tables` does: only tables no live
+    loader holds."""
+    try:
         await conn.execute(sql("bulk_day_discard"), KIND, day)
+    except LOAD_ERRORS:
+        with contextlib.suppress(*LOAD_ERRORS):
+            await drop_stale_load_tables(pool)
 
 
 async def _build_and_attach(load: DayLoad) -> None:
@@ -258,7 +268,7 @@ async def _build_and_attach(load: DayLoad) -> None:
             )
         _phase(phases, "attach", step)
     except BaseException:
-        await _discard(conn, day)
+        await _discard(load.pool, conn, day)
         raise
 
 

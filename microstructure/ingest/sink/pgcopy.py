@@ -8,6 +8,7 @@ runs per row, for fixed-width, text and float8[] columns alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -269,7 +270,11 @@ async def copy_binary(
         )
     )
 
+    gone = False
+
     def lost(_conn: object) -> None:
+        nonlocal gone
+        gone = True
         if not task.done():
             task.cancel()
 
@@ -277,8 +282,10 @@ async def copy_binary(
     try:
         return await task
     except asyncio.CancelledError:
-        if conn.is_closed() and task.cancelled():
+        if gone and task.cancelled():
             raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost during COPY") from None
         raise
     finally:
-        conn.remove_termination_listener(lost)
+        # a pool's connection that ended is detached from its proxy: every call on it then raises
+        with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+            conn.remove_termination_listener(lost)
