@@ -583,7 +583,7 @@ class _SymbolRun:
             d = ms_day(int(days[lo]) * DAY_MS)
             try:
                 load = await bulk.begin_day(self.ctx.pool, self.symbol, d, part)
-            except bulk.LOAD_ERRORS as exc:
+            except bulk.FALLBACK_ERRORS as exc:
                 self._bulk_failed(d, exc)
                 load = None
             try:
@@ -606,7 +606,7 @@ class _SymbolRun:
     async def _finish_bulk_day(self, load: bulk.DayLoad, part: pa.Table) -> None:
         try:
             stored = await load.finish()
-        except bulk.LOAD_ERRORS as exc:
+        except bulk.FALLBACK_ERRORS as exc:
             self._bulk_failed(load.day, exc)
             await self._submit(part, "archive")
             await self.ctx.writer.flush()

@@ -62,6 +62,9 @@ LOAD_SCHEMA = "microstructure_load"  # where a day's table waits to be attached 
 # ended is detached from its proxy, whose every call then raises InterfaceError); a clean-up step
 # suppresses these, so the error that ended the load is the one raised
 LOAD_ERRORS = (asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError, OSError)
+# what a failed load raises that its caller may write through the writer instead: the server's
+# errors and a lost connection, not a closed pool (the run is ending)
+FALLBACK_ERRORS = (asyncpg.exceptions.PostgresError, asyncpg.exceptions.ConnectionDoesNotExistError, OSError)
 
 
 def _epoch_day(d: date) -> int:
@@ -219,8 +222,9 @@ async def begin_day(
                 copy_columns, db_columns = _sent_columns(batch)
                 pieces = encoded_pieces(batch, copy_columns)
                 await copy_binary(conn, part, pieces, db_columns, freeze=True, schema=LOAD_SCHEMA)
-        except BaseException:
+        except BaseException as exc:
             await _discard(pool, conn, day)
+            _raise_lost(conn, exc)
             raise
         phases = {} if phases is None else phases
         _phase(phases, "copy", step)
@@ -234,15 +238,33 @@ async def _unlock(conn: asyncpg.Connection, day: date) -> None:
         await conn.execute(sql("bulk_day_unlock"), KIND, day)
 
 
+def _raise_lost(conn: asyncpg.Connection, exc: BaseException) -> None:
+    """An InterfaceError on a connection that has ended (asyncpg then says e.g. "the underlying
+    connection is closed") is the connection's loss: raised as ConnectionDoesNotExistError, which a
+    caller may take for a failed load. Any other InterfaceError (a closed pool) stays what it is."""
+    if not isinstance(exc, asyncpg.exceptions.InterfaceError) or isinstance(
+        exc, asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
+        return
+    try:
+        ended = conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:  # a pool proxy detached from its ended connection
+        ended = True
+    if ended:
+        raise asyncpg.exceptions.ConnectionDoesNotExistError(f"connection lost: {exc}") from exc
+
+
 async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection, day: date) -> None:
     """Drop the day's table on the load's connection; when that connection has ended (its session
     gone with its day lock), from another one, as `drop_stale_load_tables` does: only tables no live
     loader holds."""
     try:
         await conn.execute(sql("bulk_day_discard"), KIND, day)
-    except LOAD_ERRORS:
-        with contextlib.suppress(*LOAD_ERRORS):
-            await drop_stale_load_tables(pool)
+    except (asyncpg.exceptions.InterfaceError, OSError):  # the connection has ended
+        with contextlib.suppress(*LOAD_ERRORS, TimeoutError):
+            await asyncio.wait_for(drop_stale_load_tables(pool), 10)
+    except asyncpg.exceptions.PostgresError:
+        pass
 
 
 async def _build_and_attach(load: DayLoad) -> None:
@@ -267,8 +289,9 @@ async def _build_and_attach(load: DayLoad) -> None:
                 conn, KIND, load.symbol, int(load.ts_ms.min()), int(load.ts_ms.max())
             )
         _phase(phases, "attach", step)
-    except BaseException:
+    except BaseException as exc:
         await _discard(load.pool, conn, day)
+        _raise_lost(conn, exc)
         raise
 
 
