@@ -246,12 +246,16 @@ def _raise_lost(conn: asyncpg.Connection, exc: BaseException) -> None:
         exc, asyncpg.exceptions.ConnectionDoesNotExistError
     ):
         return
-    try:
-        ended = conn.is_closed()
-    except asyncpg.exceptions.InterfaceError:  # a pool proxy detached from its ended connection
-        ended = True
-    if ended:
+    if _ended(conn):
         raise asyncpg.exceptions.ConnectionDoesNotExistError(f"connection lost: {exc}") from exc
+
+
+def _ended(conn: asyncpg.Connection) -> bool:
+    """The connection has ended (a pool proxy detached from its ended connection counts too)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return True
 
 
 async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection, day: date) -> None:
@@ -260,11 +264,10 @@ async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection, day: date) -> N
     loader holds."""
     try:
         await conn.execute(sql("bulk_day_discard"), KIND, day)
-    except (asyncpg.exceptions.InterfaceError, OSError):  # the connection has ended
-        with contextlib.suppress(*LOAD_ERRORS, TimeoutError):
-            await asyncio.wait_for(drop_stale_load_tables(pool), 10)
-    except asyncpg.exceptions.PostgresError:
-        pass
+    except LOAD_ERRORS:
+        if _ended(conn):
+            with contextlib.suppress(*LOAD_ERRORS, TimeoutError):
+                await asyncio.wait_for(drop_stale_load_tables(pool), 10)
 
 
 async def _build_and_attach(load: DayLoad) -> None:
