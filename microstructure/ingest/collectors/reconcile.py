@@ -1,0 +1,191 @@
+"""`microstructure reconcile`: every stored aggregate-trade day compared with Binance's archive.
+
+For each (symbol, UTC day) of [start, end] with stored trades (agg_trade_coverage):
+
+- the day's .CHECKSUM is fetched; a day whose archive is not published yet (404) is reported as
+  such (the live collector retries it later); a day already verified with that same sha256 is
+  skipped (nothing can have changed on Binance's side: a second run changes nothing), unless
+  `force`;
+- otherwise the archive is downloaded, checked against its .CHECKSUM (a mismatch refuses the day,
+  as the historical loader does) and parsed, and sink/reconcile.py diffs and repairs the day in SQL
+  (missing ids inserted, differing rows replaced, rows the archive lacks moved to
+  `archive_displaced`), marks it verified with the archive's sha256 and logs the changed range
+  for the features;
+- a re-uploaded archive (Binance replaces files: its .CHECKSUM changed since the day was verified)
+  is reconciled again.
+
+Every outcome is an `ingest_events` row (collector 'reconcile': reconciled, not_published,
+checksum_mismatch, refused).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+import aiohttp
+import asyncpg
+
+from microstructure.ingest.binance import archives
+from microstructure.ingest.sink import reconcile as sink
+from microstructure.ingest.sink.partitions import DayPartitions
+
+log = logging.getLogger(__name__)
+
+DATASET = "aggTrades"
+SHOWN_DIFFERENCES = 20  # differences printed per day (all of them, up to sink.MAX_LISTED, in the event)
+
+
+class ReconcileError(RuntimeError):
+    """Bad arguments (exit code 2)."""
+
+
+@dataclass
+class ReconcileReport:
+    start: date
+    end: date
+    results: list[sink.DayResult] = field(default_factory=list)
+    unchanged: list[tuple[str, date]] = field(default_factory=list)  # already verified, same checksum
+    not_published: list[tuple[str, date]] = field(default_factory=list)
+    refused: list[tuple[str, date, str]] = field(default_factory=list)  # checksum mismatch, unreadable
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+    def problems(self) -> list[str]:
+        return [f"{s} {d}: {why}" for s, d, why in self.refused]
+
+    def totals(self) -> tuple[int, int, int]:
+        return (
+            sum(r.missing for r in self.results),
+            sum(r.differing for r in self.results),
+            sum(r.extra for r in self.results),
+        )
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for r in self.results:
+            lines.append(
+                f"{r.symbol} {r.day}: verified against sha256 {r.sha256[:12]} ({r.archive_rows} archive rows): "
+                f"{r.missing} missing inserted, {r.differing} differing replaced, {r.extra} not in the archive "
+                "(moved to archive_displaced)"
+                + (f", {r.unfillable} gaps absent from the archive too" if r.unfillable else "")
+            )
+            for d in r.differences[:SHOWN_DIFFERENCES]:
+                lines.append(f"  differs {d.line()}")
+            if r.differing > SHOWN_DIFFERENCES:
+                lines.append(
+                    f"  ... {r.differing - SHOWN_DIFFERENCES} more (ingest_events, archive_displaced)"
+                )
+            if r.extra_ids:
+                shown = ", ".join(str(i) for i in r.extra_ids[:SHOWN_DIFFERENCES])
+                more = f" and {r.extra - SHOWN_DIFFERENCES} more" if r.extra > SHOWN_DIFFERENCES else ""
+                lines.append(f"  not in the archive: ids {shown}{more}")
+        for s, d in self.unchanged:
+            lines.append(f"{s} {d}: already verified against the published checksum, unchanged")
+        for s, d in self.not_published:
+            lines.append(f"{s} {d}: archive not published yet")
+        for s, d, why in self.refused:
+            lines.append(f"{s} {d}: refused: {why}")
+        m, x, e = self.totals()
+        lines.append(
+            f"reconcile {self.start}..{self.end}: {len(self.results)} days reconciled ({m} missing, {x} differing, "
+            f"{e} extra), {len(self.unchanged)} unchanged, {len(self.not_published)} not published, "
+            f"{len(self.refused)} refused"
+        )
+        return lines
+
+
+async def stored_days(
+    conn: asyncpg.Connection, symbols: Sequence[str] | None, start: date, end: date
+) -> list[tuple[str, date, str | None]]:
+    """(symbol, day, verified sha256 or None) of every stored aggregate-trade day in [start, end]
+    (`symbols` None: every symbol)."""
+    rows = await conn.fetch(
+        sink.sql("reconcile_stored_days"), list(symbols) if symbols is not None else None, start, end
+    )
+    return [(r["symbol"], r["day"], r["verified_sha256"]) for r in rows]
+
+
+async def reconcile_day(
+    conn: asyncpg.Connection,
+    session: aiohttp.ClientSession,
+    archive_url: str,
+    symbol: str,
+    day: date,
+    verified: str | None,
+    report: ReconcileReport,
+    *,
+    force: bool = False,
+    partitions: DayPartitions | None = None,
+) -> sink.DayResult | None:
+    """Reconcile one stored day (see the module doc); its result, or None when nothing was done
+    (unchanged, not published, refused: recorded in `report`)."""
+    url = archives.archive_url(archive_url, DATASET, symbol, "daily", day)
+    try:
+        published = await archives.fetch_checksum(session, url)
+    except archives.ArchiveMissing:
+        report.not_published.append((symbol, day))
+        return None
+    if published == verified and not force:
+        report.unchanged.append((symbol, day))
+        return None
+    try:
+        parsed = await archives.load_aggtrades_archive(session, archive_url, symbol, "daily", day)
+    except archives.ArchiveMissing:
+        report.not_published.append((symbol, day))
+        return None
+    except archives.ChecksumMismatch as exc:
+        report.refused.append((symbol, day, str(exc)))
+        await sink.record_event(conn, symbol, "checksum_mismatch", {"day": day.isoformat(), "url": url})
+        return None
+    failure = parsed.failure()
+    if failure is not None:
+        report.refused.append((symbol, day, f"{url}: {failure}"))
+        await sink.record_event(conn, symbol, "refused", {"day": day.isoformat(), "url": url, "why": failure})
+        return None
+    if verified is not None and verified != parsed.sha256:
+        log.info("%s %s: archive re-uploaded (sha256 %s, was %s): reconciling again", symbol, day,
+                 parsed.sha256[:12], verified[:12])  # fmt: skip
+    result = await sink.reconcile_agg_day(
+        conn, symbol, day, parsed.table, parsed.sha256, partitions=partitions
+    )
+    report.results.append(result)
+    log.info(
+        "%s %s reconciled: %d missing, %d differing, %d extra",
+        symbol, day, result.missing, result.differing, result.extra,
+    )  # fmt: skip
+    return result
+
+
+async def reconcile(
+    dsn: str,
+    archive_url: str,
+    symbols: Sequence[str] | None,
+    start: date,
+    end: date,
+    *,
+    force: bool = False,
+) -> ReconcileReport:
+    """Reconcile every stored aggregate-trade day of `symbols` (None: every symbol with stored trades)
+    in [start, end] with its daily archive."""
+    if end < start:
+        raise ReconcileError(f"--end {end} is before --start {start}")
+    report = ReconcileReport(start, end)
+    partitions = DayPartitions()
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        ) as session:
+            for symbol, day, verified in await stored_days(conn, symbols, start, end):
+                await reconcile_day(
+                    conn, session, archive_url, symbol, day, verified, report,
+                    force=force, partitions=partitions,
+                )  # fmt: skip
+    finally:
+        await conn.close()
+    return report
