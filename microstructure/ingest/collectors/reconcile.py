@@ -20,10 +20,12 @@ checksum_mismatch, refused).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -188,4 +190,187 @@ async def reconcile(
                 )  # fmt: skip
     finally:
         await conn.close()
+    return report
+
+
+# ---------------------------------------------------------------- live: finished days, by themselves
+
+DEFAULT_RECONCILE_INTERVAL = 600.0  # seconds between rounds; Binance publishes a day the next morning
+DEFAULT_RECONCILE_WINDOW_DAYS = 3  # days back from the newest stored day a live run checks each round
+
+
+@dataclass
+class LiveReconcileReport:
+    """What the live reconciler did over a run."""
+
+    rounds: int = 0
+    reconciled: list[sink.DayResult] = field(default_factory=list)
+    reloaded: list[tuple[str, str, date, int, int]] = field(
+        default_factory=list
+    )  # dataset, symbol, day, deleted, inserted
+    refused: list[tuple[str, date, str]] = field(default_factory=list)
+    errors: int = 0  # rounds that failed (network, database): retried on the next round
+
+    def problems(self) -> list[str]:
+        return [f"{s} {d}: archive refused: {why}" for s, d, why in self.refused]
+
+    def summary_lines(self) -> list[str]:
+        m = sum(r.missing for r in self.reconciled)
+        x = sum(r.differing for r in self.reconciled)
+        e = sum(r.extra for r in self.reconciled)
+        lines = [
+            f"reconcile: {self.rounds} rounds, {len(self.reconciled)} trade days verified against their archive "
+            f"({m} missing inserted, {x} differing replaced, {e} not in the archive), "
+            f"{len(self.reloaded)} bookDepth/metrics days loaded from their archive"
+            + (f", {len(self.refused)} refused" if self.refused else "")
+            + (f", {self.errors} rounds failed (retried)" if self.errors else "")
+        ]
+        for r in self.reconciled:
+            lines.append(
+                f"  {r.symbol} {r.day}: {r.missing} missing, {r.differing} differing, {r.extra} extra"
+            )
+        return lines
+
+
+def _archive_rows(dataset: str, symbol: str, parsed: Any) -> tuple[Any, dict[str, str]]:
+    """The archive-only table's rows of a parsed bookDepth / metrics archive (as the historical
+    loaders build them), with the column types writer.merge_table sends."""
+    import pyarrow as pa
+
+    from microstructure.ingest.records import BOOK_DEPTH_BANDS, FUTURES_METRICS
+
+    t = parsed.table
+    sym = pa.array([symbol] * t.num_rows, pa.string())
+    if dataset == "bookDepth":
+        cols = {
+            "symbol": sym,
+            "ts": t.column("timestamp"),
+            **{c: t.column(c) for c in ("percentage", "depth", "notional")},
+        }
+        return pa.table(cols), BOOK_DEPTH_BANDS
+    cols = {
+        "symbol": sym,
+        "ts": t.column("create_time"),
+        **{c: t.column(c) for c in list(FUTURES_METRICS)[2:]},
+    }
+    return pa.table(cols), FUTURES_METRICS
+
+
+async def reload_archive_days(
+    conn: asyncpg.Connection,
+    session: aiohttp.ClientSession,
+    archive_url: str,
+    dataset: str,
+    symbol: str,
+    days: Sequence[date],
+    report: LiveReconcileReport,
+) -> None:
+    """Load each published bookDepth / metrics archive of `days` whose checksum is not the one last
+    loaded (first publication or a re-upload), replacing the day's stored rows."""
+    if not days:
+        return
+    verified = await sink.verified_days(conn, dataset, symbol, min(days), max(days))
+    for day in days:
+        url = archives.archive_url(archive_url, dataset, symbol, "daily", day)
+        try:
+            published = await archives.fetch_checksum(session, url)
+        except archives.ArchiveMissing:
+            continue
+        if published == verified.get(day):
+            continue
+        try:
+            dl = await archives.download_archive(session, url)
+        except archives.ArchiveMissing:
+            continue
+        except archives.ChecksumMismatch as exc:
+            report.refused.append((symbol, day, str(exc)))
+            await sink.record_event(conn, symbol, "checksum_mismatch", {"day": day.isoformat(), "url": url})
+            continue
+        try:
+            parsed = await asyncio.to_thread(archives.parse_archive_zip, dataset, dl.path, where=url)
+        finally:
+            dl.discard()
+        failure = parsed.failure()
+        if failure is not None:
+            report.refused.append((symbol, day, f"{url}: {failure}"))
+            continue
+        rows, types = _archive_rows(dataset, symbol, parsed)
+        deleted, inserted = await sink.reload_archive_day(conn, dataset, symbol, day, rows, types, dl.sha256)
+        report.reloaded.append((dataset, symbol, day, deleted, inserted))
+        log.info(
+            "%s %s %s loaded from its archive (%d rows, %d replaced)", dataset, symbol, day, inserted, deleted
+        )
+
+
+async def reconcile_round(
+    conn: asyncpg.Connection,
+    session: aiohttp.ClientSession,
+    archive_url: str,
+    symbols: Sequence[str],
+    window_days: int,
+    report: LiveReconcileReport,
+    *,
+    datasets: Sequence[str] = ("bookDepth", "metrics"),
+    partitions: DayPartitions | None = None,
+) -> None:
+    """One live round: for each symbol, the stored trade days of the last `window_days` (up to the
+    newest stored day, whose archive 404s until it is published) are reconciled when their archive
+    is published and its checksum is not the verified one; the same days of bookDepth and metrics
+    are loaded from their archives when published or replaced."""
+    per_day = ReconcileReport(date.min, date.max)
+    rows = await conn.fetch(sink.sql("reconcile_window"), list(symbols), window_days)
+    by_symbol: dict[str, list[tuple[date, str | None]]] = {}
+    for r in rows:
+        by_symbol.setdefault(r["symbol"], []).append((r["day"], r["verified_sha256"]))
+    for symbol, days in by_symbol.items():
+        for day, verified in days:
+            result = await reconcile_day(
+                conn, session, archive_url, symbol, day, verified, per_day, partitions=partitions
+            )
+            if result is not None:
+                report.reconciled.append(result)
+        for dataset in datasets:
+            await reload_archive_days(
+                conn, session, archive_url, dataset, symbol, [d for d, _ in days], report
+            )
+    report.refused.extend(per_day.refused)
+
+
+async def run_live_reconciler(
+    dsn: str,
+    archive_url: str,
+    symbols: Sequence[str],
+    stop: asyncio.Event,
+    interval: float = DEFAULT_RECONCILE_INTERVAL,
+    *,
+    window_days: int = DEFAULT_RECONCILE_WINDOW_DAYS,
+    datasets: Sequence[str] = ("bookDepth", "metrics"),
+) -> LiveReconcileReport:
+    """Every `interval` seconds until `stop`: reconcile_round. A failed round (archive server or
+    database away) is retried on the next one."""
+    from microstructure.waiting import sleep_or_stop
+
+    report = LiveReconcileReport()
+    partitions = DayPartitions()
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+    ) as session:
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                try:
+                    await reconcile_round(
+                        conn, session, archive_url, symbols, window_days, report,
+                        datasets=datasets, partitions=partitions,
+                    )  # fmt: skip
+                finally:
+                    await conn.close()
+                report.rounds += 1
+            except (archives.ArchiveError, aiohttp.ClientError, TimeoutError, OSError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:  # fmt: skip
+                report.errors += 1
+                log.warning("archive reconciliation round failed, retrying in %.0f s: %s: %s", interval,
+                            type(exc).__name__, exc)  # fmt: skip
+            if await sleep_or_stop(stop, interval):
+                break
     return report

@@ -201,3 +201,42 @@ async def record_event(
     conn: asyncpg.Connection, symbol: str | None, kind: str, detail: dict[str, Any]
 ) -> None:
     await conn.execute(sql("reconcile_event"), symbol, kind, json.dumps(detail, default=str))
+
+
+# ---------------------------------------------------------------- archive-only tables: the archive is the record
+
+ARCHIVE_TABLES = {"bookDepth": "book_depth_bands", "metrics": "futures_metrics"}
+
+
+async def reload_archive_day(
+    conn: asyncpg.Connection,
+    dataset: str,
+    symbol: str,
+    day: date,
+    rows: pa.Table,
+    types: dict[str, str],
+    sha256: str,
+) -> tuple[int, int]:
+    """Replace symbol's stored rows of `day` in the archive-only table of `dataset` (bookDepth ->
+    book_depth_bands, metrics -> futures_metrics) by the archive's `rows` (the table's columns, as
+    writer.merge_table takes them), in one transaction; record the day verified with `sha256` and
+    log the day for the features. Returns (rows deleted, rows inserted)."""
+    from microstructure.ingest.sink.writer import merge_table
+
+    table = ARCHIVE_TABLES[dataset]
+    t0, t1 = day_bounds(day)
+    async with conn.transaction():
+        status = await conn.execute(sql(f"archive_day_delete_{dataset}"), symbol, t0, t1)
+        deleted = int(status.split()[-1])
+        inserted = await merge_table(conn, table, rows, types)
+        lo_ms = int(t0.timestamp() * 1000)
+        await invalidations.log_range(conn, table, symbol, lo_ms, lo_ms + coverage.DAY_MS - 1)
+        await conn.execute(sql("archive_verified_upsert"), dataset, symbol, day, sha256, inserted, 0, 0)
+        await conn.execute(
+            sql("reconcile_event"),
+            symbol,
+            "archive_reloaded",
+            json.dumps({"dataset": dataset, "day": day.isoformat(), "sha256": sha256, "deleted": deleted,
+                        "inserted": inserted}),
+        )  # fmt: skip
+    return deleted, inserted
