@@ -56,6 +56,7 @@ def test_live_run_over_midnight_heals_the_finished_day(
         clock_start=datetime(2024, 3, 6, 23, 59, 52, tzinfo=UTC), cache_dir=exchange_cache / "live-reconcile",
     )  # fmt: skip
     cfg.faults.withhold_agg_trades = 0.05  # ids the websocket and REST never serve
+    cfg.faults.differ_agg_trades = 0.05  # ids the websocket and REST serve one tick off the archive
     with ExchangeThread(cfg) as ex:
         settings = Settings(home=tmp_path / "home", database_url=db_url)
         settings.point_at_exchange(ex.base_url)
@@ -92,11 +93,14 @@ def test_live_run_over_midnight_heals_the_finished_day(
                     for r in rows
                 ]
                 assert stored == want  # the whole day, withheld ids included, as the archive has it
-                (missing,) = q(
-                    db_url, "SELECT (detail->>'missing')::bigint FROM ingest_events WHERE collector = 'reconcile' "
-                    "AND kind = 'reconciled' ORDER BY id LIMIT 1",
+                missing, differing = q(
+                    db_url, "SELECT (detail->>'missing')::bigint, (detail->>'differing')::bigint FROM ingest_events "
+                    "WHERE collector = 'reconcile' AND kind = 'reconciled' ORDER BY id LIMIT 1",
                 )[0]  # fmt: skip
                 assert missing >= len(withheld)  # they were not stored before the archive came
+                served = live_ids[~healable.withheld(live_ids, cfg.seed, cfg.faults)]
+                bumped = served[healable.differing(served, cfg.seed, cfg.faults)]
+                assert 1 <= differing <= len(bumped)  # live prices the archive corrected
                 # the live collector had recorded them as gaps (REST could not fill them); the archive did
                 filled = q(
                     db_url, "SELECT count(*) FROM agg_trade_gaps WHERE status = 'filled' AND from_id >= %s "
