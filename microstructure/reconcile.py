@@ -43,6 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--start", metavar="YYYY-MM-DD", required=True, help="first UTC day")
     p.add_argument("--end", metavar="YYYY-MM-DD", help="last UTC day (default: --start)")
     p.add_argument(
+        "--datasets",
+        default="aggTrades,bookDepth,metrics",
+        metavar="LIST",
+        help="archive datasets to check (default aggTrades,bookDepth,metrics): bookDepth and metrics days "
+        "with stored rows are loaded again from their archive when its checksum is not the one last loaded",
+    )
+    p.add_argument(
         "--force", action="store_true", help="compare days already verified against the same checksum too"
     )
     add_url_options(p)
@@ -54,7 +61,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     from microstructure.ingest.binance.archives import ArchiveError
     from microstructure.ingest.cli import apply_urls, prepare_database, refresh_features, run_async
-    from microstructure.ingest.collectors.reconcile import reconcile
+    from microstructure.ingest.collectors.reconcile import DATASETS, reconcile
 
     if args.all_symbols and args.symbol:
         raise SettingError("--all-symbols: give either --symbol or --all-symbols, not both")
@@ -65,17 +72,24 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     end = parse_day(args.end, "--end") if args.end else start
     if end < start:
         raise SettingError(f"--end: expected a day on or after --start {start}, got {args.end!r}")
+    datasets = [d.strip() for d in str(args.datasets).split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown or not datasets:
+        raise SettingError(f"--datasets: expected some of {', '.join(DATASETS)}, got {args.datasets!r}")
     apply_urls(args, settings)
     url = prepare_database(settings)
     try:
-        report = run_async(reconcile(url, settings.archive_url, symbols, start, end, force=args.force))
+        report = run_async(
+            reconcile(url, settings.archive_url, symbols, start, end, force=args.force, datasets=datasets)
+        )
     except (ArchiveError, aiohttp.ClientError, OSError) as exc:
         print(
             f"microstructure: error: cannot reach the archives at {settings.archive_url}: {exc}",
             file=sys.stderr,
         )
         return 3
-    features = refresh_features(url) if report.results and any(r.changed for r in report.results) else []
+    changed = any(r.changed for r in report.results) or bool(report.reloaded)
+    features = refresh_features(url) if changed else []
     for line in [*report.summary_lines(), *features]:
         print(line)
     if not report.ok:

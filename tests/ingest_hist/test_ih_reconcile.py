@@ -193,3 +193,48 @@ def test_all_symbols_with_nothing_stored(db_url: str, tmp_path: Path, capsys) ->
     )  # fmt: skip
     assert code == 0
     assert "0 days reconciled (0 missing, 0 differing, 0 extra), 0 unchanged" in capsys.readouterr().out
+
+
+def test_book_depth_day_loaded_again_from_its_archive(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from microstructure.ingest.collectors.book import collect_book_historical
+
+    cfg = ExchangeConfig(
+        cache_dir=exchange_cache, history_days=3, trades_per_day=6_000,
+        clock_start=datetime(2022, 8, 12, 6, 0, tzinfo=UTC),
+    )  # fmt: skip
+    with ExchangeThread(cfg) as ex:
+        settings = Settings(home=tmp_path / "home", database_url=db_url)
+        settings.point_at_exchange(ex.base_url)
+        asyncio.run(collect_book_historical(settings, db_url, ["BTCUSDT"], D11, D11))
+        q = "SELECT ts, percentage, depth, notional FROM book_depth_bands WHERE symbol = 'BTCUSDT' ORDER BY ts, percentage"
+        with psycopg.connect(db_url) as conn:
+            pristine = conn.execute(q).fetchall()
+            assert len(pristine) > 1000
+            conn.execute("DELETE FROM book_depth_bands WHERE ts < '2022-08-11 01:00+00'")
+            conn.execute("UPDATE book_depth_bands SET depth = depth * 2 WHERE ts > '2022-08-11 12:00+00'")
+        argv = ["--database-url", db_url, "--home", str(tmp_path / "home"), "reconcile", "--symbol", "BTCUSDT",
+                "--start", str(D11), "--datasets", "bookDepth", "--exchange-url", ex.base_url]  # fmt: skip
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"BTCUSDT {D11}: bookDepth loaded again from its archive ({len(pristine)} rows" in out
+        with psycopg.connect(db_url) as conn:
+            assert conn.execute(q).fetchall() == pristine
+        assert main(argv) == 0
+        assert f"BTCUSDT bookDepth {D11}: already verified" in capsys.readouterr().out
+        ex.reupload_archive("bookDepth", "BTCUSDT", D11)
+        assert main(argv) == 0
+        assert "bookDepth loaded again" in capsys.readouterr().out
+        with psycopg.connect(db_url) as conn:
+            after = conn.execute(q).fetchall()
+            sha = conn.execute("SELECT sha256 FROM archive_verified WHERE dataset = 'bookDepth'").fetchall()
+        assert len(after) == len(pristine) and sum(a != b for a, b in zip(after, pristine, strict=True)) == 1
+        assert sha == [(_published_sha_of(ex, "bookDepth", D11),)]
+
+
+def _published_sha_of(ex: Any, kind: str, d: date) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(ex.archive_url(kind, "BTCUSDT", d) + ".CHECKSUM") as r:
+        return r.read().decode().split()[0]

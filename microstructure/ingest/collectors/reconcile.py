@@ -37,6 +37,7 @@ from microstructure.ingest.sink.partitions import DayPartitions
 log = logging.getLogger(__name__)
 
 DATASET = "aggTrades"
+DATASETS = ("aggTrades", "bookDepth", "metrics")
 SHOWN_DIFFERENCES = 20  # differences printed per day (all of them, up to sink.MAX_LISTED, in the event)
 
 
@@ -52,6 +53,7 @@ class ReconcileReport:
     unchanged: list[tuple[str, date]] = field(default_factory=list)  # already verified, same checksum
     not_published: list[tuple[str, date]] = field(default_factory=list)
     refused: list[tuple[str, date, str]] = field(default_factory=list)  # checksum mismatch, unreadable
+    reloaded: list[tuple[str, str, date, int, int]] = field(default_factory=list)  # bookDepth/metrics days
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,10 @@ class ReconcileReport:
                 shown = ", ".join(str(i) for i in r.extra_ids[:SHOWN_DIFFERENCES])
                 more = f" and {r.extra - SHOWN_DIFFERENCES} more" if r.extra > SHOWN_DIFFERENCES else ""
                 lines.append(f"  not in the archive: ids {shown}{more}")
+        for dataset, s, d, deleted, inserted in self.reloaded:
+            lines.append(
+                f"{s} {d}: {dataset} loaded again from its archive ({inserted} rows, {deleted} replaced)"
+            )
         for s, d in self.unchanged:
             lines.append(f"{s} {d}: already verified against the published checksum, unchanged")
         for s, d in self.not_published:
@@ -97,6 +103,7 @@ class ReconcileReport:
             f"reconcile {self.start}..{self.end}: {len(self.results)} days reconciled ({m} missing, {x} differing, "
             f"{e} extra), {len(self.unchanged)} unchanged, {len(self.not_published)} not published, "
             f"{len(self.refused)} refused"
+            + (f"; {len(self.reloaded)} bookDepth/metrics days loaded again" if self.reloaded else "")
         )
         return lines
 
@@ -171,9 +178,12 @@ async def reconcile(
     end: date,
     *,
     force: bool = False,
+    datasets: Sequence[str] = DATASETS,
 ) -> ReconcileReport:
     """Reconcile every stored aggregate-trade day of `symbols` (None: every symbol with stored trades)
-    in [start, end] with its daily archive."""
+    in [start, end] with its daily archive; for bookDepth and metrics (in `datasets`), every day
+    with stored rows is loaded again from its archive when the archive's checksum is not the one
+    last loaded (a re-upload, or rows that did not come from it)."""
     if end < start:
         raise ReconcileError(f"--end {end} is before --start {start}")
     report = ReconcileReport(start, end)
@@ -183,11 +193,24 @@ async def reconcile(
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
         ) as session:
-            for symbol, day, verified in await stored_days(conn, symbols, start, end):
-                await reconcile_day(
-                    conn, session, archive_url, symbol, day, verified, report,
-                    force=force, partitions=partitions,
+            if DATASET in datasets:
+                for symbol, day, verified in await stored_days(conn, symbols, start, end):
+                    await reconcile_day(
+                        conn, session, archive_url, symbol, day, verified, report,
+                        force=force, partitions=partitions,
+                    )  # fmt: skip
+            for dataset in (d for d in datasets if d != DATASET):
+                rows = await conn.fetch(
+                    sink.sql("archive_stored_days"), list(symbols) if symbols is not None else None,
+                    start, end, dataset,
                 )  # fmt: skip
+                per_symbol: dict[str, list[date]] = {}
+                for r in rows:
+                    per_symbol.setdefault(r["symbol"], []).append(r["day"])
+                for symbol, days in per_symbol.items():
+                    await reload_archive_days(
+                        conn, session, archive_url, dataset, symbol, days, report, force=force
+                    )
     finally:
         await conn.close()
     return report
@@ -263,10 +286,13 @@ async def reload_archive_days(
     dataset: str,
     symbol: str,
     days: Sequence[date],
-    report: LiveReconcileReport,
+    report: LiveReconcileReport | ReconcileReport,
+    *,
+    force: bool = False,
 ) -> None:
     """Load each published bookDepth / metrics archive of `days` whose checksum is not the one last
-    loaded (first publication or a re-upload), replacing the day's stored rows."""
+    loaded (first publication or a re-upload; `force`: whatever its checksum), replacing the day's
+    stored rows."""
     if not days:
         return
     verified = await sink.verified_days(conn, dataset, symbol, min(days), max(days))
@@ -276,7 +302,9 @@ async def reload_archive_days(
             published = await archives.fetch_checksum(session, url)
         except archives.ArchiveMissing:
             continue
-        if published == verified.get(day):
+        if published == verified.get(day) and not force:
+            if isinstance(report, ReconcileReport):
+                report.unchanged.append((f"{symbol} {dataset}", day))
             continue
         try:
             dl = await archives.download_archive(session, url)
