@@ -128,10 +128,13 @@ def test_archive_reupload_changes_one_row_and_the_checksum(tmp_cfg) -> None:
         before = {k: archive_rows(ex, k, "BTCUSDT", DAY) for k in ("aggTrades", "bookDepth", "metrics")}
 
         async def post() -> tuple[int, object]:
-            async with aiohttp.ClientSession() as s, s.post(
-                ex.base_url + "/admin/reupload",
-                params={"type": "aggTrades", "symbol": "BTCUSDT", "date": DAY},
-            ) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    ex.base_url + "/admin/reupload",
+                    params={"type": "aggTrades", "symbol": "BTCUSDT", "date": DAY},
+                ) as r,
+            ):
                 return r.status, await r.json()
 
         status, body = run(post())
@@ -150,10 +153,13 @@ def test_archive_reupload_changes_one_row_and_the_checksum(tmp_cfg) -> None:
 
         # an unknown archive is refused
         async def bad() -> int:
-            async with aiohttp.ClientSession() as s, s.post(
-                ex.base_url + "/admin/reupload",
-                params={"type": "aggTrades", "symbol": "NOPEUSDT", "date": DAY},
-            ) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    ex.base_url + "/admin/reupload",
+                    params={"type": "aggTrades", "symbol": "NOPEUSDT", "date": DAY},
+                ) as r,
+            ):
                 return r.status
 
         assert run(bad()) == 400
