@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.coverage import sql
@@ -129,7 +130,7 @@ async def reconcile_agg_day(
     payload = encode_copy_binary(archive, STAGE_COLUMNS)
     if archive.num_rows:
         times = archive.column("ts_ms")
-        lo_ms, hi_ms = int(pa.compute.min(times).as_py()), int(pa.compute.max(times).as_py())
+        lo_ms, hi_ms = int(pc.min(times).as_py()), int(pc.max(times).as_py())
         await (partitions or DayPartitions()).ensure(conn, "agg_trades", lo_ms, hi_ms)
     async with conn.transaction():
         await coverage.lock_symbol(conn, symbol)
