@@ -238,3 +238,13 @@ def _published_sha_of(ex: Any, kind: str, d: date) -> str:
 
     with urllib.request.urlopen(ex.archive_url(kind, "BTCUSDT", d) + ".CHECKSUM") as r:
         return r.read().decode().split()[0]
+
+
+def test_reconcile_interval_bad_value_is_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    argv = ["--home", str(tmp_path / "home"), "collect", "all", "--symbol", "BTCUSDT", "--mode", "live",
+            "--reconcile-interval", "soon"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reconcile-interval" in err[0] and "'soon'" in err[0]
+    assert main([*argv[:-1], "-5"]) == 2
+    assert "--reconcile-interval" in capsys.readouterr().err
