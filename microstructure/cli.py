@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "microstructure.status",
     "microstructure.exchange.cli",
     "microstructure.ingest.cli",
+    "microstructure.reconcile",
     "microstructure.features_sql.cli",
     "microstructure.export.cli",
     "microstructure.retention",

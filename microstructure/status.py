@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from microstructure.args import parse_int, parse_seconds
 from microstructure.config import Settings
 from microstructure.db import migrate
 from microstructure.db.connect import resolve_database_url
@@ -23,16 +24,73 @@ class StatusReport:
     gaps: list[dict[str, Any]]
     events: list[dict[str, Any]]
     tables: list[dict[str, Any]]
+    days: list[dict[str, Any]] = field(default_factory=list)  # halts vs loss per symbol and day
 
 
-def collect_status(url: str, *, gap_limit: int = 50, event_window: str = "24 hours") -> StatusReport:
+DEFAULT_STATUS_DAYS = 3
+DEFAULT_QUIET_SECONDS = 60.0
+
+
+def collect_status(
+    url: str,
+    *,
+    gap_limit: int = 50,
+    event_window: str = "24 hours",
+    days: int = DEFAULT_STATUS_DAYS,
+    quiet_seconds: float = DEFAULT_QUIET_SECONDS,
+) -> StatusReport:
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return StatusReport(
             symbols=conn.execute(load("status_symbols")).fetchall(),
             gaps=conn.execute(load("status_gaps"), {"limit": gap_limit}).fetchall(),
             events=conn.execute(load("status_events"), {"window": event_window}).fetchall(),
             tables=conn.execute(load("status_tables")).fetchall(),
+            days=halts_vs_loss(conn, days, quiet_seconds),
         )
+
+
+# ---------------------------------------------------------------- halts vs loss, per symbol and day
+
+
+def halts_vs_loss(conn: psycopg.Connection[Any], days: int, quiet_seconds: float) -> list[dict[str, Any]]:
+    """Per symbol and UTC day of the last `days` stored days: ids lost (gaps in the ids between stored
+    trades) apart from quiet spans (at least `quiet_seconds` without a trade while the ids stayed
+    contiguous: a halt or a quiet market, not a loss), and whether the archive verified the day."""
+    if days <= 0:
+        return []
+    return conn.execute(load("status_days"), {"days": days, "quiet_s": quiet_seconds}).fetchall()
+
+
+def print_days(console: Any, days: list[dict[str, Any]], quiet_seconds: float) -> None:
+    from rich.table import Table
+
+    if not days:
+        return
+    t = Table(
+        "symbol",
+        "day",
+        "rows",
+        "lost ids",
+        "loss spans",
+        f"quiet spans >= {quiet_seconds:g} s",
+        "quiet s",
+        "longest quiet s",
+        "archive",
+        title="trade days: loss (a gap in the ids) vs quiet (no trade, ids contiguous)",
+    )
+    for r in days:
+        t.add_row(
+            r["symbol"],
+            _fmt(r["day"]),
+            _fmt(r["row_count"]),
+            _fmt(r["lost_ids"]),
+            _fmt(r["loss_spans"]),
+            _fmt(r["quiet_spans"]),
+            _fmt(float(r["quiet_seconds"])),
+            _fmt(float(r["longest_quiet_seconds"])),
+            f"verified {r['verified_sha256'][:12]}" if r["verified_sha256"] else "not verified",
+        )
+    console.print(t)
 
 
 def _fmt(value: Any) -> str:
@@ -49,7 +107,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_status(report: StatusReport) -> None:
+def print_status(report: StatusReport, *, quiet_seconds: float = DEFAULT_QUIET_SECONDS) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -99,6 +157,7 @@ def print_status(report: StatusReport) -> None:
                 g["note"] or "",
             )
         console.print(t)
+    print_days(console, report.days, quiet_seconds)
     t = Table("table", "rows", "last exchange time", title="other raw tables")
     for r in report.tables:
         t.add_row(r["table_name"], _fmt(r["row_count"]), _fmt(r["last_ts"]))
@@ -115,14 +174,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "status",
         help="coverage, gaps and live lag per symbol; resyncs and other ingest events",
         description="Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
-        "the newest stored trade lags behind now; other raw tables; ingest events of the last 24 h.",
+        "the newest stored trade lags behind now; per symbol and day of the last --days days, ids lost (a gap "
+        "in the ids is loss) apart from quiet spans (no trade while the ids stay contiguous: a halt or a "
+        "quiet market, never a gap) and whether the archive verified the day (microstructure reconcile); "
+        "other raw tables; ingest events of the last 24 h.",
     )
     p.add_argument("--gap-limit", type=int, default=50, metavar="N", help="show at most N gaps (default 50)")
+    p.add_argument(
+        "--days",
+        default=str(DEFAULT_STATUS_DAYS),
+        metavar="N",
+        help=f"loss vs quiet per symbol and day for the last N stored days (default {DEFAULT_STATUS_DAYS}; 0: off)",
+    )
+    p.add_argument(
+        "--quiet-seconds",
+        default=str(DEFAULT_QUIET_SECONDS),
+        metavar="S",
+        help="a span of at least S seconds without a trade while the ids stay contiguous counts as quiet "
+        f"(a halt or a quiet market, never a gap; default {DEFAULT_QUIET_SECONDS:g})",
+    )
     p.set_defaults(handler=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
+    days = parse_int(args.days, "--days", 0)
+    quiet = parse_seconds(args.quiet_seconds, "--quiet-seconds")
     migrate.upgrade(url)
-    print_status(collect_status(url, gap_limit=args.gap_limit))
+    print_status(
+        collect_status(url, gap_limit=args.gap_limit, days=days, quiet_seconds=quiet), quiet_seconds=quiet
+    )
     return 0

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from microstructure.exchange import healable
 from microstructure.exchange.book import depth_within
 from microstructure.exchange.config import DAY_MS, FormatConfig
 from microstructure.exchange.market import MINUTE_MS, SymbolMarket, Trades, uniform_hash
@@ -252,9 +253,14 @@ BANDS_12 = np.array([-5, -4, -3, -2, -1, -0.2, 0.2, 1, 2, 3, 4, 5], dtype=np.flo
 
 
 def build_csv(
-    market: SymbolMarket, ref: ArchiveRef, disorder: bool = False, formats: FormatConfig | None = None
+    market: SymbolMarket,
+    ref: ArchiveRef,
+    disorder: bool = False,
+    formats: FormatConfig | None = None,
+    revision: int = 0,
 ) -> bytes:
-    """The CSV text of one archive (the market must already cover the period), in `formats`' variants."""
+    """The CSV text of one archive (the market must already cover the period), in `formats`' variants;
+    `revision` > 0: as re-uploaded that many times (healable.py: one row changed each time)."""
     fmt = formats or FormatConfig()
     t0, t1 = ref.bounds()
     t0 = max(t0, market.origin_ms)
@@ -267,7 +273,7 @@ def build_csv(
     else:
         header = header_cols if fmt.archive_headers == "always" else None
     if kind == "aggTrades":
-        tr = market.trades_between(t0, t1)
+        tr = healable.reupload_trades(market.trades_between(t0, t1), market.seed, revision)
         if disorder and len(tr):
             tr = _disorder(tr, seed=market.seed)
         if ref.period == "daily" and ref.date in fmt.spot_archive_days:
@@ -308,6 +314,7 @@ def build_csv(
         T = np.repeat(ts, len(pcts))
         P = np.tile(pcts, n_snap)
         depth, notional = depth_within(market, T, P)
+        depth = healable.reupload_values(depth, market.seed, revision)
         if fmt.book_depth_bands == 12:
             percentage = pa.array([f"{p:.2f}" for p in P.tolist()])  # 2026: "-5.00" ... "-0.20", "0.20"
         else:
@@ -329,6 +336,7 @@ def build_csv(
             if len(oi_v)
             else times * 0.0
         )
+        oi = healable.reupload_values(oi, market.seed, revision)
         mt, mv = market.series(t0, t1, "mark")
         mark = mv[np.clip(np.searchsorted(mt, times), 0, max(len(mv) - 1, 0))] if len(mv) else times * 0.0
         tr = market.trades_between(t0, t1)
@@ -396,8 +404,8 @@ class ArchiveStore:
         self.cache_dir = cache_dir
         self._memory: dict[str, bytes] = {}
 
-    def get(self, key: str, ref: ArchiveRef, build: callable) -> bytes:  # type: ignore[valid-type]
-        name = f"{key}/{ref.path}"
+    def get(self, key: str, ref: ArchiveRef, build: callable, revision: int = 0) -> bytes:  # type: ignore[valid-type]
+        name = f"{key}/{ref.path}" + (f".r{revision}" if revision else "")
         if name in self._memory:
             return self._memory[name]
         path = self.cache_dir / name if self.cache_dir and key else None

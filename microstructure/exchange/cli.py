@@ -180,6 +180,28 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--monthly-disorder", action="store_true", help="monthly archives out of order, with duplicates"
     )
+    f.add_argument(
+        "--withhold-agg-trades",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="withhold a share P of aggregate ids from the websocket and REST (the archives keep them)",
+    )
+    f.add_argument(
+        "--differ-agg-trades",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="a share P of aggregate ids gets a websocket/REST price one tick off the archive's",
+    )
+    f.add_argument(
+        "--reupload-archive-days",
+        type=_days,
+        default=(),
+        metavar="DAYS",
+        help="YYYY-MM-DD,... daily archives served re-uploaded (one row changed, new checksum); "
+        "POST /admin/reupload?type=T&symbol=S&date=D re-uploads a day's archive at run time",
+    )
     v = p.add_argument_group("format variants (what real Binance files and replies do; default: off)")
     v.add_argument(
         "--archive-time-unit",
@@ -260,6 +282,9 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         missing_archive_days=args.missing_archive_days,
         bad_checksum_days=args.bad_checksum_days,
         monthly_disorder=args.monthly_disorder,
+        withhold_agg_trades=args.withhold_agg_trades,
+        differ_agg_trades=args.differ_agg_trades,
+        reupload_archive_days=args.reupload_archive_days,
     )
     formats = FormatConfig(
         archive_time_unit=args.archive_time_unit,

@@ -89,6 +89,15 @@ class FaultConfig:
     missing_archive_days archive days (YYYY-MM-DD) that answer 404 for every data type
     bad_checksum_days    archive days whose .CHECKSUM does not match the zip
     monthly_disorder     monthly archives come out of order with duplicated rows (as Binance's can)
+    withhold_agg_trades  share of aggregate ids withheld from the websocket AND REST, but present in
+                         the day's archive (chosen by a hash of the id: the same ids on every path);
+                         only the archive can heal them
+    differ_agg_trades    share of aggregate ids whose websocket and REST price is one tick above the
+                         archive's (the archive is the record: reconciliation replaces them)
+    reupload_archive_days  days (YYYY-MM-DD) whose daily archives are served re-uploaded: one row
+                         changed (aggTrades: a quantity, bookDepth: a depth, metrics: an open
+                         interest) and so a new checksum; at run time LocalExchange.reupload_archive
+                         (or POST /admin/reupload?type=&symbol=&date=) re-uploads one more time
     """
 
     ws_close_after: int = 0
@@ -105,6 +114,14 @@ class FaultConfig:
     missing_archive_days: tuple[str, ...] = ()
     bad_checksum_days: tuple[str, ...] = ()
     monthly_disorder: bool = False
+    withhold_agg_trades: float = 0.0
+    differ_agg_trades: float = 0.0
+    reupload_archive_days: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("withhold_agg_trades", "differ_agg_trades"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected a share from 0 to 1, got {getattr(self, name)!r}")
 
     def any(self) -> bool:
         return self != FaultConfig()

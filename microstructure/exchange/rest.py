@@ -6,12 +6,13 @@ import asyncio
 import json
 import logging
 import random
+from datetime import date
 from typing import Protocol
 
 import numpy as np
 from aiohttp import web
 
-from microstructure.exchange import archives
+from microstructure.exchange import archives, healable
 from microstructure.exchange.book import GRID_MS, book_at
 from microstructure.exchange.config import DAY_MS, ExchangeConfig, symbol_spec
 from microstructure.exchange.market import FUNDING_MS, SymbolMarket, Trades
@@ -33,6 +34,8 @@ class ExchangeState(Protocol):
     async def archive_bytes(self, ref: archives.ArchiveRef) -> bytes | None: ...
 
     async def archive_checksum(self, ref: archives.ArchiveRef, data: bytes, filename: str) -> bytes: ...
+
+    def reupload_archive(self, kind: str, symbol: str, day: str) -> int: ...
 
 
 HOUR_MS = 3_600_000
@@ -246,6 +249,7 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
         else:
             tr = market.trades_last(limit, now)
         spec = market.spec
+        tr = healable.live_view(tr, ex.config.seed, ex.config.faults, spec.tick)
         return json_response(agg_rows_json(tr, spec.price_decimals, spec.qty_decimals))
 
     async def depth(request: web.Request) -> web.Response:
@@ -376,7 +380,19 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
             return web.Response(body=checksum, content_type="text/plain", charset="utf-8")
         return web.Response(body=data, content_type="application/zip")
 
+    async def reupload(request: web.Request) -> web.Response:
+        """Admin (the local exchange only): re-upload a day's archive with one row changed."""
+        q = request.query
+        kind, symbol, day = q.get("type", "aggTrades"), q.get("symbol", ""), q.get("date", "")
+        try:
+            date.fromisoformat(day)
+            revision = ex.reupload_archive(kind, symbol, day)
+        except (KeyError, ValueError):
+            return json_response({"error": f"unknown archive {kind} {symbol} {day}"}, status=400)
+        return json_response({"type": kind, "symbol": symbol.upper(), "date": day, "revision": revision})
+
     return [
+        web.post("/admin/reupload", reupload),
         web.get("/fapi/v1/ping", ping),
         web.get("/fapi/v1/time", server_time),
         web.get("/fapi/v1/exchangeInfo", exchange_info),

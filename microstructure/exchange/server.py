@@ -72,6 +72,7 @@ class LocalExchange:
         self._producer_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._archive_locks: dict[str, asyncio.Lock] = {}
+        self.reuploads: dict[str, int] = {}  # archive path -> re-uploads made at run time
         self.host = cfg.host
         self.port = cfg.port
 
@@ -189,15 +190,34 @@ class LocalExchange:
             if original is not None:
                 return await asyncio.get_running_loop().run_in_executor(None, original.read_bytes)
 
+            revision = self.archive_revision(ref)
+
             def build() -> bytes:
                 market_end = market.end_ms
                 if market_end < t1:
                     raise RuntimeError("market does not cover the archive period yet")
-                return archives.build_csv(market, ref, disorder, self.config.formats)
+                return archives.build_csv(market, ref, disorder, self.config.formats, revision)
 
             return await asyncio.get_running_loop().run_in_executor(
-                None, self.archive_store.get, self.archive_key(ref), ref, build
+                None, self.archive_store.get, self.archive_key(ref), ref, build, revision
             )
+
+    def archive_revision(self, ref: archives.ArchiveRef) -> int:
+        """How many times this archive was re-uploaded (faults.reupload_archive_days counts one)."""
+        if ref.period != "daily":
+            return 0
+        configured = 1 if ref.date in self.config.faults.reupload_archive_days else 0
+        return configured + self.reuploads.get(ref.path, 0)
+
+    def reupload_archive(self, kind: str, symbol: str, day: date | str) -> int:
+        """Replace one day's archive by a re-upload with one row changed (a new checksum), as Binance
+        does; the revision now served. Raises KeyError for an unknown symbol or type."""
+        d = day if isinstance(day, str) else day.isoformat()
+        ref = archives.ArchiveRef("daily", kind, symbol.upper(), d)
+        if ref.symbol not in self.markets or kind not in archives.DAILY_TYPES:
+            raise KeyError(f"{kind} {symbol}")
+        self.reuploads[ref.path] = self.reuploads.get(ref.path, 0) + 1
+        return self.archive_revision(ref)
 
     def checksum_broken(self, ref: archives.ArchiveRef) -> bool:
         return ref.period == "daily" and ref.date in self.config.faults.bad_checksum_days

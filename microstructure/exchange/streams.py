@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from microstructure.exchange import healable
 from microstructure.exchange.book import GRID_MS, Book, book_at, book_diff, update_id
 from microstructure.exchange.config import ExchangeConfig
 from microstructure.exchange.market import FUNDING_MS, SymbolMarket
@@ -242,7 +243,16 @@ class Producer:
                 lt = seg.last[i:i1].tolist()
                 m = seg.maker[i:i1].tolist()
                 a0 = seg.agg_id0 + i
+                faults = self.ex.config.faults
+                hidden: list[bool] | None = None
+                if healable.live_active(faults):
+                    ids = np.arange(a0, a0 + i1 - i, dtype=np.int64)
+                    hidden = healable.withheld(ids, self.ex.config.seed, faults).tolist()
+                    bump = healable.differing(ids, self.ex.config.seed, faults)
+                    p = (seg.price[i:i1] + bump.astype(seg.price.dtype) * spec.tick).tolist()
                 for j in range(i1 - i):
+                    if hidden is not None and hidden[j]:
+                        continue
                     payload = (
                         f'{{"e":"aggTrade","E":{now},"s":"{sym}","a":{a0 + j},"p":"{fmt_units(p[j], pd)}",'
                         f'"q":"{fmt_units(q[j], qd)}","f":{f[j]},"l":{lt[j]},"T":{T[j]},'

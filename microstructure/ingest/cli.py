@@ -209,6 +209,16 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         "once after the loads.",
     )
     every.add_argument(
+        "--reconcile-interval",
+        metavar="SECONDS",
+        default="600",
+        help="live: every SECONDS, check the finished trade days of the last 3 stored days against their "
+        "daily archive once Binance publishes it (the next morning; until then the day is retried each "
+        "round) and heal them as `microstructure reconcile` does; a re-uploaded archive (checksum changed) "
+        "is reconciled again, and those days' bookDepth and metrics archives are loaded when published or "
+        "replaced (default 600; 0: off)",
+    )
+    every.add_argument(
         "--retention-keep-days",
         metavar="N",
         help="live: every --retention-interval, drop raw days older than N days that the Parquet export "
@@ -650,6 +660,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
         if mode != "live":
             raise SettingError("--health-port: only with --mode live")
     features_interval = _features_interval(args.features_interval)
+    reconcile_interval = _reconcile_interval(args.reconcile_interval)
     retention_keep_days, retention_interval = _retention(args, settings, mode)
     if health_port:
         _check_port_free(health_port)
@@ -674,6 +685,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
                 features_interval=features_interval,
                 retention_keep_days=retention_keep_days,
                 retention_interval=retention_interval,
+                reconcile_interval=reconcile_interval,
             ),
             settings,
             symbols,
@@ -713,6 +725,17 @@ def _features_interval(value: str) -> float:
     if not x >= 0:
         raise SettingError(f"--features-interval: expected a number of seconds >= 0, got {value!r}")
     return x if x > 0 else 1e9
+
+
+def _reconcile_interval(value: str) -> float | None:
+    """--reconcile-interval: seconds between live archive reconciliation rounds; 0 means off."""
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise SettingError(f"--reconcile-interval: expected a number of seconds >= 0, got {value!r}")
+    return x if x > 0 else None
 
 
 def _signal_stop() -> asyncio.Event:

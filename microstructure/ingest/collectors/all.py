@@ -31,6 +31,11 @@ from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 from microstructure.ingest.collectors.health_http import HealthServer
 from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
+from microstructure.ingest.collectors.reconcile import (
+    DEFAULT_RECONCILE_INTERVAL,
+    DEFAULT_RECONCILE_WINDOW_DAYS,
+    run_live_reconciler,
+)
 from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 from microstructure.ingest.health import EventLog, Health
 from microstructure.ingest.sink.writer import open_writer, writer_problems
@@ -135,6 +140,8 @@ async def collect_all(
     health_commit_after: float = 15.0,
     retention_keep_days: int | None = None,
     retention_interval: float = DEFAULT_RETENTION_INTERVAL,
+    reconcile_interval: float | None = DEFAULT_RECONCILE_INTERVAL,
+    reconcile_window_days: int = DEFAULT_RECONCILE_WINDOW_DAYS,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -144,7 +151,13 @@ async def collect_all(
     only covers its recent window).
 
     Retention (live, when `retention_keep_days` is given): raw days older than that go every
-    `retention_interval` seconds once the Parquet export holds them (retention.run_scheduled)."""
+    `retention_interval` seconds once the Parquet export holds them (retention.run_scheduled).
+
+    Reconciliation (live, unless `reconcile_interval` is None): every `reconcile_interval` seconds the
+    stored trade days of the last `reconcile_window_days` are checked against their daily archive
+    once it is published (reconcile.run_live_reconciler: a finished day heals by itself the next
+    morning; a re-uploaded archive is noticed by its checksum), and the same days' bookDepth and
+    metrics archives are loaded when published or replaced."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -156,7 +169,7 @@ async def collect_all(
     rejected_before = getattr(getattr(writer, "stats", None), "batches_rejected", 0)
     dropped_before = getattr(getattr(writer, "stats", None), "batches_dropped", 0)
     background_stop = asyncio.Event()
-    refresher_task = retention_task = None
+    refresher_task = retention_task = reconcile_task = None
     if mode == "live" and features_interval is not None:
         refresher_task = asyncio.create_task(
             run_refresher(dsn, background_stop, features_interval), name="features-refresher"
@@ -166,6 +179,14 @@ async def collect_all(
             run_retention_scheduled(dsn, retention_keep_days, background_stop, retention_interval),
             name="retention",
         )
+    if mode == "live" and reconcile_interval is not None:
+        reconcile_task = asyncio.create_task(
+            run_live_reconciler(
+                dsn, settings.archive_url, symbols, background_stop, reconcile_interval,
+                window_days=reconcile_window_days,
+            ),
+            name="reconcile",
+        )  # fmt: skip
     try:
         if mode == "live":
             await _live(
@@ -205,7 +226,11 @@ async def collect_all(
         else:  # the caller closes it; bounded, so that a stop while the database is away still stops
             await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
         background_stop.set()  # the background rounds stop too
-        for name, task in (("features", refresher_task), ("retention", retention_task)):
+        for name, task in (
+            ("reconcile", reconcile_task),
+            ("features", refresher_task),
+            ("retention", retention_task),
+        ):
             if task is None:
                 continue
             try:  # the refresher's last round covers what the final flush wrote
