@@ -11,7 +11,7 @@ it displaced.
   (reason 'differs': the archive's version replaced it; 'not_in_archive': the archive of its day
   does not hold the id). Kept for audit; never read by the features.
 
-Revision ID: 0010
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-07
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0010"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
