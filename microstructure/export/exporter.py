@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -204,21 +204,63 @@ def decode_fixed_copy(data: bytes | memoryview, columns: Sequence[tuple[str, str
 
 
 def _with_symbol(table: pa.Table, symbol: str) -> pa.Table:
-    """Every file's last column: the contract (so a glob over symbols keeps it)."""
-    return table.append_column(
-        pa.field("symbol", pa.string(), nullable=False), pa.array([symbol] * table.num_rows, pa.string())
-    )
+    """Every file's last column: the contract (so a glob over symbols keeps it). Built from its
+    buffers (offsets and the repeated bytes), not from a Python list of n strings."""
+    n, raw = table.num_rows, symbol.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(raw))
+    col = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw * n))
+    return table.append_column(pa.field("symbol", pa.string(), nullable=False), col)
+
+
+def order_ties(table: pa.Table, key: str = "trade_id") -> pa.Table:
+    """Rows read in timestamp order (ORDER BY ts alone: the time index's order, no sort on the
+    server) put in (timestamp, `key`) order: rows of equal timestamps sorted by key. One vectorised
+    check; the sort (stable, numpy) only when some tie is out of order."""
+    if table.num_rows < 2 or key not in table.column_names:
+        return table
+    ts = table.column("timestamp").to_numpy()
+    ids = table.column(key).to_numpy()
+    if not np.any((ts[1:] == ts[:-1]) & (ids[1:] < ids[:-1])):
+        return table
+    return table.take(pa.array(np.lexsort((ids, ts))))
+
+
+def default_read_connections() -> int:
+    """Connections an export reads on at once (MICROSTRUCTURE_EXPORT_READERS, default: the CPUs,
+    at most 4): each range's binary COPY is one server process's work."""
+    import os
+
+    raw = os.environ.get("MICROSTRUCTURE_EXPORT_READERS")
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            from microstructure.config import SettingError
+
+            raise SettingError(f"MICROSTRUCTURE_EXPORT_READERS: expected an integer, got {raw!r}") from None
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _decode_chunks(chunks: list[bytes], columns: Sequence[tuple[str, str]], symbol: str) -> pa.Table | None:
+    """A range's COPY chunks -> the file's table (in a worker thread: numpy and Arrow release the GIL)."""
+    table = decode_fixed_copy(b"".join(chunks), columns)
+    return None if table is None else order_ties(_with_symbol(table, symbol))
 
 
 class Reader:
     """Query results straight into Arrow: binary COPY decoded by numpy where every column is
     fixed-width (aggtrades), ADBC (binary COPY inside the driver) for the rest. Async: the next
-    range is read while the last one is written."""
+    ranges are read (on up to `parallel` connections at once, fixed-width types) while the last
+    one is encoded and written."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, parallel: int | None = None) -> None:
         self.dsn = dsn
+        self.parallel = parallel or default_read_connections()
         self._adbc: Any = None
+        self._adbc_lock = asyncio.Lock()
         self._pg: Any = None
+        self._copiers: list[Any] = []  # connections for the range reads, opened as needed
+        self._idle: asyncio.Queue[Any] = asyncio.Queue()
 
     async def __aenter__(self) -> Reader:
         import asyncpg
@@ -227,10 +269,28 @@ class Reader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for c in self._copiers:
+            with contextlib.suppress(Exception):
+                await c.close()
         if self._pg is not None:
             await self._pg.close()
         if self._adbc is not None:
             await asyncio.to_thread(self._adbc.close)
+
+    @contextlib.asynccontextmanager
+    async def _copier(self):  # type: ignore[no-untyped-def]
+        """A connection of our own for one range's COPY (the main one keeps the log and the state)."""
+        import asyncpg
+
+        if self._idle.empty() and len(self._copiers) < self.parallel:
+            c = await asyncpg.connect(self.dsn, timeout=10)
+            self._copiers.append(c)
+        else:
+            c = await self._idle.get()
+        try:
+            yield c
+        finally:
+            self._idle.put_nowait(c)
 
     def _adbc_arrow(self, sql: str, params: Sequence[Any]) -> pa.Table:
         if self._adbc is None:
@@ -243,19 +303,22 @@ class Reader:
         return pa.Table.from_arrays(t.columns, schema=pa.schema([pa.field(f.name, f.type) for f in t.schema]))
 
     async def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        return await asyncio.to_thread(self._adbc_arrow, sql, params)
+        async with self._adbc_lock:  # one ADBC connection, one query at a time
+            return await asyncio.to_thread(self._adbc_arrow, sql, params)
 
     async def rows(self, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
+        """[lo, hi) of a type as its files hold it; safe to call for several ranges at once."""
         if t.fixed_columns is not None:
-            buf = bytearray()
+            chunks: list[bytes] = []
 
             async def sink(chunk: bytes) -> None:
-                buf.extend(chunk)
+                chunks.append(chunk)
 
-            await self._pg.copy_from_query(t.sql(), symbol, lo, hi, output=sink, format="binary")
-            table = decode_fixed_copy(buf, t.fixed_columns)
+            async with self._copier() as c:
+                await c.copy_from_query(t.sql(), symbol, lo, hi, output=sink, format="binary")
+            table = await asyncio.to_thread(_decode_chunks, chunks, t.fixed_columns, symbol)
             if table is not None:
-                return _with_symbol(table, symbol)
+                return table
         return _with_symbol(_to_millis(await self.arrow(t.sql(), (symbol, lo, hi))), symbol)
 
     async def symbols(self, t: ExportType) -> list[str]:
@@ -453,15 +516,23 @@ async def export_type(
         report.hours += len(todo)
         manifests: dict[Path, Manifest] = {}
         runs = _runs(todo, FEATURE_QUERY_SPAN if t.is_features else DAY)
-        # read the next range while the last one is encoded and written (pyarrow, in a thread)
-        nxt = asyncio.create_task(reader.rows(t, symbol, *runs[0])) if runs else None
-        for k, (lo, hi) in enumerate(runs):
-            assert nxt is not None
-            table = await nxt
-            nxt = asyncio.create_task(reader.rows(t, symbol, *runs[k + 1])) if k + 1 < len(runs) else None
-            await asyncio.to_thread(
-                _write_run, root, t, symbol, lo, hi, table, compression, manifests, report
-            )
+        # the next ranges are read (on the reader's connections) while the last one is encoded and
+        # written (pyarrow, in a thread); at most `parallel` ranges are held in memory ahead
+        ahead: deque[asyncio.Task[pa.Table]] = deque()
+        todo_runs = iter(runs)
+        try:
+            for lo, hi in runs:
+                while len(ahead) < reader.parallel and (nxt := next(todo_runs, None)) is not None:
+                    ahead.append(asyncio.create_task(reader.rows(t, symbol, *nxt)))
+                table = await ahead.popleft()
+                await asyncio.to_thread(
+                    _write_run, root, t, symbol, lo, hi, table, compression, manifests, report
+                )
+                del table
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
         for m in manifests.values():
             m.save()
         if not start and not end and (watermark is None or last > watermark):

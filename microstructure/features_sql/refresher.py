@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -167,11 +167,20 @@ def _insert_sql(stage: Stage) -> str:
     )
 
 
+# Aggregation memory for a refresh statement: a day of per-second buckets holds ~86,000 groups of
+# partial aggregates (~45 MB); the planner, which cannot tell how many buckets time_bucket() makes,
+# would plan a hash aggregate spilling to disk in 256 batches (or a sort) within the default 4 MB.
+# Hash tables only: sorts keep work_mem.
+AGG_MEMORY_SQL = "SET LOCAL hash_mem_multiplier = 64"
+
+
 async def _materialise_chunk(
     conn: asyncpg.Connection, stages: Sequence[Stage], symbols: Sequence[str], lo: datetime, hi: datetime,
     report: RefreshReport,
 ) -> None:  # fmt: skip
+    marks: list[tuple[str, datetime]] = []
     async with conn.transaction():
+        await conn.execute(AGG_MEMORY_SQL)
         for stage in stages:
             s_lo, s_hi = stage_window(stage, lo, hi)
             await conn.execute(_delete_sql(stage), list(symbols), s_lo, s_hi)
@@ -180,13 +189,17 @@ async def _materialise_chunk(
             report.rows_written += n
             report.stages[stage.name] += n
             report.statements += 2
-            await conn.execute(
-                "INSERT INTO feature_watermarks (stage, refreshed_to) VALUES ($1, $2) "
-                "ON CONFLICT (stage) DO UPDATE SET refreshed_to = greatest(feature_watermarks.refreshed_to, "
-                "excluded.refreshed_to), refreshed_at = now()",
-                stage.name,
-                s_hi,
-            )
+            marks.append((stage.name, s_hi))
+        # one statement, rows in name order, at the end: chunks of one group on other connections
+        # wait here for this one's commit (never for its whole run), and never deadlock
+        marks.sort()
+        await conn.execute(
+            "INSERT INTO feature_watermarks (stage, refreshed_to) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+            "ON CONFLICT (stage) DO UPDATE SET refreshed_to = greatest(feature_watermarks.refreshed_to, "
+            "excluded.refreshed_to), refreshed_at = now()",
+            [m[0] for m in marks],
+            [m[1] for m in marks],
+        )
 
 
 async def _refresh_caggs(
@@ -209,6 +222,52 @@ async def _refresh_caggs(
         report.stages[stage.name] += 0
 
 
+@dataclass(frozen=True)
+class Job:
+    """One chunk (at most a day) of one group's stages: one transaction."""
+
+    stages: list[Stage]
+    symbols: list[str]
+    lo: datetime
+    hi: datetime
+
+    def overlaps(self, other: Job) -> bool:
+        """Both would rewrite some of the same buckets (same stages, overlapping times)."""
+        return self.stages[0].group == other.stages[0].group and self.lo < other.hi and other.lo < self.hi
+
+
+async def run_jobs(
+    jobs: Sequence[Job], conns: Sequence[asyncpg.Connection],
+    do: Callable[[asyncpg.Connection, Job], Awaitable[None]],
+) -> None:  # fmt: skip
+    """Run the jobs on the connections side by side, in order, never two that overlap at once (a
+    window given twice, e.g. the log's and a forced range, would rewrite the same buckets)."""
+    queue = list(jobs)
+    running: list[Job] = []
+    changed = asyncio.Condition()
+
+    async def worker(c: asyncpg.Connection) -> None:
+        while True:
+            async with changed:
+                while True:
+                    if not queue:
+                        return
+                    job = next((j for j in queue if not any(j.overlaps(r) for r in running)), None)
+                    if job is not None:
+                        break
+                    await changed.wait()
+                queue.remove(job)
+                running.append(job)
+            try:
+                await do(c, job)
+            finally:
+                async with changed:
+                    running.remove(job)
+                    changed.notify_all()
+
+    await asyncio.gather(*(worker(c) for c in conns))
+
+
 async def refresh_windows(
     conn: asyncpg.Connection,
     windows: Sequence[Window],
@@ -219,9 +278,9 @@ async def refresh_windows(
 ) -> RefreshReport:
     """Materialise the stages fed by each window's raw table over the window, in dependency order.
 
-    Plain PostgreSQL: each group of stages (trades, trade intensity, book, ...) of a window is an
-    independent chain; with `helpers` (more connections) the chains run side by side, one per
-    connection, each chunk of a chain in its own transaction."""
+    Plain PostgreSQL: each group of stages (trades, book, ...) of a window is an independent chain,
+    and each chunk (a day at most) of a chain is independent of the others; with `helpers` (more
+    connections) the chunks of every chain run side by side, each in its own transaction."""
     report = RefreshReport(engine=engine or await features_engine(conn))
     started = time.perf_counter()
     if report.engine == "continuous_aggregates":
@@ -231,13 +290,17 @@ async def refresh_windows(
         for w in windows:
             for stage in stages_for({w.raw_table}):
                 per_stage[stage.name].append((w.lo, w.hi))
-        for name in (s.name for s in stages_for(None)):
-            for lo, hi in merge(per_stage.get(name, [])):
-                for c_lo, c_hi in chunks(lo, hi, timedelta(days=7)):
-                    await _refresh_caggs(conn, [STAGE_BY_NAME[name]], c_lo, c_hi, force, report)
-                    report.windows += 1
+        await conn.execute(AGG_MEMORY_SQL.replace("LOCAL ", ""))  # a CALL runs outside a transaction
+        try:
+            for name in (s.name for s in stages_for(None)):
+                for lo, hi in merge(per_stage.get(name, [])):
+                    for c_lo, c_hi in chunks(lo, hi, timedelta(days=7)):
+                        await _refresh_caggs(conn, [STAGE_BY_NAME[name]], c_lo, c_hi, force, report)
+                        report.windows += 1
+        finally:
+            await conn.execute("RESET hash_mem_multiplier")
     else:
-        jobs: list[tuple[list[Stage], list[str], list[tuple[datetime, datetime]]]] = []
+        jobs: list[Job] = []
         for w in windows:
             symbols = list(w.symbols) if w.symbols is not None else await symbols_of(conn, w.raw_table)
             if not symbols:
@@ -247,16 +310,12 @@ async def refresh_windows(
             groups: dict[str, list[Stage]] = defaultdict(list)
             for stage in stages_for({w.raw_table}):
                 groups[stage.group].append(stage)
-            jobs += [(stages, symbols, parts) for stages in groups.values()]
-        queue = list(reversed(jobs))
+            jobs += [Job(stages, symbols, c_lo, c_hi) for stages in groups.values() for c_lo, c_hi in parts]
 
-        async def worker(c: asyncpg.Connection) -> None:
-            while queue:
-                stages, symbols, parts = queue.pop()
-                for c_lo, c_hi in parts:
-                    await _materialise_chunk(c, stages, symbols, c_lo, c_hi, report)
+        async def do(c: asyncpg.Connection, j: Job) -> None:
+            await _materialise_chunk(c, j.stages, j.symbols, j.lo, j.hi, report)
 
-        await asyncio.gather(*(worker(c) for c in [conn, *helpers]))
+        await run_jobs(jobs, [conn, *helpers], do)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -23,7 +23,7 @@ class Stage:
     """One materialised stage: `name` is built by `sql_file` from `source` in `width` buckets."""
 
     name: str
-    group: str  # trades | intensity | book | market | open_interest | liquidations
+    group: str  # trades | book | market | open_interest | liquidations
     width: str  # a PostgreSQL interval, e.g. '1 minute'
     seconds: int
     source: str  # a raw table (stage 1) or the finer stage
@@ -43,7 +43,12 @@ class Stage:
 def _bar_stages(group: str, raw: str, prefix: str, raw_file: str, rollup_file: str) -> list[Stage]:
     """A group's 1m stage from the raw table, then 5m from 1m and 15m from 5m."""
     out = [Stage(f"{prefix}_1m", group, TIMEFRAMES["1m"], 60, raw, raw_file, raw, "ts")]
-    finer = out[0].name
+    return out + _rollups(group, raw, prefix, out[0].name, rollup_file)
+
+
+def _rollups(group: str, raw: str, prefix: str, finer: str, rollup_file: str) -> list[Stage]:
+    """`prefix`_5m from `finer` (the 1m stage), then `prefix`_15m from the 5m."""
+    out = []
     for tf in ("5m", "15m"):
         out.append(
             Stage(f"{prefix}_{tf}", group, TIMEFRAMES[tf], TIMEFRAME_SECONDS[tf], finer, rollup_file, raw)
@@ -52,46 +57,26 @@ def _bar_stages(group: str, raw: str, prefix: str, raw_file: str, rollup_file: s
     return out
 
 
-def _intensity_stages() -> list[Stage]:
-    """Trade counts per 1 s -> 5 s -> 10 s (carrying the busiest finer sub-buckets) -> 1m -> 5m -> 15m."""
-    raw = "agg_trades"
+def _trade_stages() -> list[Stage]:
+    """The one scan of agg_trades: per-second partials (trades_1s), which every trade column rolls up
+    from: the bars 1m -> 5m -> 15m, and the intensity chain 5 s -> 10 s (carrying the busiest finer
+    sub-buckets) -> 1m -> 5m -> 15m. One group: every stage depends on trades_1s."""
+    raw, group = "agg_trades", "trades"
+    first = Stage("trades_1s", group, "1 second", 1, raw, "trades_raw.sql", raw, "ts")
+    bars = [Stage("trades_1m", group, TIMEFRAMES["1m"], 60, first.name, "trades_bar.sql", raw)]
+    bars += _rollups(group, raw, "trades", bars[0].name, "trades_rollup.sql")
     chain = [
-        Stage("trade_counts_1s", "intensity", "1 second", 1, raw, "trade_counts_raw.sql", raw, "ts"),
-        Stage("trade_counts_5s", "intensity", "5 seconds", 5, "trade_counts_1s", "trade_counts_5s.sql", raw),
-        Stage(
-            "trade_counts_10s", "intensity", "10 seconds", 10, "trade_counts_5s", "trade_counts_10s.sql", raw
-        ),
-        Stage(
-            "trade_intensity_1m",
-            "intensity",
-            TIMEFRAMES["1m"],
-            60,
-            "trade_counts_10s",
-            "trade_intensity_bar.sql",
-            raw,
-        ),
-    ]
-    finer = chain[-1].name
-    for tf in ("5m", "15m"):
-        chain.append(
-            Stage(
-                f"trade_intensity_{tf}",
-                "intensity",
-                TIMEFRAMES[tf],
-                TIMEFRAME_SECONDS[tf],
-                finer,
-                "trade_intensity_rollup.sql",
-                raw,
-            )
-        )
-        finer = chain[-1].name
-    return chain
+        Stage("trade_counts_5s", group, "5 seconds", 5, first.name, "trade_counts_5s.sql", raw),
+        Stage("trade_counts_10s", group, "10 seconds", 10, "trade_counts_5s", "trade_counts_10s.sql", raw),
+        Stage("trade_intensity_1m", group, TIMEFRAMES["1m"], 60, "trade_counts_10s", "trade_intensity_bar.sql", raw),
+    ]  # fmt: skip
+    chain += _rollups(group, raw, "trade_intensity", chain[-1].name, "trade_intensity_rollup.sql")
+    return [first, *bars, *chain]
 
 
 # In dependency order: every stage comes after the stage it reads.
 STAGES: tuple[Stage, ...] = (
-    *_bar_stages("trades", "agg_trades", "trades", "trades_raw.sql", "trades_rollup.sql"),
-    *_intensity_stages(),
+    *_trade_stages(),
     *_bar_stages("book", "book_snapshots", "book", "book_raw.sql", "book_rollup.sql"),
     *_bar_stages("market", "mark_prices", "market", "market_raw.sql", "market_rollup.sql"),
     *_bar_stages(

@@ -274,4 +274,51 @@ def test_refresh_windows_align_to_each_stage(db_url: str) -> None:
         at(T0 + MIN),
     )
     assert refresher.stage_window(stage["trades_15m"], lo, hi) == (at(T0 - 5 * MIN), at(T0 + 10 * MIN))
-    assert refresher.stage_window(stage["trade_counts_1s"], lo, hi) == (at(T0), at(T0 + MIN))
+    assert refresher.stage_window(stage["trades_1s"], lo, hi) == (at(T0), at(T0 + MIN))
+
+
+def test_one_scan_of_the_raw_trades() -> None:
+    """Every trade stage comes from one pass over agg_trades: only trades_1s reads the raw table,
+    and every other stage fed by agg_trades reads trades_1s or a stage built from it."""
+    from microstructure.features_sql.stages import STAGE_BY_NAME, STAGES
+
+    trade_stages = [s for s in STAGES if s.raw_table == "agg_trades"]
+    assert [s.name for s in trade_stages if s.from_raw] == ["trades_1s"]
+    assert {s.group for s in trade_stages} == {"trades"}
+    for s in trade_stages:
+        if not s.from_raw:
+            assert s.source in STAGE_BY_NAME and "agg_trades" not in s.select_sql()
+    assert STAGES.index(STAGE_BY_NAME["trades_1s"]) < min(STAGES.index(s) for s in trade_stages if not s.from_raw)
+
+
+def test_run_jobs_never_overlap() -> None:
+    """Chunks run side by side on the connections, but two that rewrite the same buckets never at once."""
+    import asyncio
+
+    from microstructure.features_sql.stages import STAGE_BY_NAME
+
+    trades, book = [STAGE_BY_NAME["trades_1s"]], [STAGE_BY_NAME["book_1m"]]
+    day = timedelta(days=1)
+    d0 = at(T0)
+    jobs = [
+        refresher.Job(trades, [SYM], d0, d0 + day),
+        refresher.Job(trades, [SYM], d0, d0 + day),  # the same window twice (log + forced range)
+        refresher.Job(trades, [SYM], d0 + day, d0 + 2 * day),
+        refresher.Job(book, [SYM], d0, d0 + day),
+    ]
+    running: list[refresher.Job] = []
+    done: list[tuple[str, refresher.Job]] = []
+    most = 0
+
+    async def do(conn: Any, job: refresher.Job) -> None:
+        nonlocal most
+        assert not any(job.overlaps(r) for r in running)
+        running.append(job)
+        most = max(most, len(running))
+        await asyncio.sleep(0.02)
+        running.remove(job)
+        done.append((conn, job))
+
+    asyncio.run(refresher.run_jobs(jobs, ["a", "b", "c"], do))  # type: ignore[list-item]
+    assert sorted(map(id, (j for _, j in done))) == sorted(map(id, jobs))
+    assert most == 3 and {c for c, _ in done} == {"a", "b", "c"}
