@@ -24,7 +24,10 @@ from microstructure.features_sql.stages import STAGES, TIMEFRAMES, Stage, sql_te
 
 # SQL functions the views call (docs/FEATURES.md "Quality"): files, and signatures to drop them by.
 QUALITY_FUNCTION_FILES = ("quality_gap_spans.sql", "quality_trades_known.sql")
-QUALITY_FUNCTIONS = ("microstructure_gap_spans()", "microstructure_trades_known(text, timestamptz, timestamptz)")
+QUALITY_FUNCTIONS = (
+    "microstructure_gap_spans()",
+    "microstructure_trades_known(text, timestamptz, timestamptz)",
+)
 
 INTERVAL_RE = re.compile(r"^\d+ (second|minute|hour|day|week)s?$")
 

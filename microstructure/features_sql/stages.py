@@ -98,7 +98,13 @@ def _trade_seconds_stages() -> list[Stage]:
     raw = "agg_trades"
     out = [
         Stage(
-            "trade_seconds_1m", "intensity", TIMEFRAMES["1m"], 60, TRADE_SECONDS_SOURCE, "trade_seconds_bar.sql", raw
+            "trade_seconds_1m",
+            "intensity",
+            TIMEFRAMES["1m"],
+            60,
+            TRADE_SECONDS_SOURCE,
+            "trade_seconds_bar.sql",
+            raw,
         )
     ]
     for tf in ("5m", "15m"):

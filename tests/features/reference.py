@@ -34,7 +34,14 @@ QUALITY_COLS = [
     "quiet_s",
 ]  # fmt: skip
 COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *MARKET_COLS, *QUALITY_COLS]
-INT_COLS = {"trade_count", "fill_count", "large_trade_count", "snapshot_count", "trade_ids_missing", "book_resyncs"}
+INT_COLS = {
+    "trade_count",
+    "fill_count",
+    "large_trade_count",
+    "snapshot_count",
+    "trade_ids_missing",
+    "book_resyncs",
+}
 BOOL_COLS = {"trades_complete"}
 
 
@@ -367,7 +374,9 @@ def quality_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
         before = ou[ou < hi]
         age = (hi - before[-1]) / 1e6 if len(before) else None
         rs = sum(1 for u in resync_us.get(sym, []) if lo <= u < hi)
-        rows.append([missing, missing == 0 and known, slots / (2 * seconds), rs, marked / seconds, age, quiet])
+        rows.append(
+            [missing, missing == 0 and known, slots / (2 * seconds), rs, marked / seconds, age, quiet]
+        )
     out.loc[:, :] = rows if rows else out
     return out
 
