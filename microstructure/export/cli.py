@@ -108,6 +108,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     pull.add_argument("--no-technical", action="store_true", help="without indicators")
     pull.add_argument("--include-partial", action="store_true", help="also bars that are not final yet")
+    pull.add_argument(
+        "--quality",
+        default="any",
+        metavar="Q",
+        help="any (default) | complete: drop bars whose trades are incomplete or whose book coverage is "
+        "under --min-book-coverage (docs/FEATURES.md, Quality)",
+    )
+    pull.add_argument(
+        "--min-book-coverage",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="with --quality complete: the least book_coverage a bar keeps, 0..1 (default 0.9)",
+    )
     pull.add_argument("--out", required=True, type=Path, metavar="FILE", help="a .parquet (or .csv) file")
     pull.set_defaults(handler=cmd_pull)
 
@@ -228,12 +242,14 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         raise SettingError(f"--out: expected a .parquet or .csv file name, got {str(out)!r}")
     if not out.parent.exists() or not out.parent.is_dir():
         raise SettingError(f"--out: no folder {str(out.parent)!r}")
+    quality, min_cov = _quality_args(args)
     url = prepared_database(settings) if source == "db" else None
     if url is not None:
         _check_symbols(url, symbols, [view_name(tf)])
     df = pull_features(
         symbols, start, end, tf, source=source, technical=not args.no_technical,
         final_only=not args.include_partial, dsn=url, data_dir=args.data_dir,
+        quality=quality, min_book_coverage=min_cov,
     )  # fmt: skip
     from microstructure.export.partitions import write_atomically
 
@@ -257,8 +273,23 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
             if first is not None and not args.no_technical
             else ""
         )
+        + (f"; {df.attrs['quality_dropped']:,} incomplete bars dropped" if quality == "complete" else "")
     )
     return 0
+
+
+def _quality_args(args: argparse.Namespace) -> tuple[str, float]:
+    from microstructure.export.pull import DEFAULT_MIN_BOOK_COVERAGE, QUALITIES
+
+    quality = args.quality.strip().lower()
+    if quality not in QUALITIES:
+        raise SettingError(f"--quality: expected any or complete, got {args.quality!r}")
+    cov = args.min_book_coverage
+    if cov is not None and quality != "complete":
+        raise SettingError("--min-book-coverage: applies with --quality complete only")
+    if cov is not None and not 0.0 <= cov <= 1.0:
+        raise SettingError(f"--min-book-coverage: expected a share between 0 and 1, got {cov!r}")
+    return quality, DEFAULT_MIN_BOOK_COVERAGE if cov is None else cov
 
 
 def cmd_plot(args: argparse.Namespace, settings: Settings) -> int:

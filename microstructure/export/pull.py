@@ -11,6 +11,7 @@ its `available_at`. Indicators warm up on WARMUP_BARS bars read before `start` (
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,20 @@ import pyarrow.dataset as ds
 from microstructure.export.exporter import DEFAULT_LATENESS, query_arrow
 from microstructure.export.indicators import INDICATOR_COLUMNS, WARMUP_BARS, indicators
 from microstructure.export.types import TYPES
-from microstructure.features_sql.stages import FEATURE_COLUMNS, TIMEFRAME_SECONDS, TIMEFRAMES, view_name
+from microstructure.features_sql.stages import (
+    BOOL_COLUMNS,
+    COUNT_COLUMNS,
+    FEATURE_COLUMNS,
+    TIMEFRAME_SECONDS,
+    TIMEFRAMES,
+    view_name,
+)
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("db", "parquet")
+QUALITIES = ("any", "complete")
+DEFAULT_MIN_BOOK_COVERAGE = 0.9
 
 
 class PullError(ValueError):
@@ -88,12 +100,18 @@ def pull_features(
     lateness: float = DEFAULT_LATENESS,
     now: datetime | None = None,
     warmup_bars: int = WARMUP_BARS,
+    quality: str = "any",
+    min_book_coverage: float = DEFAULT_MIN_BOOK_COVERAGE,
 ) -> pd.DataFrame:
     """Bars of `timeframe` with bucket in [start, end) for `symbols`, indexed by (symbol, bucket):
     every FEATURES.md column, `available_at`, and (with `technical`) INDICATOR_COLUMNS.
 
     source 'db' reads the features_<tf> view (`dsn`); 'parquet' the exported tree under `data_dir`
     (its features_<tf>/<SYMBOL>/... files). Both give equal frames for the same bars.
+
+    quality 'complete' drops the bars whose trades are not complete (`trades_complete`) or whose
+    `book_coverage` is under `min_book_coverage` (after the indicators, which see every bar);
+    `attrs["quality_dropped"]` says how many bars were dropped (0 with 'any').
     """
     syms = [symbols] if isinstance(symbols, str) else list(symbols)
     if not syms:
@@ -102,6 +120,7 @@ def pull_features(
         raise PullError(f"timeframe: expected one of {', '.join(TIMEFRAMES)}, got {timeframe!r}")
     if source not in SOURCES:
         raise PullError(f"source: expected db or parquet, got {source!r}")
+    _check_quality(quality, min_book_coverage)
     lo, hi = _utc(start), _utc(end)
     if hi <= lo:
         raise PullError(f"end {hi.isoformat()} is not after start {lo.isoformat()}")
@@ -128,7 +147,7 @@ def pull_features(
         ind = pd.concat(parts) if parts else pd.DataFrame(columns=list(INDICATOR_COLUMNS), dtype="float64")
         df = df.join(ind)
     warm = df.index.get_level_values("bucket") < pd.Timestamp(lo) if len(df) else np.zeros(0, bool)
-    out = df[~warm]
+    out = _keep_quality(df[~warm], quality, min_book_coverage)
     out.attrs["warmup_bars"] = warmup_bars if technical else 0
     read = (
         pd.Series(warm, index=df.index.get_level_values("symbol")).groupby(level=0).sum() if len(df) else {}
@@ -138,6 +157,33 @@ def pull_features(
     }  # per symbol, before start
     out.attrs["timeframe"] = timeframe
     out.attrs["lateness_s"] = lateness
+    return out
+
+
+def _check_quality(quality: str, min_book_coverage: float) -> None:
+    if quality not in QUALITIES:
+        raise PullError(f"quality: expected any or complete, got {quality!r}")
+    if not 0.0 <= min_book_coverage <= 1.0:
+        raise PullError(f"min_book_coverage: expected a share between 0 and 1, got {min_book_coverage!r}")
+
+
+def _keep_quality(df: pd.DataFrame, quality: str, min_book_coverage: float) -> pd.DataFrame:
+    """The bars `quality` keeps (docs/FEATURES.md "Quality"); attrs quality / quality_dropped say what."""
+    keep = np.ones(len(df), bool)
+    if quality == "complete" and len(df):
+        trades_ok = df["trades_complete"].fillna(False).astype(bool).to_numpy()
+        book_ok = df["book_coverage"].fillna(0.0).to_numpy(float) >= min_book_coverage
+        keep = trades_ok & book_ok
+    out = df[keep]
+    dropped = int((~keep).sum())
+    if quality == "complete":
+        log.info(
+            "pull: quality complete dropped %d of %d bars (trades incomplete or book coverage < %g)",
+            dropped, len(df), min_book_coverage,
+        )  # fmt: skip
+    out.attrs["quality"] = quality
+    out.attrs["min_book_coverage"] = min_book_coverage
+    out.attrs["quality_dropped"] = dropped
     return out
 
 
@@ -155,8 +201,10 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     for c in ("bucket", "bucket_end"):
         df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
     for c in FEATURE_COLUMNS:
-        if c in ("trade_count", "fill_count", "large_trade_count", "snapshot_count"):
+        if c in COUNT_COLUMNS:
             df[c] = df[c].astype("Int64")
+        elif c in BOOL_COLUMNS:
+            df[c] = df[c].astype("boolean")
         else:
             df[c] = df[c].astype("float64")
     return df.set_index(["symbol", "bucket"])

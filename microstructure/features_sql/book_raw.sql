@@ -27,6 +27,8 @@ SELECT
     count(ask_vol_ratio_5_20) AS ask_vol_ratio_5_20_n,
     sum(ask_vol_ratio_5_20) AS ask_vol_ratio_5_20_sum,
     coalesce(var_samp(spread) * (count(spread) - 1), 0) AS spread_m2,
-    sum(ofi) AS ofi
+    sum(ofi) AS ofi,
+    -- quality: distinct epoch-aligned 500 ms slots holding a snapshot (book_coverage, docs/FEATURES.md)
+    count(DISTINCT time_bucket(INTERVAL '500 milliseconds', ts)) AS book_slots
 FROM book_snapshots
 GROUP BY symbol, time_bucket(INTERVAL '{width}', ts)

@@ -24,6 +24,7 @@ SELECT
     sum(bid_vol_ratio_5_20_sum) AS bid_vol_ratio_5_20_sum,
     sum(ask_vol_ratio_5_20_n)::bigint AS ask_vol_ratio_5_20_n,
     sum(ask_vol_ratio_5_20_sum) AS ask_vol_ratio_5_20_sum,
-    sum(ofi) AS ofi
+    sum(ofi) AS ofi,
+    sum(book_slots)::bigint AS book_slots  -- slots never straddle a bar: the sum is exact
 FROM {source}
 GROUP BY symbol, time_bucket(INTERVAL '{width}', bucket)

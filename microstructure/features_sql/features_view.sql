@@ -26,6 +26,18 @@ spread AS (  -- sample std of the spread: the 1m bars' (n, mean, M2) combined (C
         GROUP BY symbol, bar
     ) combined
 ),
+-- Quality (docs/FEATURES.md "Quality"): the id gaps not filled, each with the time span its missing
+-- ids can lie in (quality_gap_spans.sql). Gaps change after the bars are materialised: read here.
+gap_spans AS MATERIALIZED (SELECT * FROM microstructure_gap_spans()),
+resyncs AS (  -- book resyncs the collectors recorded, at the exchange time of the break when known
+    SELECT symbol,
+           time_bucket(INTERVAL '{width}', CASE WHEN jsonb_typeof(detail -> 'T') = 'number'
+               THEN to_timestamp((detail ->> 'T')::double precision / 1000) ELSE ts END) AS bucket,
+           count(*) AS resyncs
+    FROM ingest_events
+    WHERE kind = 'resync' AND symbol IS NOT NULL
+    GROUP BY 1, 2
+),
 core AS (
     SELECT
         b.symbol,
@@ -59,7 +71,8 @@ core AS (
         m.premium_sum / nullif(m.premium_n, 0) AS spot_premium_pct,
         m.funding_rate AS bar_funding_rate,
         l.liq_long_vol, l.liq_short_vol,
-        l.liq_long_vol / nullif(l.liq_long_vol + l.liq_short_vol, 0) AS liq_ratio
+        l.liq_long_vol / nullif(l.liq_long_vol + l.liq_short_vol, 0) AS liq_ratio,
+        k.book_slots, m.mark_seconds  -- quality
     FROM bars b
     LEFT JOIN trades_{tf} t ON t.symbol = b.symbol AND t.bucket = b.bucket
     LEFT JOIN trade_intensity_{tf} i ON i.symbol = b.symbol AND i.bucket = b.bucket
@@ -83,7 +96,17 @@ SELECT
     coalesce(c.bar_funding_rate, fs.funding_rate) - coalesce(pm.funding_rate, fp.funding_rate) AS funding_delta,
     oi.open_interest,
     (oi.open_interest - poi.open_interest) / nullif(poi.open_interest, 0) * 100 AS oi_change_pct,
-    c.liq_long_vol, c.liq_short_vol, c.liq_ratio
+    c.liq_long_vol, c.liq_short_vol, c.liq_ratio,
+    -- quality (docs/FEATURES.md "Quality")
+    coalesce(gq.ids, 0)::bigint AS trade_ids_missing,
+    (coalesce(gq.ids, 0) = 0 AND ch.known) AS trades_complete,
+    coalesce(c.book_slots, 0)::double precision / (2 * date_part('epoch', INTERVAL '{width}')) AS book_coverage,
+    coalesce(rs.resyncs, 0)::bigint AS book_resyncs,
+    coalesce(c.mark_seconds, 0)::double precision / date_part('epoch', INTERVAL '{width}') AS mark_coverage,
+    date_part('epoch', c.bucket_end) - oi.oi_last_epoch AS oi_age_s,
+    CASE WHEN ch.known THEN greatest(
+        date_part('epoch', INTERVAL '{width}') - coalesce(tsec.trade_seconds, 0) - coalesce(gq.gap_seconds, 0), 0
+    ) END AS quiet_s
 FROM core c
 -- the calendar-previous bar's stream funding rate (that bar may have no rows)
 LEFT JOIN market_{tf} pm ON pm.symbol = c.symbol AND pm.bucket = c.bucket - INTERVAL '{width}'
@@ -98,10 +121,23 @@ LEFT JOIN LATERAL (
 ) fp ON true
 -- open interest: the last observation before this bar's end, and before the previous bar's end
 LEFT JOIN LATERAL (
-    SELECT o.open_interest FROM open_interest_{tf} o
+    SELECT o.open_interest, o.oi_last_epoch FROM open_interest_{tf} o
     WHERE o.symbol = c.symbol AND o.bucket <= c.bucket ORDER BY o.bucket DESC LIMIT 1
 ) oi ON true
 LEFT JOIN LATERAL (
     SELECT o.open_interest FROM open_interest_{tf} o
     WHERE o.symbol = c.symbol AND o.bucket < c.bucket ORDER BY o.bucket DESC LIMIT 1
 ) poi ON true
+-- quality: seconds holding a trade; resyncs; the gaps whose span meets the bar (each counts all its
+-- ids in every bar it meets) and the bar's seconds strictly inside a gap's span (no trade stored
+-- there, none known to be absent); the trade stream known on both sides of the bar
+LEFT JOIN trade_seconds_{tf} tsec ON tsec.symbol = c.symbol AND tsec.bucket = c.bucket
+LEFT JOIN resyncs rs ON rs.symbol = c.symbol AND rs.bucket = c.bucket
+LEFT JOIN LATERAL (
+    SELECT sum(g.ids) AS ids,
+           sum(greatest(0, least(floor(date_part('epoch', g.t1)), date_part('epoch', c.bucket_end))
+                           - greatest(floor(date_part('epoch', g.t0)) + 1, date_part('epoch', c.bucket)))) AS gap_seconds
+    FROM gap_spans g
+    WHERE g.symbol = c.symbol AND g.t0 < c.bucket_end AND g.t1 >= c.bucket
+) gq ON true
+LEFT JOIN LATERAL (SELECT microstructure_trades_known(c.symbol, c.bucket, c.bucket_end) AS known) ch ON true

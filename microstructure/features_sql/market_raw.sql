@@ -11,6 +11,8 @@ SELECT
         AS funding_rate,
     sum(CASE WHEN index_price <> 0 THEN (mark_price - index_price) / index_price * 100 END) AS premium_sum,
     count(CASE WHEN index_price <> 0 THEN 1 END) AS premium_n,
-    count(*) AS mark_count
+    count(*) AS mark_count,
+    -- quality: distinct epoch-aligned seconds holding a mark price (mark_coverage, docs/FEATURES.md)
+    count(DISTINCT time_bucket(INTERVAL '1 second', ts)) AS mark_seconds
 FROM mark_prices
 GROUP BY symbol, time_bucket(INTERVAL '{width}', ts)

@@ -9,6 +9,7 @@ SELECT
         AS funding_rate,
     sum(premium_sum) AS premium_sum,
     sum(premium_n)::bigint AS premium_n,
-    sum(mark_count)::bigint AS mark_count
+    sum(mark_count)::bigint AS mark_count,
+    sum(mark_seconds)::bigint AS mark_seconds
 FROM {source}
 GROUP BY symbol, time_bucket(INTERVAL '{width}', bucket)

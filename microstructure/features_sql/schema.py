@@ -20,7 +20,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from microstructure.features_sql.stages import STAGES, TIMEFRAMES, Stage, view_name, view_sql
+from microstructure.features_sql.stages import STAGES, TIMEFRAMES, Stage, sql_text, view_name, view_sql
+
+# SQL functions the views call (docs/FEATURES.md "Quality"): files, and signatures to drop them by.
+QUALITY_FUNCTION_FILES = ("quality_gap_spans.sql", "quality_trades_known.sql")
+QUALITY_FUNCTIONS = (
+    "microstructure_gap_spans()",
+    "microstructure_trades_known(text, timestamptz, timestamptz)",
+)
 
 INTERVAL_RE = re.compile(r"^\d+ (second|minute|hour|day|week)s?$")
 
@@ -115,6 +122,7 @@ def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None
             out += continuous_aggregate_sql(stage, policy or PolicySettings())
         else:
             out += stage_table_sql(stage)
+    out += [sql_text(f) for f in QUALITY_FUNCTION_FILES]
     out += [view_ddl(tf) for tf in TIMEFRAMES]
     for tf in TIMEFRAMES:
         out.append(
@@ -126,6 +134,7 @@ def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None
 
 def drop_sql(continuous_aggregates: bool) -> list[str]:
     out = [f"DROP VIEW IF EXISTS {view_name(tf)}" for tf in TIMEFRAMES]
+    out += [f"DROP FUNCTION IF EXISTS {sig}" for sig in QUALITY_FUNCTIONS]
     for stage in reversed(STAGES):
         kind = "MATERIALIZED VIEW" if continuous_aggregates else "TABLE"
         out.append(f"DROP {kind} IF EXISTS {stage.name} CASCADE")

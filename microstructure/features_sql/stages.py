@@ -74,9 +74,24 @@ def _trade_stages() -> list[Stage]:
     return [first, *bars, *chain]
 
 
+# The per-second trade counts stage the quality stages read (the one place that names it).
+TRADE_SECONDS_SOURCE = "trades_1s"
+
+
+def _trade_seconds_stages() -> list[Stage]:
+    """Quality: seconds holding a trade per 1m bar (from the per-second trade partials) -> 5m -> 15m.
+    In the trades group, after the per-second stage it reads (a group is one ordered chain)."""
+    raw, group = "agg_trades", "trades"
+    first = Stage(
+        "trade_seconds_1m", group, TIMEFRAMES["1m"], 60, TRADE_SECONDS_SOURCE, "trade_seconds_bar.sql", raw
+    )
+    return [first, *_rollups(group, raw, "trade_seconds", first.name, "trade_seconds_rollup.sql")]
+
+
 # In dependency order: every stage comes after the stage it reads.
 STAGES: tuple[Stage, ...] = (
     *_trade_stages(),
+    *_trade_seconds_stages(),
     *_bar_stages("book", "book_snapshots", "book", "book_raw.sql", "book_rollup.sql"),
     *_bar_stages("market", "mark_prices", "market", "market_raw.sql", "market_rollup.sql"),
     *_bar_stages(
@@ -91,7 +106,9 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 # Raw tables whose rows feed the stages (what an invalidation of each table re-materialises).
 RAW_TABLES: tuple[str, ...] = tuple(dict.fromkeys(s.raw_table for s in STAGES))
 
-# What the views read directly, beside the stages: settled funding (carried into quiet bars).
+# What the views read directly, beside the stages: settled funding (carried into quiet bars). The
+# quality columns also read agg_trade_gaps, ingest_events and the stored trades around each bar and
+# gap (docs/FEATURES.md "Quality"); those are not listed here (retention would never drop agg_trades).
 VIEW_RAW_TABLES = ("funding_rates",)
 
 
@@ -125,6 +142,14 @@ def _render(name: str, **values: str) -> str:
     return text
 
 
+# The quality columns (docs/FEATURES.md "Quality"), last in every features_<tf> view: how complete
+# each bar's sources were. Never NULL except oi_age_s (no open interest yet) and quiet_s (the bar's
+# trade stream is not known on both sides).
+QUALITY_COLUMNS: tuple[str, ...] = (
+    "trade_ids_missing", "trades_complete", "book_coverage", "book_resyncs", "mark_coverage", "oi_age_s",
+    "quiet_s",
+)  # fmt: skip
+
 # The columns of every features_<tf> view after symbol, bucket and bucket_end (FEATURES.md's names).
 FEATURE_COLUMNS: tuple[str, ...] = (
     "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "fill_count", "buy_volume",
@@ -135,7 +160,11 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "snapshot_count",
     "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
     "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+    *QUALITY_COLUMNS,
 )  # fmt: skip
-COUNT_COLUMNS = frozenset({"trade_count", "fill_count", "large_trade_count", "snapshot_count"})
+COUNT_COLUMNS = frozenset(
+    {"trade_count", "fill_count", "large_trade_count", "snapshot_count", "trade_ids_missing", "book_resyncs"}
+)
+BOOL_COLUMNS = frozenset({"trades_complete"})
 # Sampled by the exchange (at most one liquidation per symbol per second): lower bounds.
 LOWER_BOUND_COLUMNS = ("liq_long_vol", "liq_short_vol", "liq_ratio")

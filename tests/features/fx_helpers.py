@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
-from reference import COLUMNS, INT_COLS, Raw
+from reference import BOOL_COLS, COLUMNS, INT_COLS, Raw
 
 RAW_QUERIES = {
     "agg_trades": "SELECT symbol, agg_id, ts, price, quantity, first_trade_id, last_trade_id, is_buyer_maker FROM agg_trades",
@@ -18,6 +18,8 @@ RAW_QUERIES = {
     "funding_rates": "SELECT symbol, funding_ts, funding_rate FROM funding_rates",
     "open_interest": "SELECT symbol, ts, open_interest FROM open_interest",
     "liquidations": "SELECT symbol, ts, side, quantity FROM liquidations",
+    "agg_trade_gaps": "SELECT symbol, from_id, to_id, status FROM agg_trade_gaps",
+    "ingest_events": "SELECT ts, symbol, kind, detail FROM ingest_events",
 }
 
 
@@ -53,7 +55,7 @@ def assert_column_types(dsn: str, tf: str) -> None:
     """FEATURES.md: counts are integers, everything else double precision, buckets timestamptz."""
     want = {"symbol": "text", "bucket": "timestamp with time zone", "bucket_end": "timestamp with time zone"}
     for c in COLUMNS[1:]:
-        want[c] = "bigint" if c in INT_COLS else "double precision"
+        want[c] = "bigint" if c in INT_COLS else "boolean" if c in BOOL_COLS else "double precision"
     assert column_types(dsn, tf) == want
 
 
@@ -150,6 +152,12 @@ COPY_TABLES: dict[str, list[tuple[str, str]]] = {
                      ("avg_price", "float8"), ("status", "text"), ("last_filled_qty", "float8"),
                      ("filled_qty", "float8"), ("recv_ts", "timestamptz")],
 }  # fmt: skip
+COPY_TABLES["agg_trade_gaps"] = [
+    ("symbol", "text"), ("from_id", "int8"), ("to_id", "int8"), ("status", "text"), ("note", "text"),
+]  # fmt: skip
+COPY_TABLES["ingest_events"] = [
+    ("ts", "timestamptz"), ("collector", "text"), ("symbol", "text"), ("kind", "text"), ("detail", "jsonb"),
+]  # fmt: skip
 COPY_TABLES["agg_trade_coverage"] = [
     ("symbol", "text"), ("day", "date"), ("first_id", "int8"), ("last_id", "int8"), ("row_count", "int8"),
     ("missing_count", "int8"),
@@ -179,7 +187,8 @@ def copy_raw_rows(src: str, dst: str) -> dict[str, int]:
     with psycopg.connect(src) as s, psycopg.connect(dst) as d:
         for table, cols in COPY_TABLES.items():
             names = ", ".join(c for c, _ in cols)
-            rows = s.execute(f"SELECT {names} FROM {table}").fetchall()
+            select = ", ".join(f"{c}::text" if t == "jsonb" else c for c, t in cols)
+            rows = s.execute(f"SELECT {select} FROM {table}").fetchall()
             counts[table] = len(rows)
             params = ", ".join(
                 f"unnest(%s::text[])::{t}" if t.endswith("[]") else f"unnest(%s::{t}[])" for _, t in cols

@@ -29,8 +29,20 @@ MARKET_COLS = [
     "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
     "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
 ]  # fmt: skip
-COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *MARKET_COLS]
-INT_COLS = {"trade_count", "fill_count", "large_trade_count", "snapshot_count"}
+QUALITY_COLS = [
+    "trade_ids_missing", "trades_complete", "book_coverage", "book_resyncs", "mark_coverage", "oi_age_s",
+    "quiet_s",
+]  # fmt: skip
+COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *MARKET_COLS, *QUALITY_COLS]
+INT_COLS = {
+    "trade_count",
+    "fill_count",
+    "large_trade_count",
+    "snapshot_count",
+    "trade_ids_missing",
+    "book_resyncs",
+}
+BOOL_COLS = {"trades_complete"}
 
 
 @dataclass
@@ -44,6 +56,8 @@ class Raw:
     open_interest: pd.DataFrame
     liquidations: pd.DataFrame
     large_notional: dict[str, float] = field(default_factory=dict)
+    agg_trade_gaps: pd.DataFrame | None = None  # symbol, from_id, to_id, status
+    ingest_events: pd.DataFrame | None = None  # ts, symbol, kind, detail (a dict)
 
 
 def _us(ts: pd.Series) -> np.ndarray:
@@ -298,6 +312,75 @@ def market_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
     return out
 
 
+# ---------------------------------------------------------------- quality
+
+
+def _gap_spans(raw: Raw) -> list[tuple[str, int, float, float]]:
+    """(symbol, missing ids, t0 s, t1 s) of every gap not filled: t0/t1 the trade times of the stored
+    trades just below / above the gap (-inf / +inf when there is none)."""
+    g = raw.agg_trade_gaps
+    if g is None or g.empty:
+        return []
+    t = raw.agg_trades
+    out = []
+    for r in g[g["status"] != "filled"].itertuples():
+        mine = t[t["symbol"] == r.symbol] if not t.empty else t
+        below = mine[mine["agg_id"] < r.from_id]
+        above = mine[mine["agg_id"] > r.to_id]
+        t0 = _us(below.loc[[below["agg_id"].idxmax()], "ts"])[0] / 1e6 if len(below) else -np.inf
+        t1 = _us(above.loc[[above["agg_id"].idxmin()], "ts"])[0] / 1e6 if len(above) else np.inf
+        out.append((r.symbol, int(r.to_id - r.from_id + 1), t0, t1))
+    return out
+
+
+def quality_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
+    """docs/FEATURES.md "Quality", bar by bar, straight from the raw rows (seconds enumerated)."""
+    out = pd.DataFrame(index=bars, columns=QUALITY_COLS, dtype="object")
+    t, b, m, oi = raw.agg_trades, raw.book_snapshots, raw.mark_prices, raw.open_interest
+    t_us = {s: np.sort(_us(x["ts"])) for s, x in t.groupby("symbol")} if not t.empty else {}
+    b_us = {s: _us(x["ts"]) for s, x in b.groupby("symbol")} if not b.empty else {}
+    m_us = {s: _us(x["ts"]) for s, x in m.groupby("symbol")} if not m.empty else {}
+    oi_us = {s: np.sort(_us(x["ts"])) for s, x in oi.groupby("symbol")} if not oi.empty else {}
+    spans = _gap_spans(raw)
+    ev = raw.ingest_events
+    resync_us: dict[str, list[int]] = {}
+    if ev is not None and not ev.empty:
+        for r in ev[(ev["kind"] == "resync") & ev["symbol"].notna()].itertuples():
+            d = r.detail or {}
+            us = int(d["T"]) * 1000 if isinstance(d.get("T"), int | float) else int(_us(pd.Series([r.ts]))[0])
+            resync_us.setdefault(r.symbol, []).append(us)
+    rows = []
+    for sym, start_us in bars:
+        lo, hi = start_us, start_us + seconds * 1_000_000
+        lo_s, hi_s = lo // 1_000_000, hi // 1_000_000
+        ts_ = t_us.get(sym, np.zeros(0, np.int64))
+        mine = [(n, t0, t1) for s, n, t0, t1 in spans if s == sym and t0 < hi_s and t1 >= lo_s]
+        missing = sum(n for n, _, _ in mine)
+        known = bool((ts_ < lo).any() and (ts_ >= hi).any())
+        in_bar = ts_[(ts_ >= lo) & (ts_ < hi)]
+        quiet = None
+        if known:
+            secs = np.arange(lo_s, hi_s)
+            traded = np.isin(secs, np.unique(in_bar // 1_000_000))
+            in_gap = np.zeros(len(secs), bool)
+            for _, t0, t1 in mine:
+                in_gap |= (secs > np.floor(t0)) & (secs < np.floor(t1))
+            quiet = float((~traded & ~in_gap).sum())
+        bu = b_us.get(sym, np.zeros(0, np.int64))
+        slots = np.unique(bu[(bu >= lo) & (bu < hi)] // 500_000).size
+        mu = m_us.get(sym, np.zeros(0, np.int64))
+        marked = np.unique(mu[(mu >= lo) & (mu < hi)] // 1_000_000).size
+        ou = oi_us.get(sym, np.zeros(0, np.int64))
+        before = ou[ou < hi]
+        age = (hi - before[-1]) / 1e6 if len(before) else None
+        rs = sum(1 for u in resync_us.get(sym, []) if lo <= u < hi)
+        rows.append(
+            [missing, missing == 0 and known, slots / (2 * seconds), rs, marked / seconds, age, quiet]
+        )
+    out.loc[:, :] = rows if rows else out
+    return out
+
+
 # ---------------------------------------------------------------- all of it
 
 
@@ -319,6 +402,7 @@ def features(raw: Raw, tf: str) -> pd.DataFrame:
     out = pd.DataFrame(index=bars)
     out = out.join(trades_bars(raw, seconds)).join(book_bars(raw, seconds))
     out = out.join(market_bars(raw, seconds, bars))
+    out = out.join(quality_bars(raw, seconds, bars))
     bucket_us = out.index.get_level_values("bucket").to_numpy().astype(np.int64)
     out["bucket_end"] = pd.to_datetime(bucket_us + seconds * 1_000_000, unit="us", utc=True)
     out.index = pd.MultiIndex.from_arrays(
