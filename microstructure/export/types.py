@@ -30,8 +30,23 @@ class ExportType:
     def sql(self) -> str:
         text = _sql_text(self.sql_file)
         if self.timeframe is not None:
+            text = text.replace("{finality}", finality_sql("ARRAY[$1::text]", EXPORT_LATENESS_SQL))
             text = text.replace("{tf}", self.timeframe).replace("{columns}", ", ".join(FEATURE_COLUMNS))
         return text
+
+
+# the lateness a feature file's `final` column is computed with (exporter.DEFAULT_LATENESS)
+EXPORT_LATENESS_SQL = "interval '10 seconds'"
+
+
+def finality_sql(symbols: str, lateness: str, view: str = "features_{tf}") -> str:
+    """finality.sql with its placeholders filled by fixed SQL fragments (never user input)."""
+    return (
+        _sql_text("finality.sql")
+        .replace("{view}", view)
+        .replace("{symbols}", symbols)
+        .replace("{lateness}", lateness)
+    )
 
 
 RAW_TYPES = (
