@@ -310,7 +310,7 @@ def forward_returns(bars: pd.DataFrame, horizon: Any = "15min", column: str = "c
     parts = []
     for _, g in bars.groupby(level="symbol", sort=False):
         t = g.index.get_level_values("bucket")
-        if len(t) > 1 and (np.diff(t.asi8) != width.value).any():
+        if len(t) > 1 and (np.diff(pd.DatetimeIndex(t).as_unit("ns").asi8) != width.value).any():
             raise PullError("forward_returns: the frame is not a grid (buckets missing): pull with grid=True")
         c = g[column].astype("float64").where(g["present"].astype(bool))
         ok = c.notna().astype(float)
