@@ -25,7 +25,14 @@ class StatusReport:
     tables: list[dict[str, Any]]
 
 
-def collect_status(url: str, *, gap_limit: int = 50, event_window: str = "24 hours") -> StatusReport:
+def collect_status(
+    url: str | None = None, *, gap_limit: int = 50, event_window: str = "24 hours"
+) -> StatusReport:
+    """What `status` shows. `url` None: the database the CLI uses (db.connect.default_database_url)."""
+    if url is None:
+        from microstructure.db.connect import default_database_url
+
+        url = default_database_url()
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return StatusReport(
             symbols=conn.execute(load("status_symbols")).fetchall(),

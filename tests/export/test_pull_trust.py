@@ -5,6 +5,7 @@ CLI finds it when no dsn is given."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from microstructure.db import migrate
 from microstructure.db.embedded import EmbeddedPostgres
 from microstructure.export import forward_returns, pull_features, walk_forward_folds
 from microstructure.export.exporter import export_once
-from microstructure.features_sql.refresher import refresh_pending
+from microstructure.features_sql.refresher import refresh_once, refresh_pending
 from microstructure.ingest.collectors.book_values import BookValues
 from microstructure.ingest.sink.writer import write_batch
+from microstructure.status import collect_status
 
 pytestmark = pytest.mark.filterwarnings("ignore::microstructure.export.pull.WarmupWarning")
 
@@ -180,5 +182,8 @@ def test_no_dsn_finds_the_embedded_database_as_the_cli_does(
         want = pull_features(STEADY, T0, T0 + timedelta(hours=1), now=NOW, dsn=dsn)
         assert len(got) == 60
         pd.testing.assert_frame_equal(got, want)
+        report = export_once(None, tmp_path / "tree", types=["features_1m"], now=NOW)  # the export too
+        assert report.files_written == 2 * 2  # two symbols, two hours
+        assert collect_status().symbols and asyncio.run(refresh_once()) is not None
     finally:
         server.stop()
