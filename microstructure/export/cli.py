@@ -47,11 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "export",
         help="hourly Snappy Parquet partitions of raw data and features",
         description="Write <DIR>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/hour=<HH>/data.parquet for every closed UTC "
-        "hour, with a _manifest.json per day (rows, min/max time, sha256 per file). Incremental: hours already "
+        "hour, with a manifest per day under <DIR>/_manifests/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>.json (rows, "
+        "min/max time, sha256 per file), outside the data folders. Incremental: hours already "
         "exported are rewritten only when writes changed their rows (the invalidation log), and an unchanged "
-        "hour keeps its bytes and mtime. Types: "
-        + ", ".join(TYPES)
-        + f" (default: {', '.join(DEFAULT_TYPES)}). "
+        "hour keeps its bytes and mtime. Types: " + ", ".join(TYPES) + " (default: every type). "
         "Exit codes: 0 done, 2 bad arguments, 3 the database failed.",
     )
     exp.add_argument(

@@ -79,8 +79,7 @@ FEATURE_TYPES = tuple(
     ExportType(view_name(tf), "features.sql", FEATURE_SOURCES, timeframe=tf) for tf in TIMEFRAMES
 )
 TYPES: dict[str, ExportType] = {t.name: t for t in (*RAW_TYPES, *FEATURE_TYPES)}
-DEFAULT_TYPES = ("aggtrades", "book_depth", "mark_price", "funding", "open_interest", "liquidations",
-                 *(t.name for t in FEATURE_TYPES))  # fmt: skip
+DEFAULT_TYPES = tuple(TYPES)  # every type: the archive-only ones (bands, metrics, klines) too
 # where each type's symbols and time span come from: (table, time column), several for the features
 SPAN_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "aggtrades": (("agg_trades", "ts"),),

@@ -187,3 +187,9 @@ def test_no_dsn_finds_the_embedded_database_as_the_cli_does(
         assert collect_status().symbols and asyncio.run(refresh_once()) is not None
     finally:
         server.stop()
+
+
+def test_the_demo_pull_header_has_both_dates() -> None:
+    from microstructure.demo import pull_span
+
+    assert pull_span(T0, T0 + timedelta(days=2)) == "2026-12-05 12:00 .. 2026-12-07 12:00 UTC"

@@ -56,4 +56,3 @@ LEFT JOIN LATERAL (
             ORDER BY m.ts LIMIT 1) AS next_ts
     WHERE h.mark_last IS NOT NULL
 ) AS mk ON true
-ORDER BY b.symbol, b.bucket
