@@ -165,7 +165,7 @@ def _after_collection(args: argparse.Namespace, url: str, out: Path) -> dict[str
     from microstructure.export.types import DEFAULT_TYPES
 
     print(f"\n== export: hourly Parquet partitions under {out / 'data'}")
-    report = export_once(url, out / "data", types=list(DEFAULT_TYPES))
+    report = export_once(url, out / "data", types=list(DEFAULT_TYPES))  # every type
     print("\n".join(report.summary_lines()))
     files = sorted((out / "data").rglob("data.parquet"))
     import duckdb
@@ -175,11 +175,17 @@ def _after_collection(args: argparse.Namespace, url: str, out: Path) -> dict[str
     print(f"  {len(files)} files in the tree; DuckDB reads {trades:,} aggregate trades from it")
     end = datetime.now(UTC)
     start = end - timedelta(days=args.history_days)
-    print(f"\n== feature pull: 1m bars with indicators, {start:%Y-%m-%d %H:%M} .. {end:%H:%M} UTC")
-    bars = pull_features(args.symbols, start, end, "1m", dsn=url)
+    print(f"\n== feature pull: 1m bars with indicators, {pull_span(start, end)}")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said below: how many bars the indicators had before start
+        bars = pull_features(args.symbols, start, end, "1m", dsn=url)
+    read = ", ".join(f"{s} {n}" for s, n in bars.attrs["warmup_bars_read"].items())
     print(
-        f"  {len(bars):,} final bars x {len(bars.columns)} columns (features, available_at, 27 TA-Lib "
-        f"indicators warmed up on {bars.attrs['warmup_bars']} earlier bars)"
+        f"  {len(bars):,} final bars x {len(bars.columns)} columns (features, final, available_at, 27 TA-Lib "
+        f"indicators); bars before the start for the indicators: {read} ({bars.attrs['warmup_bars']} needed"
+        + ("; the first values of the slow ones are cold)" if bars.attrs["cold_indicators"] else ")")
     )
     if len(bars):
         last = bars.groupby(level="symbol").tail(1)[
@@ -246,3 +252,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def pull_span(start: datetime, end: datetime) -> str:
+    """A pull's range for a header, both ends with their date: '2026-12-05 12:42 .. 2026-12-07 12:42 UTC'."""
+    return f"{start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC"

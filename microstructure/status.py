@@ -32,13 +32,18 @@ DEFAULT_QUIET_SECONDS = 60.0
 
 
 def collect_status(
-    url: str,
+    url: str | None = None,
     *,
     gap_limit: int = 50,
     event_window: str = "24 hours",
     days: int = DEFAULT_STATUS_DAYS,
     quiet_seconds: float = DEFAULT_QUIET_SECONDS,
 ) -> StatusReport:
+    """What `status` shows. `url` None: the database the CLI uses (db.connect.default_database_url)."""
+    if url is None:
+        from microstructure.db.connect import default_database_url
+
+        url = default_database_url()
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return StatusReport(
             symbols=conn.execute(load("status_symbols")).fetchall(),

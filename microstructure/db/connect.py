@@ -167,3 +167,11 @@ def resolve_database_url(settings: Settings, *, start_embedded: bool = True, che
     embedded = EmbeddedPostgres(settings.home, settings.embedded_port)
     st = embedded.ensure_running() if start_embedded else embedded.status()
     return st.dsn()
+
+
+def default_database_url() -> str:
+    """The database a library call given no dsn uses: the CLI's resolution, with the settings from
+    the environment (MICROSTRUCTURE_DATABASE_URL, else the embedded server under MICROSTRUCTURE_HOME,
+    started if needed). The schema is not migrated here: `microstructure db upgrade` (or any
+    collecting command) does that."""
+    return resolve_database_url(Settings())

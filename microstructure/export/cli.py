@@ -47,11 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "export",
         help="hourly Snappy Parquet partitions of raw data and features",
         description="Write <DIR>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/hour=<HH>/data.parquet for every closed UTC "
-        "hour, with a _manifest.json per day (rows, min/max time, sha256 per file). Incremental: hours already "
+        "hour, with a manifest per day under <DIR>/_manifests/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>.json (rows, "
+        "min/max time, sha256 per file), outside the data folders. Incremental: hours already "
         "exported are rewritten only when writes changed their rows (the invalidation log), and an unchanged "
-        "hour keeps its bytes and mtime. Types: "
-        + ", ".join(TYPES)
-        + f" (default: {', '.join(DEFAULT_TYPES)}). "
+        "hour keeps its bytes and mtime. Types: " + ", ".join(TYPES) + " (default: every type). "
         "Exit codes: 0 done, 2 bad arguments, 3 the database failed.",
     )
     exp.add_argument(
@@ -93,8 +92,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "pull",
         help="pull bars with technical indicators into one Parquet file (walk-forward input)",
         description="pull_features() from the command line: bars of --timeframe for the symbols and [--start, "
-        "--end), final bars only (their end plus the lateness allowance has passed) unless --include-partial, "
-        "every feature plus 27 TA-Lib indicators warmed up on earlier bars, with available_at.",
+        "--end), final bars only (final by their data: every stream feeding the bar was live past its end plus "
+        "the lateness; available_at = that time) unless --include-partial, every feature plus 27 TA-Lib "
+        "indicators computed on fixed anchor windows (independent of --start) from bars read before it. "
+        "With too few bars before --start it warns and says how many it read (--strict-warmup: exit 2).",
     )
     pull.add_argument("--symbol", action="append", required=True, metavar="SYMBOL")
     pull.add_argument("--timeframe", default="1m", metavar="TF")
@@ -122,6 +123,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="SHARE",
         help="with --quality complete: the least book_coverage a bar keeps, 0..1 (default 0.9)",
     )
+    pull.add_argument(
+        "--strict-warmup", action="store_true",
+        help="fail (exit 2) when a symbol has fewer bars before --start than the indicators need",
+    )  # fmt: skip
+    pull.add_argument(
+        "--grid", action="store_true",
+        help="every bucket of the range for every symbol; missing bars as rows with present=false",
+    )  # fmt: skip
     pull.add_argument("--out", required=True, type=Path, metavar="FILE", help="a .parquet (or .csv) file")
     pull.set_defaults(handler=cmd_pull)
 
@@ -246,11 +255,24 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     url = prepared_database(settings) if source == "db" else None
     if url is not None:
         _check_symbols(url, symbols, [view_name(tf)])
-    df = pull_features(
-        symbols, start, end, tf, source=source, technical=not args.no_technical,
-        final_only=not args.include_partial, dsn=url, data_dir=args.data_dir,
-        quality=quality, min_book_coverage=min_cov,
-    )  # fmt: skip
+    import warnings
+
+    from microstructure.export.pull import WarmupError, WarmupWarning
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", WarmupWarning)
+            df = pull_features(
+                symbols, start, end, tf, source=source, technical=not args.no_technical,
+                final_only=not args.include_partial, dsn=url, data_dir=args.data_dir,
+                strict_warmup=args.strict_warmup, grid=args.grid,
+                quality=quality, min_book_coverage=min_cov,
+            )  # fmt: skip
+    except WarmupError as exc:
+        raise SettingError(f"--strict-warmup: {exc}") from None
+    for w in caught:
+        if issubclass(w.category, WarmupWarning):
+            print(f"warning: {w.message}")
     from microstructure.export.partitions import write_atomically
 
     if out.suffix == ".csv":
@@ -266,10 +288,13 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise SettingError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     first = df.index.get_level_values("bucket").min() if len(df) else None
+    read = df.attrs.get("warmup_bars_read", {})
     print(
         f"{len(df):,} {tf} bars for {', '.join(symbols)} ({len(df.columns)} columns) to {out}"
         + (
-            f"; first bar {first:%Y-%m-%d %H:%M} UTC, indicators warmed up on {df.attrs['warmup_bars']} bars before it"
+            f"; first bar {first:%Y-%m-%d %H:%M} UTC; bars read before --start for the indicators: "
+            + ", ".join(f"{s} {n}" for s, n in read.items())
+            + f" ({df.attrs['warmup_bars']} needed)"
             if first is not None and not args.no_technical
             else ""
         )

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from microstructure.config import unusable_dir
+from microstructure.db.connect import default_database_url
 from microstructure.export.partitions import (
     Manifest,
     day_dir,
@@ -370,8 +371,9 @@ class Reader:
         await advance_cursor(self._pg, consumer, horizon)
 
 
-def read_rows(dsn: str, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
-    """One range of a type as its files hold it (the rows of [lo, hi), symbol last)."""
+def read_rows(dsn: str | None, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> pa.Table:
+    """One range of a type as its files hold it (the rows of [lo, hi), symbol last). `dsn` None: the CLI's database."""
+    dsn = dsn or default_database_url()
 
     async def go() -> pa.Table:
         async with Reader(dsn) as r:
@@ -380,8 +382,9 @@ def read_rows(dsn: str, t: ExportType, symbol: str, lo: datetime, hi: datetime) 
     return asyncio.run(go())
 
 
-def known_symbols(dsn: str, types: Sequence[str]) -> list[str]:
-    """The symbols any of the types has rows for."""
+def known_symbols(dsn: str | None, types: Sequence[str]) -> list[str]:
+    """The symbols any of the types has rows for. `dsn` None: the CLI's database."""
+    dsn = dsn or default_database_url()
 
     async def go() -> list[str]:
         async with Reader(dsn) as r:
@@ -390,8 +393,9 @@ def known_symbols(dsn: str, types: Sequence[str]) -> list[str]:
     return asyncio.run(go())
 
 
-def query_arrow(dsn: str, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-    """A query's result as Arrow (ADBC), without the driver's field metadata."""
+def query_arrow(dsn: str | None, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """A query's result as Arrow (ADBC), without the driver's field metadata. `dsn` None: the CLI's database."""
+    dsn = dsn or default_database_url()
     r = Reader(dsn)
     try:
         return r._adbc_arrow(sql, params)
@@ -543,7 +547,7 @@ async def export_type(
 
 
 def export_once(
-    dsn: str,
+    dsn: str | None,
     output_dir: Path,
     *,
     types: Sequence[str] | None = None,
@@ -557,7 +561,9 @@ def export_once(
 ) -> ExportReport:
     """Export every closed hour not exported yet, and every hour writes touched since the last run
     (see the module doc). `start`/`end` (UTC, hour-aligned outward) limit it to a range and leave the
-    watermarks alone."""
+    watermarks alone. `dsn` None: the database the CLI uses (MICROSTRUCTURE_DATABASE_URL, else the
+    embedded server under MICROSTRUCTURE_HOME, started if needed)."""
+    dsn = dsn or default_database_url()
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
     root = check_output_dir(Path(output_dir))
@@ -603,11 +609,13 @@ def output_lock(root: Path) -> Iterator[None]:
 
 
 async def follow(
-    dsn: str, output_dir: Path, stop: asyncio.Event, *, poll: float = 60.0, lateness: float = DEFAULT_LATENESS,
+    dsn: str | None, output_dir: Path, stop: asyncio.Event, *, poll: float = 60.0, lateness: float = DEFAULT_LATENESS,
     **kw: Any,
 ) -> ExportReport:  # fmt: skip
     """Export each hour once it has closed (plus the lateness allowance) and re-export hours writes
-    changed, until `stop`; a restart continues from the output folder's state and the log cursor."""
+    changed, until `stop`; a restart continues from the output folder's state and the log cursor.
+    `dsn` None: the CLI's database (resolved once, here)."""
+    dsn = dsn or await asyncio.to_thread(default_database_url)
     total = ExportReport(Path(output_dir))
     while not stop.is_set():
         try:

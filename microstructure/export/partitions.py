@@ -2,8 +2,15 @@
 byte-identical for the same rows) and the per-day manifest of what each file holds.
 
     <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/hour=<HH>/data.parquet
-    <output-dir>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>/_manifest.json  {"hours": {"HH": {rows, min_time,
+    <output-dir>/_manifests/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>.json  {"hours": {"HH": {rows, min_time,
                                                                      max_time, sha256, bytes}}, ...}
+
+The manifests live outside the data folders, so a folder read of a type or a symbol (pandas,
+pyarrow.dataset, DuckDB, polars) meets Parquet files only. The files hold no `hour` column: the
+folder name is the only place it is, and a reader that detects hive partitions adds it. Readers
+infer different types from `hour=05` (pyarrow int32, polars Int64, pandas a categorical, DuckDB
+VARCHAR), so the documented reads either turn hive detection off (every reader: the files' columns
+only) or declare `hour` as HOUR_TYPE (int32) (README "Parquet export" shows the four calls).
 """
 
 from __future__ import annotations
@@ -20,13 +27,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "_manifest.json"  # a leading _ : pyarrow.dataset, pandas and polars skip it
+MANIFESTS = "_manifests"  # under the output folder, beside the type folders
 DATA = "data.parquet"
+HOUR_TYPE = pa.int32()  # the type every documented hive read gives the `hour` folder key
 MANIFEST_VERSION = 1
 
 
 def day_dir(root: Path, type_name: str, symbol: str, hour: datetime) -> Path:
     return root / type_name / symbol / f"{hour:%Y}" / f"{hour:%m}" / f"{hour:%d}"
+
+
+def manifest_path(day_folder: Path) -> Path:
+    """Where the manifest of a data day folder (<root>/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>) lives:
+    <root>/_manifests/<type>/<SYMBOL>/<YYYY>/<MM>/<DD>.json."""
+    root = day_folder.parents[4]
+    rel = day_folder.relative_to(root)
+    return root / MANIFESTS / rel.parent / f"{rel.name}.json"
 
 
 def hour_path(root: Path, type_name: str, symbol: str, hour: datetime) -> Path:
@@ -83,7 +99,8 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
-        path = folder / MANIFEST
+        """The manifest of the data day folder `folder` (see manifest_path)."""
+        path = manifest_path(folder)
         try:
             data = json.loads(path.read_text())
             hours = dict(data.get("hours", {}))

@@ -30,8 +30,23 @@ class ExportType:
     def sql(self) -> str:
         text = _sql_text(self.sql_file)
         if self.timeframe is not None:
+            text = text.replace("{finality}", finality_sql("ARRAY[$1::text]", EXPORT_LATENESS_SQL))
             text = text.replace("{tf}", self.timeframe).replace("{columns}", ", ".join(FEATURE_COLUMNS))
         return text
+
+
+# the lateness a feature file's `final` column is computed with (exporter.DEFAULT_LATENESS)
+EXPORT_LATENESS_SQL = "interval '10 seconds'"
+
+
+def finality_sql(symbols: str, lateness: str, view: str = "features_{tf}") -> str:
+    """finality.sql with its placeholders filled by fixed SQL fragments (never user input)."""
+    return (
+        _sql_text("finality.sql")
+        .replace("{view}", view)
+        .replace("{symbols}", symbols)
+        .replace("{lateness}", lateness)
+    )
 
 
 RAW_TYPES = (
@@ -64,8 +79,7 @@ FEATURE_TYPES = tuple(
     ExportType(view_name(tf), "features.sql", FEATURE_SOURCES, timeframe=tf) for tf in TIMEFRAMES
 )
 TYPES: dict[str, ExportType] = {t.name: t for t in (*RAW_TYPES, *FEATURE_TYPES)}
-DEFAULT_TYPES = ("aggtrades", "book_depth", "mark_price", "funding", "open_interest", "liquidations",
-                 *(t.name for t in FEATURE_TYPES))  # fmt: skip
+DEFAULT_TYPES = tuple(TYPES)  # every type: the archive-only ones (bands, metrics, klines) too
 # where each type's symbols and time span come from: (table, time column), several for the features
 SPAN_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "aggtrades": (("agg_trades", "ts"),),

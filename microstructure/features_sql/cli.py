@@ -243,7 +243,7 @@ def print_bars(url: str, symbol: str, tf: str, last: int, columns: list[str] | N
     elif [c.lower() for c in columns] == ["all"]:
         cols = [n for n in names if n not in ("symbol", "bucket")]
     else:
-        cols = columns
+        cols = [c for c in dict.fromkeys(columns) if c != "bucket"]  # bucket is always the first column
         unknown = [c for c in cols if c not in names]
         if unknown:
             raise SettingError(f"--columns: no column {unknown[0]!r} in {view_name(tf)}; try --columns all")

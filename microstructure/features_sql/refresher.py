@@ -440,8 +440,13 @@ async def refresh_range(
         return report
 
 
-async def refresh_once(dsn: str) -> RefreshReport:
-    """Connect, consume the whole log (waiting for a running refresher), disconnect."""
+async def refresh_once(dsn: str | None = None) -> RefreshReport:
+    """Connect, consume the whole log (waiting for a running refresher), disconnect. `dsn` None: the
+    database the CLI uses (db.connect.default_database_url)."""
+    if dsn is None:
+        from microstructure.db.connect import default_database_url
+
+        dsn = await asyncio.to_thread(default_database_url)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         return await refresh_pending(conn, wait=True, dsn=dsn)

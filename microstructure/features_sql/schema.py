@@ -20,7 +20,16 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from microstructure.features_sql.stages import STAGES, TIMEFRAMES, Stage, sql_text, view_name, view_sql
+from microstructure.features_sql.docs import comment_sql
+from microstructure.features_sql.stages import (
+    FEATURE_COLUMNS,
+    STAGES,
+    TIMEFRAMES,
+    Stage,
+    sql_text,
+    view_name,
+    view_sql,
+)  # fmt: skip
 
 # SQL functions the views call (docs/FEATURES.md "Quality"): files, and signatures to drop them by.
 QUALITY_FUNCTION_FILES = ("quality_gap_spans.sql", "quality_trades_known.sql")
@@ -126,9 +135,10 @@ def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None
     out += [view_ddl(tf) for tf in TIMEFRAMES]
     for tf in TIMEFRAMES:
         out.append(
-            f"COMMENT ON VIEW {view_name(tf)} IS 'Microstructure features, {TIMEFRAMES[tf]} bars (FEATURES.md). "
+            f"COMMENT ON VIEW {view_name(tf)} IS 'Microstructure features, {TIMEFRAMES[tf]} bars (docs/FEATURES.md). "
             "liq_* are lower bounds: the exchange samples liquidations.'"
         )
+        out += comment_sql(view_name(tf), ("symbol", "bucket", "bucket_end", *FEATURE_COLUMNS))
     return out
 
 

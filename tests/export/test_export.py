@@ -242,12 +242,17 @@ def test_bad_input_is_one_line_and_exit_code_2(
         assert not list((tmp_path / name).rglob("data.parquet")) if (tmp_path / name).exists() else True
 
 
-def test_types_exported_by_default_cover_the_brief(db_url: str) -> None:
-    assert set(DEFAULT_TYPES) == {
+def test_types_exported_by_default_cover_the_brief(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(DEFAULT_TYPES) == set(TYPES) == {
         "aggtrades", "book_depth", "mark_price", "funding", "open_interest", "liquidations",
-        "features_1m", "features_5m", "features_15m",
+        "book_depth_bands", "metrics", "klines", "features_1m", "features_5m", "features_15m",
     }  # fmt: skip
-    assert np.all([TYPES[t].sql().count("ORDER BY") == 1 for t in TYPES])
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "(default: every type)" in capsys.readouterr().out
+    assert np.all(
+        [TYPES[t].sql().rstrip().splitlines()[-1].startswith("ORDER BY") for t in TYPES]
+    )  # rows in order
 
 
 def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(

@@ -1,5 +1,6 @@
 """pull_features: the database and the exported tree give equal frames, final bars only by default,
-indicators equal TA-Lib called directly, no value depends on a later bar; walk-forward folds."""
+indicators equal TA-Lib called directly and do not depend on `start`, no value depends on a later
+bar; warm-up reported; walk-forward folds."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ex_helpers import HOUR_MS, SYMBOLS, T0, run, write_hours, write_late
 from microstructure.cli import main
 from microstructure.export import pull_features, walk_forward_folds
 from microstructure.export.exporter import export_once
-from microstructure.export.indicators import INDICATOR_COLUMNS, WARMUP_BARS, lookback_bars
+from microstructure.export.indicators import INDICATOR_COLUMNS, WARMUP_BARS, WARMUP_NEEDED, lookback_bars
+from microstructure.export.pull import WarmupError, WarmupWarning
 from microstructure.features_sql.stages import FEATURE_COLUMNS
 
 
@@ -25,6 +27,9 @@ def at(ms: int) -> datetime:
 
 
 START, END = at(T0 + 5 * HOUR_MS + 20 * 60_000), at(T0 + 6 * HOUR_MS)  # the last 40 minutes
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::microstructure.export.pull.WarmupWarning")
 
 
 @pytest.fixture
@@ -42,9 +47,9 @@ def test_database_and_parquet_pulls_are_equal(data: tuple[str, Path]) -> None:
         b = pull_features(list(SYMBOLS), START - timedelta(hours=2), END, tf, source="parquet", data_dir=out)
         assert len(a) > 0
         pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert list(a.columns) == ["bucket_end", *FEATURE_COLUMNS, "available_at", *INDICATOR_COLUMNS]
+    assert list(a.columns) == ["bucket_end", *FEATURE_COLUMNS, "final", "available_at", *INDICATOR_COLUMNS]
     assert a.index.names == ["symbol", "bucket"] and len(a.columns) >= 70
-    assert (a["available_at"] == a["bucket_end"]).all()
+    assert (a["available_at"] == a["bucket_end"] + pd.Timedelta(seconds=10)).all() and a["final"].all()
 
 
 def test_only_final_bars_unless_asked(data: tuple[str, Path]) -> None:
@@ -60,20 +65,20 @@ def test_only_final_bars_unless_asked(data: tuple[str, Path]) -> None:
     assert everything.index.get_level_values("bucket").max() > last
 
 
-def test_indicators_equal_talib_on_the_same_closes_and_are_warm(data: tuple[str, Path]) -> None:
+def test_indicators_equal_talib_on_the_anchor_window(data: tuple[str, Path]) -> None:
     dsn, _ = data
-    df = pull_features(SYMBOLS[0], START, END, "1m", dsn=dsn)
-    assert df.attrs["warmup_bars"] == WARMUP_BARS >= 5 * 50 and lookback_bars() < WARMUP_BARS
+    with pytest.warns(WarmupWarning, match=r"AAAUSDT 320\) < 350 needed at 1m"):
+        df = pull_features(SYMBOLS[0], START, END, "1m", dsn=dsn)
+    assert df.attrs["warmup_bars"] == WARMUP_BARS == max(WARMUP_NEEDED.values()) + 5
+    assert lookback_bars() < WARMUP_BARS and df.attrs["warmup_bars_read"] == {SYMBOLS[0]: 320}
+    assert df.attrs["cold_indicators"] == {SYMBOLS[0]: ["ema_50"]}  # 345 needed, 320 there
     assert df.index.get_level_values("bucket").min() == pd.Timestamp(START)
-    # every bar from the first one stored, straight from the view, and TA-Lib on it
+    # START's anchor window (the day before START's day, then its day) holds every stored bar: TA-Lib on them
     hist = pull_features(SYMBOLS[0], at(T0), END, "1m", dsn=dsn, technical=False)
-    win = hist[
-        hist.index.get_level_values("bucket") >= pd.Timestamp(START) - pd.Timedelta(minutes=WARMUP_BARS)
-    ]
-    c, h, lo, v = (win[k].to_numpy(float) for k in ("close", "high", "low", "volume"))
+    c, h, lo, v = (hist[k].to_numpy(float) for k in ("close", "high", "low", "volume"))
     direct = {
         "rsi_14": talib.RSI(c, 14), "ema_50": talib.EMA(c, 50), "sma_21": talib.SMA(c, 21),
-        "atr_14": talib.ATR(h, lo, c, 14), "adx_14": talib.ADX(h, lo, c, 14), "obv": talib.OBV(c, v),
+        "atr_14": talib.ATR(h, lo, c, 14), "adx_14": talib.ADX(h, lo, c, 14),
         "macd": talib.MACD(c, 12, 26, 9)[0], "cci_20": talib.CCI(h, lo, c, 20), "mfi_14": talib.MFI(h, lo, c, v, 14),
         "bb_upper": talib.BBANDS(c, 20, 2, 2, 0)[0], "stoch_k": talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)[0],
         "willr_14": talib.WILLR(h, lo, c, 14), "roc_10": talib.ROC(c, 10),
@@ -81,14 +86,49 @@ def test_indicators_equal_talib_on_the_same_closes_and_are_warm(data: tuple[str,
     n = len(df)
     for name, values in direct.items():
         np.testing.assert_array_equal(df[name].to_numpy(float), values[-n:], err_msg=name)
-    assert not df[list(INDICATOR_COLUMNS)].isna().any().any()  # warm from the first returned bar
+    assert not df[list(INDICATOR_COLUMNS)].isna().any().any()
     lr = np.log(c[1:] / c[:-1])
     np.testing.assert_allclose(df["log_return"].to_numpy(float), lr[-n:], rtol=1e-12)
     rv = np.sqrt(pd.Series(lr**2).rolling(20).sum().to_numpy())
     np.testing.assert_allclose(df["realized_vol_20"].to_numpy(float), rv[-n:], rtol=1e-12)
-    # the warm-up is enough: against TA-Lib over the whole history, EMA-type values agree
-    full = talib.EMA(hist["close"].to_numpy(float), 50)[-n:]
-    np.testing.assert_allclose(df["ema_50"].to_numpy(float), full, rtol=1e-6)
+    # OBV restarts at 00:00 UTC: the day's sum of sign(close - previous close) * volume
+    t = hist.index.get_level_values("bucket")
+    step = pd.Series(np.r_[0.0, np.sign(np.diff(c)) * v[1:]], index=t)
+    day = step[t >= pd.Timestamp(START).floor("D")].cumsum()
+    np.testing.assert_allclose(df["obv"].to_numpy(float), day.to_numpy()[-n:], rtol=1e-12)
+
+
+def test_every_indicator_is_independent_of_start(data: tuple[str, Path]) -> None:
+    dsn, out = data
+    for tf, starts in (("1m", (at(T0), START - timedelta(minutes=97), START)), ("5m", (at(T0), START))):
+        frames = [pull_features(list(SYMBOLS), s, END, tf, dsn=dsn) for s in starts] + [
+            pull_features(list(SYMBOLS), s, END, tf, source="parquet", data_dir=out) for s in starts
+        ]
+        shared = frames[-1].index
+        assert len(shared) > 10
+        for f in frames:
+            pd.testing.assert_frame_equal(f.loc[shared], frames[-1], check_exact=True)
+        assert frames[0]["obv"].notna().all()
+
+
+def test_a_pull_without_history_warns_and_strict_raises(
+    data: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn, out = data
+    with pytest.warns(WarmupWarning, match=r"AAAUSDT 0, BBBUSDT 0\) < 350 needed at 15m"):
+        df = pull_features(list(SYMBOLS), at(T0), END, "15m", dsn=dsn)
+    assert df.attrs["warmup_bars_read"] == {"AAAUSDT": 0, "BBBUSDT": 0}
+    assert set(df.attrs["cold_indicators"]["AAAUSDT"]) == set(INDICATOR_COLUMNS)
+    with pytest.raises(WarmupError, match="bars read before start"):
+        pull_features(list(SYMBOLS), at(T0), END, "15m", dsn=dsn, strict_warmup=True)
+    argv = ["--database-url", dsn, "features", "pull", "--symbol", SYMBOLS[0], "--timeframe", "15m",
+            "--start", at(T0 + HOUR_MS).isoformat(), "--end", END.isoformat(), "--out", str(out / "x.parquet")]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "warning: indicators not warm: bars read before start (AAAUSDT 4) < 350 needed at 15m" in said
+    assert "bars read before --start for the indicators: AAAUSDT 4 (350 needed)" in said
+    assert main([*argv, "--strict-warmup"]) == 2
+    assert "--strict-warmup: indicators not warm" in capsys.readouterr().err
 
 
 def test_a_later_bar_changes_nothing_available_before_it(data: tuple[str, Path]) -> None:
@@ -135,7 +175,10 @@ def test_features_pull_cli_writes_the_frame(
             "--start", START.isoformat(), "--end", END.isoformat(), "--source", "parquet", "--data-dir", str(out),
             "--out", str(target)]  # fmt: skip
     assert main(argv) == 0
-    assert f"warmed up on {WARMUP_BARS} bars" in capsys.readouterr().out
+    assert (
+        f"bars read before --start for the indicators: {SYMBOLS[0]} 64 ({WARMUP_BARS} needed)"
+        in capsys.readouterr().out
+    )
     got = pd.read_parquet(target)
     want = pull_features(SYMBOLS[0], START, END, "5m", dsn=dsn)
     pd.testing.assert_frame_equal(got, want, check_freq=False)

@@ -262,6 +262,11 @@ def test_features_show_prints_bars_and_marks_liquidations_as_lower_bounds(
     assert main(["--database-url", db_url, "features", "show", "--symbol", SYM, "--timeframe", "1h"]) == 2
     assert "--timeframe: expected one of 1m, 5m, 15m" in capsys.readouterr().err
     assert main(["--database-url", db_url, "features", "show", "--symbol", SYM, "--columns", "nope"]) == 2
+    capsys.readouterr()
+    argv = ["--database-url", db_url, "features", "show", "--symbol", SYM, "--columns", "bucket,close,close"]
+    assert main(argv) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "bucket" in line)
+    assert header.count("bucket") == 1 and header.count("close") == 1, header
 
 
 def test_refresh_windows_align_to_each_stage(db_url: str) -> None:

@@ -39,7 +39,7 @@ def _features(url: str) -> list[tuple]:
 def _manifests(root: Path) -> dict[str, dict]:
     return {
         str(p.relative_to(root)): json.loads(p.read_text())["hours"]
-        for p in sorted(root.rglob("_manifest.json"))
+        for p in sorted((root / "_manifests").rglob("*.json"))
     }
 
 
