@@ -103,7 +103,7 @@ SELECT
     coalesce(c.book_slots, 0)::double precision / (2 * date_part('epoch', INTERVAL '{width}')) AS book_coverage,
     coalesce(rs.resyncs, 0)::bigint AS book_resyncs,
     coalesce(c.mark_seconds, 0)::double precision / date_part('epoch', INTERVAL '{width}') AS mark_coverage,
-    date_part('epoch', c.bucket_end) - oi.oi_last_epoch AS oi_age_s,
+    date_part('epoch', c.bucket_end - oi.oi_last_ts) AS oi_age_s,
     CASE WHEN ch.known THEN greatest(
         date_part('epoch', INTERVAL '{width}') - coalesce(tsec.trade_seconds, 0) - coalesce(gq.gap_seconds, 0), 0
     ) END AS quiet_s
@@ -121,7 +121,7 @@ LEFT JOIN LATERAL (
 ) fp ON true
 -- open interest: the last observation before this bar's end, and before the previous bar's end
 LEFT JOIN LATERAL (
-    SELECT o.open_interest, o.oi_last_epoch FROM open_interest_{tf} o
+    SELECT o.open_interest, o.oi_last_ts FROM open_interest_{tf} o
     WHERE o.symbol = c.symbol AND o.bucket <= c.bucket ORDER BY o.bucket DESC LIMIT 1
 ) oi ON true
 LEFT JOIN LATERAL (

@@ -5,7 +5,7 @@ SELECT
     time_bucket(INTERVAL '{width}', ts) AS bucket,
     (max(ARRAY[date_part('epoch', ts AT TIME ZONE 'UTC'), open_interest]))[2] AS open_interest,
     count(*) AS oi_count,
-    -- quality: the time (epoch s) of the bar's last observation, the one the view carries (oi_age_s)
-    max(date_part('epoch', ts AT TIME ZONE 'UTC')) AS oi_last_epoch
+    -- quality: the time of the bar's last observation, the one the view carries (oi_age_s)
+    max(ts) AS oi_last_ts
 FROM open_interest
 GROUP BY symbol, time_bucket(INTERVAL '{width}', ts)
