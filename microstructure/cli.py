@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from microstructure import __version__
-from microstructure.config import SettingError, Settings
+from microstructure.config import SettingError, Settings, check_home_shape
 from microstructure.db.connect import DatabaseUnavailable
 from microstructure.db.embedded import EmbeddedError
 from microstructure.logging_setup import configure
@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         settings = settings_from_args(args)
+        check_home_shape(settings.home)  # one check, one line, for every command (db status included)
         return int(args.handler(args, settings) or 0)
     except (DatabaseUnavailable, EmbeddedError, SettingError, UserError) as exc:
         print(f"microstructure: error: {exc}", file=sys.stderr)
