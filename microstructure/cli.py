@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from microstructure import __version__
-from microstructure.config import SettingError, Settings
+from microstructure.config import SettingError, Settings, check_home_shape
 from microstructure.db.connect import DatabaseUnavailable
 from microstructure.db.embedded import EmbeddedError
 from microstructure.logging_setup import configure
@@ -30,6 +31,15 @@ COMMAND_MODULES = (
 
 class UserError(RuntimeError):
     """A problem the user can fix; printed as one line, no traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (as SIGINT raises KeyboardInterrupt), so that its
+    clean-ups run. Commands with their own handling (live runs, historical loads) install theirs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,14 +90,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure(args.verbose, args.log_json)
+    import signal
+
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread (tests): keep the default
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         settings = settings_from_args(args)
+        check_home_shape(settings.home)  # one check, one line, for every command (db status included)
         return int(args.handler(args, settings) or 0)
     except (DatabaseUnavailable, EmbeddedError, SettingError, UserError) as exc:
         print(f"microstructure: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
+        print(
+            f"microstructure: error: stopped by {name}: what was committed before it is kept; "
+            f"run `microstructure {args.command}` again to continue",
+            file=sys.stderr,
+        )
+        return code
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

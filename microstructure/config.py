@@ -85,10 +85,20 @@ class Settings:
             raise SettingError(f"--exchange-url: expected an http:// or https:// URL, got {base_url!r}")
 
 
+def not_a_folder(path: Path) -> str | None:
+    """Why `path` can never be a folder (it, or a folder above it, is a file), or None; reads only."""
+    if path.exists():
+        return None if path.is_dir() else "not a folder (a file is there)"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"cannot write there ({parent} is a file, not a folder)"
+    return None
+
+
 def unusable_dir(path: Path) -> str | None:
     """Create `path` if missing and write a probe file in it: why it cannot be used, or None."""
-    if path.exists() and not path.is_dir():
-        return "not a folder (a file is there)"
+    if why := not_a_folder(path):
+        return why
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -104,5 +114,15 @@ def check_home(home: Path) -> Path:
     SettingError line naming it and why (a file there, a read-only filesystem, no permission)."""
     home = Path(home)
     if why := unusable_dir(home):
+        raise SettingError(f"MICROSTRUCTURE_HOME / --home {home}: {why}")
+    return home
+
+
+def check_home_shape(home: Path) -> Path:
+    """The check every command runs first (cli.main), creating and writing nothing: the project
+    folder is a folder or can become one. Commands that write there (the embedded server, spill
+    files) also run check_home, with the same message."""
+    home = Path(home)
+    if why := not_a_folder(home):
         raise SettingError(f"MICROSTRUCTURE_HOME / --home {home}: {why}")
     return home

@@ -22,23 +22,37 @@ class DatabaseUnavailable(RuntimeError):
     """The database URL cannot be used; the message is one line naming the host and the reason."""
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s]*)@")  # scheme://user:password@
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
 def _password(url: str) -> str | None:
     """The URL's password as written (best effort, also for URLs urlsplit rejects)."""
-    m = re.match(r"[^:/?#]+://([^/?#]*)@", url)
-    if m and ":" in m.group(1):
-        return m.group(1).split(":", 1)[1] or None
+    m = _USERINFO.match(url)
+    if m and ":" in m.group(2):
+        return m.group(2).split(":", 1)[1] or None
     return None
 
 
+def mask_url(url: str) -> str:
+    """`url` with its password field (the part after `user:` in `scheme://user:password@`) replaced
+    by ***, found by its position, whatever the scheme; key=value DSNs get `password=***`. The
+    scheme, user, host, port and database stay as written, so a wrong one can be seen."""
+    masked = _USERINFO.sub(
+        lambda m: (
+            m.group(1) + (m.group(2).split(":", 1)[0] + ":***" if ":" in m.group(2) else m.group(2)) + "@"
+        ),
+        url,
+    )
+    return _KV_PASSWORD.sub(lambda m: m.group(1) + "***", masked)
+
+
 def _redact(message: str, url: str) -> str:
-    """`message` on one line, with the URL's password (libpq may echo the whole URL) masked."""
+    """`message` on one line, with passwords masked by position: wherever a URL's userinfo
+    (`scheme://user:password@`) or a `password=` field appears in it (libpq may echo the URL), never
+    by searching for the password's text (a password `o` must not mask every "o")."""
     message = " ".join(message.split())
-    password = _password(url)
-    if password:
-        message = message.replace(password, "***")
-        if unquote(password) != password:
-            message = message.replace(unquote(password), "***")
-    return message
+    return mask_url(message)
 
 
 def _host_port(url: str) -> tuple[str | None, str | None]:
@@ -94,8 +108,10 @@ def check_url_syntax(url: str) -> None:
 
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in SCHEMES:
+        shown = mask_url(url)
+        why = f"the scheme {scheme + '://'!r} is not PostgreSQL's; " if scheme else ""
         raise DatabaseUnavailable(
-            f"database URL {url.split('@')[-1]!r}: expected a postgresql://user:pass@host:port/dbname URL"
+            f"database URL {shown!r}: {why}expected a postgresql://user:pass@host:port/dbname URL"
         )
     try:
         conninfo_to_dict(libpq_url(url))

@@ -155,6 +155,9 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         "--rest-429-rate", type=float, default=0.0, metavar="P", help="answer 429 to REST with prob. P"
     )
     f.add_argument(
+        "--rest-500-rate", type=float, default=0.0, metavar="P", help="answer HTTP 500 to REST with prob. P"
+    )
+    f.add_argument(
         "--rest-malformed",
         type=float,
         default=0.0,
@@ -276,6 +279,7 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         ws_stall_after=args.ws_stall_after,
         ws_stall_for=args.ws_stall_for,
         rest_429_rate=args.rest_429_rate,
+        rest_500_rate=args.rest_500_rate,
         rest_malformed=args.rest_malformed,
         rest_malformed_paths=args.rest_malformed_paths,
         rest_delay=args.rest_delay,

@@ -82,6 +82,7 @@ class FaultConfig:
                          but sends no data (what it would have sent is lost)
     ws_stall_for         seconds a stalled websocket stays silent before sending again (0: until closed)
     rest_429_rate        probability that a REST request answers 429 regardless of its weight
+    rest_500_rate        probability that a REST request answers HTTP 500 (1: an exchange that keeps failing)
     rest_delay           seconds added before every HTTP answer (REST and archives)
     rest_malformed       probability that a REST answer (HTTP 200) is malformed: its fields removed
                          ({} / [{}]) or its text truncated, at random
@@ -108,6 +109,7 @@ class FaultConfig:
     ws_stall_after: int = 0
     ws_stall_for: float = 0.0
     rest_429_rate: float = 0.0
+    rest_500_rate: float = 0.0
     rest_delay: float = 0.0
     rest_malformed: float = 0.0
     rest_malformed_paths: tuple[str, ...] = ()

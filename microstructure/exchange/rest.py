@@ -161,6 +161,8 @@ def make_middleware(ex: ExchangeState):  # type: ignore[no-untyped-def]
                 429,
                 {"Retry-After": "1", "X-MBX-USED-WEIGHT-1M": str(used)},
             )
+        if faults.rest_500_rate > 0 and fault_rng.random() < faults.rest_500_rate:
+            return error_response(-1000, "An unknown error occurred while processing the request.", 500)
         verdict = ex.limiter.check(client, request_weight(path, request.query), now)
         headers = {"X-MBX-USED-WEIGHT-1M": str(verdict.used)}
         if verdict.status == 429:

@@ -1,12 +1,12 @@
 """Every `microstructure collect` sub-command: aggtrades, book-depth, market and all.
 
 Each handler is `(args, settings) -> exit code` and applies the database migrations first.
-Exit codes of `collect aggtrades`: 0 done, 1 done with refused days (a checksum mismatch, or an
-archive not loaded: no valid row, or more than 1 % of its rows malformed) or gaps left, the reasons
-on one line; 2 bad arguments/setup, 3 exchange refused or unreachable (e.g. IP ban).
-Exit codes of `collect book-depth | market | all`: 0 done; 1 done with refused or failed archives
-(as above), a failed collector, a symbol of which nothing was stored, or batches left out of the database (spilled or
-refused) at exit, the reason on one line; 2 bad arguments/setup; 3 exchange unreachable.
+Exit codes (README, "Exit codes of every command"): 0 done; 1 incomplete, the reasons on one line
+(a refused or failed day or archive, a REST request that kept failing after every retry, an
+exchange that cannot be reached or stopped answering, gaps left, a failed collector, a symbol of
+which nothing was stored, batches left out of the database); 2 bad arguments/setup, or an exchange
+URL that is not Binance's API, before anything ran; 3 only for an IP ban (HTTP 418); 130 / 143 a
+historical run stopped by SIGINT / SIGTERM (what it stored is kept: run it again to continue).
 """
 
 from __future__ import annotations
@@ -382,9 +382,54 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
-def run_async(coro: Any) -> Any:
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM (run_async(..., interruptible=True)); `code` 130 or 143."""
+
+    def __init__(self, signame: str, code: int) -> None:
+        self.signame, self.code = signame, code
+        super().__init__(
+            f"stopped by {signame}: what was stored before it is kept (days checkpointed, the writer's "
+            "batches flushed or in spill files for the next start); run the same command again to continue"
+        )
+
+
+async def _interruptible(coro: Any) -> Any:
+    """Await `coro`; SIGINT/SIGTERM cancel it (its clean-ups run: the writer flushes, bulk tables are
+    dropped) and raise Interrupted instead of a traceback or a silent exit."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    got: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not got and task is not None:
+            got.append(sig)
+            task.cancel()
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if got:
+            raise Interrupted(got[0].name, 128 + int(got[0])) from None
+        raise
+    finally:
+        for sig in sigs:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+
+def run_async(coro: Any, *, interruptible: bool = False) -> Any:
     """asyncio.run on uvloop where it is installed (the live hot path spends about half the CPU
-    of the standard loop there: BENCHMARKS.md), else on the standard loop."""
+    of the standard loop there: BENCHMARKS.md), else on the standard loop. `interruptible`: SIGINT
+    and SIGTERM stop the run cleanly with Interrupted (historical runs; live ones stop by their own
+    stop event and report)."""
+    if interruptible:
+        coro = _interruptible(coro)
     try:
         import uvloop
     except ImportError:
@@ -428,14 +473,7 @@ def run_historical(
     writer: Any = None,
 ) -> int:
     """Migrate, run the historical collector, print its report; the exit code."""
-    import aiohttp
-
-    from microstructure.ingest.binance.archives import ArchiveError
-    from microstructure.ingest.binance.rest import NotAnExchange, RestError
-    from microstructure.ingest.collectors.trades_historical import (
-        HistoricalError,
-        collect_aggtrades_historical,
-    )
+    from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
     url = prepare_database(settings)
     try:
@@ -452,23 +490,59 @@ def run_historical(
                 weight_budget=weight_budget,
                 use_monthly=use_monthly,
                 cache_archives=cache_archives,
-            )
+            ),
+            interruptible=True,
         )
-    except (HistoricalError, NotAnExchange) as exc:
-        _error(str(exc))
-        return 2
-    except (RestError, ArchiveError) as exc:
-        _error(str(exc))
-        return 3
-    except (aiohttp.ClientError, OSError) as exc:
-        _error(f"cannot reach the exchange at {settings.rest_url}: {exc}")
-        return 3
+    except BaseException as exc:
+        code = exchange_exit(exc, settings)
+        if code is None:
+            raise
+        return code
     features = refresh_features(url)  # before the report: old days are materialised too
     for line in [*report.summary_lines(), *features]:
         print(line)
     if not report.ok:
         _error("; ".join(report.problems()))
     return 0 if report.ok and features else 1
+
+
+def exchange_exit(exc: BaseException, settings: Settings) -> int | None:
+    """The exit code (after its one stderr line) of what ended a collector run, or None when it is
+    not one of these (a bug: its traceback is wanted). 2: refused before anything ran (an unknown
+    symbol, a bad range, a URL that is not Binance's API); 3: an IP ban only; 1: the exchange cannot
+    be reached or kept failing (after every retry); 130/143: SIGINT/SIGTERM."""
+    import aiohttp
+
+    from microstructure.ingest.binance.archives import ArchiveError
+    from microstructure.ingest.binance.rest import IpBanned, NotAnExchange, RestError, Unreachable
+    from microstructure.ingest.collectors.trades_historical import HistoricalError
+
+    if isinstance(exc, Interrupted):
+        _error(str(exc))
+        return exc.code
+    if isinstance(exc, HistoricalError | NotAnExchange):
+        _error(str(exc))
+        return 2
+    if isinstance(exc, IpBanned):
+        _error(str(exc))
+        return 3
+    if isinstance(exc, Unreachable):
+        _error(
+            f"cannot reach the exchange at {settings.rest_url}: {exc}; what was stored is kept, run again to continue"
+        )
+        return 1
+    if isinstance(exc, RestError | ArchiveError):
+        _error(
+            f"the exchange at {settings.rest_url} kept failing: {exc}; what was stored is kept, run again to continue"
+        )
+        return 1
+    if isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        _error(
+            f"cannot reach the exchange at {settings.rest_url}: {why}; what was stored is kept, run again to continue"
+        )
+        return 1
+    return None
 
 
 def refresh_features(url: str) -> list[str]:
@@ -492,8 +566,6 @@ def run_live(
     weight_budget: int | None,
     stale_timeout: float = DEFAULT_AGG_STALE_TIMEOUT,
 ) -> int:
-    from microstructure.ingest.binance.rest import NotAnExchange, RestError
-    from microstructure.ingest.collectors.trades_historical import HistoricalError
     from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 
     url = prepare_database(settings)
@@ -509,12 +581,11 @@ def run_live(
                 stale_timeout=stale_timeout,
             )
         )
-    except (HistoricalError, NotAnExchange) as exc:  # an unknown symbol or not an exchange, before connecting
-        _error(str(exc))
-        return 2
-    except RestError as exc:  # a 418 ban (stopped after flushing what it had), or unreachable
-        _error(str(exc))
-        return 3
+    except BaseException as exc:  # an unknown symbol, not an exchange, a 418 ban, unreachable
+        code = exchange_exit(exc, settings)
+        if code is None:
+            raise
+        return code
     for line in report.summary_lines():
         print(line)
     return 0 if report.ok else 1
@@ -523,34 +594,25 @@ def run_live(
 # ---------------------------------------------------------------- handlers: book-depth, market, all
 
 
-def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str]) -> Any:
+def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str], *, historical: bool = False) -> Any:
     """asyncio.run the collector once exchangeInfo lists every symbol (an unknown one is exit code 2
-    before anything starts: live streams of it would only stay silent); exchange failures become exit
-    code 3 with one line."""
-    import aiohttp
-
-    from microstructure.ingest.binance.archives import ArchiveError
-    from microstructure.ingest.binance.rest import BinanceRest, NotAnExchange, RestError
-    from microstructure.ingest.collectors.trades_historical import UnknownSymbols, check_symbols
+    before anything starts: live streams of it would only stay silent); what ends it early becomes
+    its exit code with one line (exchange_exit). A historical run stops cleanly on SIGINT/SIGTERM."""
+    from microstructure.ingest.binance.rest import BinanceRest
+    from microstructure.ingest.collectors.trades_historical import check_symbols
 
     async def checked() -> Any:
-        async with BinanceRest(settings.rest_url) as rest:
+        async with BinanceRest(settings.rest_url, retry_malformed=historical) as rest:
             await check_symbols(rest, symbols)
         return await coro_factory()
 
     try:
-        return run_async(checked())
-    except (UnknownSymbols, NotAnExchange) as exc:
-        print(f"microstructure: error: {exc}", file=sys.stderr)
-        return 2
-    except (RestError, ArchiveError) as exc:
-        print(f"microstructure: error: {exc}", file=sys.stderr)
-        return 3
-    except (aiohttp.ClientError, OSError) as exc:
-        print(
-            f"microstructure: error: cannot reach the exchange at {settings.rest_url}: {exc}", file=sys.stderr
-        )
-        return 3
+        return run_async(checked(), interruptible=historical)
+    except BaseException as exc:
+        code = exchange_exit(exc, settings)
+        if code is None:
+            raise
+        return code
 
 
 def _finish(report: Any) -> int:
@@ -586,6 +648,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
                 lambda: collect_book_historical(settings, url, symbols, start, end, days=days),
                 settings,
                 symbols,
+                historical=True,
             )
         )
     live_seconds, stale_timeout = _live_args(args)
@@ -617,6 +680,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
                 lambda: collect_market_historical(settings, url, symbols, start, end, days=days),
                 settings,
                 symbols,
+                historical=True,
             )
         )
         features = refresh_features(url) if code in (0, 1) else []  # open interest feeds the features
@@ -689,6 +753,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
             ),
             settings,
             symbols,
+            historical=mode == "historical",
         )
     )
 

@@ -15,8 +15,17 @@ Rate limits (per IP, per calendar minute of the server clock):
 - 429: the Retry-After header (seconds) blocks every request of this client for that long, then the
   request is retried (counted in `stats.rate_limited`);
 - 418: the IP is banned; `IpBanned` is raised with the ban's length and nothing is sent until it ends;
-- network errors and 5xx are retried with jittered exponential backoff (`max_retries`);
+- network errors (refused, reset, timed out, a body cut short) and 5xx are retried with jittered
+  exponential backoff (`max_retries`); so are, with `retry_malformed` (the historical collectors),
+  HTTP 200 answers that are empty, truncated, not JSON or not of the expected shape (each endpoint
+  decodes its reply into checked rows at this boundary: a missing key is a `MalformedReply`, never a
+  KeyError). Every retry is told to `on_retry` (a `RetryNote`: the collectors record it in
+  ingest_events). Given up: `RetriesExhausted` (`Unreachable` when no answer came at all);
 - other 4xx answers carrying Binance's {"code", "msg"} raise `BinanceError(code, msg)`.
+
+What a caller should make of an error (`classify`): "banned" (418: exit code 3), "not_exchange"
+(an answer that is not Binance's JSON: a wrong URL), "refused" (a Binance error body), "failed" (kept
+failing or unreachable after every retry: the day or run is incomplete, exit code 1).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -63,6 +73,9 @@ PRIORITY_NAMES = {HIGH: "high", NORMAL: "normal", LOW: "low"}
 SAFETY_MARGIN = 0.8  # of the exchange's announced weight limit, for the default budget
 LOW_RESERVE = 0.25  # share of the budget LOW requests leave to HIGH and NORMAL ones
 DEFAULT_BUDGET = 1200  # before exchangeInfo tells the real limit
+BACKOFF_BASE = 0.5  # seconds: the n-th retry waits uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n))
+BACKOFF_MAX = 30.0
+MAX_RETRIES = 6
 
 
 def depth_weight(limit: int) -> int:
@@ -134,7 +147,126 @@ class NotAnExchange(MalformedReply):
 
 
 class RetriesExhausted(RestError):
-    """The request kept failing (network errors, 5xx or 429s) beyond the retry limits."""
+    """The request kept failing (network errors, 5xx, 429s or malformed answers) beyond the retry limits."""
+
+
+class Unreachable(RetriesExhausted):
+    """No answer at all after every retry (connection refused or reset, timeouts): the exchange is
+    not reachable now, so the rest of a run would fail the same way."""
+
+
+class DecodeError(ValueError):
+    """A reply decoded but not of the shape its endpoint promises (a missing key, a wrong type)."""
+
+
+@dataclass(frozen=True)
+class RetryNote:
+    """One retried request, for `on_retry` (and ingest_events `rest_retry`)."""
+
+    path: str
+    reason: str
+    attempt: int
+    delay_s: float
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason[:300], "attempt": self.attempt,
+                "retry_in_s": round(self.delay_s, 2)}  # fmt: skip
+
+
+def classify(exc: BaseException) -> str:
+    """banned | not_exchange | refused | failed (see the module doc), for exit codes and reports."""
+    if isinstance(exc, IpBanned):
+        return "banned"
+    if isinstance(exc, NotAnExchange):
+        return "not_exchange"
+    if isinstance(exc, BinanceError):
+        return "refused"
+    return "failed"
+
+
+def _need(obj: Any, kind: type, what: str) -> Any:
+    if not isinstance(obj, kind):
+        raise DecodeError(f"{what}: expected a {kind.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+def _int_field(row: Any, key: str, what: str) -> int:
+    if not isinstance(row, dict):
+        raise DecodeError(f"{what}: expected an object per row, got {type(row).__name__}")
+    if key not in row:
+        raise DecodeError(f"{what}: row without {key!r}: {json.dumps(row)[:120]}")
+    v = row[key]
+    if isinstance(v, bool) or not isinstance(v, int | str) or not str(v).lstrip("-").isdigit():
+        raise DecodeError(f"{what}: {key!r} is not an integer: {v!r}")
+    return int(v)
+
+
+def _num_field(row: dict[str, Any], key: str, what: str) -> float:
+    if key not in row:
+        raise DecodeError(f"{what}: row without {key!r}: {json.dumps(row)[:120]}")
+    try:
+        return float(row[key])
+    except (TypeError, ValueError):
+        raise DecodeError(f"{what}: {key!r} is not a number: {row[key]!r}") from None
+
+
+@dataclass(frozen=True)
+class AggTradeRef:
+    """The id and time of one aggregate trade (what the probes and first-id searches read)."""
+
+    agg_id: int
+    ts_ms: int
+
+
+def decode_agg_refs(obj: Any) -> list[AggTradeRef]:
+    rows = _need(obj, list, "aggTrades")
+    return [AggTradeRef(_int_field(r, "a", "aggTrades"), _int_field(r, "T", "aggTrades")) for r in rows]
+
+
+def decode_agg_rows(obj: Any) -> list[dict[str, Any]]:
+    """aggTrades rows with every field of the AGG_TRADES table present (types are checked when the
+    table is built: agg_trades_table)."""
+    rows = _need(obj, list, "aggTrades")
+    for r in rows:
+        if not isinstance(r, dict):
+            raise DecodeError(f"aggTrades: expected an object per row, got {type(r).__name__}")
+        if not r.keys() >= AGG_KEYS:
+            raise DecodeError(f"aggTrades: row without {sorted(AGG_KEYS - r.keys())}: {json.dumps(r)[:120]}")
+    return rows  # type: ignore[no-any-return]
+
+
+AGG_KEYS = frozenset("apqflTm")
+
+
+def decode_server_time(obj: Any) -> int:
+    return _int_field(obj, "serverTime", "time")
+
+
+def decode_exchange_info(obj: Any) -> dict[str, Any]:
+    info = _need(obj, dict, "exchangeInfo")
+    symbols = _need(info.get("symbols"), list, "exchangeInfo.symbols")
+    for s in symbols:
+        if not isinstance(s, dict) or not isinstance(s.get("symbol"), str):
+            raise DecodeError(f"exchangeInfo.symbols: an entry without 'symbol': {json.dumps(s)[:120]}")
+    return info  # type: ignore[no-any-return]
+
+
+def decode_funding_rows(obj: Any) -> list[dict[str, Any]]:
+    """fundingRate rows: fundingTime an integer, fundingRate a number (markPrice may be "" or absent)."""
+    rows = _need(obj, list, "fundingRate")
+    for r in rows:
+        _int_field(r, "fundingTime", "fundingRate")
+        _num_field(r, "fundingRate", "fundingRate")
+    return rows  # type: ignore[no-any-return]
+
+
+def decode_oi_hist_rows(obj: Any) -> list[dict[str, Any]]:
+    """openInterestHist rows: timestamp an integer, sumOpenInterest a number."""
+    rows = _need(obj, list, "openInterestHist")
+    for r in rows:
+        _int_field(r, "timestamp", "openInterestHist")
+        _num_field(r, "sumOpenInterest", "openInterestHist")
+    return rows  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -184,6 +316,15 @@ def agg_trades_table(rows: list[dict[str, Any]]) -> pa.Table:
     )
 
 
+def decode_agg_table(obj: Any) -> pa.Table:
+    """aggTrades JSON -> an AGG_TRADES table; a missing field or a wrong type is a DecodeError."""
+    rows = _need(obj, list, "aggTrades")
+    try:
+        return agg_trades_table(rows)
+    except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+        raise DecodeError(f"aggTrades: {type(exc).__name__}: {exc}") from exc
+
+
 class BinanceRest:
     """`async with BinanceRest(settings.rest_url) as rest: table = await rest.agg_trades("BTCUSDT")`."""
 
@@ -192,12 +333,14 @@ class BinanceRest:
         base_url: str,
         *,
         weight_budget_per_min: int | None = None,
-        max_retries: int = 6,
+        max_retries: int | None = None,
         max_rate_limited: int = 30,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        retry_malformed: bool = False,
+        on_retry: Callable[[RetryNote], None] | None = None,
     ) -> None:
         if weight_budget_per_min is not None and weight_budget_per_min < 20:
             raise ValueError(f"weight budget: expected at least 20 per minute, got {weight_budget_per_min}")
@@ -205,10 +348,12 @@ class BinanceRest:
         self.requested_budget = weight_budget_per_min  # None: from exchangeInfo
         self.budget = weight_budget_per_min or DEFAULT_BUDGET
         self.exchange_limit: int | None = None  # REQUEST_WEIGHT per minute announced by exchangeInfo
-        self.max_retries = max_retries
+        self.max_retries = MAX_RETRIES if max_retries is None else max_retries
         self.max_rate_limited = max_rate_limited
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.backoff_base = BACKOFF_BASE if backoff_base is None else backoff_base
+        self.backoff_max = BACKOFF_MAX if backoff_max is None else backoff_max
+        self.retry_malformed = retry_malformed  # empty/truncated/ill-shaped 200 answers retried too
+        self.on_retry = on_retry
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.stats = RestStats()
         self.clock_offset_ms = 0  # server clock - local clock, learnt from server_time()
@@ -363,6 +508,21 @@ class BinanceRest:
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
 
+    def _tell(self, note: RetryNote) -> None:
+        if self.on_retry is not None:
+            try:
+                self.on_retry(note)
+            except Exception:  # a report hook never breaks a request
+                log.exception("on_retry hook failed")
+
+    async def _retry_wait(self, path: str, why: str, attempt: int) -> None:
+        """The backoff before retry `attempt` of `path` (logged, counted, told to on_retry)."""
+        delay = self._backoff(attempt)
+        self.stats.retries += 1
+        log.warning("GET %s failed (%s); retry %d in %.2f s", path, why, attempt, delay)
+        self._tell(RetryNote(path, why, attempt, delay))
+        await asyncio.sleep(delay)
+
     # ---- the request loop
     async def request(
         self,
@@ -371,8 +531,11 @@ class BinanceRest:
         *,
         weight: int | None = None,
         priority: int = NORMAL,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Any:
-        """GET `path` with `params`; the parsed JSON body. Retries, weights and errors as described above."""
+        """GET `path` with `params`; the parsed JSON body, through `decode` when given (its
+        DecodeError/KeyError/TypeError/ValueError make the answer malformed). Retries, weights and
+        errors as described above."""
         if weight is None:
             weight = WEIGHTS.get(path, 1)
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
@@ -390,31 +553,37 @@ class BinanceRest:
                     headers = resp.headers
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 failures += 1
+                why = f"{type(exc).__name__}: {exc}"
                 if failures > self.max_retries:
-                    raise RetriesExhausted(
-                        f"GET {path}: {type(exc).__name__}: {exc} (gave up after {failures} attempts)"
-                    ) from exc
-                delay = self._backoff(failures)
-                self.stats.retries += 1
-                log.warning(
-                    "GET %s failed (%s: %s); retry %d in %.2f s",
-                    path,
-                    type(exc).__name__,
-                    exc,
-                    failures,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                    raise Unreachable(f"GET {url}: {why} (gave up after {failures} attempts)") from exc
+                await self._retry_wait(path, why, failures)
                 continue
             content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if status == 200:
                 self.stats.weight_used += weight
                 try:
-                    return json.loads(body)
+                    obj = json.loads(body)
                 except ValueError as exc:
                     if content_type and "json" not in content_type:
                         raise NotAnExchange(url, path, status, content_type, body) from exc
-                    raise MalformedReply(path, body) from exc
+                    bad = MalformedReply(
+                        path, body, "an empty answer" if not body.strip() else "invalid JSON"
+                    )
+                else:
+                    if decode is None:
+                        return obj
+                    try:
+                        return decode(obj)
+                    except (DecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                        bad = MalformedReply(path, body, f"{type(exc).__name__}: {exc}")
+                if not self.retry_malformed:
+                    raise bad
+                failures += 1
+                why = str(bad)[len(f"GET {path}: ") :]
+                if failures > self.max_retries:
+                    raise RetriesExhausted(f"{bad} (gave up after {failures} attempts)") from bad
+                await self._retry_wait(path, why, failures)
+                continue
             if status == 418:
                 retry_after = _retry_after(headers, default=120.0)
                 until_ms = self.server_now_ms() + int(retry_after * 1000)
@@ -433,15 +602,13 @@ class BinanceRest:
                     raise RetriesExhausted(f"GET {path}: still rate limited (429) after {limited} waits")
                 self.stats.retries += 1
                 log.warning("GET %s: 429 rate limited; waiting %.1f s (Retry-After)", path, retry_after)
+                self._tell(RetryNote(path, "HTTP 429 (rate limited)", limited, retry_after))
                 continue
             if status >= 500:
                 failures += 1
                 if failures > self.max_retries:
-                    raise RetriesExhausted(f"GET {path}: HTTP {status} (gave up after {failures} attempts)")
-                delay = self._backoff(failures)
-                self.stats.retries += 1
-                log.warning("GET %s: HTTP %d; retry %d in %.2f s", path, status, failures, delay)
-                await asyncio.sleep(delay)
+                    raise RetriesExhausted(f"GET {url}: HTTP {status} (gave up after {failures} attempts)")
+                await self._retry_wait(path, f"HTTP {status}", failures)
                 continue
             code, msg = _error_body(body)
             if code is None and content_type and "json" not in content_type:
@@ -455,15 +622,14 @@ class BinanceRest:
     async def server_time(self) -> int:
         """Server time in ms; also learns the offset of the server clock (minute windows follow it)."""
         t0 = time.time()
-        body = await self.request("/fapi/v1/time")
+        server = await self.request("/fapi/v1/time", decode=decode_server_time)
         t1 = time.time()
-        server = int(body["serverTime"])
         self.clock_offset_ms = server - int((t0 + t1) / 2 * 1000)
         return server
 
     async def exchange_info(self) -> dict[str, Any]:
         """exchangeInfo; its `rateLimits` set the weight budget (learn_limits)."""
-        info = await self.request("/fapi/v1/exchangeInfo")
+        info = await self.request("/fapi/v1/exchangeInfo", decode=decode_exchange_info)
         self.learn_limits(info)
         return info  # type: ignore[no-any-return]
 
@@ -476,6 +642,18 @@ class BinanceRest:
             if not trading_only or s.get("status") == "TRADING"
         }
 
+    @staticmethod
+    def _agg_params(
+        symbol: str, from_id: int | None, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
+            raise ValueError(f"limit: expected 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
+        if from_id is not None and (start_ms is not None or end_ms is not None):
+            raise ValueError("fromId cannot be combined with startTime/endTime")
+        if start_ms is not None and end_ms is not None and not 0 <= end_ms - start_ms < HOUR_MS:
+            raise ValueError("startTime..endTime must be a window shorter than one hour")
+        return {"symbol": symbol, "fromId": from_id, "startTime": start_ms, "endTime": end_ms, "limit": limit}
+
     async def agg_trades_raw(
         self,
         symbol: str,
@@ -486,23 +664,27 @@ class BinanceRest:
         limit: int = AGG_TRADES_MAX_LIMIT,
         priority: int = NORMAL,
     ) -> list[dict[str, Any]]:
-        if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
-            raise ValueError(f"limit: expected 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
-        if from_id is not None and (start_ms is not None or end_ms is not None):
-            raise ValueError("fromId cannot be combined with startTime/endTime")
-        if start_ms is not None and end_ms is not None and not 0 <= end_ms - start_ms < HOUR_MS:
-            raise ValueError("startTime..endTime must be a window shorter than one hour")
-        params = {
-            "symbol": symbol,
-            "fromId": from_id,
-            "startTime": start_ms,
-            "endTime": end_ms,
-            "limit": limit,
-        }
-        rows = await self.request("/fapi/v1/aggTrades", params, priority=priority)
-        if not isinstance(rows, list):
-            raise MalformedReply("/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), "expected a list")
-        return rows  # type: ignore[no-any-return]
+        """aggTrades rows as decoded JSON objects, each with every field (decode_agg_rows)."""
+        params = self._agg_params(symbol, from_id, start_ms, end_ms, limit)
+        return await self.request(  # type: ignore[no-any-return]
+            "/fapi/v1/aggTrades", params, priority=priority, decode=decode_agg_rows
+        )
+
+    async def agg_trade_refs(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 1,
+        priority: int = NORMAL,
+    ) -> list[AggTradeRef]:
+        """Ids and times of aggregate trades (probes: the first trade of a window, the next id)."""
+        params = self._agg_params(symbol, from_id, start_ms, end_ms, limit)
+        return await self.request(  # type: ignore[no-any-return]
+            "/fapi/v1/aggTrades", params, priority=priority, decode=decode_agg_refs
+        )
 
     async def agg_trades(
         self,
@@ -515,16 +697,12 @@ class BinanceRest:
         priority: int = NORMAL,
     ) -> pa.Table:
         """One page of aggregate trades as an AGG_TRADES table (recv_ms null: these did not come live).
-        A reply whose rows lack a field or carry one of the wrong type raises MalformedReply."""
-        rows = await self.agg_trades_raw(
-            symbol, from_id=from_id, start_ms=start_ms, end_ms=end_ms, limit=limit, priority=priority
+        A reply whose rows lack a field or carry one of the wrong type is a MalformedReply (retried
+        with `retry_malformed`)."""
+        params = self._agg_params(symbol, from_id, start_ms, end_ms, limit)
+        return await self.request(  # type: ignore[no-any-return]
+            "/fapi/v1/aggTrades", params, priority=priority, decode=decode_agg_table
         )
-        try:
-            return agg_trades_table(rows)
-        except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
-            raise MalformedReply(
-                "/fapi/v1/aggTrades", json.dumps(rows)[:2000].encode(), f"{type(exc).__name__}: {exc}"
-            ) from exc
 
     async def depth(self, symbol: str, limit: int = 1000, priority: int = HIGH) -> dict[str, Any]:
         """A depth snapshot; HIGH priority by default (a local book waits on it)."""
@@ -549,7 +727,9 @@ class BinanceRest:
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
         params = {"symbol": symbol, "startTime": start_ms, "endTime": end_ms, "limit": limit}
-        return await self.request("/fapi/v1/fundingRate", params)  # type: ignore[no-any-return]
+        return await self.request(  # type: ignore[no-any-return]
+            "/fapi/v1/fundingRate", params, decode=decode_funding_rows
+        )
 
     async def open_interest(self, symbol: str) -> dict[str, Any]:
         return await self.request("/fapi/v1/openInterest", {"symbol": symbol})  # type: ignore[no-any-return]
@@ -569,7 +749,9 @@ class BinanceRest:
             "endTime": end_ms,
             "limit": limit,
         }
-        return await self.request("/futures/data/openInterestHist", params)  # type: ignore[no-any-return]
+        return await self.request(  # type: ignore[no-any-return]
+            "/futures/data/openInterestHist", params, decode=decode_oi_hist_rows
+        )
 
 
 def _param(v: Any) -> str:

@@ -40,10 +40,13 @@ class HistoricalReport:
     malformed_by_archive: dict[str, int] = field(default_factory=dict)  # file name (holds the day) -> rows
     format_notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # note -> archives
     notes: list[str] = field(default_factory=list)
+    rest_failed: dict[str, str] = field(default_factory=dict)  # "SYMBOL what day" -> why (after retries)
+    rest_retries: int = 0  # REST requests retried (each an ingest_events rest_retry row)
 
     def problems(self) -> list[str]:
         out = [f"archives refused (checksum mismatch): {', '.join(self.refused)}"] if self.refused else []
         out += [f"archive {name} not loaded: {why}" for name, why in self.failed.items()]
+        out += [f"{what} failed: {why}" for what, why in self.rest_failed.items()]
         return out
 
     @property
@@ -62,6 +65,10 @@ class HistoricalReport:
             out.append(f"  refused (checksum mismatch): {', '.join(self.refused)}")
         for name, why in self.failed.items():
             out.append(f"  FAILED {name}: {why}; nothing of it stored")
+        for what, why in self.rest_failed.items():
+            out.append(f"  FAILED {what}: {why} (a rerun loads it)")
+        if self.rest_retries:
+            out.append(f"  REST requests retried: {self.rest_retries} (ingest_events rest_retry)")
         if self.malformed:
             out.append(f"  malformed rows skipped: {self.malformed}")
             out.extend(f"    {name}: {n}" for name, n in self.malformed_by_archive.items())
@@ -90,7 +97,7 @@ async def resolve_days(
     from microstructure.ingest.binance.rest import BinanceRest
     from microstructure.ingest.collectors.trades_historical import first_listed_day
 
-    async with BinanceRest(settings.rest_url) as rest:
+    async with BinanceRest(settings.rest_url, retry_malformed=True) as rest:
         server_ms = await rest.server_time()
         listed = first_listed_day(await rest.symbols(), symbols) if symbols else None
     today = datetime.fromtimestamp(server_ms / 1000, tz=UTC).date()
@@ -131,6 +138,11 @@ async def load_archive_table(
             "checksum_mismatch",
             {"url": url, "expected": exc.expected, "actual": exc.actual},
         )
+        log.error("%s", exc)
+        return None
+    except archives.ArchiveError as exc:  # the download kept failing (network, 5xx): not loaded
+        report.failed[url.rsplit("/", 1)[-1]] = str(exc)
+        events.record(collector, symbol, "archive_failed", {"url": url, "reason": str(exc)})
         log.error("%s", exc)
         return None
     name = url.rsplit("/", 1)[-1]

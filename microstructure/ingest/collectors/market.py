@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -618,7 +618,8 @@ async def collect_market_historical(
     Everything is idempotent: rows already stored are kept as they are.
     """
     from microstructure.ingest.binance import archives
-    from microstructure.ingest.binance.rest import BinanceRest
+    from microstructure.ingest.binance.rest import BinanceRest, IpBanned, RetryNote
+    from microstructure.ingest.collectors.trades_historical import REST_FAILURES
 
     collector = "market_historical"
     first, last, server_ms = await resolve_days(settings, start, end, days, symbols)
@@ -628,8 +629,13 @@ async def collect_market_historical(
     if own_writer:
         writer = await open_writer(settings, dsn)
     own_rest = rest is None
+
+    def retried(note: RetryNote) -> None:
+        report.rest_retries += 1
+        events.record(collector, None, "rest_retry", note.as_detail())
+
     if own_rest:
-        rest = BinanceRest(settings.rest_url)
+        rest = BinanceRest(settings.rest_url, retry_malformed=True, on_retry=retried)
         await rest.open()
     t0 = ms_of_day(first)
     t1 = ms_of_day(last) + DAY_MS  # exclusive
@@ -661,7 +667,18 @@ async def collect_market_historical(
                     report.days_loaded[sym] += 1
                 cursor = t0
                 while cursor < t1:
-                    page = await rest.funding_rate(sym, start_ms=cursor, end_ms=t1 - 1, limit=1000)
+                    try:
+                        page = await rest.funding_rate(sym, start_ms=cursor, end_ms=t1 - 1, limit=1000)
+                    except IpBanned:
+                        raise
+                    except REST_FAILURES as exc:  # after the client's retries: the rest of the range
+                        when = datetime.fromtimestamp(cursor / 1000, tz=UTC).date()
+                        report.rest_failed[f"{sym} fundingRate from {when}"] = f"{type(exc).__name__}: {exc}"
+                        events.record(
+                            collector, sym, "rest_failed", {"what": "fundingRate", "error": str(exc)[:300]}
+                        )
+                        log.error("%s fundingRate from %s failed: %s", sym, when, exc)
+                        break
                     rows = funding_rows_from_rest(page)
                     if rows:
                         await writer.submit("funding_rates", sym, funding_table(rows))
@@ -717,9 +734,20 @@ async def collect_market_historical(
                     lo, hi = max(ms_of_day(d), hist_from), min(ms_of_day(d) + DAY_MS, t1, server_ms)
                     cursor = lo
                     while cursor < hi:
-                        page = await rest.open_interest_hist(
-                            sym, hist_period, start_ms=cursor, end_ms=hi - 1, limit=500
-                        )
+                        try:
+                            page = await rest.open_interest_hist(
+                                sym, hist_period, start_ms=cursor, end_ms=hi - 1, limit=500
+                            )
+                        except IpBanned:
+                            raise
+                        except REST_FAILURES as exc:  # after the client's retries: this day failed
+                            report.rest_failed[f"{sym} openInterestHist {d}"] = f"{type(exc).__name__}: {exc}"
+                            events.record(
+                                collector, sym, "rest_failed",
+                                {"what": "openInterestHist", "day": d.isoformat(), "error": str(exc)[:300]},
+                            )  # fmt: skip
+                            log.error("%s openInterestHist %s failed: %s", sym, d, exc)
+                            break
                         if not page:
                             break
                         ts = [int(r["timestamp"]) for r in page]

@@ -53,12 +53,30 @@ import pyarrow as pa
 
 from microstructure.config import Settings
 from microstructure.ingest.binance import archives
-from microstructure.ingest.binance.rest import AGG_TRADES_MAX_LIMIT, HOUR_MS, BinanceRest, RestStats
+from microstructure.ingest.binance.rest import (
+    AGG_TRADES_MAX_LIMIT,
+    HOUR_MS,
+    BinanceRest,
+    IpBanned,
+    RestError,
+    RestStats,
+    RetryNote,
+    Unreachable,
+)
 from microstructure.ingest.sink import bulk
 
 log = logging.getLogger(__name__)
 
 COLLECTOR = "aggtrades_historical"
+# What a REST call of a day can end in after the client's retries (the day fails; others go on).
+# IpBanned is not among them: a ban stops the run (exit code 3).
+REST_FAILURES: tuple[type[BaseException], ...] = (
+    RestError,
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+)
+MAX_RETRY_EVENTS = 200  # rest_retry rows a run writes to ingest_events (the summary counts them all)
 KIND = "agg_trades"
 DAY_MS = 86_400_000
 
@@ -103,6 +121,7 @@ class SymbolReport:
     months_archive: list[str] = field(default_factory=list)
     days_rest: list[date] = field(default_factory=list)
     days_refused: list[date] = field(default_factory=list)  # checksum mismatch, or a failed archive
+    days_failed: list[date] = field(default_factory=list)  # REST (or the network) kept failing
     archives_missing: list[str] = field(default_factory=list)
     malformed_rows: int = 0
     malformed_by_period: dict[str, int] = field(default_factory=dict)  # day or month -> malformed rows
@@ -129,6 +148,7 @@ class HistoricalReport:
     symbols: dict[str, SymbolReport]
     elapsed_s: float = 0.0
     rest: RestStats = field(default_factory=RestStats)
+    rest_retries: list[RetryNote] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -160,13 +180,23 @@ class HistoricalReport:
             f"in {self.elapsed_s:.1f} s; REST {self.rest.requests} requests, weight {self.rest.weight_used}, "
             f"{self.rest.rate_limited} x 429, {self.rest.retries} retries"
         ]
+        if self.rest_retries:
+            kinds: dict[str, int] = defaultdict(int)
+            for n in self.rest_retries:
+                kinds[n.reason.split(":", 1)[0].split(" in the answer")[0]] += 1
+            lines.append(
+                "REST answers retried: "
+                + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+                + " (ingest_events rest_retry)"
+            )
         for s in self.symbols.values():
             refused = {d.isoformat() for d in s.days_refused}
             lines.append(
                 f"{s.symbol}: {s.rows:,} rows ({s.rows_archive:,} archive, {s.rows_bulk:,} of them bulk-loaded, "
                 f"{s.rows_rest:,} REST); days: "
                 f"{len(s.days_archive)} archive{f' ({len(s.months_archive)} monthly)' if s.months_archive else ''}, "
-                f"{len(s.days_rest)} REST, {len(s.days_skipped)} already complete, {len(s.days_refused)} refused; "
+                f"{len(s.days_rest)} REST, {len(s.days_skipped)} already complete, {len(s.days_refused)} refused"
+                f"{f', {len(s.days_failed)} failed' if s.days_failed else ''}; "
                 f"stored {s.stored_rows:,} rows, ids {s.first_id}..{s.last_id}; "
                 f"gaps left {len(s.gaps)} ({s.missing_ids:,} ids)"
             )
@@ -278,6 +308,20 @@ async def record_event(
         kind,
         json.dumps(detail, default=str),
     )
+
+
+async def record_retries(pool: Any, notes: Sequence[RetryNote], collector: str = COLLECTOR) -> None:
+    """The run's retried REST requests as ingest_events `rest_retry` rows (the first MAX_RETRY_EVENTS;
+    a last row counts the others)."""
+    rows = [(collector, None, "rest_retry", json.dumps(n.as_detail())) for n in notes[:MAX_RETRY_EVENTS]]
+    if len(notes) > MAX_RETRY_EVENTS:
+        rows.append(
+            (collector, None, "rest_retry", json.dumps({"not_recorded": len(notes) - MAX_RETRY_EVENTS}))
+        )
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO ingest_events (collector, symbol, kind, detail) VALUES ($1, $2, $3, $4::jsonb)", rows
+        )
 
 
 async def gaps_in_day(conn: asyncpg.Connection, symbol: str, d: date) -> list[Gap]:
@@ -393,6 +437,7 @@ class _SymbolRun:
         # else waits for it first (_settle): a checkpoint never runs ahead of the rows it covers.
         self._tail: asyncio.Task[None] | None = None
         self._load: bulk.DayLoad | None = None  # the last bulk day begun
+        self._fail_reason = ""
 
     # ---- planning
     async def _ends_at_day_end(self, d: date) -> bool:
@@ -409,12 +454,26 @@ class _SymbolRun:
         ):
             return True
         # Ask the exchange: the trade after the day's last stored id must belong to a later day.
-        page = await self.ctx.rest.agg_trades_raw(self.symbol, from_id=c.last_id + 1, limit=1)
+        page = await self._probe(from_id=c.last_id + 1)
         return (
             bool(page)
-            and int(page[0]["a"]) == c.last_id + 1
-            and int(page[0]["T"]) >= day_start_ms(d + timedelta(days=1))
+            and page[0].agg_id == c.last_id + 1
+            and page[0].ts_ms >= day_start_ms(d + timedelta(days=1))
         )
+
+    async def _probe(self, **kw: Any) -> list[Any]:
+        """One aggTrades probe of the planning (limit 1). A probe that fails after the client's
+        retries answers "unknown" ([]): the day is loaded again (idempotent) rather than trusted."""
+        if self.ctx.unreachable is not None:
+            return []
+        try:
+            return await self.ctx.rest.agg_trade_refs(self.symbol, limit=1, **kw)
+        except IpBanned:
+            raise
+        except REST_FAILURES as exc:
+            self.ctx.note_failure(exc)
+            log.warning("%s: REST probe failed (%s); the day is loaded again", self.symbol, exc)
+            return []
 
     async def _starts_at_day_start(self, d: date) -> bool:
         """The stored first id of `d` is the day's first trade (its predecessor is in an earlier day)."""
@@ -422,10 +481,10 @@ class _SymbolRun:
         prev = self.cov.get(d - timedelta(days=1))
         if prev is not None and prev.last_id + 1 == c.first_id:
             return True
-        page = await self.ctx.rest.agg_trades_raw(self.symbol, from_id=max(c.first_id - 1, 0), limit=1)
+        page = await self._probe(from_id=max(c.first_id - 1, 0))
         if not page:
             return False
-        a, t = int(page[0]["a"]), int(page[0]["T"])
+        a, t = page[0].agg_id, page[0].ts_ms
         # the predecessor traded before the day, or there is none (the symbol's first trade)
         return (a == c.first_id - 1 and t < day_start_ms(d)) or a == c.first_id
 
@@ -706,12 +765,12 @@ class _SymbolRun:
         """Id of the first trade at or after t0 and before t1 (hour windows, as the API requires)."""
         t = t0
         while t < t1:
-            page = await self.ctx.rest.agg_trades_raw(
+            page = await self.ctx.rest.agg_trade_refs(
                 self.symbol, start_ms=t, end_ms=min(t + HOUR_MS, t1) - 1, limit=1
             )
             self.report.rest_pages += 1
             if page:
-                return int(page[0]["a"])
+                return page[0].agg_id
             t += HOUR_MS
         return None
 
@@ -790,68 +849,16 @@ class _SymbolRun:
         try:
             while queue:
                 unit = queue.popleft()
-                if unit.kind in ("rest", "check"):
-                    await self._settle()  # their checkpoints and id chains follow the days before
-                self._sync_last_id(unit.days[0])
-                if unit.kind == "rest":
-                    self._prefetch(queue, unit)
-                    await self._rest_fill(unit.days[0])
+                if self.ctx.unreachable is not None:
+                    self._fail(unit.days, f"not tried: {self.ctx.unreachable}")
                     continue
-                if unit.kind == "check":
-                    d = unit.days[0]
-                    c = self.cov[d]
-                    if self.last_id is not None and self.last_id + 1 == c.first_id:
-                        self.report.days_skipped.append(d)
-                        self.last_id = c.last_id
-                        ctx.progress.update(self.symbol, days=1)
-                    else:
-                        queue.appendleft(_Unit("day", [d]))
-                    continue
-                self._prefetch(queue, unit)
                 try:
-                    arc = await self._archive(unit)
-                except (archives.ArchiveMissing, _TooLarge) as exc:
-                    if unit.kind == "month":
-                        log.info(
-                            "%s %s: monthly archive not used (%s); daily archives instead",
-                            self.symbol,
-                            unit.month,
-                            exc,
-                        )
-                        queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
-                        continue
-                    d = unit.days[0]
-                    self.report.archives_missing.append(d.isoformat())
-                    await self._event(
-                        "archive_missing", {"day": d.isoformat(), "url": str(exc), "filled_from": "rest"}
-                    )
-                    log.info("%s %s: no archive (%s); filling from REST", self.symbol, d, exc)
-                    await self._rest_fill(d)
-                    continue
-                except archives.ChecksumMismatch as exc:
-                    what = unit.month or unit.days[0].isoformat()
-                    await self._event(
-                        "checksum_mismatch",
-                        {"period": what, "url": exc.url, "expected": exc.expected, "actual": exc.actual},
-                    )
-                    if unit.kind == "month":
-                        log.error("%s %s: %s; daily archives instead", self.symbol, what, exc)
-                        queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
-                        continue
-                    self._refuse(unit.days[0], str(exc))
-                    continue
-                except archives.ArchiveError as exc:
-                    what = unit.month or unit.days[0].isoformat()
-                    await self._event("archive_error", {"period": what, "error": str(exc)})
-                    if unit.kind == "month":
-                        queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
-                        continue
-                    self._refuse(unit.days[0], str(exc))
-                    continue
-                await self._load_archive(unit, arc)
-                if self._requeue:
-                    queue.extendleft(reversed(self._requeue))
-                    self._requeue = []
+                    await self._unit(unit, queue)
+                except IpBanned:
+                    raise
+                except (*REST_FAILURES, archives.ArchiveError) as exc:  # ArchiveError: its download failed
+                    self.ctx.note_failure(exc)
+                    self._fail(unit.days, f"{type(exc).__name__}: {exc}")
             await self._settle()
         finally:
             await self._undo_tail()
@@ -862,10 +869,97 @@ class _SymbolRun:
                 if u.task is not None:
                     with contextlib.suppress(BaseException):
                         await u.task
+        if self.report.days_failed:
+            await self._event(
+                "days_failed",
+                {"days": [d.isoformat() for d in self.report.days_failed], "reason": self._fail_reason},
+            )
         self.ctx.progress.update(self.symbol, note="done")
         for days in (self.report.days_skipped, self.report.days_archive, self.report.days_rest):
             days.sort()
         return self.report
+
+    async def _unit(self, unit: _Unit, queue: deque[_Unit]) -> None:
+        """Load one unit (a day, a month, a REST day, a stored day to check)."""
+        ctx = self.ctx
+        if unit.kind in ("rest", "check"):
+            await self._settle()  # their checkpoints and id chains follow the days before
+        self._sync_last_id(unit.days[0])
+        if unit.kind == "rest":
+            self._prefetch(queue, unit)
+            await self._rest_fill(unit.days[0])
+            return
+        if unit.kind == "check":
+            d = unit.days[0]
+            c = self.cov[d]
+            if self.last_id is not None and self.last_id + 1 == c.first_id:
+                self.report.days_skipped.append(d)
+                self.last_id = c.last_id
+                ctx.progress.update(self.symbol, days=1)
+            else:
+                queue.appendleft(_Unit("day", [d]))
+            return
+        self._prefetch(queue, unit)
+        try:
+            arc = await self._archive(unit)
+        except (archives.ArchiveMissing, _TooLarge) as exc:
+            if unit.kind == "month":
+                log.info(
+                    "%s %s: monthly archive not used (%s); daily archives instead",
+                    self.symbol,
+                    unit.month,
+                    exc,
+                )
+                queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
+                return
+            d = unit.days[0]
+            self.report.archives_missing.append(d.isoformat())
+            await self._event(
+                "archive_missing", {"day": d.isoformat(), "url": str(exc), "filled_from": "rest"}
+            )
+            log.info("%s %s: no archive (%s); filling from REST", self.symbol, d, exc)
+            await self._rest_fill(d)
+            return
+        except archives.ChecksumMismatch as exc:
+            what = unit.month or unit.days[0].isoformat()
+            await self._event(
+                "checksum_mismatch",
+                {"period": what, "url": exc.url, "expected": exc.expected, "actual": exc.actual},
+            )
+            if unit.kind == "month":
+                log.error("%s %s: %s; daily archives instead", self.symbol, what, exc)
+                queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
+                return
+            self._refuse(unit.days[0], str(exc))
+            return
+        except archives.ArchiveError as exc:
+            what = unit.month or unit.days[0].isoformat()
+            await self._event("archive_error", {"period": what, "error": str(exc)})
+            if isinstance(exc.__cause__, REST_FAILURES) and unit.kind != "month":
+                raise  # the network kept failing, not the file: the day failed (run())
+            if unit.kind == "month":
+                queue.extendleft(reversed([_Unit("day", [d]) for d in unit.days]))
+                return
+            self._refuse(unit.days[0], str(exc))
+            return
+        await self._load_archive(unit, arc)
+        if self._requeue:
+            queue.extendleft(reversed(self._requeue))
+            self._requeue = []
+
+    def _fail(self, days: Sequence[date], why: str) -> None:
+        """Days that could not be loaded (REST or the network kept failing after every retry): not
+        checkpointed or covered, reported, and the run exits 1; a rerun loads them."""
+        first = not self.report.days_failed
+        self._fail_reason = self._fail_reason or why
+        self.report.days_failed.extend(days)
+        span = f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
+        msg = f"{self.symbol} {span}: day{'s' if len(days) > 1 else ''} failed: {why}"
+        if first or not why.startswith("not tried"):
+            log.error("%s", msg)
+            self.report.errors.append(msg)
+        self.last_id = None
+        self.ctx.progress.update(self.symbol, days=len(days))
 
     async def _archive(self, unit: _Unit) -> archives.AggTradesArchive:
         """The unit's archive, downloaded and parsed while the last bulk day's indexes build; when
@@ -929,6 +1023,16 @@ class _Run:
         default_factory=lambda: archives.ParseTurns((os.cpu_count() or 2) // 2)
     )
     _stored: dict[date, int] = field(default_factory=dict)
+    unreachable: str | None = None  # why the exchange is taken as gone: the days left are not tried
+
+    def note_failure(self, exc: BaseException) -> None:
+        """A REST call or download that failed after every retry; one that got no answer at all
+        (Unreachable, a refused connection) means the exchange is gone for this run."""
+        cause = exc.__cause__ if isinstance(exc, archives.ArchiveError) else exc
+        if self.unreachable is None and isinstance(
+            cause, Unreachable | aiohttp.ClientConnectorError | ConnectionRefusedError
+        ):
+            self.unreachable = f"the exchange at {self.rest.base_url} stopped answering ({exc})"
 
     async def days_stored(self, days: Sequence[date]) -> None:
         """Days a symbol finished from archives. On TimescaleDB a day every symbol of the run has
@@ -1022,7 +1126,10 @@ async def collect_aggtrades_historical(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     )
     own_rest = rest is None
-    client = rest or BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
+    retries: list[RetryNote] = []
+    client = rest or BinanceRest(
+        settings.rest_url, weight_budget_per_min=weight_budget, retry_malformed=True, on_retry=retries.append
+    )
     pool = None
     own_writer = writer is None
     try:
@@ -1092,11 +1199,15 @@ async def collect_aggtrades_historical(
             for r in results:
                 await final_state(conn, r.symbol, start, end, r)
         report.rest = client.stats
+        report.rest_retries = list(retries)
         report.elapsed_s = time.monotonic() - t_start
         for line in report.summary_lines():
             log.info("%s", line)
         return report
     finally:
+        if pool is not None and retries:
+            with contextlib.suppress(Exception):
+                await record_retries(pool, retries)
         if own_writer and writer is not None:
             with contextlib.suppress(Exception):
                 await writer.close()
