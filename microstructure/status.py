@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -23,16 +23,20 @@ class StatusReport:
     gaps: list[dict[str, Any]]
     events: list[dict[str, Any]]
     tables: list[dict[str, Any]]
+    group_members: list[dict[str, Any]] = field(default_factory=list)  # collector groups (section below)
+    group_orphans: list[dict[str, Any]] = field(default_factory=list)
 
 
 def collect_status(url: str, *, gap_limit: int = 50, event_window: str = "24 hours") -> StatusReport:
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return StatusReport(
+        report = StatusReport(
             symbols=conn.execute(load("status_symbols")).fetchall(),
             gaps=conn.execute(load("status_gaps"), {"limit": gap_limit}).fetchall(),
             events=conn.execute(load("status_events"), {"window": event_window}).fetchall(),
             tables=conn.execute(load("status_tables")).fetchall(),
         )
+        collect_group_status(conn, report)
+        return report
 
 
 def _fmt(value: Any) -> str:
@@ -108,6 +112,53 @@ def print_status(report: StatusReport) -> None:
         for e in report.events:
             t.add_row(e["collector"], e["symbol"], e["kind"], _fmt(e["n"]), _fmt(e["last_seen"]))
         console.print(t)
+    print_group_status(report, console)
+
+
+# ---------------------------------------------------------------- collector groups (--group)
+
+
+def collect_group_status(conn: psycopg.Connection[Any], report: StatusReport) -> None:
+    """Every member of every collector group (alive or dead by its lease timeout) and, per group,
+    the symbols no live member collects."""
+    report.group_members = conn.execute(load("status_group")).fetchall()
+    report.group_orphans = conn.execute(load("status_group_orphans")).fetchall()
+
+
+def print_group_status(report: StatusReport, console: Any) -> None:
+    from rich.table import Table
+
+    if not report.group_members:
+        return
+    t = Table(
+        "group", "member", "host", "pid", "alive", "symbols", "last heartbeat", "s ago", "owned",
+        title="collector groups",
+    )  # fmt: skip
+    for m in report.group_members:
+        owned = ", ".join(m["owned"][:8]) + (" ..." if len(m["owned"]) > 8 else "")
+        t.add_row(
+            m["group_name"],
+            m["member_id"],
+            m["host"],
+            str(m["pid"]),
+            "yes" if m["alive"] else "DEAD",
+            f"{m['owned_count']}/{m['universe_size']}",
+            _fmt(m["heartbeat_at"]),
+            _fmt(float(m["seconds_since_heartbeat"])),
+            owned,
+        )
+    console.print(t)
+    orphans = {o["group_name"]: o["symbols"] for o in report.group_orphans}
+    for name in sorted({m["group_name"] for m in report.group_members}):
+        missing = orphans.get(name, [])
+        console.print(
+            f"group {name}: "
+            + (
+                f"{len(missing)} symbols without a live owner: {', '.join(missing)}"
+                if missing
+                else "every symbol has a live owner"
+            )
+        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
