@@ -25,6 +25,8 @@ class StatusReport:
     events: list[dict[str, Any]]
     tables: list[dict[str, Any]]
     days: list[dict[str, Any]] = field(default_factory=list)  # halts vs loss per symbol and day
+    group_members: list[dict[str, Any]] = field(default_factory=list)  # collector groups (section below)
+    group_orphans: list[dict[str, Any]] = field(default_factory=list)
 
 
 DEFAULT_STATUS_DAYS = 3
@@ -45,13 +47,15 @@ def collect_status(
 
         url = default_database_url()
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return StatusReport(
+        report = StatusReport(
             symbols=conn.execute(load("status_symbols")).fetchall(),
             gaps=conn.execute(load("status_gaps"), {"limit": gap_limit}).fetchall(),
             events=conn.execute(load("status_events"), {"window": event_window}).fetchall(),
             tables=conn.execute(load("status_tables")).fetchall(),
             days=halts_vs_loss(conn, days, quiet_seconds),
         )
+        collect_group_status(conn, report)
+        return report
 
 
 # ---------------------------------------------------------------- halts vs loss, per symbol and day
@@ -172,6 +176,53 @@ def print_status(report: StatusReport, *, quiet_seconds: float = DEFAULT_QUIET_S
         for e in report.events:
             t.add_row(e["collector"], e["symbol"], e["kind"], _fmt(e["n"]), _fmt(e["last_seen"]))
         console.print(t)
+    print_group_status(report, console)
+
+
+# ---------------------------------------------------------------- collector groups (--group)
+
+
+def collect_group_status(conn: psycopg.Connection[Any], report: StatusReport) -> None:
+    """Every member of every collector group (alive or dead by its lease timeout) and, per group,
+    the symbols no live member collects."""
+    report.group_members = conn.execute(load("status_group")).fetchall()
+    report.group_orphans = conn.execute(load("status_group_orphans")).fetchall()
+
+
+def print_group_status(report: StatusReport, console: Any) -> None:
+    from rich.table import Table
+
+    if not report.group_members:
+        return
+    t = Table(
+        "group", "member", "host", "pid", "alive", "symbols", "last heartbeat", "s ago", "owned",
+        title="collector groups",
+    )  # fmt: skip
+    for m in report.group_members:
+        owned = ", ".join(m["owned"][:8]) + (" ..." if len(m["owned"]) > 8 else "")
+        t.add_row(
+            m["group_name"],
+            m["member_id"],
+            m["host"],
+            str(m["pid"]),
+            "yes" if m["alive"] else "DEAD",
+            f"{m['owned_count']}/{m['universe_size']}",
+            _fmt(m["heartbeat_at"]),
+            _fmt(float(m["seconds_since_heartbeat"])),
+            owned,
+        )
+    console.print(t)
+    orphans = {o["group_name"]: o["symbols"] for o in report.group_orphans}
+    for name in sorted({m["group_name"] for m in report.group_members}):
+        missing = orphans.get(name, [])
+        console.print(
+            f"group {name}: "
+            + (
+                f"{len(missing)} symbols without a live owner: {', '.join(missing)}"
+                if missing
+                else "every symbol has a live owner"
+            )
+        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -149,7 +149,7 @@ def test_two_processes_at_once_share_one_embedded_server(tmp_path: Path) -> None
     outs = [p.communicate(timeout=180) for p in procs]
     try:
         assert [p.returncode for p in procs] == [0, 0, 0], outs
-        assert all("schema at revision 0008" in o[0] for o in outs)
+        assert all("schema at revision 0009" in o[0] for o in outs)
         urls = {run_cli("db", "url", home=home).stdout.strip() for _ in range(2)}
         assert len(urls) == 1
         url = urls.pop()

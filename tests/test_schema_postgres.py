@@ -145,7 +145,10 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(empty_db: str)
     once = catalog_snapshot(empty_db)
     migrate.upgrade(empty_db)
     assert catalog_snapshot(empty_db) == once
-    assert ("0008",) in once["alembic"]
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(migrate.alembic_config(empty_db)).get_heads()
+    assert [tuple(heads)] == once["alembic"]  # the head revision, whatever its number after re-chaining
     assert {name for name, _ in once["functions"]} >= {"time_bucket", "first", "last"}
     migrate.downgrade(empty_db)
     after = catalog_snapshot(empty_db)

@@ -110,7 +110,7 @@ def test_upgrade_twice_is_a_noop_and_downgrade_removes_everything(timescale_url:
     once = catalog_snapshot(timescale_url)
     migrate.upgrade(timescale_url)
     assert catalog_snapshot(timescale_url) == once
-    assert once["alembic"] == [("0008",)]
+    assert once["alembic"] == [("0009",)]
     migrate.downgrade(timescale_url)
     after = catalog_snapshot(timescale_url)
     assert [r for r in after["relations"] if not r[0].startswith("alembic_version")] == [
