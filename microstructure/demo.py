@@ -160,10 +160,16 @@ def _healed(live: Any) -> dict[str, Any]:
 
 def _after_collection(args: argparse.Namespace, url: str, out: Path) -> dict[str, Any]:
     """Export the Parquet tree, pull features with indicators, draw the chart."""
+    import psycopg
+
     from microstructure.export.exporter import export_once
     from microstructure.export.pull import pull_features
     from microstructure.export.types import DEFAULT_TYPES
 
+    # the tables were just loaded: planner statistics now, not when autovacuum gets to them (the
+    # feature views' quality and finality joins get nested-loop plans over unanalyzed tables)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
     print(f"\n== export: hourly Parquet partitions under {out / 'data'}")
     report = export_once(url, out / "data", types=list(DEFAULT_TYPES))  # every type
     print("\n".join(report.summary_lines()))
