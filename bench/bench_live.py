@@ -31,6 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import live_setup, quantile
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
+
+
+def symbols_for(n: int) -> list[str]:
+    """The first `n` symbols: the six known ones, then generic contracts (S0007USDT, ...)."""
+    return (SYMBOLS + [f"S{i:04d}USDT" for i in range(len(SYMBOLS) + 1, n + 1)])[:n]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -142,7 +147,9 @@ def lost_ids(dsn: str, symbols: list[str]) -> dict[str, int]:
 
 
 def one(rate: float, args: argparse.Namespace) -> dict:
-    symbols = SYMBOLS[: args.symbols]
+    symbols = symbols_for(args.symbols)
+    if args.total_rate:
+        rate = args.total_rate / len(symbols)
     extra = ["--history-days", "0", "--live-rate", str(rate)]
     with live_setup(symbols, *extra) as (settings, dsn):
         pgdata = Path(settings.home).parent / "pg" / "pgdata"  # type: ignore[attr-defined]
@@ -180,6 +187,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--symbols", type=int, default=2)
     p.add_argument("--live-rate", type=float, default=3000.0, help="aggregate trades per second per symbol")
+    p.add_argument(
+        "--total-rate", type=float, default=None, help="aggregate trades per second over all symbols (overrides --live-rate)"
+    )
     p.add_argument("--sets", help="comma-separated live rates: one run each (overrides --live-rate)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)

@@ -116,6 +116,37 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pong-timeout", type=float, default=d.pong_timeout, help="seconds to answer a ping")
     p.add_argument("--max-lifetime", type=float, default=d.max_lifetime, help="websocket lifetime in seconds")
+    p.add_argument(
+        "--max-connections-5m",
+        type=int,
+        default=d.max_connections_5m,
+        help=f"websocket connections a client address may open per 5 minutes; beyond, 429 (default {d.max_connections_5m})",
+    )
+    u = p.add_argument_group("a market (many contracts)")
+    u.add_argument(
+        "--universe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list N synthetic perpetuals U0001USDT.. besides --symbols (realistic tick sizes and prices), "
+        "each with every stream (aggTrade, depth diffs, depth20, markPrice, forceOrder) and in the "
+        "all-market streams !markPrice@arr[@1s] and !forceOrder@arr",
+    )
+    u.add_argument(
+        "--universe-rate",
+        type=float,
+        default=d.universe_rate,
+        metavar="R",
+        help=f"aggregate trades per second over the whole universe, Zipf-like: rank k gets 1/k of the "
+        f"top's rate (default {d.universe_rate:g})",
+    )
+    u.add_argument(
+        "--listings-per-hour",
+        type=float,
+        default=0.0,
+        help="list this many new universe contracts an hour during the run, and delist as many "
+        "(exchangeInfo status SETTLING, streams silent)",
+    )
     p.add_argument("--replay-dir", type=Path, default=None, help="serve this folder of real archives instead")
     f = p.add_argument_group("fault injection")
     f.add_argument(
@@ -317,6 +348,10 @@ def config_from_args(args: argparse.Namespace) -> ExchangeConfig:
         ping_interval=args.ping_interval,
         pong_timeout=args.pong_timeout,
         max_lifetime=args.max_lifetime,
+        max_connections_5m=args.max_connections_5m,
+        universe=args.universe,
+        universe_rate=args.universe_rate,
+        listings_per_hour=args.listings_per_hour,
         replay_dir=args.replay_dir,
         faults=faults,
         formats=formats,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+
+import numpy as np
 
 DAY_MS = 86_400_000
 DATA_VERSION = 2  # bump when generated data or archive formats change: invalidates caches
@@ -51,11 +55,39 @@ KNOWN_SYMBOLS: dict[str, SymbolSpec] = {
 }
 
 
+UNIVERSE_NAME = re.compile(r"^U(\d{4})USDT$")
+
+
+def universe_symbols(n: int, start: int = 1) -> list[str]:
+    """The names of `n` synthetic perpetuals of `--universe` from number `start` on (U0001USDT, ...)."""
+    return [f"U{i:04d}USDT" for i in range(start, start + n)]
+
+
+def universe_spec(symbol: str) -> SymbolSpec:
+    """A synthetic perpetual of the universe: a price drawn log-uniform from 0.0001 to 50,000 and
+    Binance-like precision for it (about 5 significant digits of tick, lots worth a few dollars)."""
+    h = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:8], "big")
+    price = 10 ** (-4 + 8.7 * ((h & 0xFFFFFF) / 0xFFFFFF))
+    mag = math.floor(math.log10(price))
+    price_decimals = max(0, min(8, 4 - mag))
+    tick = 1 if (h >> 24) % 3 else 10 if price_decimals > 0 else 1
+    qty_decimals = max(0, min(3, mag + 1))
+    start = round(price, price_decimals)
+    median_lots = max(1.0, round(200.0 / (price * 10**-qty_decimals) / 10))
+    base = symbol[: -len("USDT")]
+    return SymbolSpec(
+        symbol, base, "USDT", tick, price_decimals, 1, qty_decimals, start, 0.2, 0.05, median_lots
+    )
+
+
 def symbol_spec(symbol: str) -> SymbolSpec:
-    """Spec of a known symbol, else a deterministic generic contract quoted in USDT."""
+    """Spec of a known symbol, a universe contract (universe_spec), else a deterministic generic
+    contract quoted in USDT."""
     symbol = symbol.upper()
     if symbol in KNOWN_SYMBOLS:
         return KNOWN_SYMBOLS[symbol]
+    if UNIVERSE_NAME.match(symbol):
+        return universe_spec(symbol)
     quote = "USDT" if symbol.endswith("USDT") else "USDC" if symbol.endswith("USDC") else "USDT"
     base = symbol[: -len(quote)] if symbol.endswith(quote) else symbol
     h = int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "big")
@@ -221,6 +253,13 @@ class ExchangeConfig:
     pong_timeout    seconds a client has to answer a ping before it is dropped
     max_lifetime    seconds a websocket connection lives at most
     max_client_messages  messages per second a websocket client may send before being dropped
+    max_connections_5m   websocket connections a client address may open per 5 minutes (Binance: 300);
+                    beyond it the handshake is answered 429
+    universe        synthetic perpetuals listed besides `symbols` (U0001USDT, ...: universe_spec)
+    universe_rate   aggregate trades per second over the whole universe, spread Zipf-like (rank k
+                    gets 1/k of the top's rate): a few busy contracts, most quiet
+    listings_per_hour  during the run, this many new universe contracts listed an hour, and as many
+                    delisted (status SETTLING in exchangeInfo, streams silent)
     replay_dir      serve this folder of data.binance.vision archives instead of generating
     faults          faults injected (FaultConfig)
     formats         format variants of real Binance data served (FormatConfig)
@@ -242,6 +281,10 @@ class ExchangeConfig:
     pong_timeout: float = 10.0
     max_lifetime: float = 86_400.0
     max_client_messages: int = 10
+    max_connections_5m: int = 300
+    universe: int = 0
+    universe_rate: float = 1000.0
+    listings_per_hour: float = 0.0
     replay_dir: Path | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     formats: FormatConfig = field(default_factory=FormatConfig)
@@ -258,11 +301,26 @@ class ExchangeConfig:
             raise ValueError("trades_per_day must be >= 100")
         if self.live_rate is not None and self.live_rate <= 0:
             raise ValueError("live_rate must be > 0")
+        if self.universe < 0 or self.universe > 9000:
+            raise ValueError("universe must be 0..9000")
+        if self.universe_rate <= 0:
+            raise ValueError("universe_rate must be > 0")
+        if self.listings_per_hour < 0:
+            raise ValueError("listings_per_hour must be >= 0")
         self.cache_dir = Path(self.cache_dir)
         if self.replay_dir is not None:
             self.replay_dir = Path(self.replay_dir)
         if self.clock_start is not None and self.clock_start.tzinfo is None:
             self.clock_start = self.clock_start.replace(tzinfo=UTC)
+
+    def universe_rates(self) -> dict[str, float]:
+        """Live trades per second of each universe contract (Zipf: rank k gets 1/k of the top's)."""
+        names = universe_symbols(self.universe)
+        if not names:
+            return {}
+        weights = 1.0 / np.arange(1, len(names) + 1)
+        rates = self.universe_rate * weights / weights.sum()
+        return dict(zip(names, rates.tolist(), strict=True))
 
     def market_key(self, symbol: str, origin_day: int) -> str:
         """Cache key of one symbol's generated history: everything the data depends on."""

@@ -473,7 +473,7 @@ def exchange_info_body(ex: ExchangeState) -> dict[str, object]:
                 "contractType": "CURRENT_QUARTER" if dated else "PERPETUAL",
                 "deliveryDate": quarter_end_ms(ex.now_ms()) if dated else 4133404800000,
                 "onboardDate": onboard_ms(ex, s.onboard_ms),
-                "status": "TRADING",
+                "status": ex.status(sym) if hasattr(ex, "status") else "TRADING",
                 "maintMarginPercent": "2.5000",
                 "requiredMarginPercent": "5.0000",
                 "baseAsset": s.base_asset,

@@ -13,7 +13,13 @@ from types import TracebackType
 from aiohttp import web
 
 from microstructure.exchange import archives, rest, streams
-from microstructure.exchange.config import DAY_MS, ExchangeConfig, symbol_spec
+from microstructure.exchange.config import (
+    DAY_MS,
+    UNIVERSE_NAME,
+    ExchangeConfig,
+    symbol_spec,
+    universe_symbols,
+)
 from microstructure.exchange.market import SymbolMarket
 from microstructure.exchange.ratelimit import RateLimiter
 
@@ -51,18 +57,11 @@ class LocalExchange:
 
             self.markets = load_replay(cfg)
         else:
-            origin_day = self.origin_ms // DAY_MS
             for sym in cfg.symbols:
-                self.markets[sym] = SymbolMarket(
-                    symbol_spec(sym),
-                    cfg.seed,
-                    cfg.trades_per_day,
-                    self.origin_ms,
-                    self.live_start_ms,
-                    cfg.live_rate,
-                    store_dir=cfg.cache_dir / "segments",
-                    store_key=cfg.market_key(sym, origin_day),
-                )
+                self.markets[sym] = self._market(sym, cfg.live_rate)
+            for sym, rate in cfg.universe_rates().items():
+                if sym not in self.markets:
+                    self.markets[sym] = self._market(sym, rate)
         self.archive_store = archives.ArchiveStore(cfg.cache_dir / "archives")
         self.limiter = RateLimiter(cfg.weight_limit, cfg.ban_seconds)
         self.hub = streams.Hub()
@@ -75,6 +74,64 @@ class LocalExchange:
         self.reuploads: dict[str, int] = {}  # archive path -> re-uploads made at run time
         self.host = cfg.host
         self.port = cfg.port
+        self.delisted: dict[str, int] = {}  # symbol -> exchange time it stopped trading (SETTLING)
+        self.listed_during_run: list[str] = []
+        self._listing_task: asyncio.Task[None] | None = None
+
+    def _market(self, sym: str, rate: float | None) -> SymbolMarket:
+        cfg = self.config
+        return SymbolMarket(
+            symbol_spec(sym),
+            cfg.seed,
+            cfg.trades_per_day,
+            self.origin_ms,
+            self.live_start_ms,
+            rate,
+            store_dir=cfg.cache_dir / "segments",
+            store_key=cfg.market_key(sym, self.origin_ms // DAY_MS),
+        )
+
+    def status(self, sym: str) -> str:
+        """exchangeInfo's status of a listed contract: TRADING, or SETTLING once delisted."""
+        return "SETTLING" if sym in self.delisted else "TRADING"
+
+    def list_contract(self) -> str:
+        """List the next universe contract now (it trades from this moment, at the quietest rank's
+        rate); returns its name."""
+        cfg = self.config
+        n = cfg.universe + len(self.listed_during_run) + 1
+        sym = universe_symbols(1, start=n)[0]
+        rates = cfg.universe_rates()
+        rate = min(rates.values()) if rates else (cfg.live_rate or 1.0)
+        market = SymbolMarket(
+            symbol_spec(sym), cfg.seed, cfg.trades_per_day, self.origin_ms, self.now_ms() // 1000 * 1000, rate
+        )
+        market.ensure(self.now_ms() + 10_000)
+        if self.producer is not None:
+            self.producer.cursor[sym] = market.trade_index_after(self.now_ms())
+        self.markets[sym] = market
+        self.listed_during_run.append(sym)
+        log.info("listed %s", sym)
+        return sym
+
+    def delist_contract(self, sym: str | None = None) -> str | None:
+        """Stop a contract trading (status SETTLING, its streams silent); by default the oldest
+        universe contract still trading. Returns its name (None when none is left)."""
+        if sym is None:
+            sym = next((s for s in self.markets if UNIVERSE_NAME.match(s) and s not in self.delisted), None)
+        if sym is None:
+            return None
+        self.delisted[sym] = self.now_ms()
+        log.info("delisted %s", sym)
+        return sym
+
+    async def _listings(self) -> None:
+        """--listings-per-hour: list one contract and delist one, evenly spaced."""
+        every = 3600.0 / self.config.listings_per_hour
+        while True:
+            await asyncio.sleep(every)
+            self.list_contract()
+            self.delist_contract()
 
     # ---- clock and urls
     def now_ms(self) -> int:
@@ -115,9 +172,16 @@ class LocalExchange:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.producer = streams.Producer(self)
         self._producer_task = asyncio.create_task(self.producer.run())
+        if self.config.listings_per_hour > 0:
+            self._listing_task = asyncio.create_task(self._listings())
         log.info("local exchange listening on %s", self.base_url)
 
     async def stop(self) -> None:
+        if self._listing_task is not None:
+            self._listing_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listing_task
+            self._listing_task = None
         if self._producer_task is not None:
             self._producer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

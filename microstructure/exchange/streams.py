@@ -63,6 +63,8 @@ _MARK = re.compile(r"^markPrice(?:@(1s))?$")
 def parse_stream(name: str) -> StreamKey | None:
     if name == "!forceOrder@arr":
         return StreamKey(name, None, "forceOrderAll")
+    if name in ("!markPrice@arr", "!markPrice@arr@1s"):  # every symbol's mark price, one array a tick
+        return StreamKey(name, None, "markPriceAll", 1000 if name.endswith("@1s") else 3000)
     sym, sep, rest = name.partition("@")
     if not sep or not re.fullmatch(r"[A-Za-z0-9]+", sym):
         return None
@@ -207,7 +209,10 @@ class Producer:
         by_symbol: dict[str, list[StreamKey]] = {}
         for key in active:
             by_symbol.setdefault(key.symbol or "*", []).append(key)
-        for sym in self.ex.markets:
+        delisted = getattr(self.ex, "delisted", {})
+        for sym in list(self.ex.markets):
+            if sym in delisted:
+                continue  # settling: its streams are silent
             keys = by_symbol.get(sym, [])
             self.agg_trades(sym, now, [k for k in keys if k.kind == "aggTrade"])
             depth_keys = [k for k in keys if k.kind in ("depth", "partial")]
@@ -219,6 +224,9 @@ class Producer:
             for key in keys:
                 if key.kind == "markPrice":
                     self.mark_price(sym, now, key)
+        for key in active:
+            if key.kind == "markPriceAll":
+                self.mark_price_all(now, key, delisted)
         force_keys = [k for k in active if k.kind in ("forceOrder", "forceOrderAll")]
         sec = now // 1000 * 1000
         if sec > self.last_force_sec:
@@ -323,21 +331,37 @@ class Producer:
         if self.last_step.get(state, -1) >= s:
             return
         self.last_step[state] = s
+        self.hub.publish(key, self.mark_payload(sym, now, s))
+        self.messages += 1
+
+    def mark_price_all(self, now: int, key: StreamKey, delisted: dict[str, int]) -> None:
+        """`!markPrice@arr[@1s]`: one array of every trading symbol's markPriceUpdate per interval."""
+        s = now // key.interval * key.interval
+        state = ("*", key.name, key.interval)
+        if self.last_step.get(state, -1) >= s:
+            return
+        self.last_step[state] = s
+        items = [self.mark_payload(sym, now, s) for sym in list(self.ex.markets) if sym not in delisted]
+        self.hub.publish(key, "[" + ",".join(items) + "]")
+        self.messages += 1
+
+    def mark_payload(self, sym: str, now: int, s: int) -> str:
         seg, i = self.ex.markets[sym].second_at(s)
         if sym in self.ex.config.formats.dated_symbols:  # no funding: Binance's "not applicable" values
             settle, rate, next_funding = "0.00000000", "", 0
         else:
             settle, rate = f"{seg.index[i]:.8f}", f"{seg.est_rate[i]:.8f}"
             next_funding = (s // FUNDING_MS + 1) * FUNDING_MS
-        payload = (
+        return (
             f'{{"e":"markPriceUpdate","E":{now},"s":"{sym}","p":"{seg.mark[i]:.8f}","i":"{seg.index[i]:.8f}",'
             f'"P":"{settle}","r":"{rate}","T":{next_funding}}}'
         )
-        self.hub.publish(key, payload)
-        self.messages += 1
 
     def force_orders(self, t0: int, t1: int, now: int, keys: list[StreamKey]) -> None:
-        for sym, market in self.ex.markets.items():
+        delisted = getattr(self.ex, "delisted", {})
+        for sym, market in list(self.ex.markets.items()):
+            if sym in delisted:
+                continue
             targets = [k for k in keys if k.symbol in (sym, None)]
             if not targets:
                 continue
@@ -363,10 +387,33 @@ class Producer:
 # ---------------------------------------------------------------- connections
 
 
+CONNECTION_WINDOW_S = 300.0  # Binance: 300 connection attempts per 5 minutes per IP
+
+
 def ws_routes(ex: ExchangeState) -> list[web.RouteDef]:
     counter = {"n": 0}
+    opened: dict[str, deque[float]] = {}  # client address -> times of its connection attempts
+
+    def over_connection_limit(addr: str) -> bool:
+        now = time.monotonic()
+        times = opened.setdefault(addr, deque())
+        while times and now - times[0] >= CONNECTION_WINDOW_S:
+            times.popleft()
+        if len(times) >= ex.config.max_connections_5m:
+            return True
+        times.append(now)
+        return False
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if over_connection_limit(request.remote or "?"):
+            log.info(
+                "websocket client over %d connections in 5 minutes: refused", ex.config.max_connections_5m
+            )
+            return web.Response(
+                status=429,
+                text='{"code":-1003,"msg":"Too many new connections; only 300 per 5 minutes per IP."}',
+                content_type="application/json",
+            )
         path = request.path
         combined = path.startswith("/stream")
         raw = request.query.get("streams", "") if combined else path[len("/ws") :].lstrip("/")

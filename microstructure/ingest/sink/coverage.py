@@ -172,3 +172,131 @@ async def recompute_coverage(
 
 async def open_gaps(conn: asyncpg.Connection, symbol: str) -> list[tuple[int, int]]:
     return [(r["from_id"], r["to_id"]) for r in await conn.fetch(sql("gaps_open"), symbol)]
+
+
+# -- every symbol of a flush at once -----------------------------------------------------------
+# The writer's flush holds the rows of many symbols; these do for all of them, in a fixed number of
+# statements whatever the symbol count, what the functions above do for one.
+
+
+def _dates(days: np.ndarray) -> list[date]:
+    epoch = date(1970, 1, 1).toordinal()
+    return [date.fromordinal(epoch + int(d)) for d in days.tolist()]
+
+
+async def lock_symbols(conn: asyncpg.Connection, symbols: list[str]) -> None:
+    """lock_symbol for every symbol of `symbols`, in name order (no two flushes deadlock)."""
+    await conn.execute(sql("agg_trades_lock_symbols"), symbols)
+
+
+async def ranges_taken(conn: asyncpg.Connection, symbols: list[str], lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Is any id of [lo[i], hi[i]] stored for symbols[i], for any i?"""
+    return bool(await conn.fetchval(sql("agg_trades_ranges_taken"), symbols, lo.tolist(), hi.tolist()))
+
+
+async def add_flush(
+    conn: asyncpg.Connection,
+    symbols: list[str],
+    lo_ids: np.ndarray,
+    hi_ids: np.ndarray,
+    complete: np.ndarray,
+    day_symbols: list[str],
+    days: np.ndarray,
+    day_first: np.ndarray,
+    day_last: np.ndarray,
+    day_inserted: np.ndarray,
+    *,
+    gap_fill: bool = False,
+) -> None:
+    """add_batch for every symbol of a flush (inside its transaction, under lock_symbols): per
+    symbol its id range [lo_ids, hi_ids] and whether the flush held every id of it (`complete`); per
+    (symbol, day) the first and last id and the rows inserted."""
+    await conn.execute(
+        sql("coverage_add_many"),
+        day_symbols,
+        _dates(days),
+        day_first.tolist(),
+        day_last.tolist(),
+        day_inserted.tolist(),
+    )
+    await resolve_gaps_many(conn, symbols, lo_ids, hi_ids)
+    if not gap_fill:
+        await scan_gaps_many(conn, symbols, lo_ids, hi_ids, complete)
+
+
+async def resolve_gaps_many(
+    conn: asyncpg.Connection, symbols: list[str], lo_ids: np.ndarray, hi_ids: np.ndarray
+) -> None:
+    """resolve_gaps for every symbol: one read of the open gaps touched (with the stored runs inside
+    each), then, only when some were touched, one delete and one insert of their parts."""
+    rows = await conn.fetch(sql("gaps_touched_many"), symbols, lo_ids.tolist(), hi_ids.tolist())
+    if not rows:
+        return
+    gone_sym: list[str] = []
+    gone_from: list[int] = []
+    parts: tuple[list, list, list, list, list, list] = ([], [], [], [], [], [])
+    key = None
+    runs: list[tuple[int, int]] = []
+
+    def close(gap: asyncpg.Record | None, runs: list[tuple[int, int]]) -> None:
+        if gap is None or not runs:
+            return  # the flush spans the gap without any of its ids: still missing as it was
+        sym, f, t = gap["symbol"], int(gap["from_id"]), int(gap["to_id"])
+        gone_sym.append(sym)
+        gone_from.append(f)
+        at = f
+        pieces = []
+        for a, b in runs:
+            if a > at:
+                pieces.append((at, a - 1, "open"))
+            pieces.append((a, b, "filled"))
+            at = b + 1
+        if at <= t:
+            pieces.append((at, t, "open"))
+        for a, b, status in pieces:
+            for col, v in zip(parts, (sym, a, b, status, gap["detected_at"], gap["note"]), strict=True):
+                col.append(v)
+
+    gap = None
+    for r in rows:
+        k = (r["symbol"], r["from_id"])
+        if k != key:
+            close(gap, runs)
+            key, gap, runs = k, r, []
+        if r["run_from"] is not None:
+            runs.append((int(r["run_from"]), int(r["run_to"])))
+    close(gap, runs)
+    if gone_sym:
+        await conn.execute(sql("gaps_delete_many"), gone_sym, gone_from)
+        await conn.execute(sql("gaps_split_many"), *parts)
+
+
+async def scan_gaps_many(
+    conn: asyncpg.Connection,
+    symbols: list[str],
+    lo_ids: np.ndarray,
+    hi_ids: np.ndarray,
+    complete: np.ndarray,
+) -> list[tuple[str, int, int]]:
+    """scan_gaps for every symbol in one statement (and one upsert of what it found)."""
+    found = [
+        (r["symbol"], int(r["from_id"]), int(r["to_id"]))
+        for r in await conn.fetch(
+            sql("gaps_scan_many"), symbols, lo_ids.tolist(), hi_ids.tolist(), complete.tolist()
+        )
+    ]
+    if found:
+        await conn.execute(
+            sql("gaps_upsert_many"),
+            [s for s, _, _ in found],
+            [f for _, f, _ in found],
+            [t for _, _, t in found],
+        )
+    return found
+
+
+async def record_gaps_many(
+    conn: asyncpg.Connection, symbols: list[str], from_ids: list[int], to_ids: list[int], note: str = "live"
+) -> None:
+    """record_gaps for gaps of several symbols (one element of each list per gap)."""
+    await conn.execute(sql("gaps_record_many"), symbols, from_ids, to_ids, note)

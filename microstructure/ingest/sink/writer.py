@@ -115,6 +115,18 @@ class KindSpec:
             )
         return insert
 
+    def merge_many_sql(self) -> str:
+        """merge_sql returning the rows inserted per symbol (and, for agg_trades, per UTC day)."""
+        base = self.merge_sql()
+        if self.kind == "agg_trades":
+            cols = ", ".join(self.db_columns)
+            return (
+                f"WITH ins AS (INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} "
+                "ON CONFLICT DO NOTHING RETURNING symbol, ts) SELECT symbol, "
+                "(extract(epoch FROM ts) * 1000)::bigint / 86400000 AS day, count(*) AS n FROM ins GROUP BY 1, 2"
+            )
+        return f"WITH ins AS ({base} RETURNING symbol) SELECT symbol, count(*) AS n FROM ins GROUP BY 1"
+
 
 def _kind_spec(kind: str) -> KindSpec:
     table, schema = KINDS[kind]
@@ -165,83 +177,186 @@ async def write_batch(
     gap_fill: bool = False,
     partitions: DayPartitions | None = None,
 ) -> int:
-    """Write one batch in one transaction; returns the rows inserted (duplicates are skipped; for
-    funding_rates a repeat that completes a null mark price or interval counts too). `gap_fill`
-    (agg_trades): the rows were fetched for ids known to be missing (and recorded so), so the gap
-    bookkeeping records no new gap from them (coverage.py). `partitions`: what this process knows of
-    the day partitions (partitions.py); without it they are checked on every call."""
+    """Write one symbol's batch in one transaction; returns the rows inserted (duplicates are
+    skipped; for funding_rates a repeat that completes a null mark price or interval counts too).
+    `gap_fill` (agg_trades): the rows were fetched for ids known to be missing (and recorded so), so
+    the gap bookkeeping records no new gap from them (coverage.py). `partitions`: what this process
+    knows of the day partitions (partitions.py); without it they are checked on every call. The
+    one-symbol case of `write_rows`."""
+    return sum(
+        (await write_rows(conn, kind, batch, symbol, gap_fill=gap_fill, partitions=partitions)).values()
+    )
+
+
+def _symbol_codes(
+    symbols: str | pa.Array | pa.ChunkedArray, n: int
+) -> tuple[list[str], np.ndarray, pa.Array]:
+    """(the distinct symbols, each row's index into them, the per-row symbol column as strings)."""
+    if isinstance(symbols, str):
+        return [symbols], np.zeros(n, dtype=np.int64), pa.repeat(pa.scalar(symbols, pa.string()), n)
+    if isinstance(symbols, pa.ChunkedArray):
+        symbols = symbols.combine_chunks()
+    if pa.types.is_dictionary(symbols.type):
+        enc = symbols
+        col = symbols.cast(pa.string())
+    else:
+        col = symbols.cast(pa.string())
+        enc = pc.dictionary_encode(col)
+    if len(col) != n:
+        raise ValueError(f"{len(col)} symbols for {n} rows")
+    names = [str(x) for x in enc.dictionary.to_pylist()]
+    codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return names, codes, col
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted `keys`: where each run of equal keys starts and ends (exclusive)."""
+    starts = np.concatenate(([0], np.flatnonzero(keys[1:] != keys[:-1]) + 1)).astype(np.int64)
+    ends = np.append(starts[1:], len(keys)).astype(np.int64)
+    return starts, ends
+
+
+async def write_rows(
+    conn: asyncpg.Connection,
+    kind: str,
+    batch: pa.Table,
+    symbols: str | pa.Array | pa.ChunkedArray,
+    *,
+    gap_fill: bool = False,
+    partitions: DayPartitions | None = None,
+) -> dict[str, int]:
+    """Write the rows of any number of symbols of one kind in one transaction: one COPY, one merge,
+    and coverage, gaps and the invalidation log updated for every symbol at once (set-based SQL over
+    arrays, a fixed number of statements whatever the symbol count). `symbols`: one symbol for every
+    row, or each row's symbol (an Arrow string or dictionary array). Returns the rows inserted per
+    symbol (symbols with none inserted may be absent)."""
     spec = SPECS[kind]
     batch = conform(kind, batch)
-    if batch.num_rows == 0:
-        return 0
+    n = batch.num_rows
+    if n == 0:
+        return {}
+    names, codes, sym_col = _symbol_codes(symbols, n)
     if kind == GAP_KIND:
         async with conn.transaction():
-            await coverage.record_gaps(
-                conn, symbol, batch.column("from_id").to_pylist(), batch.column("to_id").to_pylist()
+            await coverage.record_gaps_many(
+                conn,
+                [names[c] for c in codes.tolist()],
+                batch.column("from_id").to_pylist(),
+                batch.column("to_id").to_pylist(),
             )
-        return 0
-    table = with_symbol(batch, symbol)
+        return {}
+    table = batch.append_column("__symbol", sym_col)
     payload = encode_copy_binary(table, list(spec.copy_columns))
     times = np.asarray(batch.column(spec.time_field).to_numpy(), dtype=np.int64)
     lo_ms, hi_ms = int(times.min()), int(times.max())
     parts = partitions if partitions is not None else DayPartitions()
     await parts.ensure(conn, spec.table, lo_ms, hi_ms)
     try:
-        return await _write_rows(conn, spec, symbol, batch, payload, lo_ms, hi_ms, gap_fill)
+        return await _write_rows(conn, spec, names, codes, batch, payload, times, gap_fill)
     except asyncpg.exceptions.CheckViolationError as exc:
         if not is_missing_partition(exc):
             raise
         parts.forget(spec.table)  # dropped since this process made it (retention): make it again
         await parts.ensure(conn, spec.table, lo_ms, hi_ms)
-        return await _write_rows(conn, spec, symbol, batch, payload, lo_ms, hi_ms, gap_fill)
+        return await _write_rows(conn, spec, names, codes, batch, payload, times, gap_fill)
+
+
+def _time_ranges(
+    names: list[str], codes: np.ndarray, times: np.ndarray
+) -> tuple[list[str], list[int], list[int]]:
+    """Per symbol present: its first and last row time."""
+    k = len(names)
+    if k == 1:
+        return names, [int(times.min())], [int(times.max())]
+    lo = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, codes, times)
+    np.maximum.at(hi, codes, times)
+    present = np.flatnonzero(lo <= hi)
+    return [names[i] for i in present.tolist()], lo[present].tolist(), hi[present].tolist()
 
 
 async def _write_rows(
     conn: asyncpg.Connection,
     spec: KindSpec,
-    symbol: str,
+    names: list[str],
+    codes: np.ndarray,
     batch: pa.Table,
     payload: bytes,
-    lo_ms: int,
-    hi_ms: int,
+    times: np.ndarray,
     gap_fill: bool,
-) -> int:
+) -> dict[str, int]:
     kind = spec.kind
     async with conn.transaction():
         if kind != "agg_trades":
             await conn.execute(spec.stage_sql())
             await copy_binary(conn, spec.stage, payload, list(spec.db_columns))
-            status = await conn.execute(spec.merge_sql())
-            inserted = int(status.split()[-1])
+            inserted = {r["symbol"]: int(r["n"]) for r in await conn.fetch(spec.merge_many_sql())}
             if inserted:
+                syms, lo, hi = _time_ranges(names, codes, times)
+                keep = [i for i, s in enumerate(syms) if inserted.get(s)]
+                syms, lo, hi = [syms[i] for i in keep], [lo[i] for i in keep], [hi[i] for i in keep]
                 if kind == "book_snapshots":
-                    hi_ms = await invalidations.fix_book_ofi(conn, symbol, lo_ms, hi_ms)
-                await invalidations.log_range(conn, spec.table, symbol, lo_ms, hi_ms)
+                    hi = await invalidations.fix_book_ofi_many(conn, syms, lo, hi)
+                await invalidations.log_ranges(conn, spec.table, syms, lo, hi)
             return inserted
-        # Serialise writers of one symbol: the gap bookkeeping reads what others write, and the
-        # direct path below relies on no other writer filling the id range meanwhile.
-        await coverage.lock_symbol(conn, symbol)
+        # Serialise writers of each symbol: the gap bookkeeping reads what others write, and the
+        # direct path below relies on no other writer filling the id ranges meanwhile.
+        await coverage.lock_symbols(conn, sorted(names))
         ids = np.asarray(batch.column("agg_id").to_numpy(), dtype=np.int64)
-        ts_ms = np.asarray(batch.column("ts_ms").to_numpy(), dtype=np.int64)
-        unique = len(ids) == 1 or bool(np.all(np.diff(np.sort(ids)) > 0))
-        if unique and not await conn.fetchval(
-            coverage.sql("agg_trades_range_taken"), symbol, int(ids.min()), int(ids.max())
-        ):
-            # Nothing stored in the batch's id range and no id twice in it: nothing can conflict, so
-            # the rows go straight into the table (the bulk-load case: archives, REST pages, a
-            # live batch) at bare COPY speed.
+        days = np.asarray(batch.column("ts_ms").to_numpy(), dtype=np.int64) // coverage.DAY_MS
+        # per symbol, ids in order (a stream's flush is already so: the sort is cheap)
+        order = np.lexsort((ids, codes)) if len(names) > 1 else np.argsort(ids, kind="stable")
+        c_s, id_s = codes[order], ids[order]
+        starts, ends = _groups(c_s)
+        g_codes = c_s[starts]
+        g_names = [names[c] for c in g_codes.tolist()]
+        lo_ids, hi_ids = id_s[starts], id_s[ends - 1]
+        same = (c_s[1:] == c_s[:-1]) & (id_s[1:] == id_s[:-1])
+        unique = not bool(same.any())
+        distinct = (ends - starts) - np.add.reduceat(np.append(same, False).astype(np.int64), starts)
+        complete = distinct == hi_ids - lo_ids + 1
+        if unique and not await coverage.ranges_taken(conn, g_names, lo_ids, hi_ids):
+            # Nothing stored in any symbol's id range and no id twice: nothing can conflict, so the
+            # rows go straight into the table (the bulk-load case: archives, REST pages, a live
+            # flush) at bare COPY speed.
             await copy_binary(conn, spec.table, payload, list(spec.db_columns))
-            days, counts = np.unique(ts_ms // coverage.DAY_MS, return_counts=True)
-            per_day = {int(d): int(n) for d, n in zip(days, counts, strict=True)}
+            key = codes * 1_000_000 + days
+            uk, counts = np.unique(key, return_counts=True)
+            ins = {(int(k) // 1_000_000, int(k) % 1_000_000): int(c) for k, c in zip(uk, counts, strict=True)}
         else:
             await conn.execute(spec.stage_sql())
             await copy_binary(conn, spec.stage, payload, list(spec.db_columns))
-            per_day = {int(r["day"]): int(r["n"]) for r in await conn.fetch(spec.merge_sql())}
-        await coverage.add_batch(conn, symbol, ids, ts_ms, per_day, gap_fill=gap_fill)
-        inserted = sum(per_day.values())
-        if inserted:
-            await invalidations.log_range(conn, spec.table, symbol, lo_ms, hi_ms)
-        return inserted
+            index = {s: i for i, s in enumerate(names)}
+            ins = {
+                (index[r["symbol"]], int(r["day"])): int(r["n"])
+                for r in await conn.fetch(spec.merge_many_sql())
+            }
+        # per (symbol, day): first and last id of the flush, rows inserted
+        dorder = np.lexsort((days, codes))
+        dk = codes[dorder] * 1_000_000 + days[dorder]
+        ds, _ = _groups(dk)
+        dids = ids[dorder]
+        d_codes, d_days = codes[dorder][ds], days[dorder][ds]
+        d_first, d_last = np.minimum.reduceat(dids, ds), np.maximum.reduceat(dids, ds)
+        d_ins = np.array(
+            [ins.get((int(c), int(d)), 0) for c, d in zip(d_codes.tolist(), d_days.tolist(), strict=True)],
+            dtype=np.int64,
+        )
+        await coverage.add_flush(
+            conn, g_names, lo_ids, hi_ids, complete, [names[c] for c in d_codes.tolist()],
+            d_days, d_first, d_last, d_ins, gap_fill=gap_fill,
+        )  # fmt: skip
+        per_symbol: dict[str, int] = {}
+        for (c, _d), v in ins.items():
+            per_symbol[names[c]] = per_symbol.get(names[c], 0) + v
+        if any(per_symbol.values()):
+            syms, lo, hi = _time_ranges(names, codes, times)
+            keep = [i for i, s in enumerate(syms) if per_symbol.get(s)]
+            await invalidations.log_ranges(
+                conn, spec.table, [syms[i] for i in keep], [lo[i] for i in keep], [hi[i] for i in keep]
+            )
+        return per_symbol
 
 
 CONNECTION_ERRORS = (
@@ -343,6 +458,7 @@ class _Item:
     gap_fill: bool = False  # agg_trades fetched for ids known to be missing (write_batch)
     spill_files: list[Path] = field(default_factory=list)  # the files that hold it, in order
     parts: list[_Item] = field(default_factory=list)  # the queued batches it joins (coalesced)
+    symbols: pa.Array | None = None  # each row's symbol when it joins batches of several symbols
 
     @property
     def count(self) -> int:
@@ -350,9 +466,30 @@ class _Item:
         return len(self.spill_files) or len(self.parts) or 1
 
 
-# A backlog (a slow database, spill files to replay) is written in fewer, larger transactions:
-# consecutive batches of one kind and symbol are joined up to this many rows.
+# What waits is written in few, large transactions: the queued batches of one kind (whatever their
+# symbol: one flush writes every symbol of a table) are joined up to this many rows. Batches of
+# other tables may be passed over (written next): only the order within a table family counts.
 COALESCE_ROWS = 200_000
+SKIP_OVER = 1024  # at most this many batches of other tables passed over to join one kind's batches
+
+
+def _family(kind: str) -> str:
+    """Batches whose relative order matters: a table's, and the gap records with the trades."""
+    return "agg_trades" if kind == GAP_KIND else kind
+
+
+def _joined_symbols(items: list[_Item]) -> pa.Array | None:
+    """The per-row symbol column of joined items (None when they are all of one symbol)."""
+    first = items[0].symbol
+    if all(i.symbol == first and i.symbols is None for i in items):
+        return None
+    cols = [
+        i.symbols if i.symbols is not None else pa.repeat(pa.scalar(i.symbol, pa.string()), i.batch.num_rows)
+        for i in items
+    ]
+    return pa.concat_arrays([c.cast(pa.string()) for c in cols])
+
+
 SPILL_AFTER_S = 3.0  # a write failing this long: the database is away, batches go to disk at once
 HUNG_AFTER_S = 10.0  # a write unanswered this long (a frozen server): the same
 WRITE_TIMEOUT_S = 60.0  # a write unanswered this long is abandoned and tried again on a new connection
@@ -365,6 +502,12 @@ Source = Callable[[], list[tuple[str, str, pa.Table]]]
 
 def _seq_of(path: Path) -> int:
     return int(path.name.split("-", 1)[0])
+
+
+def _spill_key(path: Path) -> tuple[str, bool]:
+    """(kind, gap fill) of a spill file, from its name `{seq}-{kind}-{symbol}[-fill].arrow`: files
+    with the same key are replayed together, whatever their symbols."""
+    return path.name.split("-", 2)[1], path.name.endswith("-fill.arrow")
 
 
 def _time_range(kind: str, batch: pa.Table) -> tuple[int | None, int | None]:
@@ -746,34 +889,41 @@ class Writer:
         )
         if from_memory:
             parts = [self._queue.popleft()]
-            rows = parts[0].batch.num_rows
+            head = parts[0]
+            rows = head.batch.num_rows
             limit = _seq_of(self._spilled[0]) if self._spilled else None
+            passed: list[_Item] = []  # batches of other tables, left in the queue in their order
             while not single and self._queue:
                 nxt = self._queue[0]
-                if (
-                    (nxt.kind, nxt.symbol, nxt.gap_fill)
-                    != (parts[0].kind, parts[0].symbol, parts[0].gap_fill)
-                    or rows + nxt.batch.num_rows > COALESCE_ROWS
-                    or (limit is not None and nxt.seq > limit)
-                ):
+                if limit is not None and nxt.seq > limit:
+                    break
+                if _family(nxt.kind) != _family(head.kind):
+                    if len(passed) >= SKIP_OVER:
+                        break
+                    passed.append(self._queue.popleft())
+                    continue
+                if (nxt.kind, nxt.gap_fill) != (
+                    head.kind,
+                    head.gap_fill,
+                ) or rows + nxt.batch.num_rows > COALESCE_ROWS:
                     break
                 parts.append(self._queue.popleft())
                 rows += nxt.batch.num_rows
+            self._queue.extendleft(reversed(passed))
             self._queued_rows -= rows
             if len(parts) == 1:
-                return parts[0]
-            first = parts[0]
-            batch = pa.concat_tables([conform(first.kind, p.batch) for p in parts])
+                return head
+            batch = pa.concat_tables([conform(head.kind, p.batch) for p in parts])
             return _Item(
-                first.kind, first.symbol, batch, min(p.submitted for p in parts), seq=first.seq,
-                gap_fill=first.gap_fill, parts=parts,
+                head.kind, head.symbol, batch, min(p.submitted for p in parts), seq=head.seq,
+                gap_fill=head.gap_fill, parts=parts, symbols=_joined_symbols(parts),
             )  # fmt: skip
         items: list[_Item] = []
         limit = self._queue[0].seq if self._queue else None
         for path in list(self._spilled):
             if items and (
                 single
-                or path.name.split("-", 1)[1] != items[0].spill_files[0].name.split("-", 1)[1]
+                or _spill_key(path) != _spill_key(items[0].spill_files[0])
                 or sum(i.batch.num_rows for i in items) >= COALESCE_ROWS
                 or (limit is not None and _seq_of(path) > limit)
             ):
@@ -801,6 +951,7 @@ class Writer:
             seq=first.seq,
             gap_fill=first.gap_fill,
             spill_files=[p for i in items for p in i.spill_files],
+            symbols=_joined_symbols(items),
         )
 
     async def _connection(self) -> asyncpg.Connection:
@@ -847,11 +998,11 @@ class Writer:
                 try:
                     conn = await self._connection()
                     inserted = await asyncio.wait_for(
-                        write_batch(
+                        write_rows(
                             conn,
                             item.kind,
-                            item.symbol,
                             item.batch,
+                            item.symbol if item.symbols is None else item.symbols,
                             gap_fill=item.gap_fill,
                             partitions=self._partitions,
                         ),
@@ -892,7 +1043,8 @@ class Writer:
             self._current = None
             self._attempt_since = None
 
-    async def _committed(self, item: _Item, inserted: int) -> None:
+    async def _committed(self, item: _Item, per_symbol: dict[str, int]) -> None:
+        inserted = sum(per_symbol.values())
         s = self.stats
         s.last_commit_unix = time.time()
         for path in item.spill_files:
@@ -908,9 +1060,10 @@ class Writer:
         s.rows_inserted += inserted
         s.latencies_ms.append((time.monotonic() - item.submitted) * 1000)
         if self.on_commit is not None:
-            result = self.on_commit(item.kind, item.symbol, item.batch, inserted)
-            if asyncio.iscoroutine(result):
-                await result
+            for symbol, batch in _by_symbol(item):
+                result = self.on_commit(item.kind, symbol, batch, per_symbol.get(symbol, 0))
+                if asyncio.iscoroutine(result):
+                    await result
 
     async def _record_drops(self) -> None:
         """The batches dropped while the database was away, one ingest_events row each."""
@@ -962,6 +1115,20 @@ class Writer:
         target = self.spill_dir / "rejected"
         target.mkdir(exist_ok=True)
         os.replace(path, target / path.name)
+
+
+def _by_symbol(item: _Item) -> list[tuple[str, pa.Table]]:
+    """The item's rows per symbol (what on_commit is told: one call per symbol of a flush)."""
+    if item.symbols is None:
+        return [(item.symbol, item.batch)]
+    names, codes, _ = _symbol_codes(item.symbols, item.batch.num_rows)
+    order = np.argsort(codes, kind="stable")
+    starts, ends = _groups(codes[order])
+    taken = item.batch.take(pa.array(order))
+    return [
+        (names[int(codes[order][a])], taken.slice(int(a), int(b - a)))
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
 
 
 def _iso(ms: int | None) -> str | None:
