@@ -14,6 +14,7 @@ from microstructure.db.capabilities import engine_override
 from microstructure.db.connect import sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 7_349_201_553  # pg_advisory_lock key shared by every migrating process
 
 
 def alembic_config(url: str, engine: str | None = None) -> Config:
@@ -30,9 +31,33 @@ def upgrade(url: str, revision: str = "head", *, engine: str | None = None) -> N
     engine_override(engine)  # a bad MICROSTRUCTURE_ENGINE is a one-line SettingError, even on a no-op
     try:
         command.upgrade(alembic_config(url, engine), revision)
+        if revision == "head":
+            ensure_feature_layer(url)
     except Exception as exc:
         _privilege_error(exc, url)
         raise
+
+
+def ensure_feature_layer(url: str) -> bool:
+    """Rebuild the feature layer when the code's feature SQL differs from the database's
+    (features_sql/layer.py), under the migration lock, in one transaction. True when it rebuilt."""
+    from microstructure.features_sql.layer import ensure_current
+
+    eng = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    try:
+        with eng.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            conn.commit()
+            try:
+                rebuilt = ensure_current(conn)
+                conn.commit()
+                return rebuilt
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                conn.commit()
+    finally:
+        eng.dispose()
 
 
 def _privilege_error(exc: BaseException, url: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from microstructure.features_sql.stages import FEATURE_COLUMNS, RAW_TABLES, TIMEFRAMES, view_name
+from microstructure.features_sql.stages import FEATURE_COLUMNS, LAYER_TABLE, RAW_TABLES, TIMEFRAMES, view_name
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ RAW_TYPES = (
     ExportType("metrics", "metrics.sql", ("futures_metrics",)),
     ExportType("klines", "klines.sql", ("price_klines",)),
 )
-# A feature bar reads the raw tables of the stages and settled funding.
-FEATURE_SOURCES = (*RAW_TABLES, "funding_rates", "symbol_settings")
+# A feature bar reads the raw tables of the stages and settled funding; a changed feature layer
+# (features_sql/layer.py) changes every feature file of the logged spans.
+FEATURE_SOURCES = (*RAW_TABLES, "funding_rates", "symbol_settings", LAYER_TABLE)
 FEATURE_TYPES = tuple(
     ExportType(view_name(tf), "features.sql", FEATURE_SOURCES, timeframe=tf) for tf in TIMEFRAMES
 )

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from microstructure.db.invalidation_log import advance_cursor, pending_ranges
-from microstructure.features_sql.stages import RAW_TABLES, STAGE_BY_NAME, Stage, stages_for
+from microstructure.features_sql.stages import LAYER_TABLE, RAW_TABLES, STAGE_BY_NAME, Stage, stages_for
 from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CONSUMER = "features"
 LOCK_KEY = "microstructure:features_refresh"
 CHUNK = timedelta(days=1)
+LOGGED_TABLES = (*RAW_TABLES, LAYER_TABLE)  # what the refresher takes from the log
 MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
 PARALLEL_FROM = timedelta(hours=1)  # refreshes of more data than this use helper connections
 DEFAULT_FEATURES_INTERVAL = 5.0  # seconds between live refreshes (collect all --features-interval)
@@ -140,8 +141,10 @@ def windows_from(ranges: Iterable[tuple[str, str, datetime, datetime]]) -> list[
     by_table: dict[tuple[str, datetime, datetime], list[str]] = defaultdict(list)
     per: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
     for table, symbol, lo, hi in ranges:
-        if table in RAW_TABLES:
-            per[(table, symbol)].append((align(lo, MIN_ALIGN_S), align(hi, MIN_ALIGN_S, up=True)))
+        span = (align(lo, MIN_ALIGN_S), align(hi, MIN_ALIGN_S, up=True))
+        # a changed feature layer invalidates the span in every stage
+        for t in RAW_TABLES if table == LAYER_TABLE else (table,) if table in RAW_TABLES else ():
+            per[(t, symbol)].append(span)
     for (table, symbol), rs in per.items():
         for lo, hi in merge(rs):
             by_table[(table, lo, hi)].append(symbol)
@@ -395,7 +398,7 @@ async def refresh_pending(
     async with refresh_lock(conn, wait=wait) as got:
         if not got:
             return RefreshReport(skipped_busy=True)
-        _, horizon, ranges = await pending_ranges(conn, CONSUMER, RAW_TABLES)
+        _, horizon, ranges = await pending_ranges(conn, CONSUMER, LOGGED_TABLES)
         windows = windows_from(ranges)
         async with helper_connections(dsn, windows, parallel or default_parallel()) as helpers:
             report = await refresh_windows(conn, windows, helpers=helpers)
@@ -416,7 +419,7 @@ async def refresh_range(
     """Re-materialise [start, end) (default: all the data) for `symbols` (default: all), whatever the
     log says: after a change of symbol_settings, or to rebuild a history. Consumes the log too."""
     async with refresh_lock(conn):
-        _, horizon, ranges = await pending_ranges(conn, CONSUMER, RAW_TABLES)
+        _, horizon, ranges = await pending_ranges(conn, CONSUMER, LOGGED_TABLES)
         windows = windows_from(ranges)
         for table in RAW_TABLES:
             span = await time_range(conn, table, symbols)

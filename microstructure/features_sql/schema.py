@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from microstructure.features_sql.docs import comment_sql
@@ -123,9 +124,10 @@ def view_ddl(tf: str) -> str:
     return f"CREATE VIEW {view_name(tf)} AS\n{view_sql(tf)}"
 
 
-def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None) -> list[str]:
-    """Every statement that builds the feature layer, in order."""
-    out = [LOG_SQL]
+def layer_create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None) -> list[str]:
+    """The stages, the quality functions and the views with their comments: what a change of the
+    feature SQL rebuilds (features_sql/layer.py); the invalidation log is not part of it."""
+    out: list[str] = []
     for stage in STAGES:
         if continuous_aggregates:
             out += continuous_aggregate_sql(stage, policy or PolicySettings())
@@ -142,11 +144,21 @@ def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None
     return out
 
 
-def drop_sql(continuous_aggregates: bool) -> list[str]:
+def create_sql(continuous_aggregates: bool, policy: PolicySettings | None = None) -> list[str]:
+    """Every statement that builds the feature layer, in order."""
+    return [LOG_SQL, *layer_create_sql(continuous_aggregates, policy)]
+
+
+def layer_drop_sql(continuous_aggregates: bool, stage_names: Sequence[str] = ()) -> list[str]:
+    """Drop the views, the quality functions and the stages: the current ones and `stage_names`
+    (the stages an older layer had, which the current code may no longer know)."""
     out = [f"DROP VIEW IF EXISTS {view_name(tf)}" for tf in TIMEFRAMES]
     out += [f"DROP FUNCTION IF EXISTS {sig}" for sig in QUALITY_FUNCTIONS]
-    for stage in reversed(STAGES):
-        kind = "MATERIALIZED VIEW" if continuous_aggregates else "TABLE"
-        out.append(f"DROP {kind} IF EXISTS {stage.name} CASCADE")
-    out.append(DROP_LOG_SQL)
+    kind = "MATERIALIZED VIEW" if continuous_aggregates else "TABLE"
+    names = dict.fromkeys([*(s.name for s in reversed(STAGES)), *stage_names])
+    out += [f"DROP {kind} IF EXISTS {name} CASCADE" for name in names]
     return out
+
+
+def drop_sql(continuous_aggregates: bool) -> list[str]:
+    return [*layer_drop_sql(continuous_aggregates), DROP_LOG_SQL]

@@ -106,6 +106,11 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 # Raw tables whose rows feed the stages (what an invalidation of each table re-materialises).
 RAW_TABLES: tuple[str, ...] = tuple(dict.fromkeys(s.raw_table for s in STAGES))
 
+# Not a table: the name an invalidation carries when the feature definitions themselves changed
+# (features_sql/layer.py): every stage of the logged symbol and span is re-materialised, feature
+# exports re-export, raw exports are untouched.
+LAYER_TABLE = "feature_layer"
+
 # What the views read directly, beside the stages: settled funding (carried into quiet bars). The
 # quality columns also read agg_trade_gaps, ingest_events and the stored trades around each bar and
 # gap (docs/FEATURES.md "Quality"); those are not listed here (retention would never drop agg_trades).

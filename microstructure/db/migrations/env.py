@@ -9,8 +9,7 @@ from sqlalchemy import create_engine, pool
 
 from microstructure.config import Settings
 from microstructure.db.connect import resolve_database_url, sqlalchemy_url
-
-MIGRATION_LOCK_KEY = 7_349_201_553  # pg_advisory_lock key shared by every migrating process
+from microstructure.db.migrate import MIGRATION_LOCK_KEY
 
 config = context.config
 log = logging.getLogger("microstructure.db.migrations")

@@ -5,7 +5,8 @@ aggregate with a refresh policy and columnstore; on plain PostgreSQL and Apache-
 it is a table the incremental refresher keeps. The engine is the one revision 0001 recorded
 (MICROSTRUCTURE_ENGINE may have narrowed it). The stage SELECTs and the view come from
 microstructure/features_sql/ as they are when this revision runs; a later change of them comes
-with a revision that drops and recreates the feature layer.
+with no revision: every upgrade compares the layer's recorded fingerprint with the code's and
+rebuilds it when they differ (features_sql/layer.py).
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from alembic import op
 
+from microstructure.features_sql import layer
 from microstructure.features_sql.schema import PolicySettings, create_sql, drop_sql
 
 revision = "0004"
@@ -41,9 +43,12 @@ def upgrade() -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         {"v": "continuous_aggregates" if caggs else "refresher"},
     )
+    layer.record(op.get_bind(), caggs)  # a later `db upgrade` rebuilds the layer when its SQL changes
 
 
 def downgrade() -> None:
     for statement in drop_sql(_continuous_aggregates()):
         op.execute(statement)
-    op.execute("DELETE FROM microstructure_meta WHERE key = 'features'")
+    op.execute(
+        "DELETE FROM microstructure_meta WHERE key IN ('features', 'features_fingerprint', 'features_stages')"
+    )
