@@ -20,6 +20,15 @@ def parse_day(value: str, flag: str) -> date:
         raise SettingError(f"{flag}: expected YYYY-MM-DD, got {value!r}") from None
 
 
+def parse_day_range(start: str, end: str | None) -> tuple[date, date | None]:
+    """--start and the optional --end (None when not given), the end on or after the start."""
+    first = parse_day(start, "--start")
+    last = parse_day(end, "--end") if end else None
+    if last is not None and last < first:
+        raise SettingError(f"--end: expected a day on or after --start {first}, got {end!r}")
+    return first, last
+
+
 def parse_int(value: str, flag: str, lo: int, hi: int | None = None) -> int:
     expected = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from microstructure.args import parse_day, parse_symbols
+from microstructure.args import parse_day_range, parse_symbols
 from microstructure.config import SettingError, Settings
 
 HELP = (
@@ -68,10 +68,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if not args.all_symbols and not args.symbol:
         raise SettingError("--symbol: give at least one --symbol, or --all-symbols")
     symbols = None if args.all_symbols else parse_symbols(args.symbol)
-    start = parse_day(args.start, "--start")
-    end = parse_day(args.end, "--end") if args.end else start
-    if end < start:
-        raise SettingError(f"--end: expected a day on or after --start {start}, got {args.end!r}")
+    start, last = parse_day_range(args.start, args.end)
+    end = last or start
     datasets = [d.strip() for d in str(args.datasets).split(",") if d.strip()]
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown or not datasets:

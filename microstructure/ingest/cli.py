@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from microstructure.args import parse_day, parse_int, parse_seconds, parse_symbols
+from microstructure.args import parse_day_range, parse_int, parse_seconds, parse_symbols
 from microstructure.config import ENV_PREFIX, SettingError, Settings, check_home
 from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
@@ -281,11 +281,7 @@ def _days(args: argparse.Namespace) -> tuple[date | None, date | None, int | Non
         return None, None, parse_int(args.days, "--days", 0)  # as collect aggtrades: 0 = today so far
     if not args.start:
         raise SettingError("--start: historical mode needs --start YYYY-MM-DD (and --end) or --days N")
-    start = parse_day(args.start, "--start")
-    end = parse_day(args.end, "--end") if args.end else None
-    if end is not None and end < start:
-        raise SettingError(f"--end: expected a day on or after --start {start}, got {args.end!r}")
-    return start, end, None
+    return *parse_day_range(args.start, args.end), None
 
 
 def _live_args(args: argparse.Namespace) -> tuple[float | None, float]:
@@ -349,10 +345,7 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
                 raise SettingError("--days: give either --days N or --start/--end, not both")
             days = parse_int(args.days, "--days", 0)
         elif args.start:
-            start = parse_day(args.start, "--start")
-            end = parse_day(args.end, "--end") if args.end else None
-            if end is not None and end < start:
-                raise SettingError(f"--end: expected a day on or after --start {start}, got {args.end!r}")
+            start, end = parse_day_range(args.start, args.end)
         else:
             raise SettingError("--start: historical mode needs --start YYYY-MM-DD (and --end) or --days N")
         return run_historical(
