@@ -51,16 +51,27 @@ def reconcile(dsn: str, home: Path, base_url: str, capsys, *extra: str) -> tuple
     return code, capsys.readouterr().out
 
 
+def _three_days(cache: Path) -> ExchangeConfig:
+    """The local exchange of these tests: three archived days of 6,000 trades."""
+    return ExchangeConfig(
+        cache_dir=cache,
+        history_days=3,
+        trades_per_day=6_000,
+        clock_start=datetime(2022, 8, 12, 6, 0, tzinfo=UTC),
+    )
+
+
+def _settings(tmp_path: Path, db_url: str, base_url: str) -> Settings:
+    settings = Settings(home=tmp_path / "home", database_url=db_url)
+    settings.point_at_exchange(base_url)
+    return settings
+
+
 def test_damaged_day_is_restored_verified_and_a_reupload_reconciled_again(
     db_url: str, tmp_path: Path, exchange_cache: Path, capsys
 ) -> None:
-    cfg = ExchangeConfig(
-        cache_dir=exchange_cache, history_days=3, trades_per_day=6_000,
-        clock_start=datetime(2022, 8, 12, 6, 0, tzinfo=UTC),
-    )  # fmt: skip
-    with ExchangeThread(cfg) as ex:
-        settings = Settings(home=tmp_path / "home", database_url=db_url)
-        settings.point_at_exchange(ex.base_url)
+    with ExchangeThread(_three_days(exchange_cache)) as ex:
+        settings = _settings(tmp_path, db_url, ex.base_url)
         report = asyncio.run(run_collect(settings, db_url, ["BTCUSDT"], D10, D11))
         assert report.ok
         asyncio.run(refresh_once(db_url))
@@ -200,13 +211,8 @@ def test_book_depth_day_loaded_again_from_its_archive(
 ) -> None:  # type: ignore[no-untyped-def]
     from microstructure.ingest.collectors.book import collect_book_historical
 
-    cfg = ExchangeConfig(
-        cache_dir=exchange_cache, history_days=3, trades_per_day=6_000,
-        clock_start=datetime(2022, 8, 12, 6, 0, tzinfo=UTC),
-    )  # fmt: skip
-    with ExchangeThread(cfg) as ex:
-        settings = Settings(home=tmp_path / "home", database_url=db_url)
-        settings.point_at_exchange(ex.base_url)
+    with ExchangeThread(_three_days(exchange_cache)) as ex:
+        settings = _settings(tmp_path, db_url, ex.base_url)
         asyncio.run(collect_book_historical(settings, db_url, ["BTCUSDT"], D11, D11))
         q = "SELECT ts, percentage, depth, notional FROM book_depth_bands WHERE symbol = 'BTCUSDT' ORDER BY ts, percentage"
         with psycopg.connect(db_url) as conn:
