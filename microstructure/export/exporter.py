@@ -12,6 +12,10 @@ One run (`export_once`), per type and symbol:
 - a file is written only when its bytes differ from what is on disk (the same rows give the same
   bytes): to a temporary name, fsynced, renamed, the folder fsynced; an unchanged hour keeps its
   bytes and its mtime. The day's manifest (rows, min/max time, sha256, bytes per hour) follows;
+- a feature hour holding bars that were not final when it was written (their `final` column false:
+  the stream had not yet run past them, docs/FEATURES.md "Point in time") is exported again by
+  every run for RECHECK_FINAL after it, since what makes a bar final (later trades, the next
+  snapshot) is written in a later hour, which the log does not tie to it;
 - the watermark and the log cursor move only after the type's files are on disk, so a run killed at
   any point is completed by running it again (it recomputes, finds equal bytes, writes the rest).
 An hour with no rows has no file; a file whose rows were later deleted (retention) is kept.
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 DEFAULT_LATENESS = 10.0  # seconds: FEATURES.md's lateness allowance
+RECHECK_FINAL = timedelta(days=2)  # how long feature hours with non-final bars are exported again
 COMPRESSIONS = ("snappy", "zstd")
 STATE_FILE = ".export-state.json"
 LOCK_FILE = ".export.lock"
@@ -423,6 +428,20 @@ def touched_hours(t: ExportType, lo: datetime, hi: datetime) -> Iterable[datetim
 # ---------------------------------------------------------------- writing
 
 
+def nonfinal_hours(root: Path, t: ExportType, symbol: str, lo: datetime, hi: datetime) -> set[datetime]:
+    """The hours in [lo, hi) whose feature file holds bars that were not final when written (the
+    day manifests' `nonfinal`)."""
+    out: set[datetime] = set()
+    day = floor_hour(lo).replace(hour=0)
+    while day < hi:
+        for key, entry in Manifest.load(day_dir(root, t.name, symbol, day)).hours.items():
+            h = day.replace(hour=int(key))
+            if entry.get("nonfinal") and lo <= h < hi:
+                out.add(h)
+        day += DAY
+    return out
+
+
 def _runs(hours: Sequence[datetime], span: timedelta) -> list[tuple[datetime, datetime]]:
     """Sorted hours grouped into [lo, hi) ranges of consecutive hours, none longer than `span`."""
     out: list[tuple[datetime, datetime]] = []
@@ -455,6 +474,8 @@ def _write_hour(
 ) -> None:  # fmt: skip
     data = parquet_bytes(table, compression)
     entry = file_entry(data, table)
+    if t.is_features:  # bars not final yet: the hour is exported again (nonfinal_hours)
+        entry["nonfinal"] = table.num_rows - int(pc.sum(table.column("final")).as_py() or 0)
     folder = day_dir(root, t.name, symbol, hour)
     manifest = manifests.get(folder)
     if manifest is None:
@@ -511,8 +532,11 @@ async def export_type(
             hours.add(h)
             h += HOUR
         covered = watermark or first  # hours before this were exported by an earlier run
+        earlier = touched.get(symbol, set())
+        if t.is_features and watermark is not None:
+            earlier = earlier | nonfinal_hours(root, t, symbol, watermark - RECHECK_FINAL, watermark)
         again = {
-            h for h in touched.get(symbol, ())
+            h for h in earlier
             if h < min(covered, closed_before) and (not start or h >= floor_hour(start)) and (not end or h < end)
         }  # fmt: skip
         report.invalidated += len(again - hours)

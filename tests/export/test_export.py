@@ -303,3 +303,55 @@ def test_follow_exports_hours_picks_up_late_writes_and_survives_a_restart(
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert files(out) == settled
+
+
+def test_an_hour_with_bars_not_yet_final_is_exported_again_once_they_are(db_url: str, tmp_path: Path) -> None:
+    """The last bars of the data are not final (no stream ran past them); they become final when
+    later rows arrive, which land in the next hour: the earlier hour's file is rewritten anyway."""
+    import asyncpg
+    from ex_helpers import trade_table
+    from fx_cases import marks, snapshots
+
+    from microstructure.export.partitions import Manifest, day_dir
+    from microstructure.features_sql.refresher import refresh_pending
+    from microstructure.ingest.collectors.book_values import BookValues
+    from microstructure.ingest.sink.writer import write_batch
+
+    hours, per_hour, sym = 2, 600, SYMBOLS[0]
+    run(write_hours(db_url, hours=hours, trades_per_hour=per_hour))
+    out = tmp_path / "data"
+    export_once(db_url, out, types=["features_1m"])
+    last_hour = at(T0 + (hours - 1) * HOUR_MS)
+    path = out / "features_1m" / sym / f"{last_hour:%Y/%m/%d}" / f"hour={last_hour:%H}" / "data.parquet"
+    manifest = lambda: Manifest.load(day_dir(out, "features_1m", sym, last_hour)).hours[f"{last_hour:%H}"]  # noqa: E731
+    first_final = pq.read_table(path).column("final").to_pylist()
+    assert not first_final[-1] and manifest()["nonfinal"] == first_final.count(False) > 0
+
+    async def go_on() -> None:  # every stream of the symbol runs on for 30 minutes after the data's end
+        conn = await asyncpg.connect(db_url)
+        try:
+            end, rng = T0 + hours * HOUR_MS, np.random.default_rng(5)
+            ids = np.arange(hours * per_hour + 1, hours * per_hour + 301, dtype=np.int64)
+            ts = np.sort(end + rng.integers(0, 30 * 60_000, len(ids)))
+            await write_batch(conn, "agg_trades", sym, trade_table(rng, ids, ts, 100.0))
+            rows = []
+            for j, t in enumerate(range(end, end + 30 * 60_000, 5000)):
+                bids = [[round(99.95 - 0.1 * i, 2), 5.0] for i in range(20)]
+                asks = [[round(100.05 + 0.1 * i, 2), 5.0] for i in range(20)]
+                rows.append((t + 7, 10**6 + 10 * j, bids, asks))
+            await write_batch(conn, "book_snapshots", sym, snapshots(rows, BookValues(), sym))
+            await write_batch(
+                conn,
+                "mark_prices",
+                sym,
+                marks([(t, 100.0, 100.0, 0.0001) for t in range(end, end + 30 * 60_000, 2000)]),
+            )
+            await refresh_pending(conn)
+        finally:
+            await conn.close()
+
+    run(go_on())
+    export_once(db_url, out, types=["features_1m"])
+    again = pq.read_table(path)
+    assert again.column("final").to_pylist() == [True] * again.num_rows and manifest()["nonfinal"] == 0
+    assert again.equals(db_hour(db_url, "features_1m", sym, int(last_hour.timestamp() * 1000)))
