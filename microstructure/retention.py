@@ -138,6 +138,8 @@ async def _features_hold(conn: asyncpg.Connection, table: str, day_end: datetime
 
 async def _drop_before(conn: asyncpg.Connection, t: TimeTable, layout: str, cut: date) -> None:
     cut_ts = _day_start(cut)
+    if t.name == "agg_trades":  # the first trade time survives the drop (docs/FEATURES.md "Quality")
+        await conn.execute(load("retention_first_trades"), cut_ts)
     if layout == "partitioned":
         for r in await conn.fetch(load("retention_partitions"), t.name):
             if r["day"] >= cut:

@@ -29,6 +29,7 @@ spread AS (  -- sample std of the spread: the 1m bars' (n, mean, M2) combined (C
 -- Quality (docs/FEATURES.md "Quality"): the id gaps not filled, each with the time span its missing
 -- ids can lie in (quality_gap_spans.sql). Gaps change after the bars are materialised: read here.
 gap_spans AS MATERIALIZED (SELECT * FROM microstructure_gap_spans()),
+trade_bounds AS MATERIALIZED (SELECT * FROM microstructure_trade_bounds()),  -- quality_trade_bounds.sql
 resyncs AS (  -- book resyncs the collectors recorded, at the exchange time of the break when known
     SELECT symbol,
            time_bucket(INTERVAL '{width}', CASE WHEN jsonb_typeof(detail -> 'T') = 'number'
@@ -140,4 +141,7 @@ LEFT JOIN LATERAL (
     FROM gap_spans g
     WHERE g.symbol = c.symbol AND g.t0 < c.bucket_end AND g.t1 >= c.bucket
 ) gq ON true
-LEFT JOIN LATERAL (SELECT microstructure_trades_known(c.symbol, c.bucket, c.bucket_end) AS known) ch ON true
+LEFT JOIN trade_bounds tb ON tb.symbol = c.symbol
+LEFT JOIN LATERAL (
+    SELECT coalesce(tb.first_ts < c.bucket AND tb.last_ts >= c.bucket_end, false) AS known
+) ch ON true

@@ -33,11 +33,10 @@ from microstructure.features_sql.stages import (
 )  # fmt: skip
 
 # SQL functions the views call (docs/FEATURES.md "Quality"): files, and signatures to drop them by.
-QUALITY_FUNCTION_FILES = ("quality_gap_spans.sql", "quality_trades_known.sql")
-QUALITY_FUNCTIONS = (
-    "microstructure_gap_spans()",
-    "microstructure_trades_known(text, timestamptz, timestamptz)",
-)
+QUALITY_FUNCTION_FILES = ("quality_gap_spans.sql", "quality_trade_bounds.sql")
+QUALITY_FUNCTIONS = ("microstructure_gap_spans()", "microstructure_trade_bounds()")
+# functions of older layers, dropped by a rebuild (features_sql/layer.py)
+RETIRED_FUNCTIONS = ("microstructure_trades_known(text, timestamptz, timestamptz)",)
 
 INTERVAL_RE = re.compile(r"^\d+ (second|minute|hour|day|week)s?$")
 
@@ -153,7 +152,7 @@ def layer_drop_sql(continuous_aggregates: bool, stage_names: Sequence[str] = ())
     """Drop the views, the quality functions and the stages: the current ones and `stage_names`
     (the stages an older layer had, which the current code may no longer know)."""
     out = [f"DROP VIEW IF EXISTS {view_name(tf)}" for tf in TIMEFRAMES]
-    out += [f"DROP FUNCTION IF EXISTS {sig}" for sig in QUALITY_FUNCTIONS]
+    out += [f"DROP FUNCTION IF EXISTS {sig}" for sig in (*QUALITY_FUNCTIONS, *RETIRED_FUNCTIONS)]
     kind = "MATERIALIZED VIEW" if continuous_aggregates else "TABLE"
     names = dict.fromkeys([*(s.name for s in reversed(STAGES)), *stage_names])
     out += [f"DROP {kind} IF EXISTS {name} CASCADE" for name in names]
