@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGLITE := tests/pglite
 # two pytest workers (pytest-xdist), each with its own embedded PostgreSQL and PGlite: most tests
-# wait on sockets and clocks, so the suite takes about half as long on 2 cores
-PYTEST_ARGS ?= -n 2
+# wait on sockets and clocks, so the suite takes about half as long on 2 cores. A module's tests stay
+# on one worker (loadscope), so a module fixture (a live collection, a written export) runs once.
+PYTEST_ARGS ?= -n 2 --dist loadscope --durations=25
 
 .PHONY: demo test lint bench install clean
 
