@@ -36,6 +36,8 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"]
 def symbols_for(n: int) -> list[str]:
     """The first `n` symbols: the six known ones, then generic contracts (S0007USDT, ...)."""
     return (SYMBOLS + [f"S{i:04d}USDT" for i in range(len(SYMBOLS) + 1, n + 1)])[:n]
+
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -188,7 +190,10 @@ def main() -> int:
     p.add_argument("--symbols", type=int, default=2)
     p.add_argument("--live-rate", type=float, default=3000.0, help="aggregate trades per second per symbol")
     p.add_argument(
-        "--total-rate", type=float, default=None, help="aggregate trades per second over all symbols (overrides --live-rate)"
+        "--total-rate",
+        type=float,
+        default=None,
+        help="aggregate trades per second over all symbols (overrides --live-rate)",
     )
     p.add_argument("--sets", help="comma-separated live rates: one run each (overrides --live-rate)")
     p.add_argument("--seconds", type=float, default=60.0)

@@ -21,7 +21,9 @@ def _age(dsn: str) -> None:
     """Make the database look like one a release before fingerprints built: no fingerprint, a stage
     the code no longer has, a view of another shape, a stage whose rows are stale."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DELETE FROM microstructure_meta WHERE key IN ('features_fingerprint', 'features_stages')")
+        conn.execute(
+            "DELETE FROM microstructure_meta WHERE key IN ('features_fingerprint', 'features_stages')"
+        )
         conn.execute("CREATE TABLE trade_counts_1s (symbol text, bucket timestamptz)")
         conn.execute("DROP VIEW features_1m")
         conn.execute("CREATE VIEW features_1m AS SELECT 1 AS old_column")
@@ -36,7 +38,8 @@ def _logged(dsn: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         ).fetchall()
         union = " UNION ALL ".join(f"SELECT symbol, ts FROM {t}" for t in RAW_TABLES)
         want = conn.execute(
-            f"SELECT %s, symbol, min(ts), max(ts) FROM ({union}) u GROUP BY symbol ORDER BY symbol", (LAYER_TABLE,)
+            f"SELECT %s, symbol, min(ts), max(ts) FROM ({union}) u GROUP BY symbol ORDER BY symbol",
+            (LAYER_TABLE,),
         ).fetchall()
     return got, want
 
@@ -66,7 +69,9 @@ def test_an_old_feature_layer_is_rebuilt_and_refreshed_on_postgresql(db_url: str
 
 
 @pytest.mark.pglite
-def test_an_old_feature_layer_is_rebuilt_on_timescaledb_continuous_aggregates(db_url: str, pglite_db: str) -> None:
+def test_an_old_feature_layer_is_rebuilt_on_timescaledb_continuous_aggregates(
+    db_url: str, pglite_db: str
+) -> None:
     run(write_cases(db_url))
     copy_raw_rows(db_url, pglite_db)
     refresh_all(pglite_db, force=False)

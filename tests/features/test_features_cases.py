@@ -298,7 +298,9 @@ def test_one_scan_of_the_raw_trades() -> None:
     for s in trade_stages:
         if not s.from_raw:
             assert s.source in STAGE_BY_NAME and "agg_trades" not in s.select_sql()
-    assert STAGES.index(STAGE_BY_NAME["trades_1s"]) < min(STAGES.index(s) for s in trade_stages if not s.from_raw)
+    assert STAGES.index(STAGE_BY_NAME["trades_1s"]) < min(
+        STAGES.index(s) for s in trade_stages if not s.from_raw
+    )
 
 
 def test_run_jobs_never_overlap() -> None:
