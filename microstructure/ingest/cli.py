@@ -173,11 +173,14 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         "market",
         help="mark price, funding, open interest and liquidations (live or historical)",
         description="Live mode: <s>@markPrice@1s into mark_prices, settled funding rates into funding_rates "
-        "(polled when a settlement passes), open interest polled every --oi-interval seconds, liquidations "
+        "(polled when a settlement passes), open interest polled every --oi-interval seconds (at the start, "
+        "openInterestHist fills the 5-minute values since the last stored one, or since today's midnight), "
+        "liquidations "
         "from <s>@forceOrder or !forceOrder@arr (--liquidations-stream; sampled by the exchange: counts are "
         "lower bounds). Failed polls are retried "
         "and recorded in ingest_events as poll_miss. Historical mode: fundingRate monthly archives and REST, "
-        "metrics archives (futures_metrics and open_interest), openInterestHist (last 30 days), 1m "
+        "metrics archives (futures_metrics and open_interest), openInterestHist (last 30 days: days without a "
+        "metrics archive and, when the range ends yesterday, today up to now), 1m "
         "mark/index/premium klines into price_klines.",
     )
     _common(market, source=False, oi=True)

@@ -104,8 +104,15 @@ def test_live_market_data(db_url, ib_cache, tmp_path) -> None:
 
     # -- open interest: one row per successful poll, values as the exchange had them; misses recorded
     oi = asyncio.run(fetch_all(db_url, "SELECT * FROM open_interest ORDER BY symbol, ts"))
+    midnight = ms(start) // DAY * DAY
     for sym in SYMBOLS:
-        rows = [x for x in oi if x["symbol"] == sym]
+        # nothing was stored before: openInterestHist filled every 5 minutes since today's midnight
+        hist = [x for x in oi if x["symbol"] == sym and x["source"] == "hist"]
+        assert [ms(x["ts"]) for x in hist] == list(range(midnight, ms(start) + 1, 300_000))
+        assert len(hist) == report.oi_filled[sym] == 96
+        for x in hist:
+            assert np.isclose(x["open_interest"], oi_at[sym](ms(x["ts"])), rtol=1e-9) and x["recv_ts"] is None
+        rows = [x for x in oi if x["symbol"] == sym and x["source"] != "hist"]
         assert len(rows) == report.oi_polls[sym] >= 3
         assert {x["source"] for x in rows} == {"rest"}
         # each poll carries its local receive time: in order, spaced like the exchange's times (its clock is fixed)

@@ -79,7 +79,9 @@ def test_market_polls_survive_malformed_rest_answers(db_url, ib_cache, tmp_path,
         for s, n in (
             (r["symbol"], r["n"])
             for r in asyncio.run(
-                fetch_all(db_url, "SELECT symbol, count(*) AS n FROM open_interest GROUP BY 1")
+                fetch_all(
+                    db_url, "SELECT symbol, count(*) AS n FROM open_interest WHERE source = 'rest' GROUP BY 1"
+                )
             )
         )
     }

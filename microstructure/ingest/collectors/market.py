@@ -6,7 +6,10 @@ Live (`collect_market_live`), one combined-stream connection plus REST polls:
 - settled funding rates -> funding_rates: /fapi/v1/fundingRate is polled at start, whenever a
   symbol's next funding time moves on (a settlement just happened; polled until the new row is
   there) and on an interval;
-- open interest -> open_interest (source 'rest'): /fapi/v1/openInterest every `oi_interval` s;
+- open interest -> open_interest (source 'rest'): /fapi/v1/openInterest every `oi_interval` s; at the
+  start, /futures/data/openInterestHist (5m, source 'hist') fills the time since each symbol's last
+  stored open interest (none stored: since today's UTC midnight; at most the 30 days it serves), so
+  the bars between the last metrics archive (yesterday 23:55) and the first poll have theirs;
 - liquidations -> liquidations: `<s>@forceOrder` per symbol, or the all-market `!forceOrder@arr`
   filtered to the symbols (`liquidations_stream`: 'per-symbol', 'all', or 'auto' = all from
   FORCE_ALL_FROM symbols on). The exchange samples them (at most the latest order per symbol per second), so
@@ -18,8 +21,10 @@ Historical (`collect_market_historical`):
 - settled funding: monthly fundingRate archives (calc_time,funding_interval_hours,last_funding_rate)
   and REST /fapi/v1/fundingRate, paginated;
 - open interest: daily metrics archives (5-minute) into futures_metrics AND open_interest (source
-  'metrics'); /futures/data/openInterestHist (5m) for the part of the range in the last 30 days
-  (source 'hist');
+  'metrics'); /futures/data/openInterestHist (5m, source 'hist', the last 30 days only) for the days
+  of the range without a metrics archive and, when the range ends yesterday (the latest day an
+  archive can exist for), for the hours from the last archived metrics row up to now: today's open
+  interest, which no archive has yet;
 - 1m mark / index / premium-index klines from their daily archives into price_klines.
 Archive CSVs have a header line only from 2022-08-11; it is detected from the first line.
 """
@@ -41,6 +46,7 @@ import aiohttp
 import asyncpg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from microstructure.config import Settings
 from microstructure.ingest.binance.streams import SharedStreams
@@ -62,6 +68,7 @@ from microstructure.ingest.records import (
     OPEN_INTEREST,
     PRICE_KLINES,
 )
+from microstructure.ingest.sink.stored import last_open_interest_ms
 from microstructure.ingest.sink.writer import merge_table, open_writer, writer_problems
 from microstructure.waiting import sleep_or_stop
 
@@ -72,6 +79,7 @@ COLLECTOR = "market"
 FORCE_ALL_FROM = 20
 LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
+OI_HIST_LIMIT = 500  # rows per openInterestHist page
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
 
 
@@ -164,6 +172,36 @@ def open_interest_table(ts: Any, oi: Any, value: Any, source: str, recv_ms: int 
     )
 
 
+def oi_hist_table(page: list[dict[str, Any]]) -> pa.Table:
+    """openInterestHist rows (decode_oi_hist_rows checked them) -> an OPEN_INTEREST batch, source 'hist'."""
+    return open_interest_table(
+        [int(r["timestamp"]) for r in page],
+        [float(r["sumOpenInterest"]) for r in page],
+        [_opt_num(r.get("sumOpenInterestValue")) for r in page],
+        "hist",
+    )
+
+
+async def fill_oi_hist(fetch: Any, submit: Any, lo: int, hi: int) -> int:
+    """openInterestHist over [lo, hi) page by page: `fetch(start_ms, end_ms)` gives a page (None:
+    given up, the rest of the window is left), `submit(table)` hands it to the writer; the rows
+    handed over. Rows already stored are kept as they are (the writer's merge), so a rerun adds
+    nothing it already has."""
+    n = 0
+    cursor = lo
+    while cursor < hi:
+        page = await fetch(cursor, hi - 1)
+        if not page:
+            break
+        table = oi_hist_table(page)
+        await submit(table)
+        n += len(page)
+        if len(page) < OI_HIST_LIMIT:
+            break
+        cursor = int(table.column("ts_ms")[-1].as_py()) + 1
+    return n
+
+
 def funding_rows_from_rest(rows: list[dict[str, Any]]) -> list[tuple[int, float, float | None, int | None]]:
     """Rows of /fapi/v1/fundingRate. REST does not say the funding interval; for each settlement
     after the first of a page it is the whole hours since the previous one (8, or 4/1 for symbols
@@ -183,6 +221,20 @@ def funding_rows_from_rest(rows: list[dict[str, Any]]) -> list[tuple[int, float,
 # ---------------------------------------------------------------- live
 
 
+async def stored_oi_times(dsn: str, symbols: Sequence[str]) -> dict[str, int | None]:
+    """Each symbol's last stored open-interest time (ms); {} when the database cannot be read now
+    (the fill then starts at today's midnight: rows already stored are kept as they are)."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5.0)
+        try:
+            return await last_open_interest_ms(conn, symbols)
+        finally:
+            await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("stored open interest not readable (%s): filling today's from midnight", exc)
+        return {}
+
+
 @dataclass
 class MarketReport:
     symbols: list[str]
@@ -190,6 +242,9 @@ class MarketReport:
     liquidation_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     funding_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     oi_polls: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # successful polls = rows
+    oi_filled: dict[str, int] = field(
+        default_factory=lambda: defaultdict(int)
+    )  # openInterestHist rows at start
     poll_misses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     oi_failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # polls given up
     funding_polls: int = 0
@@ -222,6 +277,7 @@ class MarketReport:
             out.append(
                 f"  {s}: {self.mark_rows.get(s, 0)} mark prices, {self.funding_rows.get(s, 0)} funding rates, "
                 f"{self.oi_polls.get(s, 0)} open-interest polls ({self.poll_misses.get(s, 0)} missed), "
+                f"{self.oi_filled.get(s, 0)} open-interest rows filled from openInterestHist, "
                 f"{self.liquidation_rows.get(s, 0)} liquidations (sampled by the exchange: a lower bound)"
             )
         out.append(f"  malformed messages: {self.malformed}; reconnects: {self.reconnects}")
@@ -385,7 +441,10 @@ class MarketLive:
                     return None
         return None
 
-    async def oi_loop(self, stop: asyncio.Event) -> None:
+    async def oi_loop(self, stop: asyncio.Event, after: asyncio.Event | None = None) -> None:
+        while after is not None and not after.is_set():  # the fill's read of the stored times first
+            if await sleep_or_stop(stop, 0.05):
+                return
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not stop.is_set():
@@ -407,6 +466,39 @@ class MarketLive:
             return
         await self.writer.submit("open_interest", symbol, table)
         self.report.oi_polls[symbol] += 1
+
+    async def oi_fill(self, stop: asyncio.Event, dsn: str, read: asyncio.Event) -> None:
+        """Once, at the start: openInterestHist (5m) since each symbol's last stored open interest
+        (none: since today's UTC midnight), at most the 30 days it serves, up to now. `read` is set
+        once the stored times are known (the polls wait for it: their rows would hide the gap)."""
+        try:
+            last_ms = await stored_oi_times(dsn, self.symbols)
+        finally:
+            read.set()
+
+        async def one(symbol: str) -> None:
+            now = await self.poll("/fapi/v1/time", symbol, stop, self.rest.server_time)
+            if now is None:
+                return
+            last = last_ms.get(symbol)
+            lo = max(now // DAY_MS * DAY_MS if last is None else last + 1, now - HIST_DAYS * DAY_MS + 60_000)
+
+            async def fetch(start: int, end: int) -> Any:
+                return await self.poll(
+                    "/futures/data/openInterestHist",
+                    symbol,
+                    stop,
+                    lambda: self.rest.open_interest_hist(
+                        symbol, "5m", start_ms=start, end_ms=end, limit=OI_HIST_LIMIT
+                    ),
+                )
+
+            async def submit(table: pa.Table) -> None:
+                await self.writer.submit("open_interest", symbol, table)
+
+            self.report.oi_filled[symbol] += await fill_oi_hist(fetch, submit, lo, now + 1)
+
+        await asyncio.gather(*(one(s) for s in self.symbols))
 
     async def funding_once(
         self, symbol: str, stop: asyncio.Event, start_ms: int | None = None, limit: int = 10
@@ -531,7 +623,12 @@ async def collect_market_live(
     )
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)
-    tasks = [asyncio.create_task(m.oi_loop(stop)), asyncio.create_task(m.funding_loop(stop))]
+    fill_read = asyncio.Event()
+    tasks = [
+        asyncio.create_task(m.oi_fill(stop, dsn, fill_read)),
+        asyncio.create_task(m.oi_loop(stop, fill_read)),
+        asyncio.create_task(m.funding_loop(stop)),
+    ]
     conns, stream_task = start_stream(
         settings,
         m.streams(),
@@ -587,6 +684,10 @@ async def collect_market_live(
 # ---------------------------------------------------------------- historical
 
 
+def _utc(t_ms: int) -> str:
+    return datetime.fromtimestamp(t_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def months_in(first: date, last: date) -> list[date]:
     out = []
     m = date(first.year, first.month, 1)
@@ -599,6 +700,50 @@ def months_in(first: date, last: date) -> list[date]:
 def month_end(m: date) -> date:
     nxt = date(m.year + (m.month == 12), m.month % 12 + 1, 1)
     return nxt - timedelta(days=1)
+
+
+async def load_oi_hist(
+    rest: Any,
+    writer: Any,
+    sym: str,
+    windows: list[tuple[str, int, int]],
+    not_before: int,
+    *,
+    period: str,
+    report: HistoricalReport,
+    events: EventLog,
+    collector: str,
+) -> int:
+    """openInterestHist of `sym` over each (label, lo, hi) window from `not_before` on; the rows handed
+    to the writer. A page that failed after the client's retries is recorded (report.rest_failed,
+    ingest_events 'rest_failed') and leaves the rest of its window."""
+    from microstructure.ingest.binance.rest import IpBanned
+    from microstructure.ingest.collectors.trades_historical import REST_FAILURES
+
+    async def submit(table: pa.Table) -> None:
+        await writer.submit("open_interest", sym, table)
+
+    n = 0
+    for label, lo, hi in windows:
+
+        async def fetch(start: int, end: int, label: str = label) -> Any:
+            try:
+                return await rest.open_interest_hist(
+                    sym, period, start_ms=start, end_ms=end, limit=OI_HIST_LIMIT
+                )
+            except IpBanned:
+                raise
+            except REST_FAILURES as exc:
+                report.rest_failed[f"{sym} openInterestHist {label}"] = f"{type(exc).__name__}: {exc}"
+                events.record(
+                    collector, sym, "rest_failed",
+                    {"what": "openInterestHist", "window": label, "error": str(exc)[:300]},
+                )  # fmt: skip
+                log.error("%s openInterestHist %s failed: %s", sym, label, exc)
+                return None
+
+        n += await fill_oi_hist(fetch, submit, max(lo, not_before), hi)
+    return n
 
 
 async def collect_market_historical(
@@ -690,6 +835,7 @@ async def collect_market_historical(
 
                 # -- daily archives: metrics (futures_metrics + open_interest 'metrics') and klines
                 covered: set[date] = set()
+                last_archived = t0 - 1  # the time of the last open interest a metrics archive gave
                 for d in day_range(first, last):
                     parsed = await archive("metrics", sym, "daily", d)
                     if parsed is not None:
@@ -708,6 +854,8 @@ async def collect_market_historical(
                         )
                         _, batch = archives.archive_records("metrics", parsed)
                         await writer.submit("open_interest", sym, batch)
+                        if batch.num_rows:
+                            last_archived = max(last_archived, pc.max(batch.column("ts_ms")).as_py())
                     for kind, name in KLINE_KINDS.items():
                         kparsed = await archive(kind, sym, "daily", d)
                         if kparsed is None:
@@ -726,45 +874,29 @@ async def collect_market_historical(
                         )
                         report.rows[sym] += await merge_table(conn, "price_klines", klines, PRICE_KLINES)
 
-                # -- openInterestHist for the days of the range in the last 30 days without metrics
+                # -- openInterestHist (the last 30 days): the days of the range without a metrics
+                # archive and, when the range ends yesterday, from the last archived row up to now
                 hist_from = max(t0, server_ms - HIST_DAYS * DAY_MS + 60_000)
-                hist_days = [d for d in day_range(first, last) if d not in covered]
-                n_hist = 0
-                for d in hist_days:
-                    lo, hi = max(ms_of_day(d), hist_from), min(ms_of_day(d) + DAY_MS, t1, server_ms)
-                    cursor = lo
-                    while cursor < hi:
-                        try:
-                            page = await rest.open_interest_hist(
-                                sym, hist_period, start_ms=cursor, end_ms=hi - 1, limit=500
-                            )
-                        except IpBanned:
-                            raise
-                        except REST_FAILURES as exc:  # after the client's retries: this day failed
-                            report.rest_failed[f"{sym} openInterestHist {d}"] = f"{type(exc).__name__}: {exc}"
-                            events.record(
-                                collector, sym, "rest_failed",
-                                {"what": "openInterestHist", "day": d.isoformat(), "error": str(exc)[:300]},
-                            )  # fmt: skip
-                            log.error("%s openInterestHist %s failed: %s", sym, d, exc)
-                            break
-                        if not page:
-                            break
-                        ts = [int(r["timestamp"]) for r in page]
-                        await writer.submit(
-                            "open_interest",
-                            sym,
-                            open_interest_table(
-                                ts,
-                                [float(r["sumOpenInterest"]) for r in page],
-                                [_opt_num(r.get("sumOpenInterestValue")) for r in page],
-                                "hist",
-                            ),
-                        )
-                        n_hist += len(page)
-                        if len(page) < 500:
-                            break
-                        cursor = ts[-1] + 1
+                windows = [
+                    (d.isoformat(), ms_of_day(d), min(ms_of_day(d) + DAY_MS, t1))
+                    for d in day_range(first, last)
+                    if d not in covered
+                ]
+                if t1 >= today_ms:
+                    since = last_archived + 1 if last in covered else t1
+                    try:
+                        now = await rest.server_time()
+                    except IpBanned:
+                        raise
+                    except REST_FAILURES as exc:
+                        report.rest_failed[f"{sym} server time"] = f"{type(exc).__name__}: {exc}"
+                        log.error("%s server time failed: %s", sym, exc)
+                    else:
+                        windows.append((f"since {_utc(since)}", since, now + 1))
+                n_hist = await load_oi_hist(
+                    rest, writer, sym, windows, hist_from, period=hist_period, report=report, events=events,
+                    collector=collector,
+                )  # fmt: skip
                 if n_hist:
                     report.notes.append(f"{sym}: {n_hist} open-interest rows from openInterestHist")
         await writer.flush()
