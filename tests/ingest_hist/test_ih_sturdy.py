@@ -107,12 +107,19 @@ def test_historical_market_under_malformed_and_429_loads_every_day(
         with psycopg.connect(db_url) as conn:
             hist_days = conn.execute(
                 "SELECT count(DISTINCT date_trunc('day', ts)) FROM open_interest "
-                "WHERE symbol = 'BTCUSDT' AND source = 'hist'"
+                "WHERE symbol = 'BTCUSDT' AND source = 'hist' AND ts < %s",
+                (CLOCK.date(),),
+            ).fetchone()[0]
+            # and today's, which no archive has yet: every 5 minutes since midnight up to the run
+            today = conn.execute(
+                "SELECT count(*) FROM open_interest WHERE symbol = 'BTCUSDT' AND source = 'hist' AND ts >= %s",
+                (CLOCK.date(),),
             ).fetchone()[0]
             funding = conn.execute("SELECT count(*) FROM funding_rates WHERE symbol = 'BTCUSDT'").fetchone()[
                 0
             ]
         assert hist_days == 3 and funding >= 5 * 3 - 1
+        assert today == 3 * 12 + 1
         assert _events(db_url, "rest_retry")
 
 
