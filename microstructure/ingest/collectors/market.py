@@ -242,9 +242,7 @@ class MarketReport:
     liquidation_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     funding_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     oi_polls: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # successful polls = rows
-    oi_filled: dict[str, int] = field(
-        default_factory=lambda: defaultdict(int)
-    )  # openInterestHist rows at start
+    oi_filled: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # openInterestHist rows
     poll_misses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     oi_failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # polls given up
     funding_polls: int = 0
