@@ -1,7 +1,8 @@
 """Issue 27's acceptance over history: `collect all --mode historical --days 3` against the local
 exchange with every archive type published, then `features refresh`: every 1m bar of the three days
 has each column of HISTORY_COLUMNS non-NULL, and the values follow their rule read here from the raw
-rows (pandas); today's bars, which no archive covers yet, carry today's open interest.
+rows (pandas); today's bars, which no archive covers yet, carry today's open interest. The same
+raw rows on TimescaleDB (continuous aggregates, PGlite) give the same values.
 
 HISTORY_COLUMNS grows as the feature groups are fed over history (mark / index / premium from the
 klines, the bookDepth band columns): append a column there and its non-NULL check runs on every bar."""
@@ -9,15 +10,24 @@ klines, the bookDepth band columns): append a column there and its non-NULL chec
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import asyncpg
 import numpy as np
 import pandas as pd
+import pytest
 from ib_helpers import day_ms, exchange_config, fetch_all, ms
 
 from microstructure.cli import main
+from microstructure.db import migrate
 from microstructure.exchange import ExchangeThread
+from microstructure.features_sql.refresher import refresh_range
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
+from fx_helpers import copy_raw_rows  # the feature tests' loader of raw rows into PGlite
 
 HISTORY_COLUMNS = ["open_interest", "funding_rate"]
 
@@ -38,7 +48,23 @@ def _last_before(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.nd
     return np.where(i >= 0, values[np.maximum(i, 0)], np.nan)
 
 
-def test_history_is_complete_after_collect_all_historical(db_url, ib_cache, tmp_path, capsys) -> None:
+def _history(url: str) -> pd.DataFrame:
+    cols = ", ".join(HISTORY_COLUMNS)
+    return _frame(url, f"SELECT symbol, bucket, {cols} FROM features_1m ORDER BY symbol, bucket")
+
+
+async def _refresh_one_connection(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await refresh_range(conn, force=False)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.pglite
+def test_history_is_complete_after_collect_all_historical(
+    db_url, pglite_url, ib_cache, tmp_path, capsys
+) -> None:
     began = time.monotonic()
     cfg = exchange_config(
         ib_cache,
@@ -57,10 +83,7 @@ def test_history_is_complete_after_collect_all_historical(db_url, ib_cache, tmp_
     capsys.readouterr()
 
     t0, t1 = day_ms(DAYS[0]), day_ms(TODAY)
-    feats = _frame(
-        db_url,
-        f"SELECT symbol, bucket, {', '.join(HISTORY_COLUMNS)} FROM features_1m ORDER BY symbol, bucket",
-    )
+    feats = _history(db_url)
     feats["t"] = [ms(b) for b in feats["bucket"]]
     oi = _frame(db_url, "SELECT symbol, ts, open_interest FROM open_interest ORDER BY symbol, ts")
     funding = _frame(db_url, "SELECT symbol, funding_ts, funding_rate FROM funding_rates ORDER BY 1, 2")
@@ -103,4 +126,14 @@ def test_history_is_complete_after_collect_all_historical(db_url, ib_cache, tmp_
             _last_before(o_t, o["open_interest"].to_numpy(float), today["t"].to_numpy() + MINUTE),
         )
         assert o_t[o_t >= t1].tolist() == steps
+
+    # TimescaleDB: the same raw rows, the same bars and values
+    migrate.downgrade(pglite_url)
+    migrate.upgrade(pglite_url)
+    try:
+        copy_raw_rows(db_url, pglite_url)
+        asyncio.run(_refresh_one_connection(pglite_url))  # PGlite serves one connection at a time
+        pd.testing.assert_frame_equal(_history(pglite_url), feats.drop(columns="t"))
+    finally:
+        migrate.downgrade(pglite_url)
     assert time.monotonic() - began < 60
