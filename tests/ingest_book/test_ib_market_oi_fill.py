@@ -136,24 +136,24 @@ DAY_BEFORE = 86_400_000
 
 
 def test_live_run_after_a_backfill_fills_every_bar_since_midnight(db_url, ib_cache, tmp_path) -> None:
-    """The backfill ended two days ago (its metrics archive: 03-04 up to 23:55); the live run fills
-    03-05 and today from openInterestHist before its first poll."""
+    """The backfill ended three days ago (its metrics archive: 03-03 up to 23:55); the live run fills
+    03-04, 03-05 and today from openInterestHist (more than one page of 500) before its first poll."""
     start = datetime(2024, 3, 6, 2, 0, 57, tzinfo=UTC)  # the live run crosses into 02:01
     midnight = day_ms(TODAY)
 
     async def go():
-        cfg = exchange_config(ib_cache, history_days=3, live_rate=5.0, clock_start=start)
+        cfg = exchange_config(ib_cache, history_days=4, live_rate=5.0, clock_start=start)
         async with LocalExchange(cfg) as ex:
             settings = settings_for(ex, db_url, tmp_path)
             writer = await make_writer(db_url, tmp_path / "spill")
-            day = datetime(2024, 3, 4, tzinfo=UTC).date()
+            day = datetime(2024, 3, 3, tzinfo=UTC).date()
             hist = await collect_market_historical(settings, db_url, SYMBOLS, day, day, writer=writer)
             assert not hist.missing and not hist.rest_failed
             report = await collect_market_live(
                 settings, db_url, SYMBOLS, live_seconds=4.0, writer=writer, oi_interval=1.0
             )
             await writer.close()
-            rest = {s: await rest_oi_hist(ex.base_url, s, midnight - DAY_BEFORE) for s in SYMBOLS}
+            rest = {s: await rest_oi_hist(ex.base_url, s, midnight - 2 * DAY_BEFORE) for s in SYMBOLS}
             return report, rest
 
     report, rest = asyncio.run(go())
@@ -162,8 +162,9 @@ def test_live_run_after_a_backfill_fills_every_bar_since_midnight(db_url, ib_cac
     for sym in SYMBOLS:
         mine = oi[oi["symbol"] == sym]
         filled = mine[mine["source"] == "hist"]
-        # from the first 5-minute step after the last stored row (03-04 23:55) up to the run's start
-        assert filled["t"].tolist() == list(range(midnight - DAY_BEFORE, ms(start) + 1, STEP))
+        # from the first 5-minute step after the last stored row (03-03 23:55) up to the run's start
+        assert filled["t"].tolist() == list(range(midnight - 2 * DAY_BEFORE, ms(start) + 1, STEP))
+        assert len(filled) > 500
         assert filled["open_interest"].tolist() == [rest[sym][t] for t in filled["t"]]
         assert report.oi_filled[sym] == len(filled) and report.oi_polls[sym] >= 2
         polled = mine[mine["source"] == "rest"]

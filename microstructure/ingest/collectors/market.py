@@ -80,6 +80,8 @@ FORCE_ALL_FROM = 20
 LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 OI_HIST_LIMIT = 500  # rows per openInterestHist page
+OI_PERIOD_MS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000,
+                "4h": 14_400_000, "6h": 21_600_000, "12h": 43_200_000, "1d": 86_400_000}  # fmt: skip
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
 
 
@@ -182,23 +184,24 @@ def oi_hist_table(page: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-async def fill_oi_hist(fetch: Any, submit: Any, lo: int, hi: int) -> int:
-    """openInterestHist over [lo, hi) page by page: `fetch(start_ms, end_ms)` gives a page (None:
-    given up, the rest of the window is left), `submit(table)` hands it to the writer; the rows
-    handed over. Rows already stored are kept as they are (the writer's merge), so a rerun adds
-    nothing it already has."""
+async def fill_oi_hist(fetch: Any, submit: Any, lo: int, hi: int, period_ms: int = 300_000) -> int:
+    """openInterestHist over [lo, hi) in windows of OI_HIST_LIMIT periods: `fetch(start_ms, end_ms)`
+    gives a window's rows (None: given up, the rest is left), `submit(table)` hands them to the
+    writer; the rows handed over. A window never holds more rows than a page, so which end of an
+    over-long window the exchange would favour does not matter, and an empty window (before a
+    listing) does not end the fill. Rows already stored are kept as they are (the writer's merge): a
+    rerun adds nothing it already has."""
     n = 0
     cursor = lo
     while cursor < hi:
-        page = await fetch(cursor, hi - 1)
-        if not page:
+        end = min(hi, cursor + OI_HIST_LIMIT * period_ms)
+        page = await fetch(cursor, end - 1)
+        if page is None:
             break
-        table = oi_hist_table(page)
-        await submit(table)
-        n += len(page)
-        if len(page) < OI_HIST_LIMIT:
-            break
-        cursor = int(table.column("ts_ms")[-1].as_py()) + 1
+        if page:
+            await submit(oi_hist_table(page))
+            n += len(page)
+        cursor = end
     return n
 
 
@@ -740,7 +743,7 @@ async def load_oi_hist(
                 log.error("%s openInterestHist %s failed: %s", sym, label, exc)
                 return None
 
-        n += await fill_oi_hist(fetch, submit, max(lo, not_before), hi)
+        n += await fill_oi_hist(fetch, submit, max(lo, not_before), hi, OI_PERIOD_MS[period])
     return n
 
 
