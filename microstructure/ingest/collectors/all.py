@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
@@ -38,6 +37,7 @@ from microstructure.ingest.collectors.reconcile import (
 )
 from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 from microstructure.ingest.health import EventLog, Health
+from microstructure.ingest.sink.spill_report import count_spill_files, spill_folder
 from microstructure.ingest.sink.writer import open_writer, writer_problems
 from microstructure.retention import DEFAULT_INTERVAL as DEFAULT_RETENTION_INTERVAL
 from microstructure.retention import run_scheduled as run_retention_scheduled
@@ -105,14 +105,7 @@ class AllReport:
 def spill_files(settings: Settings, *, rejected: bool = True) -> int:
     """Spilled batches in the spill folder (with those in rejected/ unless `rejected` is False). Only
     finished `.arrow` files are batches: a `.tmp` left by a write that failed holds none."""
-    folder = Path(settings.home) / "spill"
-    if not folder.exists():
-        return 0
-    return sum(
-        1
-        for p in folder.rglob("*.arrow")
-        if p.is_file() and (rejected or p.relative_to(folder).parts[0] != "rejected")
-    )
+    return count_spill_files(spill_folder(settings.home), rejected=rejected)
 
 
 async def collect_all(
