@@ -82,7 +82,9 @@ class AllReport:
     def summary_lines(self) -> list[str]:
         out = [f"collect all ({self.mode}) for {', '.join(self.symbols)}: {self.seconds:.1f} s"]
         if self.stopped_by:
-            out.append(f"  stopped by {self.stopped_by}; every pending batch flushed")
+            left = writer_problems(self.spill_pending, self.batches_rejected, self.batches_dropped)
+            kept = "; ".join(left) if left else "every pending batch flushed"
+            out.append(f"  stopped by {self.stopped_by}; {kept}")
         for name, part in self.parts.items():
             lines = part.summary_lines() if hasattr(part, "summary_lines") else [f"{name}: {part}"]
             out.extend("  " + line for line in lines)
@@ -94,6 +96,11 @@ class AllReport:
         if self.health is not None:
             out.append("  health:")
             out.extend("  " + line for line in self.health.lines())
+            unowned = self.health.malformed_total() - sum(
+                getattr(p, "malformed", 0) for p in self.parts.values()
+            )
+            if unowned:  # the collectors' counts above plus these make the health total
+                out.append(f"  malformed messages of no collector (stream name unreadable): {unowned}")
         if self.events:
             out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         out.append(f"  spill files left: {self.spill_files_left}")

@@ -382,7 +382,8 @@ async def collect_book_live(
             await own_rest.close()
     hs = health.stream(collector)
     totals = conns.totals()  # of the shared connections, or of this collector's own
-    report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
+    rows_bad = sum(v.malformed for k, v in health.streams.items() if k.startswith(f"{collector}:"))  # _batch
+    report.malformed = hs.malformed + rows_bad + (totals.malformed if shared_streams is None else 0)
     report.reconnects = totals.reconnects  # a stale reconnect is counted there too
     if books is not None:
         report.resyncs.update(books.resyncs)
