@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from microstructure.ingest.collectors.archive_days import (
     ms_of_day,
     resolve_days,
 )
+from microstructure.ingest.collectors.progress import DayProgress
 from microstructure.ingest.collectors.runtime import note_bad_reply, start_stream, stop_after
 from microstructure.ingest.health import EventLog, Health, now_ms
 from microstructure.ingest.records import (
@@ -612,10 +614,12 @@ async def collect_market_historical(
     writer: Any = None,
     rest: Any = None,
     hist_period: str = "5m",
+    progress: bool = True,
 ) -> HistoricalReport:
     """Settled funding, open interest, futures metrics and 1m mark/index/premium klines of a day range.
 
-    Everything is idempotent: rows already stored are kept as they are.
+    Everything is idempotent: rows already stored are kept as they are. `progress`: a bar per symbol
+    on a terminal (else a heartbeat line a minute; one info line per day at -v: progress.py).
     """
     from microstructure.ingest.binance import archives
     from microstructure.ingest.binance.rest import BinanceRest, IpBanned, RetryNote
@@ -641,6 +645,7 @@ async def collect_market_historical(
     t1 = ms_of_day(last) + DAY_MS  # exclusive
     today_ms = server_ms // DAY_MS * DAY_MS
     conn = await asyncpg.connect(dsn)
+    prog = DayProgress("market historical", bar=progress and sys.stderr.isatty()).start()
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -650,6 +655,8 @@ async def collect_market_historical(
                 )
 
             for sym in symbols:
+                prog.add(sym, len(day_range(first, last)))
+                prog.update(sym, note="funding rates")
                 # -- funding: monthly archives for months that have ended, then REST over the range
                 n_fund = 0
                 for month in months_in(first, last):
@@ -725,12 +732,16 @@ async def collect_market_historical(
                             }
                         )
                         report.rows[sym] += await merge_table(conn, "price_klines", klines, PRICE_KLINES)
+                    prog.update(
+                        sym, days=1, rows=report.rows[sym], note=f"{d} archives", label=f"{d} archives"
+                    )
 
                 # -- openInterestHist for the days of the range in the last 30 days without metrics
                 hist_from = max(t0, server_ms - HIST_DAYS * DAY_MS + 60_000)
                 hist_days = [d for d in day_range(first, last) if d not in covered]
                 n_hist = 0
                 for d in hist_days:
+                    prog.update(sym, note=f"{d} openInterestHist")
                     lo, hi = max(ms_of_day(d), hist_from), min(ms_of_day(d) + DAY_MS, t1, server_ms)
                     cursor = lo
                     while cursor < hi:
@@ -769,6 +780,7 @@ async def collect_market_historical(
                     report.notes.append(f"{sym}: {n_hist} open-interest rows from openInterestHist")
         await writer.flush()
     finally:
+        prog.stop()
         await conn.close()
         await events.flush()
         if own_writer:
