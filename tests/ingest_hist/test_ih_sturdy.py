@@ -45,10 +45,11 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _cfg(cache: Path, *, seed: int = 1, history_days: int = 6, trades_per_day: int = 3_000,
-         **faults: object) -> ExchangeConfig:  # fmt: skip
+         listed_days: int | None = None, **faults: object) -> ExchangeConfig:  # fmt: skip
     return ExchangeConfig(
         symbols=("BTCUSDT",),
         seed=seed,
+        listed_days=listed_days,
         history_days=history_days,
         trades_per_day=trades_per_day,
         clock_start=CLOCK,
@@ -228,6 +229,50 @@ def test_exchange_stopped_midway_exit_1_and_a_rerun_completes(
         _assert_ids_equal_archives(thread, ex, db_url)
 
 
+def test_market_exchange_stopped_midway_exit_1_and_a_rerun_completes(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _cfg(exchange_cache)
+    proxy_box: list[TcpProxy] = []
+    zips: list[str] = []
+
+    def on_request(request: object) -> None:
+        path = str(getattr(request, "path", ""))
+        if path.endswith(".zip"):
+            zips.append(path)
+            if len(zips) == 6:  # in the second day's archives: the exchange goes away
+                proxy_box[0].set("down")
+
+    thread = ExchangeThread(cfg)
+    record_answers(thread.exchange, on_request)
+    with thread as ex, TcpProxy(ex.base_url) as proxy:
+        proxy_box.append(proxy)
+        url = proxy.dsn.rstrip("/")
+        argv = [*_base(db_url, tmp_path / "home"), "collect", "market", "--mode", "historical", "--symbol",
+                "BTCUSDT", "--days", "5", "--exchange-url", url]  # fmt: skip
+        t0 = time.monotonic()
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        took = time.monotonic() - t0
+        assert rc == 1, (out, err)
+        assert took < 20, took  # the days left are not each tried with their own retries (it took 60 s)
+        final = err.strip().splitlines()[-1]
+        assert final.startswith(
+            f"microstructure: error: cannot reach the exchange at {url}: GET {url}/data/"
+        ), final
+        assert final.endswith("run again to continue") and "Traceback" not in err
+
+        proxy.set("up")
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        with psycopg.connect(db_url) as conn:
+            klines = conn.execute(
+                "SELECT count(DISTINCT date_trunc('day', ts)) FROM price_klines WHERE symbol = 'BTCUSDT'"
+            ).fetchone()[0]
+        assert klines == 5
+
+
 def test_nothing_listens_exit_1_with_the_reason(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -323,3 +368,70 @@ def test_signal_during_a_historical_load_stops_cleanly_with_one_line(
             "checkpointed, the writer's batches flushed or in spill files for the next start); run the "
             "same command again to continue"
         ], err
+
+
+def test_days_100000_is_clamped_and_never_silent_at_the_default_level(
+    db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # issue 29: "clamped to the listing date, then minutes of REST walking with no output at the
+    # default level". Every day here is walked by REST (no archive), slowly; a heartbeat every 0.2 s
+    # stands for the minute.
+    monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.2)
+    days = ("2024-05-17", "2024-05-18", "2024-05-19")
+    cfg = _cfg(exchange_cache, listed_days=3, missing_archive_days=days, rest_delay=0.05)
+    with ExchangeThread(cfg) as ex:
+        rc = main([*_base(db_url, tmp_path / "home"), "collect", "aggtrades", "--symbol", "BTCUSDT",
+                   "--days", "100000", "--no-progress", "--exchange-url", ex.base_url])  # fmt: skip
+        err = capsys.readouterr().err
+    assert rc == 0, err
+    beats = [m.groups() for m in map(BEAT.search, err.splitlines()) if m]
+    assert beats and {b[0] for b in beats} == {"aggTrades historical"}, err
+    assert {b[2] for b in beats} == {"4"}  # the 3 days since the listing and today so far, not 100,000
+    assert "Traceback" not in err and "level=warning" not in err and "level=error" not in err
+
+
+def _in_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin, stdout and stderr; (exit code, what it showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "TERM": "xterm",
+           "COLUMNS": "160", "LINES": "40"}  # fmt: skip
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "microstructure", *argv], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every end of the terminal closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        rc = proc.wait(60)
+    return rc, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "command", [["aggtrades", "--days", "3"], ["market", "--mode", "historical", "--days", "3"]]
+)
+def test_a_historical_load_on_a_terminal_shows_a_progress_bar(
+    db_url: str, tmp_path: Path, exchange_cache: Path, command: list[str]
+) -> None:
+    with ExchangeThread(_cfg(exchange_cache)) as ex:
+        argv = [*_base(db_url, tmp_path / "home"), "collect", *command, "--symbol", "BTCUSDT"]
+        rc, shown = _in_a_terminal([*argv, "--exchange-url", ex.base_url])
+    assert rc == 0, shown[-3000:]
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    bars = re.findall(r"BTCUSDT\s+━+\s+(\d+)/(\d+) days", plain)
+    assert bars, plain[-3000:]
+    totals = {t for _, t in bars}
+    assert len(totals) == 1 and any(d == t for d, t in bars), bars  # one bar, drawn up to its end
+    assert "microstructure.progress" not in plain  # the bar is the progress: no heartbeat beside it
