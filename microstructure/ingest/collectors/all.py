@@ -405,7 +405,7 @@ async def _historical(
 
         try:
             report.parts["aggtrades"] = await collect_aggtrades_historical(
-                settings, dsn, symbols, start, end, days=days, progress=False, writer=writer
+                settings, dsn, symbols, start, end, days=days, progress=True, writer=writer
             )
         except Exception as exc:  # the other loaders still run
             report.errors["aggtrades"] = f"{type(exc).__name__}: {exc}"
