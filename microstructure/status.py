@@ -1,4 +1,5 @@
-"""`microstructure status`: coverage, gaps and live lag per symbol, plus ingest events."""
+"""`microstructure status`: batches waiting in spill files, coverage, gaps and live lag per symbol,
+plus ingest events."""
 
 from __future__ import annotations
 
@@ -237,8 +238,9 @@ def print_group_status(report: StatusReport, console: Any) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "status",
-        help="coverage, gaps and live lag per symbol; resyncs and other ingest events",
-        description="Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
+        help="spilled batches not yet stored; coverage, gaps and live lag per symbol; ingest events",
+        description="First, the batches waiting in spill files (HOME/spill: written while the database was away, "
+        "replayed by the next collector start; shown also when the database is down). Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
         "the newest stored trade lags behind now; per symbol and day of the last --days days, ids lost (a gap "
         "in the ids is loss) apart from quiet spans (no trade while the ids stay contiguous: a halt or a "
         "quiet market, never a gap) and whether the archive verified the day (microstructure reconcile); "
