@@ -303,14 +303,31 @@ def test_http_500_exit_1_with_the_reason(
     db_url: str, tmp_path: Path, exchange_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with ExchangeThread(_cfg(exchange_cache, rest_500_rate=1.0)) as ex:
-        rc = main([*_base(db_url, tmp_path / "home"), "collect", "aggtrades", "--symbol", "BTCUSDT",
-                   "--days", "2", "--no-progress", "--exchange-url", ex.base_url])  # fmt: skip
-        err = capsys.readouterr().err.strip().splitlines()
-        assert rc == 1
-        assert err[-1] == (
-            f"microstructure: error: the exchange at {ex.base_url} kept failing: GET {ex.base_url}/fapi/v1/time: "
-            "HTTP 500 (gave up after 7 attempts); what was stored is kept, run again to continue"
-        )
+        url = ex.base_url
+        for cmd in (
+            ["aggtrades", "--days", "2", "--no-progress"],
+            ["market", "--mode", "historical", "--days", "2"],
+        ):
+            rc = main(
+                [
+                    *_base(db_url, tmp_path / "home"),
+                    "collect",
+                    *cmd,
+                    "--symbol",
+                    "BTCUSDT",
+                    "--exchange-url",
+                    url,
+                ]
+            )
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 1, err
+            assert err[-1].startswith(
+                f"microstructure: error: the exchange at {url} kept failing: GET {url}/fapi/v1/"
+            )
+            assert err[-1].endswith(
+                ": HTTP 500 (gave up after 7 attempts); what was stored is kept, run again to continue"
+            ), err[-1]
+            assert not any("Traceback" in x for x in err)
 
 
 def test_a_418_ban_is_the_only_exit_3(
