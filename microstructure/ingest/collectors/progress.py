@@ -127,7 +127,7 @@ class DayProgress:
         done = sum(s.done for s in self.symbols.values())
         total = sum(s.total for s in self.symbols.values())
         rows = sum(s.rows for s in self.symbols.values())
-        now = "; ".join(f"{sym} {s.note}" for sym, s in self.symbols.items() if s.note and s.done < s.total)
+        now = "; ".join(f"{sym} {s.note}" for sym, s in self.symbols.items() if s.note and s.note != "done")
         return (
             f"{self.what}: {done}/{total} days, {rows:,} rows, {rows / max(elapsed, 1e-3):,.0f} rows/s, "
             f"{_elapsed(elapsed)} elapsed" + (f"; now {now}" if now else "")
