@@ -57,3 +57,5 @@ def configure(verbosity: int = 0, as_json: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if verbosity < 3 else logging.DEBUG)
     logging.getLogger("microstructure").setLevel(level)
+    # a long load's heartbeat (ingest/collectors/progress.py) shows at the default level too
+    logging.getLogger("microstructure.progress").setLevel(min(level, logging.INFO))

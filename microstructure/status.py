@@ -1,4 +1,5 @@
-"""`microstructure status`: coverage, gaps and live lag per symbol, plus ingest events."""
+"""`microstructure status`: batches waiting in spill files, coverage, gaps and live lag per symbol,
+plus ingest events."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from microstructure.config import Settings
 from microstructure.db import migrate
 from microstructure.db.connect import resolve_database_url
 from microstructure.db.queries import load
+from microstructure.ingest.sink.spill_report import SpillReport, read_spill, spill_folder
 
 
 @dataclass
@@ -27,6 +29,7 @@ class StatusReport:
     days: list[dict[str, Any]] = field(default_factory=list)  # halts vs loss per symbol and day
     group_members: list[dict[str, Any]] = field(default_factory=list)  # collector groups (section below)
     group_orphans: list[dict[str, Any]] = field(default_factory=list)
+    spill: SpillReport | None = None  # batches waiting in HOME/spill (read from the folder, not the database)
 
 
 DEFAULT_STATUS_DAYS = 3
@@ -121,6 +124,8 @@ def print_status(report: StatusReport, *, quiet_seconds: float = DEFAULT_QUIET_S
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)  # pipes and logs get whole columns
+    if report.spill is not None:  # first: the counts below do not hold these batches yet
+        print_spill(report.spill, console)
     if not report.symbols:
         console.print("no aggregate trades stored yet")
     else:
@@ -179,6 +184,11 @@ def print_status(report: StatusReport, *, quiet_seconds: float = DEFAULT_QUIET_S
     print_group_status(report, console)
 
 
+def print_spill(spill: SpillReport, console: Any) -> None:
+    for line in spill.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------- collector groups (--group)
 
 
@@ -228,8 +238,9 @@ def print_group_status(report: StatusReport, console: Any) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "status",
-        help="coverage, gaps and live lag per symbol; resyncs and other ingest events",
-        description="Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
+        help="spilled batches not yet stored; coverage, gaps and live lag per symbol; ingest events",
+        description="First, the batches waiting in spill files (HOME/spill: written while the database was away, "
+        "replayed by the next collector start; shown also when the database is down). Per symbol: days and ids of aggregate trades stored, missing ids, open gaps and how far "
         "the newest stored trade lags behind now; per symbol and day of the last --days days, ids lost (a gap "
         "in the ids is loss) apart from quiet spans (no trade while the ids stay contiguous: a halt or a "
         "quiet market, never a gap) and whether the archive verified the day (microstructure reconcile); "
@@ -253,11 +264,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
     days = parse_int(args.days, "--days", 0)
     quiet = parse_seconds(args.quiet_seconds, "--quiet-seconds")
+    spill = read_spill(spill_folder(settings.home))
+    try:
+        url = resolve_database_url(settings)  # connects once: a bad URL is one clear line
+    except Exception:
+        if spill.waiting or spill.rejected:  # what the folder knows is worth saying with the database down
+            from rich.console import Console
+
+            print_spill(spill, Console(width=None if sys.stdout.isatty() else 140))
+        raise
     migrate.upgrade(url)
-    print_status(
-        collect_status(url, gap_limit=args.gap_limit, days=days, quiet_seconds=quiet), quiet_seconds=quiet
-    )
+    report = collect_status(url, gap_limit=args.gap_limit, days=days, quiet_seconds=quiet)
+    report.spill = spill
+    print_status(report, quiet_seconds=quiet)
     return 0

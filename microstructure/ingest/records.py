@@ -142,6 +142,12 @@ GAP_RECORDS = pa.schema(
 )
 GAP_KIND = "agg_trade_gaps"
 
+
+def time_column(kind: str) -> str:
+    """The batch column holding each row's time (a spilled batch's time range, the invalidation log)."""
+    return "funding_ms" if kind == "funding_rates" else "ts_ms"
+
+
 # The archive-only tables, written by writer.merge_table: column -> PostgreSQL type it is sent as, in
 # COPY order (timestamptz columns come as epoch milliseconds).
 BOOK_DEPTH_BANDS: dict[str, str] = {

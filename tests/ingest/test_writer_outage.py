@@ -22,6 +22,7 @@ import pytest
 from tcp_proxy import TcpProxy
 
 from microstructure.ingest.records import AGG_TRADES
+from microstructure.ingest.sink.spill_report import read_spill
 from microstructure.ingest.sink.writer import Writer
 
 T0 = 1_717_200_000_000  # 2024-06-01 00:00 UTC
@@ -96,11 +97,20 @@ def test_batches_reach_disk_within_seconds_of_the_database_going_away(
         assert w.down
         await abandon(w)  # "SIGKILL"
         files = len(list((tmp_path / "spill").glob("*.arrow")))
+        # what `status` reads from the folder: the three batches, their rows and their time range
+        spill = read_spill(tmp_path / "spill")
+        assert spill.by_table() == {"agg_trades": (3, 300)} and not spill.rejected and not spill.unreadable
+        assert (min(b.first_ms for b in spill.waiting), max(b.last_ms for b in spill.waiting)) == (
+            T0 + 100 * 10,
+            T0 + 399 * 10,
+        )
+        assert {b.symbol for b in spill.waiting} == {"BTCUSDT"}
         proxy.set("up")
         w2 = Writer(db_url, tmp_path / "spill")
         await w2.start()
         assert await w2.flush(20)
         await w2.close()
+        assert read_spill(tmp_path / "spill").waiting == []
         return files, took
 
     files, took = asyncio.run(go())

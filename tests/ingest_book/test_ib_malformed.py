@@ -99,3 +99,39 @@ def test_malformed_messages_are_counted_logged_and_skipped(db_url, ib_cache, tmp
             )
         )
         assert {r["symbol"] for r in late} == syms and all(r["n"] >= 2 for r in late), (table, where)
+
+
+def test_collect_all_counts_each_malformed_message_under_its_collector(db_url, ib_cache, tmp_path) -> None:
+    """Over shared connections, a message that does not even parse is still its stream's: the
+    collectors' counts add up to the health section's total (issue 29: 0 beside 3)."""
+    from microstructure.ingest.collectors.all import collect_all
+
+    bad = {k: BAD[k] for k in ("btcusdt@depth20@500ms", "btcusdt@markPrice@1s")}
+
+    async def go():
+        async with LocalExchange(exchange_config(ib_cache, live_rate=20.0)) as ex:
+            settings = settings_for(ex, db_url, tmp_path)
+            stop = asyncio.Event()
+            health = Health()
+            task = asyncio.create_task(
+                collect_all(settings, db_url, ["BTCUSDT", "ETHUSDT"], stop_event=stop, handle_signals=False,
+                            health=health, features_interval=None, reconcile_interval=None)
+            )  # fmt: skip
+            await asyncio.sleep(2.5)
+            for name, payloads in bad.items():
+                assert ex.hub.subs.get(name), name
+                for p in payloads:
+                    ex.hub.publish(ex.hub.keys[name], p)
+            await asyncio.sleep(2.0)
+            stop.set()
+            return await task, health
+
+    report, health = asyncio.run(go())
+    assert report.parts["book"].malformed == len(bad["btcusdt@depth20@500ms"])  # "not json at all" too
+    assert report.parts["market"].malformed == len(bad["btcusdt@markPrice@1s"])
+    assert health.malformed_total() == sum(len(v) for v in bad.values())
+    assert (
+        sum(p.malformed for p in report.parts.values() if hasattr(p, "malformed")) == health.malformed_total()
+    )
+    summary = "\n".join(report.summary_lines())
+    assert "of no collector" not in summary

@@ -1,6 +1,7 @@
 """`collect all` as a process while the database is away: SIGTERM exits within seconds with every
-batch spilled, and the next writer on the folder stores them ("the database" goes away through a
-TCP proxy in front of the embedded server)."""
+batch spilled, `status` lists the spilled batches (the database down or up), and the next writer on
+the folder stores them, after which `status` lists none ("the database" goes away through a TCP
+proxy in front of the embedded server)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import time
 from pathlib import Path
 
 import psycopg
+import pyarrow.ipc as pa_ipc
+import pytest
 from ib_helpers import collect_cmd, exchange_config
 from tcp_proxy import TcpProxy
 
+from microstructure.cli import main
 from microstructure.exchange.server import ExchangeThread
+from microstructure.ingest.sink.spill_report import read_spill
 from microstructure.ingest.sink.writer import Writer
 
 
@@ -30,8 +35,14 @@ def latest_recv(dsn: str, table: str) -> float:
     return float(t)
 
 
+def status_out(dsn: str, home: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(["--database-url", dsn, "--home", str(home), "status", "--days", "0"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def test_sigterm_while_the_database_is_down_exits_within_15_s_with_everything_spilled(
-    db_url: str, ib_cache: Path, tmp_path: Path
+    db_url: str, ib_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "home"
     with TcpProxy(db_url) as proxy, ExchangeThread(exchange_config(ib_cache, clock_start=None)) as ex:
@@ -59,9 +70,39 @@ def test_sigterm_while_the_database_is_down_exits_within_15_s_with_everything_sp
         assert proc.returncode == 1, err[-3000:]
         last = err.strip().splitlines()[-1]
         assert "batches left in spill files" in last, last
-        assert "stopped by SIGTERM" in out
+        stopped = next(x for x in out.splitlines() if "stopped by SIGTERM" in x)
+        assert "flushed" not in stopped and "batches left in spill files" in stopped, (
+            stopped
+        )  # never "flushed"
         spilled = list((home / "spill").glob("*.arrow"))
         assert spilled and not list((home / "spill").glob("*.tmp"))
+
+        # status with the database still down: the spilled batches, then the one error line
+        rc, out, err = status_out(proxy.dsn, home, capsys)
+        assert rc == 2 and err.startswith("microstructure: error: ") and len(err.strip().splitlines()) == 1
+        assert f"spill files: {len(spilled)} batches waiting in {home / 'spill'}, NOT in the database" in out
+
+    # status with the database back, before any collector started: the same batches, their tables
+    spill = read_spill(home / "spill")
+    assert len(spill.waiting) == len(spilled)
+    rc, out, err = status_out(db_url, home, capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert (
+        lines[0].startswith(f"spill files: {len(spilled)} batches waiting")
+        and "replays them first" in lines[0]
+    )
+    tables = spill.by_table()
+    assert {"book_snapshots", "mark_prices", "agg_trades"} <= set(tables)
+    for table, (n, rows) in tables.items():
+        assert f"{table} {n} batches ({rows:,} rows)" in lines[1]
+    assert sum(n for n, _ in tables.values()) == len(spilled)
+    assert lines[2].startswith("  time range of their rows: ") and lines[3].startswith("  oldest spilled at ")
+    spilled_ids = set()
+    for b in spill.waiting:
+        if b.kind == "agg_trades":
+            spilled_ids |= set(pa_ipc.open_file(str(b.path)).read_all().column("agg_id").to_pylist())
+    assert spilled_ids
 
     async def replay() -> None:
         w = Writer(db_url, home / "spill")
@@ -70,6 +111,16 @@ def test_sigterm_while_the_database_is_down_exits_within_15_s_with_everything_sp
         await w.close()
 
     asyncio.run(replay())
+    rc, out, err = status_out(db_url, home, capsys)
+    assert rc == 0 and out.splitlines()[0] == f"spill files: none waiting in {home / 'spill'}", out
+    with psycopg.connect(db_url) as conn:
+        stored = {
+            r[0]
+            for r in conn.execute(
+                "SELECT agg_id FROM agg_trades WHERE agg_id = ANY(%s)", (list(spilled_ids),)
+            )
+        }
+    assert stored == spilled_ids
     # what arrived while the database was away, up to the SIGTERM, was on disk: nothing lost in memory
     for table in ("book_snapshots", "mark_prices", "agg_trades"):
         assert latest_recv(db_url, table) >= term_at - 2.5, table

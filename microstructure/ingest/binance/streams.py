@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 loads = orjson.loads  # JSON of every message: orjson is several times faster than json
 
 Handler = Callable[[str, Any, int], None]
+
+_STREAM_NAME = re.compile(r'"stream"\s*:\s*"([^"\\]{1,200})"')
+
+
+def stream_of(text: Any) -> str:
+    """The stream name at the head of a combined-stream message that did not parse ("" if none)."""
+    m = _STREAM_NAME.search(text[:400]) if isinstance(text, str) else None
+    return m.group(1) if m else ""
 
 
 ENDED = (
@@ -66,6 +75,7 @@ async def combined_stream(
     stale_timeout: float = 10.0,
     backoff_max: float = 5.0,
     session: aiohttp.ClientSession | None = None,
+    owner_of: Callable[[str], str | None] | None = None,
 ) -> AsyncIterator[tuple[str, Any, int]]:
     """(stream, data, recv_ms) of a combined-stream connection, reconnecting forever until `stop`.
 
@@ -74,7 +84,9 @@ async def combined_stream(
       future or timer per message);
     - closed or failed connections come back with jittered exponential backoff (capped);
     - a message that is not JSON or not {"stream","data"} is counted, logged (the first ones with their
-      text) and recorded in ingest_events; the stream goes on.
+      text) and recorded in ingest_events; the stream goes on. With `owner_of` (stream name -> the
+      collector it is for), one whose stream name can still be read (a truncated message keeps its
+      head) is counted under that collector; the others under the connection (`name`).
     """
     h = health.stream(name)
     url = ws_base.rstrip("/") + "/stream?streams=" + "/".join(streams)
@@ -105,7 +117,13 @@ async def combined_stream(
                                 if not isinstance(stream_name, str) or not isinstance(data, dict):
                                     raise TypeError("stream/data of the wrong type")
                             except (ValueError, KeyError, TypeError) as exc:
-                                note_malformed(h, events, collector, None, name, msg.data, exc)
+                                owner = owner_of(stream_of(msg.data)) if owner_of is not None else None
+                                if owner is None:
+                                    note_malformed(h, events, collector, None, name, msg.data, exc)
+                                else:
+                                    note_malformed(
+                                        health.stream(owner), events, owner, None, owner, msg.data, exc
+                                    )
                                 continue
                             yield stream_name, data, recv_ms
                     finally:
@@ -166,9 +184,9 @@ class SharedStreams:
     a message already handed on by one is dropped when the other repeats it (`message_key`), so
     handlers see each message once.
 
-    Messages and handler-raised malformed ones are counted under the owning collector's name;
-    connection-level counts (reconnects, unparseable messages) under `NAME[i]#n`, connection n of
-    slot i.
+    Messages and malformed ones are counted under the owning collector's name (a message that does
+    not parse too, when its stream name can be read); connection-level counts (reconnects, messages
+    whose stream cannot be told) under `NAME[i]#n`, connection n of slot i.
     """
 
     def __init__(self, ws_base: str, *, expected: int, health: Health, events: EventLog | None,
@@ -196,6 +214,10 @@ class SharedStreams:
         self.registered += 1
         if self.registered >= self.expected:
             self.ready.set()
+
+    def owner_of(self, stream: str) -> str | None:
+        route = self.routes.get(stream)
+        return route[1] if route is not None else None
 
     def dispatch(self, stream: str, data: Any, recv_ms: int) -> None:
         route = self.routes.get(stream)
@@ -243,7 +265,7 @@ class SharedStreams:
                           first: asyncio.Event | None = None) -> None:  # fmt: skip
         async for stream_name, data, recv_ms in combined_stream(
             self.ws_base, streams, stop=stop, name=name, health=self.health, events=self.events,
-            collector=self.name, stale_timeout=self.stale_timeout,
+            collector=self.name, stale_timeout=self.stale_timeout, owner_of=self.owner_of,
         ):  # fmt: skip
             if first is not None and not first.is_set():
                 first.set()

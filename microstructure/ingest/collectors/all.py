@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from microstructure.config import Settings
@@ -38,6 +37,7 @@ from microstructure.ingest.collectors.reconcile import (
 )
 from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
 from microstructure.ingest.health import EventLog, Health
+from microstructure.ingest.sink.spill_report import count_spill_files, spill_folder
 from microstructure.ingest.sink.writer import open_writer, writer_problems
 from microstructure.retention import DEFAULT_INTERVAL as DEFAULT_RETENTION_INTERVAL
 from microstructure.retention import run_scheduled as run_retention_scheduled
@@ -82,7 +82,9 @@ class AllReport:
     def summary_lines(self) -> list[str]:
         out = [f"collect all ({self.mode}) for {', '.join(self.symbols)}: {self.seconds:.1f} s"]
         if self.stopped_by:
-            out.append(f"  stopped by {self.stopped_by}; every pending batch flushed")
+            left = writer_problems(self.spill_pending, self.batches_rejected, self.batches_dropped)
+            kept = "; ".join(left) if left else "every pending batch flushed"
+            out.append(f"  stopped by {self.stopped_by}; {kept}")
         for name, part in self.parts.items():
             lines = part.summary_lines() if hasattr(part, "summary_lines") else [f"{name}: {part}"]
             out.extend("  " + line for line in lines)
@@ -94,6 +96,11 @@ class AllReport:
         if self.health is not None:
             out.append("  health:")
             out.extend("  " + line for line in self.health.lines())
+            unowned = self.health.malformed_total() - sum(
+                getattr(p, "malformed", 0) for p in self.parts.values()
+            )
+            if unowned:  # the collectors' counts above plus these make the health total
+                out.append(f"  malformed messages of no collector (stream name unreadable): {unowned}")
         if self.events:
             out.append("  ingest_events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         out.append(f"  spill files left: {self.spill_files_left}")
@@ -105,14 +112,7 @@ class AllReport:
 def spill_files(settings: Settings, *, rejected: bool = True) -> int:
     """Spilled batches in the spill folder (with those in rejected/ unless `rejected` is False). Only
     finished `.arrow` files are batches: a `.tmp` left by a write that failed holds none."""
-    folder = Path(settings.home) / "spill"
-    if not folder.exists():
-        return 0
-    return sum(
-        1
-        for p in folder.rglob("*.arrow")
-        if p.is_file() and (rejected or p.relative_to(folder).parts[0] != "rejected")
-    )
+    return count_spill_files(spill_folder(settings.home), rejected=rejected)
 
 
 async def collect_all(
@@ -405,7 +405,7 @@ async def _historical(
 
         try:
             report.parts["aggtrades"] = await collect_aggtrades_historical(
-                settings, dsn, symbols, start, end, days=days, progress=False, writer=writer
+                settings, dsn, symbols, start, end, days=days, progress=True, writer=writer
             )
         except Exception as exc:  # the other loaders still run
             report.errors["aggtrades"] = f"{type(exc).__name__}: {exc}"

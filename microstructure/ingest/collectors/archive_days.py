@@ -77,6 +77,12 @@ class HistoricalReport:
         return out
 
 
+# A download that got no HTTP answer at all (refused, reset, timed out), after its retries: the
+# exchange is gone, the run stops (exit 1, "cannot reach") rather than trying every archive left,
+# each with its own retries. A 5xx or a bad file fails that archive only.
+CONNECT_FAILURES = (aiohttp.ClientConnectionError, ConnectionError, TimeoutError)
+
+
 def day_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
@@ -143,6 +149,10 @@ async def load_archive_table(
     except archives.ArchiveError as exc:  # the download kept failing (network, 5xx): not loaded
         report.failed[url.rsplit("/", 1)[-1]] = str(exc)
         events.record(collector, symbol, "archive_failed", {"url": url, "reason": str(exc)})
+        if isinstance(exc.__cause__, CONNECT_FAILURES):  # no answer at all: the exchange is gone,
+            from microstructure.ingest.binance.rest import Unreachable  # the days left are not tried
+
+            raise Unreachable(str(exc)) from exc
         log.error("%s", exc)
         return None
     name = url.rsplit("/", 1)[-1]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from microstructure.ingest.collectors.archive_days import (
     resolve_days,
 )
 from microstructure.ingest.collectors.book_values import LEVELS, VALUE_COLUMNS, BookValues, pad_levels
+from microstructure.ingest.collectors.progress import DayProgress
 from microstructure.ingest.collectors.runtime import start_stream, stop_after
 from microstructure.ingest.health import EventLog, Health, note_malformed
 from microstructure.ingest.records import BOOK_DEPTH_BANDS, BOOK_SNAPSHOTS, SnapshotRow
@@ -382,7 +384,8 @@ async def collect_book_live(
             await own_rest.close()
     hs = health.stream(collector)
     totals = conns.totals()  # of the shared connections, or of this collector's own
-    report.malformed = hs.malformed + (totals.malformed if shared_streams is None else 0)
+    rows_bad = sum(v.malformed for k, v in health.streams.items() if k.startswith(f"{collector}:"))  # _batch
+    report.malformed = hs.malformed + rows_bad + (totals.malformed if shared_streams is None else 0)
     report.reconnects = totals.reconnects  # a stale reconnect is counted there too
     if books is not None:
         report.resyncs.update(books.resyncs)
@@ -409,8 +412,10 @@ async def collect_book_historical(
     end: date | None = None,
     *,
     days: int | None = None,
+    progress: bool = True,
 ) -> HistoricalReport:
     """Daily bookDepth archives of [start, end] (or the last `days` complete days) into book_depth_bands.
+    `progress`: a bar per symbol on a terminal, else a heartbeat line a minute (progress.py).
 
     Not a 20-level book: cumulative depth within +-1..5 % of mid, about every 30 s (see BOOK_DEPTH_HELP).
     Idempotent (ON CONFLICT DO NOTHING on (symbol, ts, percentage)).
@@ -420,10 +425,13 @@ async def collect_book_historical(
     report = HistoricalReport("bookDepth archives -> book_depth_bands")
     events = EventLog(dsn)
     conn = await asyncpg.connect(dsn)
+    prog = DayProgress("bookDepth historical", bar=progress and sys.stderr.isatty()).start()
     try:
         async with aiohttp.ClientSession() as session:
             for symbol in symbols:
+                prog.add(symbol, len(day_range(first, last)))
                 for d in day_range(first, last):
+                    prog.update(symbol, note=f"{d} archive")
                     parsed = await load_archive_table(
                         session,
                         settings.archive_url,
@@ -436,6 +444,7 @@ async def collect_book_historical(
                         collector,
                     )
                     if parsed is None:
+                        prog.update(symbol, days=1, label=f"{d} not loaded (see the report)")
                         continue
                     table = parsed.table
                     bands = pa.table(
@@ -451,7 +460,9 @@ async def collect_book_historical(
                         conn, "book_depth_bands", bands, BOOK_DEPTH_BANDS
                     )
                     report.days_loaded[symbol] += 1
+                    prog.update(symbol, days=1, rows=report.rows[symbol], label=f"{d} archive")
     finally:
+        prog.stop()
         await conn.close()
         await events.flush()
     return report

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ from microstructure.ingest.collectors.archive_days import (
     ms_of_day,
     resolve_days,
 )
+from microstructure.ingest.collectors.progress import DayProgress
 from microstructure.ingest.collectors.runtime import note_bad_reply, start_stream, stop_after
 from microstructure.ingest.health import EventLog, Health, now_ms
 from microstructure.ingest.records import (
@@ -758,10 +760,12 @@ async def collect_market_historical(
     writer: Any = None,
     rest: Any = None,
     hist_period: str = "5m",
+    progress: bool = True,
 ) -> HistoricalReport:
     """Settled funding, open interest, futures metrics and 1m mark/index/premium klines of a day range.
 
-    Everything is idempotent: rows already stored are kept as they are.
+    Everything is idempotent: rows already stored are kept as they are. `progress`: a bar per symbol
+    on a terminal (else a heartbeat line a minute; one info line per day at -v: progress.py).
     """
     from microstructure.ingest.binance import archives
     from microstructure.ingest.binance.rest import BinanceRest, IpBanned, RetryNote
@@ -787,6 +791,7 @@ async def collect_market_historical(
     t1 = ms_of_day(last) + DAY_MS  # exclusive
     today_ms = server_ms // DAY_MS * DAY_MS
     conn = await asyncpg.connect(dsn)
+    prog = DayProgress("market historical", bar=progress and sys.stderr.isatty()).start()
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -796,6 +801,8 @@ async def collect_market_historical(
                 )
 
             for sym in symbols:
+                prog.add(sym, len(day_range(first, last)))
+                prog.update(sym, note="funding rates")
                 # -- funding: monthly archives for months that have ended, then REST over the range
                 n_fund = 0
                 for month in months_in(first, last):
@@ -874,6 +881,9 @@ async def collect_market_historical(
                             }
                         )
                         report.rows[sym] += await merge_table(conn, "price_klines", klines, PRICE_KLINES)
+                    prog.update(
+                        sym, days=1, rows=report.rows[sym], note=f"{d} archives", label=f"{d} archives"
+                    )
 
                 # -- openInterestHist (the last 30 days): the days of the range without a metrics
                 # archive and, when the range ends yesterday, from the last archived row up to now
@@ -894,6 +904,7 @@ async def collect_market_historical(
                         log.error("%s server time failed: %s", sym, exc)
                     else:
                         windows.append((f"since {_utc(since)}", since, now + 1))
+                prog.update(sym, note="openInterestHist")
                 n_hist = await load_oi_hist(
                     rest, writer, sym, windows, hist_from, period=hist_period, report=report, events=events,
                     collector=collector,
@@ -902,6 +913,7 @@ async def collect_market_historical(
                     report.notes.append(f"{sym}: {n_hist} open-interest rows from openInterestHist")
         await writer.flush()
     finally:
+        prog.stop()
         await conn.close()
         await events.flush()
         if own_writer:

@@ -63,6 +63,7 @@ from microstructure.ingest.binance.rest import (
     RetryNote,
     Unreachable,
 )
+from microstructure.ingest.collectors.progress import DayProgress
 from microstructure.ingest.sink import bulk
 
 log = logging.getLogger(__name__)
@@ -357,59 +358,6 @@ async def final_state(
             gaps.extend(await gaps_in_day(conn, symbol, d))
         prev = c
     report.gaps = gaps
-
-
-# ---------------------------------------------------------------- progress
-
-
-class _Progress:
-    """One rich progress bar per symbol (days, rows, rows/s); a no-op when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        self._tasks: dict[str, Any] = {}
-        self._t0: dict[str, float] = {}
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._p = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("days"),
-                TextColumn("{task.fields[rows]:>12,} rows"),
-                TextColumn("{task.fields[rate]:>9,.0f} rows/s"),
-                TextColumn("{task.fields[note]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-
-    def __enter__(self) -> _Progress:
-        if self._p is not None:
-            self._p.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()
-
-    def add(self, symbol: str, days: int) -> None:
-        self._t0[symbol] = time.monotonic()
-        if self._p is not None:
-            self._tasks[symbol] = self._p.add_task(symbol, total=days, rows=0, rate=0.0, note="")
-
-    def update(self, symbol: str, *, days: int = 0, rows: int | None = None, note: str | None = None) -> None:
-        if self._p is None:
-            return
-        fields: dict[str, Any] = {}
-        if rows is not None:
-            elapsed = max(time.monotonic() - self._t0[symbol], 1e-3)
-            fields.update(rows=rows, rate=rows / elapsed)
-        if note is not None:
-            fields["note"] = note
-        self._p.update(self._tasks[symbol], advance=days, **fields)
 
 
 # ---------------------------------------------------------------- one symbol
@@ -753,7 +701,9 @@ class _SymbolRun:
             if unit.kind == "month":
                 rep.months_archive.append(unit.month)
             rep.days_archive.extend(unit.days)
-            self.ctx.progress.update(self.symbol, days=len(unit.days))
+            self.ctx.progress.update(
+                self.symbol, days=len(unit.days), label=f"{unit.month or unit.days[0]} archive"
+            )
 
         if self._tail is None:
             await finished()
@@ -838,14 +788,14 @@ class _SymbolRun:
             self.last_id = c.last_id
         await self._finish_unit(d, self.last_id, last_ts, complete=complete and past)
         rep.days_rest.append(d)
-        ctx.progress.update(self.symbol, days=1)
+        ctx.progress.update(self.symbol, days=1, label=f"{d} REST")
 
     # ---- the run
     async def run(self) -> SymbolReport:
         ctx = self.ctx
         queue = await self.plan()
         ctx.progress.add(self.symbol, self.report.days)
-        ctx.progress.update(self.symbol, days=len(self.report.days_skipped))
+        ctx.progress.update(self.symbol, days=len(self.report.days_skipped), label="stored before")
         try:
             while queue:
                 unit = queue.popleft()
@@ -895,7 +845,7 @@ class _SymbolRun:
             if self.last_id is not None and self.last_id + 1 == c.first_id:
                 self.report.days_skipped.append(d)
                 self.last_id = c.last_id
-                ctx.progress.update(self.symbol, days=1)
+                ctx.progress.update(self.symbol, days=1, label=f"{d} stored before")
             else:
                 queue.appendleft(_Unit("day", [d]))
             return
@@ -959,7 +909,7 @@ class _SymbolRun:
             log.error("%s", msg)
             self.report.errors.append(msg)
         self.last_id = None
-        self.ctx.progress.update(self.symbol, days=len(days))
+        self.ctx.progress.update(self.symbol, days=len(days), label=f"{span} failed")
 
     async def _archive(self, unit: _Unit) -> archives.AggTradesArchive:
         """The unit's archive, downloaded and parsed while the last bulk day's indexes build; when
@@ -983,7 +933,7 @@ class _SymbolRun:
         self.report.days_refused.append(d)
         self.report.errors.append(msg)
         self.last_id = None
-        self.ctx.progress.update(self.symbol, days=1)
+        self.ctx.progress.update(self.symbol, days=1, label=f"{d} refused")
 
 
 class _TooLarge(Exception):
@@ -1001,7 +951,7 @@ class _Run:
     session: aiohttp.ClientSession
     pool: Any
     writer: Any
-    progress: _Progress
+    progress: DayProgress
     start: date
     end: date
     today: date
@@ -1163,7 +1113,7 @@ async def collect_aggtrades_historical(
             await writer.start()
         cache_dir = settings.home / "archives" if cache_archives else None
         tmp_dir = settings.home / "tmp"
-        with _Progress(progress and sys.stderr.isatty()) as prog:
+        with DayProgress("aggTrades historical", bar=progress and sys.stderr.isatty()) as prog:
             ctx = _Run(
                 settings=settings,
                 rest=client,

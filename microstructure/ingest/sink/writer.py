@@ -36,10 +36,11 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from microstructure.config import Settings
-from microstructure.ingest.records import GAP_KIND, GAP_RECORDS, KINDS
+from microstructure.ingest.records import GAP_KIND, GAP_RECORDS, KINDS, time_column
 from microstructure.ingest.sink import coverage, invalidations
 from microstructure.ingest.sink.partitions import DayPartitions, is_missing_partition
 from microstructure.ingest.sink.pgcopy import ColumnSpec, copy_binary, encode_copy_binary
+from microstructure.ingest.sink.spill_report import spill_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class KindSpec:
     @property
     def time_field(self) -> str:
         """The batch column holding each row's time (what the invalidation log records)."""
-        return "funding_ms" if self.kind == "funding_rates" else "ts_ms"
+        return time_column(self.kind)
 
     @property
     def stage(self) -> str:
@@ -1173,8 +1174,6 @@ async def open_writer(settings: Settings, dsn: str) -> Writer:
     """A started Writer spilling under the project folder (HOME/spill), at most
     `settings.spill_max_mb` MB of it when set (MICROSTRUCTURE_SPILL_MAX_MB)."""
     limit = getattr(settings, "spill_max_mb", None)
-    writer = Writer(
-        dsn, Path(settings.home) / "spill", max_spill_bytes=None if limit is None else limit << 20
-    )
+    writer = Writer(dsn, spill_folder(settings.home), max_spill_bytes=None if limit is None else limit << 20)
     await writer.start()
     return writer
