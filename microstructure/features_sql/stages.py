@@ -168,8 +168,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
     "snapshot_count",
     "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_rate_predicted", "funding_delta",
-    "open_interest",
-    "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+    "open_interest", "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
     *QUALITY_COLUMNS,
 )  # fmt: skip
 COUNT_COLUMNS = frozenset(
