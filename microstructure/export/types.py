@@ -95,7 +95,7 @@ SPAN_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     **{
         t.name: tuple(
             (f"{g}_{t.timeframe}", "bucket")
-            for g in ("trades", "book", "market", "open_interest", "liquidations")
+            for g in ("trades", "book", "market", "market_klines", "open_interest", "liquidations")
         )
         for t in FEATURE_TYPES
     },

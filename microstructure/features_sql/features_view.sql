@@ -1,11 +1,13 @@
 -- features_{tf}: one row per (symbol, bucket) of {width} bars, every FEATURES.md column.
 -- The same text on every engine: the stages it reads are continuous aggregates on TimescaleDB and
 -- tables kept by the incremental refresher elsewhere. What needs another bar (cvd's running sum,
--- funding_delta, oi_change_pct, carried open interest and settled funding) is computed here.
+-- funding_delta, oi_change_pct, carried open interest and settled funding) is computed here, and so is
+-- the choice between the mark stream and the 1m klines for mark / index (the later minute wins).
 WITH bars AS (  -- a bar exists when any source has a row in it
     SELECT symbol, bucket FROM trades_{tf}
     UNION SELECT symbol, bucket FROM book_{tf}
     UNION SELECT symbol, bucket FROM market_{tf}
+    UNION SELECT symbol, bucket FROM market_klines_{tf}
     UNION SELECT symbol, bucket FROM open_interest_{tf}
     UNION SELECT symbol, bucket FROM liquidations_{tf}
 ),
@@ -68,9 +70,13 @@ core AS (
         k.ask_vol_ratio_5_20_sum / nullif(k.ask_vol_ratio_5_20_n, 0) AS ask_vol_ratio_5_20,
         k.ofi,
         k.snapshot_count,
-        m.mark_price, m.index_price,
-        m.premium_sum / nullif(m.premium_n, 0) AS spot_premium_pct,
-        m.funding_rate AS bar_funding_rate,
+        -- the bar's last value: from the stream when its last value lies in the same minute as the
+        -- klines' last minute or later (or there is no kline), else the close of the last kline
+        CASE WHEN m.mark_ts IS NOT NULL AND (kl.mark_ts IS NULL OR floor(m.mark_ts / 60) >= floor(kl.mark_ts / 60))
+             THEN m.mark_price ELSE kl.mark_price END AS mark_price,
+        CASE WHEN m.index_ts IS NOT NULL AND (kl.index_ts IS NULL OR floor(m.index_ts / 60) >= floor(kl.index_ts / 60))
+             THEN m.index_price ELSE kl.index_price END AS index_price,
+        m.funding_rate AS funding_rate_predicted,
         l.liq_long_vol, l.liq_short_vol,
         l.liq_long_vol / nullif(l.liq_long_vol + l.liq_short_vol, 0) AS liq_ratio,
         k.book_slots, m.mark_seconds  -- quality
@@ -80,6 +86,7 @@ core AS (
     LEFT JOIN book_{tf} k ON k.symbol = b.symbol AND k.bucket = b.bucket
     LEFT JOIN spread s ON s.symbol = b.symbol AND s.bucket = b.bucket
     LEFT JOIN market_{tf} m ON m.symbol = b.symbol AND m.bucket = b.bucket
+    LEFT JOIN market_klines_{tf} kl ON kl.symbol = b.symbol AND kl.bucket = b.bucket
     LEFT JOIN liquidations_{tf} l ON l.symbol = b.symbol AND l.bucket = b.bucket
     WINDOW day AS (PARTITION BY b.symbol, time_bucket(INTERVAL '1 day', b.bucket) ORDER BY b.bucket)
 )
@@ -92,9 +99,8 @@ SELECT
     c.imbalance_5, c.imbalance_10, c.imbalance_20, c.spread_avg, c.spread_std, c.spread_bps_avg,
     c.weighted_mid_diff_bps, c.bid_slope, c.ask_slope, c.bid_vol_ratio_5_20, c.ask_vol_ratio_5_20,
     c.ofi, c.snapshot_count,
-    c.mark_price, c.index_price, c.spot_premium_pct,
-    coalesce(c.bar_funding_rate, fs.funding_rate) AS funding_rate,
-    coalesce(c.bar_funding_rate, fs.funding_rate) - coalesce(pm.funding_rate, fp.funding_rate) AS funding_delta,
+    c.mark_price, c.index_price, (c.mark_price - c.index_price) / nullif(c.index_price, 0) * 100 AS spot_premium_pct,
+    fs.funding_rate, c.funding_rate_predicted, fs.funding_rate - fp.funding_rate AS funding_delta,
     oi.open_interest,
     (oi.open_interest - poi.open_interest) / nullif(poi.open_interest, 0) * 100 AS oi_change_pct,
     c.liq_long_vol, c.liq_short_vol, c.liq_ratio,
@@ -109,8 +115,6 @@ SELECT
         date_part('epoch', INTERVAL '{width}') - coalesce(tsec.trade_seconds, 0) - coalesce(gq.gap_seconds, 0), 0
     ) END AS quiet_s
 FROM core c
--- the calendar-previous bar's stream funding rate (that bar may have no rows)
-LEFT JOIN market_{tf} pm ON pm.symbol = c.symbol AND pm.bucket = c.bucket - INTERVAL '{width}'
 -- the last settled rate before this bar's end, and before the previous bar's end
 LEFT JOIN LATERAL (
     SELECT f.funding_rate FROM funding_rates f

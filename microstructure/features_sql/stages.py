@@ -23,7 +23,7 @@ class Stage:
     """One materialised stage: `name` is built by `sql_file` from `source` in `width` buckets."""
 
     name: str
-    group: str  # trades | book | market | open_interest | liquidations
+    group: str  # trades | book | market | market_klines | open_interest | liquidations
     width: str  # a PostgreSQL interval, e.g. '1 minute'
     seconds: int
     source: str  # a raw table (stage 1) or the finer stage
@@ -94,6 +94,10 @@ STAGES: tuple[Stage, ...] = (
     *_trade_seconds_stages(),
     *_bar_stages("book", "book_snapshots", "book", "book_raw.sql", "book_rollup.sql"),
     *_bar_stages("market", "mark_prices", "market", "market_raw.sql", "market_rollup.sql"),
+    # history's mark / index: the 1m klines of the archives (the view prefers the stream, bar by bar)
+    *_bar_stages(
+        "market_klines", "price_klines", "market_klines", "market_klines_raw.sql", "market_klines_rollup.sql"
+    ),
     *_bar_stages(
         "open_interest", "open_interest", "open_interest", "open_interest_raw.sql", "open_interest_rollup.sql"
     ),
@@ -163,8 +167,8 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "imbalance_5", "imbalance_10", "imbalance_20", "spread_avg", "spread_std", "spread_bps_avg",
     "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
     "snapshot_count",
-    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
-    "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_rate_predicted", "funding_delta",
+    "open_interest", "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
     *QUALITY_COLUMNS,
 )  # fmt: skip
 COUNT_COLUMNS = frozenset(

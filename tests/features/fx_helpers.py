@@ -20,6 +20,7 @@ RAW_QUERIES = {
     "liquidations": "SELECT symbol, ts, side, quantity FROM liquidations",
     "agg_trade_gaps": "SELECT symbol, from_id, to_id, status FROM agg_trade_gaps",
     "ingest_events": "SELECT ts, symbol, kind, detail FROM ingest_events",
+    "price_klines": "SELECT symbol, kind, ts, close FROM price_klines",
 }
 
 
@@ -152,6 +153,10 @@ COPY_TABLES: dict[str, list[tuple[str, str]]] = {
                      ("avg_price", "float8"), ("status", "text"), ("last_filled_qty", "float8"),
                      ("filled_qty", "float8"), ("recv_ts", "timestamptz")],
 }  # fmt: skip
+COPY_TABLES["price_klines"] = [
+    ("symbol", "text"), ("kind", "text"), ("ts", "timestamptz"), ("open", "float8"), ("high", "float8"),
+    ("low", "float8"), ("close", "float8"), ("close_ts", "timestamptz"),
+]  # fmt: skip
 COPY_TABLES["agg_trade_gaps"] = [
     ("symbol", "text"), ("from_id", "int8"), ("to_id", "int8"), ("status", "text"), ("note", "text"),
 ]  # fmt: skip

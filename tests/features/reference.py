@@ -26,8 +26,8 @@ BOOK_COLS = [
     "snapshot_count",
 ]  # fmt: skip
 MARKET_COLS = [
-    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_delta", "open_interest",
-    "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
+    "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_rate_predicted", "funding_delta",
+    "open_interest", "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
 ]  # fmt: skip
 QUALITY_COLS = [
     "trade_ids_missing", "trades_complete", "book_coverage", "book_resyncs", "mark_coverage", "oi_age_s",
@@ -58,6 +58,7 @@ class Raw:
     large_notional: dict[str, float] = field(default_factory=dict)
     agg_trade_gaps: pd.DataFrame | None = None  # symbol, from_id, to_id, status
     ingest_events: pd.DataFrame | None = None  # ts, symbol, kind, detail (a dict)
+    price_klines: pd.DataFrame | None = None  # symbol, kind, ts (open time), close
 
 
 def _us(ts: pd.Series) -> np.ndarray:
@@ -228,31 +229,56 @@ def _last_before(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.nd
     return out
 
 
+def _minute_values(raw: Raw, stream_col: str, kind: str) -> pd.Series:
+    """(symbol, minute in us) -> the minute's value: the stream's last non-NULL `stream_col` in the
+    minute when the stream has one, else the close of the minute's `kind` kline."""
+    parts = []
+    m = raw.mark_prices
+    if not m.empty:
+        m = (
+            m[m[stream_col].notna()]
+            .assign(us=lambda x: _us(x["ts"]))
+            .sort_values(["symbol", "us"], kind="stable")
+        )
+        m["minute"] = _bucket(m["us"].to_numpy(), 60)
+        parts.append(m.groupby(["symbol", "minute"])[stream_col].last().astype("float64"))
+    k = raw.price_klines
+    if k is not None and not k.empty:
+        k = k[k["kind"] == kind]
+        kl = pd.Series(
+            k["close"].to_numpy(float), index=pd.MultiIndex.from_arrays([k["symbol"], _us(k["ts"])])
+        )
+        parts.append(kl)
+    if not parts:
+        return pd.Series(dtype="float64")
+    out = parts[0] if len(parts) == 1 else parts[0].combine_first(parts[1])  # the stream wins a minute
+    out.index = out.index.set_names(["symbol", "minute"])
+    return out.sort_index()
+
+
+def _bar_last(values: pd.Series, seconds: int) -> pd.Series:
+    """(symbol, bucket) -> the value of the bar's latest minute that has one."""
+    if values.empty:
+        return values
+    df = values.rename("v").reset_index()
+    df["bucket"] = _bucket(df["minute"].to_numpy(np.int64), seconds)
+    return df.sort_values(["symbol", "minute"]).groupby(["symbol", "bucket"])["v"].last()
+
+
 def market_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
     """Market columns for every bar in `bars` (symbol, bucket in us)."""
     step = seconds * 1_000_000
     out = pd.DataFrame(index=bars, columns=MARKET_COLS, dtype="float64")
+    for col, kind in (("mark_price", "mark"), ("index_price", "index")):
+        out[col] = _bar_last(_minute_values(raw, col, kind), seconds).reindex(bars).to_numpy(float)
+    idx = out["index_price"]
+    out["spot_premium_pct"] = ((out["mark_price"] - idx) / idx * 100).where(idx != 0)
     m = raw.mark_prices
-    r_last = pd.Series(dtype="float64")
-    if not m.empty:
+    if not m.empty:  # the stream's predicted funding rate: the bar's last non-NULL r
         m = m.assign(us=_us(m["ts"])).sort_values(["symbol", "us"], kind="stable")
         m["bucket"] = _bucket(m["us"].to_numpy(), seconds)
-        idx = m["index_price"].astype("float64")
-        m["premium"] = ((m["mark_price"] - idx) / idx * 100).where(idx.notna() & (idx != 0))
-        g = m.groupby(["symbol", "bucket"], sort=True)
-        mk = pd.DataFrame(
-            {
-                "mark_price": g["mark_price"].last(),
-                "index_price": g["index_price"].apply(
-                    lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan
-                ),
-                "spot_premium_pct": g["premium"].mean(),
-            }
-        )
-        r_last = g["funding_rate"].apply(lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan)
-        out.loc[mk.index.intersection(bars), ["mark_price", "index_price", "spot_premium_pct"]] = mk.loc[
-            mk.index.intersection(bars)
-        ].to_numpy()
+        r_last = m[m["funding_rate"].notna()].groupby(["symbol", "bucket"])["funding_rate"].last()
+        out["funding_rate_predicted"] = r_last.reindex(bars).to_numpy(float)
 
     f = raw.funding_rates
     oi = raw.open_interest
@@ -260,8 +286,7 @@ def market_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
     bucket = bars.get_level_values(1).to_numpy().astype(np.int64)
 
     def funding_at(symbols: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """funding_rate of bar `starts` by the rule: the bar's last r, else the last settled rate
-        with funding_ts before the bar's end."""
+        """funding_rate of bar `starts`: the last settled rate with funding_ts before the bar's end."""
         res = np.full(len(starts), np.nan)
         for s in np.unique(symbols):
             sel = symbols == s
@@ -270,10 +295,6 @@ def market_bars(raw: Raw, seconds: int, bars: pd.MultiIndex) -> pd.DataFrame:
                 res[sel] = _last_before(
                     fs["us"].to_numpy(), fs["funding_rate"].to_numpy(float), starts[sel] + step
                 )
-            if len(r_last):
-                key = pd.MultiIndex.from_arrays([np.full(sel.sum(), s), starts[sel]])
-                r = r_last.reindex(key).to_numpy(float)
-                res[sel] = np.where(np.isnan(r), res[sel], r)
         return res
 
     def oi_before(symbols: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -396,6 +417,8 @@ def features(raw: Raw, tf: str) -> pd.DataFrame:
     keys: set[tuple[str, int]] = set()
     for df in (raw.agg_trades, raw.book_snapshots, raw.mark_prices, raw.open_interest, raw.liquidations):
         keys |= _present(df, "ts", seconds)
+    if raw.price_klines is not None:  # mark and index klines, by open time
+        keys |= _present(raw.price_klines[raw.price_klines["kind"].isin(["mark", "index"])], "ts", seconds)
     bars = pd.MultiIndex.from_tuples(sorted(keys), names=["symbol", "bucket"])
     if not len(bars):
         return pd.DataFrame(columns=COLUMNS)

@@ -39,6 +39,8 @@ def test_the_views_carry_the_documented_columns_and_comments(db_url: str) -> Non
             assert [r[0] for r in rows] == list(docs)
             for name, comment in rows:
                 assert comment == docs[name].comment(), name
+    # a column only live data can fill says so in its comment (issue 27)
+    assert docs["funding_rate_predicted"].comment().startswith("live only")
     assert (
         "NULL: NULL without trades in the bar" in docs["vwap"].comment()
         or "volume 0" in docs["vwap"].comment()

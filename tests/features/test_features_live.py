@@ -21,6 +21,7 @@ from fx_helpers import assert_frames_match, copy_raw_rows, load_raw, read_featur
 from reference import features
 
 from microstructure.exchange import ExchangeConfig, ExchangeThread
+from microstructure.exchange.archives import kline_table
 from microstructure.features_sql.stages import TIMEFRAMES
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -77,6 +78,19 @@ class Watcher:
         return None
 
 
+def _kline_closes(ex: ExchangeThread, start: datetime, end_ms: int) -> dict[tuple[str, str, int], float]:
+    """(symbol, mark | index, minute ms) -> the close the exchange's 1m kline archive gives the minute
+    (built from the per-second values the mark stream publishes), over the live minutes."""
+    t0 = int(start.timestamp() * 1000) // 60_000 * 60_000
+    out = {}
+    for s in SYMBOLS:
+        for name in ("mark", "index"):
+            table = kline_table(*ex.markets[s].series(t0, end_ms, name), t0, end_ms, 8)
+            for t, c in zip(table["open_time"].to_pylist(), table["close"].to_pylist(), strict=True):
+                out[(s, name, t)] = float(c)
+    return out
+
+
 @pytest.fixture(scope="module")
 def exchange_run(
     pg_server: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
@@ -101,8 +115,12 @@ def exchange_run(
             )  # fmt: skip
             end_ms = ex.now_ms()
         assert live.returncode == 0, live.stderr[-3000:]
+        klines = _kline_closes(ex, START, end_ms)
     try:
-        yield {"db": db, "hist": hist.stdout, "live": live.stdout, "watcher": watcher, "end_ms": end_ms}
+        yield {
+            "db": db, "hist": hist.stdout, "live": live.stdout, "watcher": watcher, "end_ms": end_ms,
+            "klines": klines,
+        }  # fmt: skip
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -126,6 +144,23 @@ def test_historical_and_live_features_equal_the_reference(exchange_run: dict[str
     assert len(whole) >= 2 * len(SYMBOLS)
     assert whole["snapshot_count"].min() >= 110 and whole["trade_count"].min() >= 300
     assert whole["mark_price"].notna().all() and whole["open_interest"].notna().all()
+
+
+def test_live_mark_and_index_follow_the_rule_of_the_kline_archives(exchange_run: dict[str, Any]) -> None:
+    """docs/FEATURES.md "Market": one rule for history and live. A live minute whose last mark price
+    came in its last second has the mark and index prices the kline archive of that minute closes at."""
+    with psycopg.connect(exchange_run["db"]) as conn:
+        rows = conn.execute(
+            "SELECT m.symbol, m.minute, f.mark_price, f.index_price FROM ("
+            "  SELECT symbol, date_trunc('minute', ts) AS minute, max(ts) AS last FROM mark_prices GROUP BY 1, 2"
+            ") m JOIN features_1m f ON f.symbol = m.symbol AND f.bucket = m.minute "
+            "WHERE m.last >= m.minute + INTERVAL '59 seconds'"
+        ).fetchall()
+    klines = exchange_run["klines"]
+    for sym, minute, mark, index in rows:
+        t = int(minute.timestamp() * 1000)
+        assert (mark, index) == (klines[(sym, "mark", t)], klines[(sym, "index", t)]), (sym, minute)
+    assert len(rows) >= len(SYMBOLS)
 
 
 def test_every_closed_minute_is_final_within_lateness_plus_refresh_interval(

@@ -1,6 +1,8 @@
 """`microstructure collect all --mode historical` through the CLI against the local exchange: every
 table it loads holds the rows of the archives (read here by pandas), and a day whose archives are not
-published comes from REST (aggregate trades, openInterestHist)."""
+published comes from REST (aggregate trades, openInterestHist). The features over the backfill: mark,
+index, premium from the archives' 1m klines and the settled funding on every bar (docs/FEATURES.md
+"Market")."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 from datetime import UTC, date, datetime
 
 import numpy as np
+import pandas as pd
 from ib_helpers import (
     archive_csv,
     check_agg_trades,
@@ -19,6 +22,7 @@ from ib_helpers import (
     exchange_config,
     fetch_all,
     ms,
+    stored,
 )
 
 from microstructure.cli import main
@@ -122,3 +126,40 @@ def test_collect_all_historical_through_the_cli(db_url, ib_cache, tmp_path, caps
             (int(t), float(f"{v:.8f}")) for t, v in zip(T, r, strict=True)
         ]
         assert len(got) >= 8  # from 08:00 on the first day (the exchange's history starts at midnight)
+
+    assert main(["--database-url", db_url, "features", "refresh"]) == 0
+    for s in SYMBOLS:
+        check_market_features(db_url, s, csvs, fundings[s])
+
+
+def check_market_features(db_url: str, s: str, csvs: dict, funding: tuple) -> None:
+    """Every bar of the archived days: mark / index the close of the bar's last minute of the mark /
+    index kline archives, the premium from the two, funding the last settlement before the bar's end
+    (from the exchange's own schedule), no predicted rate (no mark stream was collected)."""
+    closes = {}
+    for kind, name in (("markPriceKlines", "mark"), ("indexPriceKlines", "index")):
+        k = pd.concat([csvs[(s, kind, d)] for d in ARCHIVED])
+        closes[name] = pd.Series(k["close"].to_numpy(float), index=k["open_time"].to_numpy(np.int64))
+    T, r, _ = funding
+    T = np.asarray(T, np.int64)
+    for width in (1, 5, 15):
+        got = stored(
+            db_url,
+            f"SELECT bucket, mark_price, index_price, spot_premium_pct, funding_rate, funding_rate_predicted "
+            f"FROM features_{width}m WHERE symbol = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket",
+            s, datetime(2024, 2, 28, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC),
+        )  # fmt: skip
+        assert len(got) == 2 * 1440 // width
+        start = np.array([ms(t) for t in got["bucket"]], np.int64)
+        last_minute = start + (width - 1) * 60_000
+        mark = closes["mark"].reindex(last_minute).to_numpy()
+        index = closes["index"].reindex(last_minute).to_numpy()
+        assert np.array_equal(got["mark_price"].to_numpy(float), mark) and not np.isnan(mark).any()
+        assert np.array_equal(got["index_price"].to_numpy(float), index) and not np.isnan(index).any()
+        assert np.allclose(got["spot_premium_pct"].to_numpy(float), (mark - index) / index * 100, rtol=1e-12)
+        settled = np.searchsorted(T, start + width * 60_000, side="left") - 1
+        rates = np.array([float(f"{v:.8f}") for v in r])  # as stored (the archive's digits)
+        want = np.where(settled >= 0, rates[np.maximum(settled, 0)], np.nan)
+        assert np.array_equal(got["funding_rate"].to_numpy(float), want, equal_nan=True)
+        assert not np.isnan(want[start >= T[0]]).any()  # every bar after the first settlement
+        assert got["funding_rate_predicted"].isna().all()
