@@ -240,7 +240,11 @@ def depth_bars(raw: Raw, seconds: int) -> pd.DataFrame:
     out = pd.DataFrame(index=keys)
 
     def side(pct: float, col: str) -> pd.Series:
-        rows = means.xs(pct, level="pct")[col] if pct in means.index.get_level_values("pct") else pd.Series()
+        rows = (
+            means.xs(pct, level="pct")[col]
+            if pct in means.index.get_level_values("pct")
+            else pd.Series(dtype=float)
+        )
         return rows.reindex(keys).astype(float)
 
     for label, b in DEPTH_BANDS.items():
