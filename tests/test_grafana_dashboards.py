@@ -123,7 +123,7 @@ def test_every_panel_has_time_macros_and_named_columns() -> None:
             assert expected_columns(panel)[1:], label
     titles = " ".join(label for label, _ in panels())
     for topic in ("OHLC", "vwap", "volume delta", "imbalance", "Spread", "intensity", "Large trades", "Funding",
-                  "premium", "Open interest", "Liquidations", "lower bounds"):  # fmt: skip
+                  "premium", "Open interest", "Liquidations", "lower bounds", "Book depth"):  # fmt: skip
         assert topic in titles, topic
 
 

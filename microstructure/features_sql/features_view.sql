@@ -6,6 +6,7 @@
 WITH bars AS (  -- a bar exists when any source has a row in it
     SELECT symbol, bucket FROM trades_{tf}
     UNION SELECT symbol, bucket FROM book_{tf}
+    UNION SELECT symbol, bucket FROM book_depth_{tf}
     UNION SELECT symbol, bucket FROM market_{tf}
     UNION SELECT symbol, bucket FROM market_klines_{tf}
     UNION SELECT symbol, bucket FROM open_interest_{tf}
@@ -27,6 +28,55 @@ spread AS (  -- sample std of the spread: the 1m bars' (n, mean, M2) combined (C
         ) parts
         GROUP BY symbol, bar
     ) combined
+),
+-- Book depth bands (docs/FEATURES.md "Book depth bands"): per band and side the mean over the bar's
+-- snapshots of the cumulative depth (bd/ad) and notional (bn/an); the imbalances are of those means
+depth AS (
+    SELECT symbol, bucket,
+           (bd_0p2 - ad_0p2) / nullif(bd_0p2 + ad_0p2, 0) AS depth_imbalance_0p2pct,
+           (bd_1 - ad_1) / nullif(bd_1 + ad_1, 0) AS depth_imbalance_1pct,
+           (bd_2 - ad_2) / nullif(bd_2 + ad_2, 0) AS depth_imbalance_2pct,
+           (bd_3 - ad_3) / nullif(bd_3 + ad_3, 0) AS depth_imbalance_3pct,
+           (bd_4 - ad_4) / nullif(bd_4 + ad_4, 0) AS depth_imbalance_4pct,
+           (bd_5 - ad_5) / nullif(bd_5 + ad_5, 0) AS depth_imbalance_5pct,
+           (bn_0p2 - an_0p2) / nullif(bn_0p2 + an_0p2, 0) AS notional_imbalance_0p2pct,
+           (bn_1 - an_1) / nullif(bn_1 + an_1, 0) AS notional_imbalance_1pct,
+           (bn_2 - an_2) / nullif(bn_2 + an_2, 0) AS notional_imbalance_2pct,
+           (bn_3 - an_3) / nullif(bn_3 + an_3, 0) AS notional_imbalance_3pct,
+           (bn_4 - an_4) / nullif(bn_4 + an_4, 0) AS notional_imbalance_4pct,
+           (bn_5 - an_5) / nullif(bn_5 + an_5, 0) AS notional_imbalance_5pct,
+           bd_0p2 AS bid_depth_0p2pct, bd_1 AS bid_depth_1pct, bd_2 AS bid_depth_2pct,
+           bd_3 AS bid_depth_3pct, bd_4 AS bid_depth_4pct, bd_5 AS bid_depth_5pct,
+           ad_0p2 AS ask_depth_0p2pct, ad_1 AS ask_depth_1pct, ad_2 AS ask_depth_2pct,
+           ad_3 AS ask_depth_3pct, ad_4 AS ask_depth_4pct, ad_5 AS ask_depth_5pct
+    FROM (
+        SELECT symbol, bucket,
+               bid_depth_0p2_sum / nullif(bid_0p2_n, 0) AS bd_0p2,
+               bid_notional_0p2_sum / nullif(bid_0p2_n, 0) AS bn_0p2,
+               ask_depth_0p2_sum / nullif(ask_0p2_n, 0) AS ad_0p2,
+               ask_notional_0p2_sum / nullif(ask_0p2_n, 0) AS an_0p2,
+               bid_depth_1_sum / nullif(bid_1_n, 0) AS bd_1,
+               bid_notional_1_sum / nullif(bid_1_n, 0) AS bn_1,
+               ask_depth_1_sum / nullif(ask_1_n, 0) AS ad_1,
+               ask_notional_1_sum / nullif(ask_1_n, 0) AS an_1,
+               bid_depth_2_sum / nullif(bid_2_n, 0) AS bd_2,
+               bid_notional_2_sum / nullif(bid_2_n, 0) AS bn_2,
+               ask_depth_2_sum / nullif(ask_2_n, 0) AS ad_2,
+               ask_notional_2_sum / nullif(ask_2_n, 0) AS an_2,
+               bid_depth_3_sum / nullif(bid_3_n, 0) AS bd_3,
+               bid_notional_3_sum / nullif(bid_3_n, 0) AS bn_3,
+               ask_depth_3_sum / nullif(ask_3_n, 0) AS ad_3,
+               ask_notional_3_sum / nullif(ask_3_n, 0) AS an_3,
+               bid_depth_4_sum / nullif(bid_4_n, 0) AS bd_4,
+               bid_notional_4_sum / nullif(bid_4_n, 0) AS bn_4,
+               ask_depth_4_sum / nullif(ask_4_n, 0) AS ad_4,
+               ask_notional_4_sum / nullif(ask_4_n, 0) AS an_4,
+               bid_depth_5_sum / nullif(bid_5_n, 0) AS bd_5,
+               bid_notional_5_sum / nullif(bid_5_n, 0) AS bn_5,
+               ask_depth_5_sum / nullif(ask_5_n, 0) AS ad_5,
+               ask_notional_5_sum / nullif(ask_5_n, 0) AS an_5
+        FROM book_depth_{tf}
+    ) means
 ),
 -- Quality (docs/FEATURES.md "Quality"): the id gaps not filled, each with the time span its missing
 -- ids can lie in (quality_gap_spans.sql). Gaps change after the bars are materialised: read here.
@@ -99,6 +149,14 @@ SELECT
     c.imbalance_5, c.imbalance_10, c.imbalance_20, c.spread_avg, c.spread_std, c.spread_bps_avg,
     c.weighted_mid_diff_bps, c.bid_slope, c.ask_slope, c.bid_vol_ratio_5_20, c.ask_vol_ratio_5_20,
     c.ofi, c.snapshot_count,
+    d.depth_imbalance_0p2pct, d.depth_imbalance_1pct, d.depth_imbalance_2pct,
+    d.depth_imbalance_3pct, d.depth_imbalance_4pct, d.depth_imbalance_5pct,
+    d.notional_imbalance_0p2pct, d.notional_imbalance_1pct, d.notional_imbalance_2pct,
+    d.notional_imbalance_3pct, d.notional_imbalance_4pct, d.notional_imbalance_5pct,
+    d.bid_depth_0p2pct, d.bid_depth_1pct, d.bid_depth_2pct,
+    d.bid_depth_3pct, d.bid_depth_4pct, d.bid_depth_5pct,
+    d.ask_depth_0p2pct, d.ask_depth_1pct, d.ask_depth_2pct,
+    d.ask_depth_3pct, d.ask_depth_4pct, d.ask_depth_5pct,
     c.mark_price, c.index_price, (c.mark_price - c.index_price) / nullif(c.index_price, 0) * 100 AS spot_premium_pct,
     fs.funding_rate, c.funding_rate_predicted, fs.funding_rate - fp.funding_rate AS funding_delta,
     oi.open_interest,
@@ -115,6 +173,7 @@ SELECT
         date_part('epoch', INTERVAL '{width}') - coalesce(tsec.trade_seconds, 0) - coalesce(gq.gap_seconds, 0), 0
     ) END AS quiet_s
 FROM core c
+LEFT JOIN depth d ON d.symbol = c.symbol AND d.bucket = c.bucket  -- book depth bands
 -- the last settled rate before this bar's end, and before the previous bar's end
 LEFT JOIN LATERAL (
     SELECT f.funding_rate FROM funding_rates f

@@ -23,7 +23,7 @@ class Stage:
     """One materialised stage: `name` is built by `sql_file` from `source` in `width` buckets."""
 
     name: str
-    group: str  # trades | book | market | market_klines | open_interest | liquidations
+    group: str  # trades | book | book_depth | market | market_klines | open_interest | liquidations
     width: str  # a PostgreSQL interval, e.g. '1 minute'
     seconds: int
     source: str  # a raw table (stage 1) or the finer stage
@@ -93,6 +93,10 @@ STAGES: tuple[Stage, ...] = (
     *_trade_stages(),
     *_trade_seconds_stages(),
     *_bar_stages("book", "book_snapshots", "book", "book_raw.sql", "book_rollup.sql"),
+    # the bookDepth archive's bands (docs/FEATURES.md "Book depth bands"): the book over history
+    *_bar_stages(
+        "book_depth", "book_depth_bands", "book_depth", "book_depth_raw.sql", "book_depth_rollup.sql"
+    ),
     *_bar_stages("market", "mark_prices", "market", "market_raw.sql", "market_rollup.sql"),
     # history's mark / index: the 1m klines of the archives (the view prefers the stream, bar by bar)
     *_bar_stages(
@@ -159,6 +163,15 @@ QUALITY_COLUMNS: tuple[str, ...] = (
     "quiet_s",
 )  # fmt: skip
 
+# Book depth bands (docs/FEATURES.md "Book depth bands"), after the book group: per band of the
+# bookDepth archive (0.2 % recorded by 2026 files only; 1..5 %), in view order.
+DEPTH_BAND_LABELS = ("0p2", "1", "2", "3", "4", "5")
+BOOK_DEPTH_COLUMNS: tuple[str, ...] = tuple(
+    f"{kind}_{band}pct"
+    for kind in ("depth_imbalance", "notional_imbalance", "bid_depth", "ask_depth")
+    for band in DEPTH_BAND_LABELS
+)
+
 # The columns of every features_<tf> view after symbol, bucket and bucket_end (FEATURES.md's names).
 FEATURE_COLUMNS: tuple[str, ...] = (
     "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "fill_count", "buy_volume",
@@ -167,6 +180,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "imbalance_5", "imbalance_10", "imbalance_20", "spread_avg", "spread_std", "spread_bps_avg",
     "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
     "snapshot_count",
+    *BOOK_DEPTH_COLUMNS,
     "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_rate_predicted", "funding_delta",
     "open_interest", "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
     *QUALITY_COLUMNS,

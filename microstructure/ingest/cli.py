@@ -639,7 +639,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
             raise SettingError("--source: only with --mode live (historical bookDepth has no levels)")
         start, end, days = _days(args)
         url = prepare_database(settings)
-        return _finish(
+        code = _finish(
             _run(
                 lambda: collect_book_historical(settings, url, symbols, start, end, days=days),
                 settings,
@@ -647,6 +647,10 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
                 historical=True,
             )
         )
+        features = refresh_features(url) if code in (0, 1) else []  # the bands feed the book-depth features
+        for line in features:
+            print(line)
+        return code if features or code != 0 else 1
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
 

@@ -21,6 +21,7 @@ RAW_QUERIES = {
     "agg_trade_gaps": "SELECT symbol, from_id, to_id, status FROM agg_trade_gaps",
     "ingest_events": "SELECT ts, symbol, kind, detail FROM ingest_events",
     "price_klines": "SELECT symbol, kind, ts, close FROM price_klines",
+    "book_depth_bands": "SELECT symbol, ts, percentage::float8 AS percentage, depth, notional FROM book_depth_bands",
 }
 
 
@@ -124,6 +125,8 @@ def _atol(col: str, want: pd.DataFrame) -> np.ndarray | float:
         scale = np.full(
             len(want), np.nanmax(num("ofi")) if len(want) and np.isfinite(num("ofi")).any() else 0.0
         )
+    elif col.startswith(("depth_imbalance_", "notional_imbalance_")):  # a difference over a sum: in [-1, 1]
+        scale = np.ones(len(want))
     elif col == "spread_std":  # noise of about 1e-12 of the spread when spreads differ only by rounding
         scale = num("spread_avg")
     else:
@@ -174,6 +177,9 @@ COPY_TABLES["book_snapshots"] = [
     ("spread_bps", "float8"), ("weighted_mid_diff_bps", "float8"), ("imbalance_5", "float8"),
     ("imbalance_10", "float8"), ("imbalance_20", "float8"), ("bid_slope", "float8"), ("ask_slope", "float8"),
     ("bid_vol_ratio_5_20", "float8"), ("ask_vol_ratio_5_20", "float8"), ("ofi", "float8"), ("recv_ts", "timestamptz"),
+]  # fmt: skip
+COPY_TABLES["book_depth_bands"] = [
+    ("symbol", "text"), ("ts", "timestamptz"), ("percentage", "numeric"), ("depth", "float8"), ("notional", "float8"),
 ]  # fmt: skip
 # pglite-socket 0.0.19 breaks on a protocol message split over TCP reads: keep each statement small.
 MAX_STATEMENT_BYTES = 24_000

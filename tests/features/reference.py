@@ -25,6 +25,13 @@ BOOK_COLS = [
     "weighted_mid_diff_bps", "bid_slope", "ask_slope", "bid_vol_ratio_5_20", "ask_vol_ratio_5_20", "ofi",
     "snapshot_count",
 ]  # fmt: skip
+# Book depth bands (docs/FEATURES.md "Book depth bands"): band label -> the band in percent of mid
+DEPTH_BANDS = {"0p2": 0.2, "1": 1.0, "2": 2.0, "3": 3.0, "4": 4.0, "5": 5.0}
+DEPTH_COLS = [
+    f"{kind}_{label}pct"
+    for kind in ("depth_imbalance", "notional_imbalance", "bid_depth", "ask_depth")
+    for label in DEPTH_BANDS
+]
 MARKET_COLS = [
     "mark_price", "index_price", "spot_premium_pct", "funding_rate", "funding_rate_predicted", "funding_delta",
     "open_interest", "oi_change_pct", "liq_long_vol", "liq_short_vol", "liq_ratio",
@@ -33,7 +40,7 @@ QUALITY_COLS = [
     "trade_ids_missing", "trades_complete", "book_coverage", "book_resyncs", "mark_coverage", "oi_age_s",
     "quiet_s",
 ]  # fmt: skip
-COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *MARKET_COLS, *QUALITY_COLS]
+COLUMNS = ["bucket_end", *TRADE_COLS, *BOOK_COLS, *DEPTH_COLS, *MARKET_COLS, *QUALITY_COLS]
 INT_COLS = {
     "trade_count",
     "fill_count",
@@ -59,6 +66,7 @@ class Raw:
     agg_trade_gaps: pd.DataFrame | None = None  # symbol, from_id, to_id, status
     ingest_events: pd.DataFrame | None = None  # ts, symbol, kind, detail (a dict)
     price_klines: pd.DataFrame | None = None  # symbol, kind, ts (open time), close
+    book_depth_bands: pd.DataFrame | None = None  # symbol, ts, percentage, depth, notional
 
 
 def _us(ts: pd.Series) -> np.ndarray:
@@ -214,6 +222,40 @@ def book_bars(raw: Raw, seconds: int) -> pd.DataFrame:
         }
     )
     return out[BOOK_COLS]
+
+
+# ---------------------------------------------------------------- book depth bands
+
+
+def depth_bars(raw: Raw, seconds: int) -> pd.DataFrame:
+    """Per bar and band: each side's mean over the bar's rows of that band (bids at -b %, asks at
+    +b %) of depth and of notional; the imbalances of those means. A band without rows: NaN."""
+    d = raw.book_depth_bands
+    if d is None or d.empty:
+        return pd.DataFrame(columns=["symbol", "bucket", *DEPTH_COLS]).set_index(["symbol", "bucket"])
+    d = d.assign(bucket=_bucket(_us(d["ts"]), seconds), pct=d["percentage"].astype(float).round(2))
+    means = d.groupby(["symbol", "bucket", "pct"])[["depth", "notional"]].mean()
+    keys = pd.MultiIndex.from_frame(
+        d[["symbol", "bucket"]].drop_duplicates().sort_values(["symbol", "bucket"])
+    )
+    out = pd.DataFrame(index=keys)
+
+    def side(pct: float, col: str) -> pd.Series:
+        rows = (
+            means.xs(pct, level="pct")[col]
+            if pct in means.index.get_level_values("pct")
+            else pd.Series(dtype=float)
+        )
+        return rows.reindex(keys).astype(float)
+
+    for label, b in DEPTH_BANDS.items():
+        bid, ask = side(-b, "depth"), side(b, "depth")
+        bid_n, ask_n = side(-b, "notional"), side(b, "notional")
+        out[f"depth_imbalance_{label}pct"] = _safe((bid - ask).to_numpy(), (bid + ask).to_numpy())
+        out[f"notional_imbalance_{label}pct"] = _safe((bid_n - ask_n).to_numpy(), (bid_n + ask_n).to_numpy())
+        out[f"bid_depth_{label}pct"] = bid.to_numpy()
+        out[f"ask_depth_{label}pct"] = ask.to_numpy()
+    return out[DEPTH_COLS]
 
 
 # ---------------------------------------------------------------- market
@@ -419,11 +461,13 @@ def features(raw: Raw, tf: str) -> pd.DataFrame:
         keys |= _present(df, "ts", seconds)
     if raw.price_klines is not None:  # mark and index klines, by open time
         keys |= _present(raw.price_klines[raw.price_klines["kind"].isin(["mark", "index"])], "ts", seconds)
+    if raw.book_depth_bands is not None:
+        keys |= _present(raw.book_depth_bands, "ts", seconds)
     bars = pd.MultiIndex.from_tuples(sorted(keys), names=["symbol", "bucket"])
     if not len(bars):
         return pd.DataFrame(columns=COLUMNS)
     out = pd.DataFrame(index=bars)
-    out = out.join(trades_bars(raw, seconds)).join(book_bars(raw, seconds))
+    out = out.join(trades_bars(raw, seconds)).join(book_bars(raw, seconds)).join(depth_bars(raw, seconds))
     out = out.join(market_bars(raw, seconds, bars))
     out = out.join(quality_bars(raw, seconds, bars))
     bucket_us = out.index.get_level_values("bucket").to_numpy().astype(np.int64)

@@ -19,7 +19,14 @@ def test_the_document_lists_every_view_column_once() -> None:
     docs = column_docs()
     assert set(docs) == {*KEYS, *FEATURE_COLUMNS}
     assert [c for c in docs if c not in KEYS] == list(FEATURE_COLUMNS)  # in the views' order
-    assert {d.group for d in docs.values()} == {"Bar keys", "Trades", "Book", "Market", "Quality"}
+    assert {d.group for d in docs.values()} == {
+        "Bar keys",
+        "Trades",
+        "Book",
+        "Book depth bands",
+        "Market",
+        "Quality",
+    }
     assert all(d.sources and d.rule and d.null_rule for d in docs.values())
     # the package's copy is the repository's document
     assert (ROOT / "microstructure/features_sql/FEATURES.md").read_text() == (

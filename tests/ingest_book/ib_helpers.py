@@ -160,6 +160,43 @@ def check_book_depth_bands(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -
     assert np.array_equal(got["notional"].to_numpy(), want["notional"].to_numpy())
 
 
+def check_band_features(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None:
+    """Every 1m and 15m bar of the day carries the book-depth band features of its bookDepth rows
+    (docs/FEATURES.md "Book depth bands": each band's and side's mean over the bar's snapshots,
+    imbalances of those means), computed here from the archive; bands the file lacks are NULL."""
+    rows = csv.assign(ts=pd.to_datetime(csv["timestamp"], utc=True), pct=csv["percentage"].astype(float))
+    for freq, tf in (("1min", "1m"), ("15min", "15m")):
+        means = (
+            rows.assign(bar=rows["ts"].dt.floor(freq)).groupby(["bar", "pct"])[["depth", "notional"]].mean()
+        )
+        got = stored(
+            dsn,
+            f"SELECT * FROM features_{tf} WHERE symbol = $1 AND bucket >= $2::date AND bucket < $2::date + 1",
+            symbol,
+            date.fromisoformat(day),
+        )
+        got = got.set_index(pd.to_datetime(got["bucket"], utc=True)).sort_index()
+        assert len(got) == len(means.index.get_level_values("bar").unique()) > 0, tf
+        for label, b in (("0p2", 0.2), ("1", 1.0), ("2", 2.0), ("3", 3.0), ("4", 4.0), ("5", 5.0)):
+            cols = [
+                f"{k}_{label}pct" for k in ("depth_imbalance", "notional_imbalance", "bid_depth", "ask_depth")
+            ]
+            if b not in set(rows["pct"].abs()):
+                assert got[cols].isna().all().all(), (tf, label)  # not recorded: NULL, never guessed
+                continue
+            side = {p: means.xs(p, level="pct").reindex(got.index) for p in (-b, b)}
+            bid, ask = side[-b], side[b]
+            want = {
+                cols[0]: (bid["depth"] - ask["depth"]) / (bid["depth"] + ask["depth"]),
+                cols[1]: (bid["notional"] - ask["notional"]) / (bid["notional"] + ask["notional"]),
+                cols[2]: bid["depth"],
+                cols[3]: ask["depth"],
+            }
+            for c, w in want.items():
+                assert got[c].notna().all(), (tf, c)  # a snapshot every ~30 s: every bar has every band
+                assert np.allclose(got[c].to_numpy(float), w.to_numpy(float), rtol=1e-12, atol=1e-15), (tf, c)
+
+
 def check_metrics(dsn: str, symbol: str, day: str, csv: pd.DataFrame) -> None:
     """futures_metrics and open_interest (source 'metrics') of a day equal its metrics archive."""
     got = stored(dsn, f"SELECT * FROM futures_metrics WHERE {_day(symbol, day)} ORDER BY ts")

@@ -100,7 +100,14 @@ def test_historical_book_depth_through_the_cli(db_url, ib_cache, tmp_path, capsy
     assert rc == 0, out
     with psycopg.connect(db_url) as conn:
         n = conn.execute("SELECT count(*) FROM book_depth_bands WHERE symbol = 'BTCUSDT'").fetchone()[0]
+        bars = conn.execute(
+            "SELECT count(*), count(depth_imbalance_1pct), count(ask_depth_5pct), count(bid_depth_0p2pct) "
+            "FROM features_1m WHERE symbol = 'BTCUSDT'"
+        ).fetchone()
     assert n == 2 * 2880 * 10 and f"{n} new rows from 2 archives" in out
+    # refreshed before the report: every minute of the two days has its band features (no 0.2 band
+    # in a file of the old format)
+    assert "features (refresher)" in out and bars == (2 * 1440, 2 * 1440, 2 * 1440, 0)
 
 
 @pytest.mark.parametrize("kind", ["book-depth", "market", "all"])

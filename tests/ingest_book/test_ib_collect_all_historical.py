@@ -14,6 +14,7 @@ import pandas as pd
 from ib_helpers import (
     archive_csv,
     check_agg_trades,
+    check_band_features,
     check_book_depth_bands,
     check_funding_archive,
     check_klines,
@@ -90,6 +91,7 @@ def test_collect_all_historical_through_the_cli(db_url, ib_cache, tmp_path, caps
         # bookDepth bands, metrics (futures_metrics + open_interest), 1m mark/index/premium klines
         for d in ARCHIVED:
             check_book_depth_bands(db_url, s, d, csvs[(s, "bookDepth", d)])
+            check_band_features(db_url, s, d, csvs[(s, "bookDepth", d)])  # the refresh after the load
             check_metrics(db_url, s, d, csvs[(s, "metrics", d)])
             for kind, name in KLINES.items():
                 check_klines(db_url, s, d, name, csvs[(s, kind, d)])

@@ -18,6 +18,7 @@ from microstructure.config import Settings
 from microstructure.exchange import healable
 from microstructure.exchange.config import ExchangeConfig
 from microstructure.exchange.server import ExchangeThread
+from microstructure.features_sql.refresher import refresh_once
 from microstructure.ingest.collectors.all import collect_all
 from microstructure.status import collect_status
 
@@ -125,6 +126,14 @@ def test_live_run_over_midnight_heals_the_finished_day(
                 assert q(db_url, "SELECT count(*) FROM book_depth_bands WHERE ts < '2024-03-07'") == [
                     (len(bands),)
                 ]
+                # the load logged the day for the features: a refresh fills the band columns of
+                # every minute of the live-collected day (a bookDepth snapshot every ~30 s)
+                await refresh_once(db_url)
+                assert q(
+                    db_url, "SELECT count(*), count(depth_imbalance_1pct), count(bid_depth_5pct), "
+                    "count(depth_imbalance_0p2pct) FROM features_1m WHERE bucket >= %s AND bucket < %s",
+                    datetime(2024, 3, 6, tzinfo=UTC), datetime(2024, 3, 7, tzinfo=UTC),
+                ) == [(1440, 1440, 1440, 0)]  # fmt: skip
 
                 # a re-upload (new checksum) is noticed by a later round and reconciled again
                 ex.reupload_archive("aggTrades", SYMBOL, DAY)

@@ -399,8 +399,9 @@ async def collect_book_live(
 BOOK_DEPTH_HELP = (
     "Historical mode loads data.binance.vision daily bookDepth archives into book_depth_bands: for each "
     "snapshot (about every 30 s) the cumulative depth and notional within +-1, 2, 3, 4 and 5 % of the mid "
-    "price. This is NOT a 20-level order book and does not fill book_snapshots; 20-level books exist only "
-    "from live collection."
+    "price (and +-0.2 % in 2026 files). This is NOT a 20-level order book and does not fill book_snapshots; "
+    "20-level books exist only from live collection. The bands feed the book-depth band features "
+    "(depth_imbalance_<b>pct, ...; docs/FEATURES.md), refreshed before the report."
 )
 
 

@@ -8,6 +8,11 @@ enabled, so the compression policy is taken off, compressed chunks are decompres
 switched off, the type changed, and compression, its settings (segment by / order by as they were),
 its policy (compress_after as it was) and the chunks that were compressed are put back.
 
+A feature layer whose stages read book_depth_bands (the book-depth band stages, built by 0004 from
+the code that runs it) depends on the column, which PostgreSQL then refuses to retype: that layer is
+dropped before the change and built again after it (its watermarks cleared, its history logged,
+as features_sql/layer.py rebuilds a changed layer).
+
 Also documents, as column comments, the time convention of the metrics archives (futures_metrics.ts
 and open_interest.ts of source 'metrics'): create_time exactly as the archive publishes it.
 
@@ -23,6 +28,9 @@ from typing import Any
 from alembic import op
 
 from microstructure.db.tables import TIME_TABLES
+from microstructure.features_sql import layer
+from microstructure.features_sql.schema import PolicySettings, layer_create_sql, layer_drop_sql
+from microstructure.features_sql.stages import STAGES
 
 revision = "0005"
 down_revision = "0004"
@@ -94,8 +102,33 @@ def _compression(conn: Any) -> dict[str, Any] | None:
     }
 
 
+def _dependent_layer(conn: Any) -> bool | None:
+    """The feature layer's engine (True: continuous aggregates) when one of its stages reads
+    book_depth_bands, else None."""
+    names = [s.name for s in STAGES if s.raw_table == TABLE]
+    engine = conn.exec_driver_sql("SELECT value FROM microstructure_meta WHERE key = 'features'").fetchone()
+    if engine is None or not names:
+        return None
+    found = conn.exec_driver_sql("SELECT to_regclass(%(n)s)", {"n": names[0]}).fetchone()
+    return None if found[0] is None else engine[0] == "continuous_aggregates"
+
+
 def _alter_percentage(new_type: str, using: str) -> None:
     conn = op.get_bind()
+    caggs = _dependent_layer(conn)
+    if caggs is not None:
+        for statement in layer_drop_sql(caggs):
+            op.execute(statement)
+    _alter_column(conn, new_type, using)
+    if caggs is not None:
+        for statement in layer_create_sql(caggs, PolicySettings() if caggs else None):
+            op.execute(statement)
+        op.execute("DELETE FROM feature_watermarks")
+        layer.log_whole_history(conn)
+        layer.record(conn, caggs)
+
+
+def _alter_column(conn: Any, new_type: str, using: str) -> None:
     comp = _compression(conn)
     if comp is not None:
         op.execute(f"SELECT remove_compression_policy('{TABLE}', if_exists => true)")
