@@ -4,8 +4,8 @@ has each column of HISTORY_COLUMNS non-NULL, and the values follow their rule re
 rows (pandas); today's bars, which no archive covers yet, carry today's open interest. The same
 raw rows on TimescaleDB (continuous aggregates, PGlite) give the same values.
 
-HISTORY_COLUMNS grows as the feature groups are fed over history (mark / index / premium from the
-klines, the bookDepth band columns): append a column there and its non-NULL check runs on every bar."""
+HISTORY_COLUMNS: open interest, settled funding, mark / index / premium (the 1m klines) and the
+bookDepth band columns (the local exchange's files are of the pre-2026 format: no 0.2 % band)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ from microstructure.features_sql.refresher import refresh_range
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
 from fx_helpers import copy_raw_rows  # the feature tests' loader of raw rows into PGlite
 
-HISTORY_COLUMNS = ["open_interest", "funding_rate"]
+# the values of the market (klines) and band columns are held against pandas in
+# test_ib_collect_all_historical.py; here: every bar has them, on both engines
+HISTORY_COLUMNS = [
+    "open_interest", "funding_rate", "mark_price", "index_price", "spot_premium_pct",
+    *(f"{kind}_{band}pct" for kind in ("depth_imbalance", "notional_imbalance", "bid_depth", "ask_depth")
+      for band in (1, 2, 3, 4, 5)),
+]  # fmt: skip
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 DAYS = ("2024-03-03", "2024-03-04", "2024-03-05")
