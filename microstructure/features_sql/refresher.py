@@ -8,7 +8,8 @@ the buckets of every stage it feeds, and re-materialises those buckets in depend
 
 - plain PostgreSQL / Apache-only TimescaleDB: per stage, DELETE the window's buckets and INSERT the
   stage's own SELECT run over the window (`WITH <source> AS (rows of the window) <stage SELECT>`: the
-  same SELECT text a continuous aggregate has). A window goes in chunks of at most a day; each chunk
+  same SELECT text a continuous aggregate has). A window goes in chunks of at most a day (less for a
+  refresh of a few days, so that every connection has work to its end: chunk_size); each chunk
   (every stage of its group) is one transaction, so a killed refresh leaves no half-written range,
   and the cursor moves only after the last chunk: a rerun does the rest (refreshes are idempotent).
 - TimescaleDB with continuous aggregates: `refresh_continuous_aggregate` over each window, stage
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 CONSUMER = "features"
 LOCK_KEY = "microstructure:features_refresh"
 CHUNK = timedelta(days=1)
+# smaller chunks for small refreshes (chunk_size); each a multiple of every stage's bucket, so that
+# chunks end on bucket edges
+CHUNKS = tuple(timedelta(hours=h) for h in (24, 12, 6, 3, 1))
 LOGGED_TABLES = (*RAW_TABLES, LAYER_TABLE)  # what the refresher takes from the log
 MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
 PARALLEL_FROM = timedelta(hours=1)  # refreshes of more data than this use helper connections
@@ -124,6 +128,19 @@ def chunks(lo: datetime, hi: datetime, size: timedelta = CHUNK) -> list[tuple[da
         out.append((t, min(nxt, hi)))
         t = nxt
     return out
+
+
+def chunk_size(windows: Sequence[Window], connections: int) -> timedelta:
+    """The chunk a refresh cuts its windows into: a day, or less (12, 6, 3 hours, at least an hour)
+    until there are two chunks per connection when there are several, so that a refresh of a few days
+    keeps every connection busy to its end (a backfill refreshing its last loaded day alone: two half days side by side,
+    not one day on one core)."""
+    if connections < 2:
+        return CHUNK
+    for size in CHUNKS:
+        if sum(len(chunks(w.lo, w.hi, size)) for w in windows) >= 2 * connections:
+            return size
+    return CHUNKS[-1]
 
 
 # ---------------------------------------------------------------- engine
@@ -305,11 +322,12 @@ async def refresh_windows(
             await conn.execute("RESET hash_mem_multiplier")
     else:
         jobs: list[Job] = []
+        size = chunk_size(windows, 1 + len(helpers))
         for w in windows:
             symbols = list(w.symbols) if w.symbols is not None else await symbols_of(conn, w.raw_table)
             if not symbols:
                 continue
-            parts = chunks(w.lo, w.hi)
+            parts = chunks(w.lo, w.hi, size)
             report.windows += len(parts)
             groups: dict[str, list[Stage]] = defaultdict(list)
             for stage in stages_for({w.raw_table}):
