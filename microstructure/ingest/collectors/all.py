@@ -226,7 +226,9 @@ async def collect_all(
                     days=days,
                     include_aggtrades=include_aggtrades,
                 )
-                await writer.flush()  # the last refresh round sees every row
+                # the last refresh round sees every row (bounded, as the flush below: a database
+                # gone away does not hold the run)
+                await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
     finally:
         if own_writer:
             await writer.close()
