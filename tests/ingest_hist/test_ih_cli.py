@@ -261,9 +261,11 @@ def test_historical_run_refreshes_a_loaded_day_while_the_next_one_loads(
         run.start()
         seen: list[tuple[object, ...]] = []
         deadline = time.monotonic() + 60
+        minutes_traded = "SELECT count(DISTINCT date_trunc('minute', ts)) FROM agg_trades WHERE ts < %s::date"
         while time.monotonic() < deadline and not rc:
+            (minutes,) = holder.execute(minutes_traded, (days[2],)).fetchone()  # type: ignore[misc]
             seen = holder.execute(bars_before_third).fetchall()
-            if len({b[1].date() for b in seen}) == 2:
+            if minutes > 2_000 and len(seen) == minutes:  # both days loaded and every chunk refreshed
                 break
             time.sleep(0.05)
         third = holder.execute("SELECT count(*) FROM agg_trades WHERE ts >= %s::date", (days[2],)).fetchone()
@@ -271,7 +273,9 @@ def test_historical_run_refreshes_a_loaded_day_while_the_next_one_loads(
         run.join(120)
     assert rc == [0]
     assert third == (0,)  # the third day had not loaded yet ...
-    assert len(seen) > 2_000  # ... while the two before it had their bars (1,440 minutes a day)
+    assert (
+        len(seen) > 2_000 and len({b[1].date() for b in seen}) == 2
+    )  # ... while the two before had their bars
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute(bars_before_third).fetchall() == seen  # final already: nothing changed them
         (last_day,) = conn.execute(f"SELECT count(*) FROM features_1m WHERE bucket >= '{days[2]}'").fetchone()  # type: ignore[misc]
