@@ -132,9 +132,9 @@ def chunks(lo: datetime, hi: datetime, size: timedelta = CHUNK) -> list[tuple[da
 
 def chunk_size(windows: Sequence[Window], connections: int) -> timedelta:
     """The chunk a refresh cuts its windows into: a day, or less (12, 6, 3 hours, at least an hour)
-    until there are two chunks per connection when there are several, so that a refresh of a few days
-    keeps every connection busy to its end (a backfill refreshing its last loaded day alone: two half days side by side,
-    not one day on one core)."""
+    until there are two chunks per connection when there are several, so that a refresh of a few
+    days keeps every connection busy to its end (a backfill refreshing its last loaded day alone:
+    quarter days on both connections, not the whole day on one core while the other waits)."""
     if connections < 2:
         return CHUNK
     for size in CHUNKS:
