@@ -28,6 +28,7 @@ RUNS = [
         "3",
     ],
     ["bench_load_day.py", "--rounds", "5"],
+    ["bench_backfill.py", "--days", "3", "--trades-per-day", "2500000", "--rounds", "3"],
     ["bench_live.py", "--symbols", "2", "--live-rate", "3000", "--seconds", "60"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15", "--book-source", "diff"],

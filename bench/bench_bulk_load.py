@@ -61,8 +61,8 @@ from common import (
     archive_exchange,
     database,
     drop_database,
-    fetch_daily_archive,
     stop_database,
+    warm_archives,
 )
 
 SHOWN = ("wal_level", "wal_compression", "wal_init_zero", "wal_buffers", "maintenance_work_mem", "max_wal_size",
@@ -344,11 +344,7 @@ def main() -> int:
         server = None
         with archive_exchange(args) as (base, days):
             try:
-                # Warm the exchange's archive cache (generation is the exchange's cost, not ours).
-                t0 = time.perf_counter()
-                for d in days:
-                    fetch_daily_archive(base, args.symbol, d)
-                print(f"archives ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                warm_archives(base, args.symbol, days)
                 dsn, server = database(tmp)
                 changes = [(k, v) for k, v in (("wal_compression", args.wal_compression),
                            ("max_wal_size", args.max_wal_size), ("checkpoint_timeout", args.checkpoint_timeout),

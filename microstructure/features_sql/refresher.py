@@ -8,7 +8,8 @@ the buckets of every stage it feeds, and re-materialises those buckets in depend
 
 - plain PostgreSQL / Apache-only TimescaleDB: per stage, DELETE the window's buckets and INSERT the
   stage's own SELECT run over the window (`WITH <source> AS (rows of the window) <stage SELECT>`: the
-  same SELECT text a continuous aggregate has). A window goes in chunks of at most a day; each chunk
+  same SELECT text a continuous aggregate has). A window goes in chunks of at most a day (less for a
+  refresh of a few days, so that every connection has work to its end: chunk_size); each chunk
   (every stage of its group) is one transaction, so a killed refresh leaves no half-written range,
   and the cursor moves only after the last chunk: a rerun does the rest (refreshes are idempotent).
 - TimescaleDB with continuous aggregates: `refresh_continuous_aggregate` over each window, stage
@@ -28,7 +29,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -43,10 +44,14 @@ log = logging.getLogger(__name__)
 CONSUMER = "features"
 LOCK_KEY = "microstructure:features_refresh"
 CHUNK = timedelta(days=1)
+# smaller chunks for small refreshes (chunk_size); each a multiple of every stage's bucket, so that
+# chunks end on bucket edges
+CHUNKS = tuple(timedelta(hours=h) for h in (24, 12, 6, 3, 1))
 LOGGED_TABLES = (*RAW_TABLES, LAYER_TABLE)  # what the refresher takes from the log
 MIN_ALIGN_S = 60  # sub-minute stages are refreshed a whole minute at a time
 PARALLEL_FROM = timedelta(hours=1)  # refreshes of more data than this use helper connections
 DEFAULT_FEATURES_INTERVAL = 5.0  # seconds between live refreshes (collect all --features-interval)
+BACKFILL_INTERVAL = 0.5  # seconds between refresh rounds beside a historical load (refreshing_alongside)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -123,6 +128,19 @@ def chunks(lo: datetime, hi: datetime, size: timedelta = CHUNK) -> list[tuple[da
         out.append((t, min(nxt, hi)))
         t = nxt
     return out
+
+
+def chunk_size(windows: Sequence[Window], connections: int) -> timedelta:
+    """The chunk a refresh cuts its windows into: a day, or less (12, 6, 3 hours, at least an hour)
+    until there are two chunks per connection when there are several, so that a refresh of a few
+    days keeps every connection busy to its end (a backfill refreshing its last loaded day alone:
+    quarter days on both connections, not the whole day on one core while the other waits)."""
+    if connections < 2:
+        return CHUNK
+    for size in CHUNKS:
+        if sum(len(chunks(w.lo, w.hi, size)) for w in windows) >= 2 * connections:
+            return size
+    return CHUNKS[-1]
 
 
 # ---------------------------------------------------------------- engine
@@ -304,11 +322,12 @@ async def refresh_windows(
             await conn.execute("RESET hash_mem_multiplier")
     else:
         jobs: list[Job] = []
+        size = chunk_size(windows, 1 + len(helpers))
         for w in windows:
             symbols = list(w.symbols) if w.symbols is not None else await symbols_of(conn, w.raw_table)
             if not symbols:
                 continue
-            parts = chunks(w.lo, w.hi)
+            parts = chunks(w.lo, w.hi, size)
             report.windows += len(parts)
             groups: dict[str, list[Stage]] = defaultdict(list)
             for stage in stages_for({w.raw_table}):
@@ -458,11 +477,17 @@ async def refresh_once(dsn: str | None = None) -> RefreshReport:
 
 
 async def run_refresher(
-    dsn: str, stop: asyncio.Event, interval: float, *, on_round: Callable[[RefreshReport], None] | None = None
+    dsn: str,
+    stop: asyncio.Event,
+    interval: float,
+    *,
+    on_round: Callable[[RefreshReport], None] | None = None,
+    final: bool = True,
 ) -> RefreshReport:
     """Refresh every `interval` seconds until `stop` (the live path on plain PostgreSQL; on TimescaleDB
     it covers what the policies' window does not reach). A database that does not answer is retried
-    on the next round; the rounds' totals are returned."""
+    on the next round; the rounds' totals are returned. `final`: one more round after `stop`, waiting
+    for a running refresher, for what the last interval wrote (its failure not raised)."""
     total = RefreshReport()
     conn: asyncpg.Connection | None = None
     while True:
@@ -483,6 +508,46 @@ async def run_refresher(
             break
     if conn is not None:
         with contextlib.suppress(Exception):
-            total.add(await refresh_pending(conn, wait=True, dsn=dsn))  # what the last interval wrote
+            if final:
+                total.add(await refresh_pending(conn, wait=True, dsn=dsn))  # what the last interval wrote
             await conn.close()
     return total
+
+
+@dataclass
+class Alongside:
+    """What `refreshing_alongside` did: the rounds' totals, and why the last round failed (None: it
+    did not)."""
+
+    report: RefreshReport = field(default_factory=RefreshReport)
+    error: BaseException | None = None
+
+
+@contextlib.asynccontextmanager
+async def refreshing_alongside(dsn: str, interval: float = BACKFILL_INTERVAL) -> AsyncIterator[Alongside]:
+    """Materialise what the block writes while it runs: a refresh round every `interval` seconds (a
+    round finds nothing to do until a load commits, then refreshes what it committed), so that a
+    backfill's loaded days are refreshed while the next ones load, not all after the last; after the
+    block, a last round (waiting for another refresher) for what is left. Its failure is kept in
+    `error`, not raised: what the block stored is kept, a later refresh picks it up. An error or a
+    cancel of the block stops the rounds (what they committed stays) without the last one."""
+    done = Alongside()
+    stop = asyncio.Event()
+    rounds = asyncio.create_task(run_refresher(dsn, stop, interval, final=False), name="features-alongside")
+    try:
+        yield done
+    except BaseException:
+        rounds.cancel()
+        with contextlib.suppress(BaseException):
+            await rounds
+        raise
+    stop.set()
+    done.report.add(await rounds)
+    try:
+        last = await refresh_once(dsn)
+    except Exception as exc:
+        log.error("feature refresh after the load failed: %s: %s", type(exc).__name__, exc)
+        done.error = exc
+    else:
+        done.report.add(last)
+        done.report.engine = last.engine

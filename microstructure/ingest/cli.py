@@ -22,7 +22,7 @@ from typing import Any
 
 from microstructure.args import parse_day_range, parse_int, parse_seconds, parse_symbols
 from microstructure.config import ENV_PREFIX, SettingError, Settings, check_home
-from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL
+from microstructure.features_sql.refresher import BACKFILL_INTERVAL, DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
@@ -208,8 +208,9 @@ def _add_book_market_all(sub: argparse._SubParsersAction) -> None:  # type: igno
         metavar="SECONDS",
         default=str(DEFAULT_FEATURES_INTERVAL),
         help="live: materialise the 1m/5m/15m features of what was written every SECONDS (default "
-        f"{DEFAULT_FEATURES_INTERVAL:g}; 0: not during the run, only at the end). Historical mode refreshes them "
-        "once after the loads.",
+        f"{DEFAULT_FEATURES_INTERVAL:g}; 0: not during the run, only at the end). Historical mode refreshes "
+        f"the days loaded while the next ones load (every {BACKFILL_INTERVAL:g} s unless SECONDS is more than "
+        "the default) and what is left at the end.",
     )
     every.add_argument(
         "--reconcile-interval",
@@ -468,13 +469,17 @@ def run_historical(
     cache_archives: bool = False,
     writer: Any = None,
 ) -> int:
-    """Migrate, run the historical collector, print its report; the exit code."""
+    """Migrate, run the historical collector with the feature refresher beside it (a loaded day's
+    features are materialised while the next day loads; what is left once more at the end, before
+    the report), print its report; the exit code."""
+    from microstructure.features_sql.refresher import refreshing_alongside
     from microstructure.ingest.collectors.trades_historical import collect_aggtrades_historical
 
     url = prepare_database(settings)
-    try:
-        report = run_async(
-            collect_aggtrades_historical(
+
+    async def load() -> tuple[Any, Any]:
+        async with refreshing_alongside(url) as refreshed:
+            report = await collect_aggtrades_historical(
                 settings,
                 url,
                 symbols,
@@ -486,15 +491,20 @@ def run_historical(
                 weight_budget=weight_budget,
                 use_monthly=use_monthly,
                 cache_archives=cache_archives,
-            ),
-            interruptible=True,
-        )
+            )
+        return report, refreshed
+
+    try:
+        report, refreshed = run_async(load(), interruptible=True)
     except BaseException as exc:
         code = exchange_exit(exc, settings)
         if code is None:
             raise
         return code
-    features = refresh_features(url)  # before the report: old days are materialised too
+    features = refreshed.report.summary_lines()
+    if refreshed.error is not None:  # the load itself is done and kept; the next refresh picks it up
+        _refresh_failed(refreshed.error)
+        features = []
     for line in [*report.summary_lines(), *features]:
         print(line)
     if not report.ok:
@@ -549,8 +559,12 @@ def refresh_features(url: str) -> list[str]:
     try:
         return run_async(refresh_once(url)).summary_lines()
     except Exception as exc:  # the load itself is done and kept; the next refresh picks it up
-        _error(f"feature refresh failed (run `microstructure features refresh`): {type(exc).__name__}: {exc}")
+        _refresh_failed(exc)
         return []
+
+
+def _refresh_failed(exc: BaseException) -> None:
+    _error(f"feature refresh failed (run `microstructure features refresh`): {type(exc).__name__}: {exc}")
 
 
 def run_live(

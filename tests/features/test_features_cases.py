@@ -95,6 +95,26 @@ def check_edge_rules(dsn: str) -> None:
     assert bar(dsn, "15m", SYM, T0 - 5 * MIN)["trade_count"] == first["trade_count"] + edge["trade_count"]
 
 
+def test_a_refresh_of_a_few_days_cuts_them_finer_to_keep_its_connections_busy() -> None:
+    def size(days: float, connections: int) -> timedelta:
+        lo = datetime(2026, 3, 1, tzinfo=UTC)
+        return refresher.chunk_size(
+            [refresher.Window("agg_trades", lo, lo + timedelta(days=days), None)], connections
+        )
+
+    hours = lambda h: timedelta(hours=h)  # noqa: E731
+    assert size(1, 1) == size(90, 1) == hours(24)  # one connection: a day per transaction
+    assert size(90, 2) == size(4, 2) == hours(24)  # two days or more for each connection
+    assert (size(3, 2), size(2, 2), size(1.5, 2), size(1, 2), size(1, 3)) == tuple(
+        map(hours, (12, 12, 6, 6, 3))
+    )
+    assert size(1 / 24, 2) == hours(1)  # never below an hour
+    for chunk in refresher.CHUNKS:  # chunks end on the edges of every stage's buckets
+        assert all(
+            chunk % timedelta(seconds=s.seconds) == timedelta(0) for s in refresher.STAGE_BY_NAME.values()
+        )
+
+
 def test_hand_made_cases_on_postgresql(db_url: str) -> None:
     run(write_cases(db_url))
     report = refresh(db_url)

@@ -123,6 +123,44 @@ def test_a_fresh_day_is_bulk_loaded_and_a_loaded_day_is_merged_not_doubled(db_ur
     assert load_tables(db_url) == []
 
 
+def test_a_bulk_day_is_attached_with_its_statistics(db_url: str) -> None:
+    """The day's table is analyzed before it is attached: the feature refresh that follows a load
+    plans the day's per-second trade stage from real row counts (a hash aggregate for a real day),
+    not from a guess of a few dozen rows (a sort of the whole day spilled to disk)."""
+    from microstructure.features_sql.refresher import _insert_sql
+    from microstructure.features_sql.stages import STAGE_BY_NAME
+
+    d = date(2026, 11, 20)
+
+    async def main() -> None:
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=3)
+        try:
+            assert (
+                await bulk.load_day(pool, "BTCUSDT", d, trades(1_000, 200_000, day_ms(d), DAY_MS)) == 200_000
+            )
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+    lo = datetime(d.year, d.month, d.day, tzinfo=UTC)
+    stage = _insert_sql(STAGE_BY_NAME["trades_1s"]).split("\n", 1)[1]  # the SELECT its INSERT runs
+    stage = stage.replace("$1", "%s").replace("$2", "%s").replace("$3", "%s")
+    with psycopg.connect(db_url) as conn:
+        analyzed = conn.execute(
+            "SELECT last_analyze IS NOT NULL, (SELECT count(*) FROM pg_stats WHERE tablename = relname) "
+            "FROM pg_stat_user_tables WHERE relname = 'agg_trades_p20261120'"
+        ).fetchone()
+        day = (["BTCUSDT"], lo, lo + timedelta(days=1))
+        (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + stage, day).fetchone()  # type: ignore[misc]
+    assert analyzed is not None and analyzed[0] and analyzed[1] >= 5, analyzed
+
+    def estimates(node: dict[str, Any]) -> list[float]:
+        return [node["Plan Rows"], *(r for sub in node.get("Plans", []) for r in estimates(sub))]
+
+    # the scan of the day estimated at its size (without statistics: about 60 rows of 200,000)
+    assert max(estimates(plan[0]["Plan"])) > 100_000, plan
+
+
 def test_on_the_embedded_server_a_bulk_day_skips_the_wal_a_merged_day_writes(db_url: str) -> None:
     """wal_level = minimal (embedded.py): a day's load table and its indexes, new in their
     transactions, are fsynced at commit, not written to the WAL too; rows merged into an existing
@@ -226,7 +264,7 @@ def test_a_table_a_dead_loader_left_unattached_is_dropped_by_the_next_load(db_ur
         finally:
             await pool.close()
         keyed, timed = "build btree (symbol, agg_id, ts)", "build btree (symbol, ts)"
-        assert set(phases) == {"copy", keyed, timed, "builds", "attach"}
+        assert set(phases) == {"copy", keyed, timed, "builds", "analyze", "attach"}
         assert min(phases.values()) > 0 and phases["builds"] >= max(phases[keyed], phases[timed])
 
     asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import sys
 import time
@@ -119,6 +120,42 @@ def test_three_archived_days_plus_today_by_rest_land_the_exact_id_sequence(
             assert again.ok
 
     asyncio.run(main())
+
+
+def test_archives_fetched_ahead_download_one_at_a_time_oldest_first(
+    db_url: str, tmp_path: Path, exchange_cache: Path
+) -> None:
+    """The days fetched ahead download one after the other in the order asked (each zip's answer
+    held 0.3 s here): the oldest day, which the first load waits for, does not share the link with
+    the later ones and end with them."""
+
+    async def main() -> list[tuple[str, float, float]]:
+        async with LocalExchange(exchange(exchange_cache)) as ex:
+            served: list[tuple[str, float, float]] = []
+            original = ex.archive_bytes
+
+            async def slow(ref: Any) -> Any:
+                t0 = time.monotonic()
+                if ref.path.endswith(".zip"):
+                    await asyncio.sleep(0.3)
+                body = await original(ref)
+                if ref.path.endswith(".zip"):
+                    served.append((ref.date, t0, time.monotonic()))
+                return body
+
+            ex.archive_bytes = slow
+            report = await run_collect(
+                settings_for(tmp_path, db_url, ex.base_url), db_url, ["BTCUSDT"], D9, D11
+            )
+            assert report.ok and report.symbols["BTCUSDT"].days_archive == [D9, D10, D11]
+            return served
+
+    served = asyncio.run(main())
+    # (the exchange reads a zip for its .CHECKSUM too)
+    assert list(dict.fromkeys(s[0] for s in served)) == [str(d) for d in (D9, D10, D11)]
+    for a, b in itertools.combinations(served, 2):
+        if a[0] < b[0]:
+            assert b[1] >= a[2], (a, b)  # a later day asked for once the day before was served
 
 
 def test_429_storm_run_slows_down_finishes_exact_and_is_never_banned(

@@ -1006,17 +1006,25 @@ async def load_aggtrades_archive(
     cache_dir: Path | None = None,
     tmp_dir: Path | None = None,
     parse_turn: ParseTurn | None = None,
+    download_turn: ParseTurn | None = None,
 ) -> AggTradesArchive:
     """Download, verify and parse one aggTrades archive (parsing runs in a worker thread, at its
     `parse_turn` of a `ParseTurns`: archives fetched ahead then parse one after the other in the
-    order they were asked for, so the first is ready soonest instead of all of them late). The turn
-    is given up however this ends.
+    order they were asked for, so the first is ready soonest instead of all of them late). The
+    download likewise at its `download_turn`, when given: archives fetched ahead then download one
+    after the other, the first with the whole link to itself, instead of all of them sharing it and
+    ending together. The turns are given up however this ends.
 
     Raises ArchiveMissing (404: not published) and ChecksumMismatch (refused).
     """
     url = archive_url(base_url, "aggTrades", symbol, period, when)
     try:
-        dl = await download_archive(session, url, cache_dir=cache_dir, tmp_dir=tmp_dir)
+        try:
+            async with download_turn or contextlib.nullcontext():
+                dl = await download_archive(session, url, cache_dir=cache_dir, tmp_dir=tmp_dir)
+        finally:
+            if download_turn is not None:
+                download_turn.give_up()
         try:
             async with parse_turn or contextlib.nullcontext():
                 result = await asyncio.to_thread(parse_aggtrades_zip, dl.path, url=url)

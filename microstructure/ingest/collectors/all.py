@@ -19,13 +19,18 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.features_sql.refresher import DEFAULT_FEATURES_INTERVAL, refresh_once, run_refresher
+from microstructure.features_sql.refresher import (
+    BACKFILL_INTERVAL,
+    DEFAULT_FEATURES_INTERVAL,
+    refreshing_alongside,
+    run_refresher,
+)
 from microstructure.ingest.binance.streams import SharedStreams
 from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 from microstructure.ingest.collectors.health_http import HealthServer
@@ -146,9 +151,9 @@ async def collect_all(
     """Run every collector for `symbols` (see the module doc); the combined report.
 
     Features: live, the refresher materialises what the writer committed every `features_interval`
-    seconds (None: not at all) and once more after the last flush; historical, once after the
-    loads, before the report, so that old days are materialised too (a TimescaleDB refresh policy
-    only covers its recent window).
+    seconds (None: not at all) and once more after the last flush; historical, beside the loads (a
+    loaded day while the next one loads) and once more after them, before the report, so that old
+    days are materialised too (a TimescaleDB refresh policy only covers its recent window).
 
     Retention (live, when `retention_keep_days` is given): raw days older than that go every
     `retention_interval` seconds once the Parquet export holds them (retention.run_scheduled).
@@ -209,17 +214,21 @@ async def collect_all(
                 health_commit_after=health_commit_after,
             )
         else:
-            await _historical(
-                settings,
-                dsn,
-                symbols,
-                report,
-                writer=writer,
-                start=start,
-                end=end,
-                days=days,
-                include_aggtrades=include_aggtrades,
-            )
+            async with _features_alongside(dsn, features_interval, report):
+                await _historical(
+                    settings,
+                    dsn,
+                    symbols,
+                    report,
+                    writer=writer,
+                    start=start,
+                    end=end,
+                    days=days,
+                    include_aggtrades=include_aggtrades,
+                )
+                # the last refresh round sees every row (bounded, as the flush below: a database
+                # gone away does not hold the run)
+                await writer.flush(getattr(writer, "close_timeout", None), give_up_when_down=True)
     finally:
         if own_writer:
             await writer.close()
@@ -237,12 +246,6 @@ async def collect_all(
                 report.parts[name] = await task
             except Exception as exc:
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
-    if mode == "historical" and features_interval is not None:
-        try:
-            report.parts["features"] = await refresh_once(dsn)
-        except Exception as exc:
-            report.errors["features"] = f"{type(exc).__name__}: {exc}"
-            log.error("feature refresh after the historical load failed", exc_info=exc)
     report.spill_files_left = spill_files(settings)
     report.spill_pending = max(spill_files(settings, rejected=False), getattr(writer, "queue_depth", 0))
     stats = getattr(writer, "stats", None)
@@ -386,6 +389,22 @@ async def _live(
             report.rest_line = rest.summary_line()
             report.rest = rest.stats.as_dict()
     report.events = dict(events.counts)
+
+
+@contextlib.asynccontextmanager
+async def _features_alongside(dsn: str, interval: float | None, report: AllReport) -> AsyncIterator[None]:
+    """The historical loads with the feature refresher beside them (refreshing_alongside): a loaded
+    day is materialised while the next one loads, every BACKFILL_INTERVAL seconds (or `interval`
+    when it is longer than the live default), what is left once more at the end; None: no features."""
+    if interval is None:
+        yield
+        return
+    every = BACKFILL_INTERVAL if interval <= DEFAULT_FEATURES_INTERVAL else interval
+    async with refreshing_alongside(dsn, every) as refreshed:
+        yield
+    report.parts["features"] = refreshed.report
+    if refreshed.error is not None:
+        report.errors["features"] = f"{type(refreshed.error).__name__}: {refreshed.error}"
 
 
 async def _historical(

@@ -10,8 +10,8 @@ For each symbol and each UTC day of [start, end] (the server's clock decides wha
 - a whole past month whose days are all needed comes from the monthly archive (one download instead
   of ~30) when it is not larger than `monthly_max_bytes`, else from the daily archives;
 - past days come from the daily archives, verified against their .CHECKSUM; downloading (and parsing)
-  the next archives overlaps loading the current one (bounded prefetch), and they parse in the
-  order asked for (archives.ParseTurns), so the oldest is ready first;
+  the next archives overlaps loading the current one (bounded prefetch), and they download one at a
+  time and parse in the order asked for (archives.ParseTurns), so the oldest is ready first;
 - a day with no partition yet takes the bulk path (sink/bulk.py): its COPY runs while the day
   before builds its indexes and attaches; that day's checkpoint follows its attach, and anything
   else (REST, a skipped day, a failed archive) waits for both;
@@ -500,7 +500,9 @@ class _SymbolRun:
         return units
 
     # ---- archives
-    async def _fetch(self, unit: _Unit, turn: archives.ParseTurn) -> archives.AggTradesArchive:
+    async def _fetch(
+        self, unit: _Unit, turn: archives.ParseTurn, download: archives.ParseTurn
+    ) -> archives.AggTradesArchive:
         ctx = self.ctx
         if unit.kind == "month":
             url = archives.archive_url(ctx.archive_url, "aggTrades", self.symbol, "monthly", unit.month)
@@ -520,6 +522,7 @@ class _SymbolRun:
             cache_dir=ctx.cache_dir,
             tmp_dir=ctx.tmp_dir,
             parse_turn=turn,
+            download_turn=download,
         )
 
     def _prefetch(self, queue: deque[_Unit], current: _Unit) -> None:
@@ -527,8 +530,10 @@ class _SymbolRun:
         for u in ahead:
             if u.kind in ("day", "month") and u.task is None:
                 turn = self.ctx.parse_turns.turn()  # its place in the line now, in the queue's order
-                u.task = asyncio.create_task(self._fetch(u, turn))
-                u.task.add_done_callback(lambda _, turn=turn: turn.give_up())  # even if it never ran
+                download = self.ctx.download_turns.turn()
+                u.task = asyncio.create_task(self._fetch(u, turn, download))
+                for t in (turn, download):  # even if it never ran
+                    u.task.add_done_callback(lambda _, t=t: t.give_up())
 
     async def _submit(self, table: pa.Table, source: str) -> None:
         ctx = self.ctx
@@ -972,6 +977,9 @@ class _Run:
     parse_turns: archives.ParseTurns = field(
         default_factory=lambda: archives.ParseTurns((os.cpu_count() or 2) // 2)
     )
+    # and they download one at a time, in the same order: three archives fetched at once shared the
+    # link and all ended together, the first (the one a load waits for) about three times later
+    download_turns: archives.ParseTurns = field(default_factory=lambda: archives.ParseTurns(1))
     _stored: dict[date, int] = field(default_factory=dict)
     unreachable: str | None = None  # why the exchange is taken as gone: the days left are not tried
 

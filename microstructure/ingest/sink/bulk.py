@@ -12,7 +12,8 @@ On day-partitioned PostgreSQL (revisions 0006, 0007) a day nobody has written is
    times cheaper than maintaining two B-trees row by row, and on two cores together about 30 % less
    wall time than one after the other), each scanning the table from its start (no synchronized
    scan, see `_load_session`);
-4. in one transaction: the symbol's lock, the key constraint, the move into the parent's schema and
+4. its statistics gathered (ANALYZE: the feature refresh right after the load plans by them);
+5. in one transaction: the symbol's lock, the key constraint, the move into the parent's schema and
    ATTACH PARTITION (no validation scan: the CHECK matches; SHARE UPDATE EXCLUSIVE on the parent,
    which blocks no reader and no writer of other days), coverage, gaps and the invalidation log as
    the writer would record them; commit.
@@ -26,7 +27,7 @@ images, and the embedded server's pglz is slow) and give the index builds more m
 with `wal_level = minimal` (the embedded one) the COPY and the builds write no WAL at all: the table
 and each index are new in their transaction and fsynced at its commit.
 
-`begin_day` does steps 1-2 and hands back a `DayLoad` whose `finish` does steps 3-4 (or `abandon`
+`begin_day` does steps 1-2 and hands back a `DayLoad` whose `finish` does steps 3-5 (or `abandon`
 drops the table): the historical collector copies the next day while this one's indexes build.
 `load_day` is the two one after the other. Both return None where the path does not apply (a
 TimescaleDB hypertable, a day whose partition exists, rows outside the day, an id twice): the
@@ -131,7 +132,7 @@ async def load_day(
     or None when the path does not apply (see the module doc). Holds up to 1 + (the table's indexes)
     of the pool's connections at once. `phases`, when given, receives each step's seconds: `copy`
     (the COPY and its commit), `build <index>` for each index and `builds` (all of them, side by
-    side), `attach` (the last transaction). `begin_day` then `DayLoad.finish`, one after the other."""
+    side), `analyze`, `attach` (the last transaction). `begin_day` then `DayLoad.finish`, one after the other."""
     load = await begin_day(pool, symbol, day, batch, phases=phases)
     return None if load is None else await load.finish()
 
@@ -139,7 +140,7 @@ async def load_day(
 @dataclass
 class DayLoad:
     """A day whose rows are in its load table and committed (steps 1-2 of the module doc done): it
-    holds the day's lock and its connection until `finish` (steps 3-4) or `abandon` (the table
+    holds the day's lock and its connection until `finish` (steps 3-5) or `abandon` (the table
     dropped). Nothing of it is in agg_trades yet. The caller may do other work between the two, e.g.
     the next day's COPY while this day's indexes build (trades_historical.py), but must call one of
     them: until then the day stays locked and the connection taken."""
@@ -156,7 +157,7 @@ class DayLoad:
     _done: bool = False
 
     async def finish(self) -> int:
-        """Build the indexes side by side, attach the day with its coverage; the rows stored. On a
+        """Build the indexes side by side, analyze, attach the day with its coverage; the rows stored. On a
         failure the day's table is dropped and the error raised: the day stays unloaded."""
         self._claim()
         try:
@@ -271,7 +272,7 @@ async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection, day: date) -> N
 
 
 async def _build_and_attach(load: DayLoad) -> None:
-    """Steps 3-4 of the module doc, under the day's lock; what a failure leaves is dropped."""
+    """Steps 3-5 of the module doc, under the day's lock; what a failure leaves is dropped."""
     conn, day, phases = load.conn, load.day, load.phases
     step = time.perf_counter()
     try:
@@ -284,6 +285,10 @@ async def _build_and_attach(load: DayLoad) -> None:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         step = _phase(phases, "builds", step)
+        await conn.execute(
+            await conn.fetchval(sql("bulk_day_analyze"), KIND, day)
+        )  # an ANALYZE the catalog named
+        step = _phase(phases, "analyze", step)
         async with conn.transaction():
             await coverage.lock_symbol(conn, load.symbol)
             await conn.execute(sql("bulk_day_attach"), KIND, day)
