@@ -1,0 +1,221 @@
+"""`collect ... --group` and `--all-symbols` end to end: real collector processes on the local
+exchange's market (a universe of synthetic perpetuals), one embedded PostgreSQL.
+
+- a group of 2 on 31 symbols: SIGKILL one, the survivor owns all within the lease timeout and a few
+  seconds; the killed member started again takes its share back; every symbol's ids are contiguous
+  with no duplicate;
+- --redundancy 2: both members collect every symbol, one copy stored;
+- --all-symbols follows a listing and a delisting (said once);
+- bad flag values: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from microstructure.exchange.config import ExchangeConfig
+from microstructure.exchange.server import ExchangeThread
+
+UNIVERSE = 30  # U0001USDT.. besides BTCUSDT
+
+
+def member(db_url: str, home: Path, url: str, *extra: str, kind: str = "aggtrades") -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "microstructure", "--database-url", db_url, "--home", str(home),
+        "collect", kind, "--mode", "live", "--exchange-url", url, *extra,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSTRUCTURE_")}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def owned(db_url: str, group: str) -> dict[str, list[str]]:
+    """member -> the symbols its row says it collects, live members only."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT member_id, owned FROM collector_group_members WHERE group_name = %s "
+            "AND heartbeat_at > now() - make_interval(secs => lease_timeout_s)",
+            (group,),
+        ).fetchall()
+    return {m: sorted(o) for m, o in rows}
+
+
+def splits(db_url: str, group: str, members: int, everything: list[str]) -> dict[str, list[str]] | None:
+    """The live members' shares when `members` of them split `everything` with no overlap, else None."""
+    o = owned(db_url, group)
+    shares = [s for v in o.values() for s in v]
+    if len(o) == members and all(o.values()) and sorted(shares) == everything:
+        return o
+    return None
+
+
+def wait_for(what, timeout: float, step: float = 0.25):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(step)
+    return None
+
+
+def stop(proc: subprocess.Popen, timeout: float = 40) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def id_runs(db_url: str) -> dict[str, tuple[int, int, int]]:
+    """symbol -> (rows, min id, max id)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT symbol, count(*), min(agg_id), max(agg_id) FROM agg_trades GROUP BY symbol"
+        ).fetchall()
+    return {s: (n, lo, hi) for s, n, lo, hi in rows}
+
+
+@pytest.fixture
+def market(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cfg = ExchangeConfig(
+        history_days=0,
+        universe=UNIVERSE,
+        universe_rate=90.0,
+        live_rate=5.0,
+        cache_dir=tmp_path_factory.mktemp("exchange-cache"),
+    )
+    thread = ExchangeThread(cfg)
+    with thread as ex:
+        ex.thread = thread  # type: ignore[attr-defined]
+        yield ex
+
+
+def symbols_of(ex) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(ex.markets)
+
+
+def test_group_of_two_sigkill_takeover_and_rejoin_leave_no_gap(db_url: str, tmp_path: Path, market) -> None:  # type: ignore[no-untyped-def]
+    everything = symbols_of(market)
+    assert len(everything) == UNIVERSE + 1
+    flags = ("--all-symbols", "--group", "g", "--lease-timeout", "3")
+    a = member(db_url, tmp_path / "a", market.base_url, *flags)
+    b = member(db_url, tmp_path / "b", market.base_url, *flags)
+    procs = [a, b]
+    try:
+        split = wait_for(lambda: splits(db_url, "g", 2, everything), 40)
+        assert split, f"no split of the universe: {owned(db_url, 'g')}"
+        time.sleep(3)
+        # SIGKILL a: b owns everything within the lease timeout and a few seconds
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait(10)
+        killed_at = time.monotonic()
+        alone = wait_for(lambda: splits(db_url, "g", 1, everything), 20)
+        assert alone, f"the survivor did not take everything over: {owned(db_url, 'g')}"
+        took = time.monotonic() - killed_at
+        assert took < 3 + 8, took
+        time.sleep(4)
+        # a comes back: it takes a share again, nothing is collected twice for long
+        a2 = member(db_url, tmp_path / "a2", market.base_url, *flags)
+        procs.append(a2)
+        again = wait_for(lambda: splits(db_url, "g", 2, everything), 40)
+        assert again, f"no rebalancing after the restart: {owned(db_url, 'g')}"
+        time.sleep(4)
+    finally:
+        outs = [stop(p) for p in procs if p is not a]
+    for rc, out in outs:
+        assert rc == 0, out[-3000:]
+        assert "group g, member" in out, out[-3000:]
+    runs = id_runs(db_url)
+    assert sorted(runs) == everything  # every symbol got rows
+    for sym, (n, lo, hi) in runs.items():
+        assert n == hi - lo + 1, f"{sym}: {hi - lo + 1 - n} ids missing between {lo} and {hi}"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM collector_group_members").fetchone() == (0,)
+
+
+def test_redundancy_two_collects_everything_twice_and_stores_one_copy(
+    db_url: str, tmp_path: Path, market
+) -> None:  # type: ignore[no-untyped-def]
+    everything = symbols_of(market)
+    flags = ("--all-symbols", "--group", "r", "--lease-timeout", "3", "--redundancy", "2")
+    procs = [member(db_url, tmp_path / h, market.base_url, *flags) for h in ("a", "b")]
+    try:
+        both = wait_for(lambda: (o := owned(db_url, "r")) and len(o) == 2
+                        and all(v == everything for v in o.values()), 40)  # fmt: skip
+        assert both, owned(db_url, "r")
+        time.sleep(5)
+    finally:
+        outs = [stop(p) for p in procs]
+    for rc, out in outs:
+        assert rc == 0, out[-3000:]
+    runs = id_runs(db_url)
+    assert sorted(runs) == everything
+    for sym, (n, lo, hi) in runs.items():
+        assert n == hi - lo + 1, sym  # the primary key holds one copy; none missing
+    # both members saw the same trades: each report counts websocket rows of every symbol
+    ws = [sum(int(x.replace(",", "")) for x in _ws_counts(out)) for _, out in outs]
+    assert all(w > 0 for w in ws), ws
+
+
+def _ws_counts(out: str) -> list[str]:
+    return [line.split(":", 1)[1].split(" from websocket")[0].strip() for line in out.splitlines()
+            if " from websocket" in line]  # fmt: skip
+
+
+def test_all_symbols_follows_a_listing_and_a_delisting(db_url: str, tmp_path: Path, market) -> None:  # type: ignore[no-untyped-def]
+    proc = member(db_url, tmp_path / "h", market.base_url, "--all-symbols", "--universe-interval", "1",
+                  "--exclude", "BTCUSDT")  # fmt: skip
+    try:
+        assert wait_for(lambda: len(id_runs(db_url)) >= UNIVERSE - 5, 40), id_runs(db_url)
+        listed = market.thread.call(market.list_contract)
+        delisted = market.thread.call(market.delist_contract, "U0001USDT")
+        assert listed and delisted == "U0001USDT"
+        assert wait_for(lambda: listed in id_runs(db_url), 30), f"{listed} not collected"
+        time.sleep(3)
+        before = id_runs(db_url)["U0001USDT"]
+        time.sleep(3)
+        assert id_runs(db_url)["U0001USDT"] == before  # delisted: nothing more (its stream is silent too)
+    finally:
+        rc, out = stop(proc)
+    assert rc == 0, out[-3000:]
+    assert "BTCUSDT" not in id_runs(db_url)  # --exclude
+    assert out.count("symbol dropped from the live set") == 1, out[-3000:]
+    assert "no longer TRADING" in out and listed in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "culprit"),
+    [
+        (("--all-symbols", "--symbol", "BTCUSDT"), "--all-symbols"),
+        ((), "--symbol"),
+        (("--symbol", "BTCUSDT", "--top", "5"), "--top"),
+        (("--all-symbols", "--top", "0"), "--top"),
+        (("--all-symbols", "--quote", "us-dt"), "--quote"),
+        (("--all-symbols", "--exclude", "BTC/USDT"), "--exclude"),
+        (("--all-symbols", "--universe-interval", "0"), "--universe-interval"),
+        (("--symbol", "BTCUSDT", "--lease-timeout", "5"), "--lease-timeout"),
+        (("--symbol", "BTCUSDT", "--group", "g", "--lease-timeout", "0.5"), "--lease-timeout"),
+        (("--symbol", "BTCUSDT", "--group", "g", "--redundancy", "0"), "--redundancy"),
+        (("--symbol", "BTCUSDT", "--group", "bad name"), "--group"),
+        (("--symbol", "BTCUSDT", "--group", "g", "--mode", "historical", "--days", "1"), "--group"),
+    ],
+)
+def test_bad_flag_values_are_one_line_and_exit_2(
+    flags: tuple[str, ...], culprit: str, tmp_path: Path
+) -> None:
+    for kind in ("aggtrades", "all"):
+        res = subprocess.run(
+            [sys.executable, "-m", "microstructure", "--home", str(tmp_path), "collect", kind,
+             "--mode", "live", "--exchange-url", "http://127.0.0.1:9", *flags],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 2, (kind, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and culprit in lines[0], (kind, res.stderr)
