@@ -8,6 +8,7 @@ import asyncio
 
 import psycopg
 
+from microstructure.ingest.collectors.follow import LiveSet
 from microstructure.ingest.collectors.group import GroupMember, assign, run_group
 from microstructure.status import collect_status
 
@@ -88,7 +89,7 @@ def test_a_member_that_loses_the_database_gives_up_its_lease(db_url: str) -> Non
     asyncio.run(go())
 
 
-def test_run_group_restarts_the_collection_with_each_new_share(db_url: str) -> None:
+def test_run_group_follows_each_new_share_with_the_live_set(db_url: str) -> None:
     async def go() -> None:
         runs: list[list[str]] = []
 
@@ -99,7 +100,7 @@ def test_run_group_restarts_the_collection_with_each_new_share(db_url: str) -> N
 
         a = GroupMember(db_url, "g", UNIVERSE, lease_timeout=0.9, member_id="a")
         stop_a = asyncio.Event()
-        task = asyncio.create_task(run_group(a, collect, stop_a))
+        task = asyncio.create_task(run_group(a, LiveSet(collect, overlap_s=0), stop_a))
         for _ in range(50):
             await asyncio.sleep(0.1)
             if runs:
