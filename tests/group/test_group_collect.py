@@ -228,3 +228,68 @@ def test_bad_flag_values_are_one_line_and_exit_2(
         assert res.returncode == 2, (kind, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and culprit in lines[0], (kind, res.stderr)
+
+
+def test_collect_all_top_n_by_quote_volume(db_url: str, tmp_path: Path, market) -> None:  # type: ignore[no-untyped-def]
+    from microstructure.exchange.rest import ticker_24hr_body
+
+    def top4() -> list[str]:
+        now = market.now_ms()
+        vol = {
+            s: float(market.thread.call(ticker_24hr_body, market, s, now)["quoteVolume"])
+            for s in market.markets
+        }
+        return sorted(sorted(vol, key=lambda s: (-vol[s], s))[:4])
+
+    before = top4()
+    proc = member(db_url, tmp_path / "h", market.base_url, "--all-symbols", "--top", "4", "--quote", "USDT",
+                  "--live-seconds", "8", "--features-interval", "0", kind="all")  # fmt: skip
+    rc, out = stop(proc, timeout=90) if proc.wait(90) is None else (proc.returncode, proc.stdout.read())
+    assert rc == 0, out[-3000:]
+    after = top4()  # the ranks near the 4th place may swap during the run: the read was one of them
+    with psycopg.connect(db_url) as conn:
+        marks = sorted(r[0] for r in conn.execute("SELECT DISTINCT symbol FROM mark_prices").fetchall())
+        books = sorted(r[0] for r in conn.execute("SELECT DISTINCT symbol FROM book_snapshots").fetchall())
+    assert marks == books and marks in (before, after), (marks, books, before, after)
+    assert "top 4 by 24 h quote volume" in out
+
+
+def test_historical_all_symbols_backfills_the_universe_at_start(db_url: str, tmp_path: Path) -> None:
+    cfg = ExchangeConfig(history_days=1, universe=8, cache_dir=tmp_path / "cache")
+    with ExchangeThread(cfg) as ex:
+        res = subprocess.run(
+            [sys.executable, "-m", "microstructure", "--database-url", db_url, "--home", str(tmp_path), "collect",
+             "market", "--mode", "historical", "--days", "1", "--all-symbols", "--exclude", "BTCUSDT",
+             "--top", "3", "--exchange-url", ex.base_url],
+            capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (
+        "universe: every TRADING USD-M perpetual, top 3 by 24 h quote volume, except BTCUSDT: 3 symbols"
+        in res.stdout
+    )
+    with psycopg.connect(db_url) as conn:
+        got = sorted(r[0] for r in conn.execute("SELECT DISTINCT symbol FROM funding_rates").fetchall())
+    assert len(got) == 3 and "BTCUSDT" not in got, (got, res.stdout)
+
+
+def test_ticker_24hr_weight_and_a_malformed_reply(market) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import urllib.request
+
+    from microstructure.ingest.binance.rest import DecodeError
+    from microstructure.ingest.binance.tickers import decode_quote_volumes
+
+    def get(path: str) -> tuple[int, object]:
+        with urllib.request.urlopen(market.base_url + path, timeout=30) as r:
+            return int(r.headers["X-MBX-USED-WEIGHT-1M"]), json.loads(r.read())
+
+    w0, one = get("/fapi/v1/ticker/24hr?symbol=BTCUSDT")
+    w1, every = get("/fapi/v1/ticker/24hr")
+    assert w1 - w0 == 40  # every symbol: weight 40, as on Binance
+    assert isinstance(one, dict) and one["symbol"] == "BTCUSDT" and float(one["quoteVolume"]) > 0
+    volumes = decode_quote_volumes(every)
+    assert sorted(volumes) == sorted(market.markets) and volumes["BTCUSDT"] > 0
+    for bad in ({"symbol": "X"}, [{"symbol": "X", "quoteVolume": "n/a"}], [{"quoteVolume": "1"}]):
+        with pytest.raises(DecodeError):
+            decode_quote_volumes(bad)

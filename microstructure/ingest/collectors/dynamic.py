@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from microstructure.config import Settings
-from microstructure.ingest.binance.rest import BinanceRest
+from microstructure.ingest.binance.rest import BinanceRest, IpBanned
 from microstructure.ingest.collectors.follow import Collect, LiveSet
 from microstructure.ingest.collectors.group import GroupMember, GroupReport, run_group
 from microstructure.ingest.collectors.universe import UniverseFilter, follow_universe, read_universe
@@ -142,6 +142,6 @@ async def run_dynamic(
                 await t
         await rest.close()
         report.seconds = time.monotonic() - started
-    if live.failure is not None and not live.reports:
-        raise live.failure  # e.g. a ban or an unreachable exchange: its exit code and one line
+    if live.failure is not None and (not live.reports or isinstance(live.failure, IpBanned)):
+        raise live.failure  # a ban (exit 3), or nothing ran (unreachable...): its exit code and one line
     return report
