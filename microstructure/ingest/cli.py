@@ -471,7 +471,7 @@ def run_following(
     settings: Settings,
     url: str,
     follow: Follow,
-    collect: Any,
+    make_collect: Any,
     *,
     live_seconds: float | None,
     weight_budget: int | None = None,
@@ -479,8 +479,9 @@ def run_following(
     retention_keep_days: int | None = None,
     retention_interval: float = DEFAULT_RETENTION_INTERVAL,
 ) -> int:
-    """A live run whose set changes (`--all-symbols`, `--group`): `collect(symbols, stop)` is one run of
-    the collector, started and stopped by the live set as symbols come and go (dynamic.run_dynamic).
+    """A live run whose set changes (`--all-symbols`, `--group`): `make_collect(rest)(symbols, stop)` is
+    one run of the collector on the process's REST client, started and stopped by the live set as
+    symbols come and go (dynamic.run_dynamic).
     The features refresher and retention run once for the process, beside the set."""
     from microstructure.ingest.collectors.dynamic import run_dynamic
 
@@ -502,7 +503,7 @@ def run_following(
             )
         try:
             return await run_dynamic(
-                settings, url, collect, stop, symbols=follow.symbols, universe=follow.universe,
+                settings, url, make_collect, stop, symbols=follow.symbols, universe=follow.universe,
                 group=follow.group, weight_budget=weight_budget,
             )  # fmt: skip
         finally:
@@ -571,9 +572,9 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
 
         url = prepare_database(settings)
 
-        def collect(symbols: list[str], stop: asyncio.Event) -> Any:
-            return collect_aggtrades_live(
-                settings, url, symbols, stop_event=stop, redundant=args.redundant, weight_budget=budget,
+        def collect(rest: Any) -> Any:
+            return lambda symbols, stop: collect_aggtrades_live(
+                settings, url, symbols, stop_event=stop, redundant=args.redundant, rest=rest,
                 stale_timeout=stale_timeout,
             )  # fmt: skip
 
@@ -863,10 +864,10 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
     url = prepare_database(settings)
     if follow.dynamic:
 
-        def collect(symbols: list[str], stop: asyncio.Event) -> Any:
-            return collect_book_live(
+        def collect(rest: Any) -> Any:
+            return lambda symbols, stop: collect_book_live(
                 settings, url, symbols, source=source, stop_event=stop, stale_timeout=stale_timeout,
-                depth_levels=depth_levels,
+                depth_levels=depth_levels, rest=rest,
             )  # fmt: skip
 
         return run_following(settings, url, follow, collect, live_seconds=live_seconds)
@@ -910,10 +911,10 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     url = prepare_database(settings)
     if follow.dynamic:
 
-        def collect(symbols: list[str], stop: asyncio.Event) -> Any:
-            return collect_market_live(
+        def collect(rest: Any) -> Any:
+            return lambda symbols, stop: collect_market_live(
                 settings, url, symbols, oi_interval=oi_interval, stop_event=stop, stale_timeout=stale_timeout,
-                liquidations_stream=liquidations,
+                liquidations_stream=liquidations, rest=rest,
             )  # fmt: skip
 
         return run_following(settings, url, follow, collect, live_seconds=live_seconds)
@@ -964,11 +965,11 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
             )
         url = prepare_database(settings)
 
-        def collect(symbols: list[str], stop: asyncio.Event) -> Any:
-            return collect_all(
+        def collect(rest: Any) -> Any:
+            return lambda symbols, stop: collect_all(
                 settings, url, symbols, mode="live", book_source=source, depth_levels=depth_levels,
                 oi_interval=oi_interval, stop_event=stop, handle_signals=False, stale_timeout=stale_timeout,
-                liquidations_stream=liquidations, features_interval=None, reconcile_interval=None,
+                liquidations_stream=liquidations, features_interval=None, reconcile_interval=None, rest=rest,
             )  # fmt: skip
 
         return run_following(

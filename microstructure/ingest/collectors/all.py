@@ -142,6 +142,7 @@ async def collect_all(
     retention_interval: float = DEFAULT_RETENTION_INTERVAL,
     reconcile_interval: float | None = DEFAULT_RECONCILE_INTERVAL,
     reconcile_window_days: int = DEFAULT_RECONCILE_WINDOW_DAYS,
+    rest: Any = None,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -157,7 +158,10 @@ async def collect_all(
     stored trade days of the last `reconcile_window_days` are checked against their daily archive
     once it is published (reconcile.run_live_reconciler: a finished day heals by itself the next
     morning; a re-uploaded archive is noticed by its checksum), and the same days' bookDepth and
-    metrics archives are loaded when published or replaced."""
+    metrics archives are loaded when published or replaced.
+
+    `rest`: a REST client to use (live) instead of one of its own (the live set's runs share one, so
+    their weight is counted and paced in one place)."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -207,6 +211,7 @@ async def collect_all(
                 health_port=health_port,
                 liquidations_stream=liquidations_stream,
                 health_commit_after=health_commit_after,
+                rest=rest,
             )
         else:
             await _historical(
@@ -271,6 +276,7 @@ async def _live(
     health_port: int | None,
     liquidations_stream: str,
     health_commit_after: float = 15.0,
+    rest: Any = None,
 ) -> None:
     from microstructure.ingest.binance.rest import BinanceRest
 
@@ -297,7 +303,7 @@ async def _live(
         settings.ws_url, expected=3 if include_aggtrades else 2, health=health, events=events,
         stale_timeout=stale_timeout,
     )  # fmt: skip
-    async with BinanceRest(settings.rest_url) as rest:
+    async with BinanceRest(settings.rest_url) if rest is None else contextlib.nullcontext(rest) as rest:
         await rest.exchange_info()  # the weight budget from the exchange's announced limit
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {

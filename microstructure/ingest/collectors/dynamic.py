@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,10 +72,14 @@ async def initial_universe(
         return await read_universe(rest, universe.filter)
 
 
+# Given the process's REST client, the collection of a symbol set (follow.Collect).
+MakeCollect = Callable[[BinanceRest], Collect]
+
+
 async def run_dynamic(
     settings: Settings,
     dsn: str,
-    collect: Collect,
+    make_collect: MakeCollect,
     stop: asyncio.Event,
     *,
     symbols: list[str] | None,
@@ -83,11 +88,15 @@ async def run_dynamic(
     weight_budget: int | None = None,
     overlap_s: float | None = None,
 ) -> DynamicReport:
+    """Until `stop`: the live set on the universe, or on this member's share of it. One REST client
+    serves the universe reads and every run of the set (`make_collect(rest)`), so their weight is
+    counted and paced in one place whatever the number of runs."""
+    rest = BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
+    await rest.open()
+    collect = make_collect(rest)
     live = LiveSet(collect) if overlap_s is None else LiveSet(collect, overlap_s=overlap_s)
     report = DynamicReport(live, universe=universe.filter.describe() if universe else "")
     started = time.monotonic()
-    rest = BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
-    await rest.open()
     tasks: list[asyncio.Task[Any]] = []
     try:
         current = await read_universe(rest, universe.filter) if universe is not None else list(symbols or [])
