@@ -479,8 +479,8 @@ def run_following(
     retention_keep_days: int | None = None,
     retention_interval: float = DEFAULT_RETENTION_INTERVAL,
 ) -> int:
-    """A live run whose set changes (`--all-symbols`, `--group`): `make_collect(rest)(symbols, stop)` is
-    one run of the collector on the process's REST client, started and stopped by the live set as
+    """A live run whose set changes (`--all-symbols`, `--group`): `make_collect(rest, handed_over)(symbols,
+    stop)` is one run of the collector on the process's REST client, started and stopped by the live set as
     symbols come and go (dynamic.run_dynamic).
     The features refresher and retention run once for the process, beside the set."""
     from microstructure.ingest.collectors.dynamic import run_dynamic
@@ -572,10 +572,10 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
 
         url = prepare_database(settings)
 
-        def collect(rest: Any) -> Any:
+        def collect(rest: Any, handed_over: Any) -> Any:
             return lambda symbols, stop: collect_aggtrades_live(
                 settings, url, symbols, stop_event=stop, redundant=args.redundant, rest=rest,
-                stale_timeout=stale_timeout,
+                stale_timeout=stale_timeout, handed_over=handed_over,
             )  # fmt: skip
 
         return run_following(settings, url, follow, collect, live_seconds=live_seconds, weight_budget=budget)
@@ -864,7 +864,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
     url = prepare_database(settings)
     if follow.dynamic:
 
-        def collect(rest: Any) -> Any:
+        def collect(rest: Any, handed_over: Any) -> Any:
             return lambda symbols, stop: collect_book_live(
                 settings, url, symbols, source=source, stop_event=stop, stale_timeout=stale_timeout,
                 depth_levels=depth_levels, rest=rest,
@@ -911,7 +911,7 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     url = prepare_database(settings)
     if follow.dynamic:
 
-        def collect(rest: Any) -> Any:
+        def collect(rest: Any, handed_over: Any) -> Any:
             return lambda symbols, stop: collect_market_live(
                 settings, url, symbols, oi_interval=oi_interval, stop_event=stop, stale_timeout=stale_timeout,
                 liquidations_stream=liquidations, rest=rest,
@@ -965,11 +965,12 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
             )
         url = prepare_database(settings)
 
-        def collect(rest: Any) -> Any:
+        def collect(rest: Any, handed_over: Any) -> Any:
             return lambda symbols, stop: collect_all(
                 settings, url, symbols, mode="live", book_source=source, depth_levels=depth_levels,
                 oi_interval=oi_interval, stop_event=stop, handle_signals=False, stale_timeout=stale_timeout,
                 liquidations_stream=liquidations, features_interval=None, reconcile_interval=None, rest=rest,
+                handed_over=handed_over,
             )  # fmt: skip
 
         return run_following(

@@ -138,7 +138,8 @@ def test_group_of_two_sigkill_takeover_and_rejoin_leave_no_gap(db_url: str, tmp_
         before_stop = market.now_ms()
     finally:
         outs = [stop(p) for p in procs if p is not a]
-    for rc, out in outs:
+    for i, (rc, out) in enumerate(outs):
+        Path(f"/tmp/group-all-out-{i}.txt").write_text(out)
         assert rc == 0, out[-3000:]
         assert "group g, member" in out, out[-3000:]
     check_contiguous(db_url, market, everything, collecting, before_stop)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -143,6 +143,7 @@ async def collect_all(
     reconcile_interval: float | None = DEFAULT_RECONCILE_INTERVAL,
     reconcile_window_days: int = DEFAULT_RECONCILE_WINDOW_DAYS,
     rest: Any = None,
+    handed_over: Callable[[str], bool] | None = None,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -161,7 +162,7 @@ async def collect_all(
     metrics archives are loaded when published or replaced.
 
     `rest`: a REST client to use (live) instead of one of its own (the live set's runs share one, so
-    their weight is counted and paced in one place)."""
+    their weight is counted and paced in one place); `handed_over`: see collect_aggtrades_live."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -212,6 +213,7 @@ async def collect_all(
                 liquidations_stream=liquidations_stream,
                 health_commit_after=health_commit_after,
                 rest=rest,
+                handed_over=handed_over,
             )
         else:
             await _historical(
@@ -277,6 +279,7 @@ async def _live(
     liquidations_stream: str,
     health_commit_after: float = 15.0,
     rest: Any = None,
+    handed_over: Callable[[str], bool] | None = None,
 ) -> None:
     from microstructure.ingest.binance.rest import BinanceRest
 
@@ -328,7 +331,7 @@ async def _live(
         }
         if include_aggtrades:
             jobs["aggtrades"] = collect_aggtrades_live(
-                settings, dsn, symbols, shared_streams=streams, **shared
+                settings, dsn, symbols, shared_streams=streams, handed_over=handed_over, **shared
             )
         names = list(jobs)
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}

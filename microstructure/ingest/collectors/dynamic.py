@@ -64,6 +64,10 @@ class DynamicReport:
         return out
 
 
+async def _unset(symbols: list[str], stop: asyncio.Event) -> Any:
+    raise RuntimeError("the live set's collection is not set")
+
+
 async def initial_universe(
     settings: Settings, universe: UniverseOptions, weight_budget: int | None
 ) -> list[str]:
@@ -72,8 +76,9 @@ async def initial_universe(
         return await read_universe(rest, universe.filter)
 
 
-# Given the process's REST client, the collection of a symbol set (follow.Collect).
-MakeCollect = Callable[[BinanceRest], Collect]
+# Given the process's REST client and the live set's handed_over(symbol), the collection of a
+# symbol set (follow.Collect).
+MakeCollect = Callable[[BinanceRest, Callable[[str], bool]], Collect]
 
 
 async def run_dynamic(
@@ -89,12 +94,13 @@ async def run_dynamic(
     overlap_s: float | None = None,
 ) -> DynamicReport:
     """Until `stop`: the live set on the universe, or on this member's share of it. One REST client
-    serves the universe reads and every run of the set (`make_collect(rest)`), so their weight is
-    counted and paced in one place whatever the number of runs."""
+    serves the universe reads and every run of the set (`make_collect(rest, handed_over)`), so their
+    weight is counted and paced in one place whatever the number of runs; a run replaced by another
+    fetches no tail for the symbols the other goes on with (`handed_over`)."""
     rest = BinanceRest(settings.rest_url, weight_budget_per_min=weight_budget)
     await rest.open()
-    collect = make_collect(rest)
-    live = LiveSet(collect) if overlap_s is None else LiveSet(collect, overlap_s=overlap_s)
+    live = LiveSet(_unset) if overlap_s is None else LiveSet(_unset, overlap_s=overlap_s)
+    live.collect = make_collect(rest, live.handed_over)
     report = DynamicReport(live, universe=universe.filter.describe() if universe else "")
     started = time.monotonic()
     tasks: list[asyncio.Task[Any]] = []

@@ -66,12 +66,18 @@ class LiveSet:
         self.changes: list[Change] = []
         self.failed = asyncio.Event()  # a slice ended without being asked to
         self.failure: BaseException | None = None  # what a failed slice raised
+        self.closing = False
         self._stopping: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
 
     @property
     def symbols(self) -> list[str]:
         return sorted({s for sl in self.slices for s in sl.symbols})
+
+    def handed_over(self, symbol: str) -> bool:
+        """True while another slice goes on with `symbol` (a retired slice then need not fetch its
+        tail: the new one covers it from the stored ids); false once the whole set is closing."""
+        return not self.closing and any(symbol in sl.symbols for sl in self.slices)
 
     def _start(self, symbols: list[str]) -> Slice:
         stop = asyncio.Event()
@@ -141,6 +147,7 @@ class LiveSet:
 
     async def close(self) -> None:
         """Stop every slice (each flushes and fills or records its tail) and wait for them all."""
+        self.closing = True
         for sl in self.slices:
             sl.stop.set()
         for sl in self.slices:
