@@ -139,7 +139,7 @@ def test_group_of_two_sigkill_takeover_and_rejoin_leave_no_gap(db_url: str, tmp_
     finally:
         outs = [stop(p) for p in procs if p is not a]
     for i, (rc, out) in enumerate(outs):
-        Path(f"/tmp/group-all-out-{i}.txt").write_text(out)
+        (tmp_path / f"member-{i}.out").write_text(out)  # for a look after a failure
         assert rc == 0, out[-3000:]
         assert "group g, member" in out, out[-3000:]
     check_contiguous(db_url, market, everything, collecting, before_stop)
