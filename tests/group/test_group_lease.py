@@ -121,3 +121,30 @@ def test_run_group_follows_each_new_share_with_the_live_set(db_url: str) -> None
         await b.leave()
 
     asyncio.run(go())
+
+
+def test_a_new_universe_reaches_every_members_assignment(db_url: str) -> None:
+    async def go() -> None:
+        a = GroupMember(db_url, "u", UNIVERSE, lease_timeout=2.0, member_id="a")
+        b = GroupMember(db_url, "u", UNIVERSE, lease_timeout=2.0, member_id="b")
+        await a.beat()
+        await b.beat()
+        ta, tb = await a.beat(), await b.beat()
+        assert sorted(ta + tb) == UNIVERSE
+        grown = [*UNIVERSE, "NEWUSDT"]
+        assert a.set_universe(grown) and not a.set_universe(grown)  # the same again: no change
+        ta = await a.beat()
+        assert "NEWUSDT" in ta  # only a lists it so far: a collects it
+        assert b.set_universe(grown)
+        shares = [await b.beat(), await a.beat()]
+        assert sorted(shares[0] + shares[1]) == sorted(grown) and not set(shares[0]) & set(shares[1])
+        shrunk = [s for s in grown if s != UNIVERSE[0]]  # a delisting
+        a.set_universe(shrunk)
+        b.set_universe(shrunk)
+        await a.beat()
+        shares = [await b.beat(), await a.beat()]
+        assert sorted(shares[0] + shares[1]) == sorted(shrunk)
+        await a.leave()
+        await b.leave()
+
+    asyncio.run(go())
