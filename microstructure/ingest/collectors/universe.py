@@ -20,7 +20,7 @@ from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UNIVERSE_INTERVAL = 60.0
+DEFAULT_UNIVERSE_INTERVAL = 45.0  # a listing is collected within a minute (a read, a heartbeat, a start)
 
 
 @dataclass(frozen=True)
