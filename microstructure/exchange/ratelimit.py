@@ -33,6 +33,7 @@ WEIGHTS: dict[str, int] = {
     "/fapi/v1/fundingRate": 1,
     "/fapi/v1/openInterest": 1,
     "/futures/data/openInterestHist": 1,
+    "/fapi/v1/ticker/24hr": 1,  # 40 without a symbol
 }
 
 

@@ -122,6 +122,8 @@ def request_weight(path: str, query: object) -> int:
             return 2
     if path == "/fapi/v1/premiumIndex" and not query.get("symbol"):  # type: ignore[attr-defined]
         return 10
+    if path == "/fapi/v1/ticker/24hr" and not query.get("symbol"):  # type: ignore[attr-defined]
+        return 40
     return WEIGHTS.get(path, 1)
 
 
@@ -317,6 +319,14 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
             out.append(row)
         return json_response(out)
 
+    async def ticker_24hr(request: web.Request) -> web.Response:
+        """The rolling 24 h statistics of a symbol (weight 1) or of every listed one (weight 40), from
+        the trades of the last 24 h (a delisted contract keeps its last figures, as on Binance)."""
+        sym = _symbol(ex, request, required=False)
+        now = ex.now_ms()
+        items = [ticker_24hr_body(ex, s, now) for s in ([sym] if sym else ex.markets)]
+        return json_response(items[0] if sym else items)
+
     async def open_interest(request: web.Request) -> web.Response:
         sym = _symbol(ex, request)
         assert sym is not None
@@ -403,6 +413,7 @@ def routes(ex: ExchangeState) -> list[web.RouteDef]:
         web.get("/fapi/v1/premiumIndex", premium_index),
         web.get("/fapi/v1/fundingRate", funding_rate),
         web.get("/fapi/v1/openInterest", open_interest),
+        web.get("/fapi/v1/ticker/24hr", ticker_24hr),
         web.get("/futures/data/openInterestHist", open_interest_hist),
         web.get("/data/{tail:.*}", archive),
     ]
@@ -457,6 +468,33 @@ def onboard_ms(ex: ExchangeState, real_ms: int) -> int:
     if ex.config.listed_days is None:
         return real_ms
     return ex.now_ms() // DAY_MS * DAY_MS - ex.config.listed_days * DAY_MS
+
+
+def ticker_24hr_body(ex: ExchangeState, sym: str, now: int) -> dict[str, object]:
+    """GET /fapi/v1/ticker/24hr's object for one symbol (the fields collectors read, and the usual others)."""
+    market = ex.markets[sym]
+    spec = market.spec
+    tr = market.trades_between(now - DAY_MS, now + 1)
+    px = tr.price.astype(np.float64) / 10**spec.price_decimals
+    qty = tr.qty.astype(np.float64) / 10**spec.qty_decimals
+    last = float(px[-1]) if len(px) else 0.0
+    first = float(px[0]) if len(px) else 0.0
+    pd = spec.price_decimals
+    return {
+        "symbol": sym,
+        "priceChange": f"{last - first:.{pd}f}",
+        "priceChangePercent": f"{(last / first - 1) * 100 if first else 0.0:.3f}",
+        "lastPrice": f"{last:.{pd}f}",
+        "highPrice": f"{float(px.max()) if len(px) else 0.0:.{pd}f}",
+        "lowPrice": f"{float(px.min()) if len(px) else 0.0:.{pd}f}",
+        "volume": f"{float(qty.sum()):.{spec.qty_decimals}f}",
+        "quoteVolume": f"{float((px * qty).sum()):.2f}",
+        "openTime": now - DAY_MS,
+        "closeTime": now,
+        "firstId": int(tr.a[0]) if len(tr) else -1,
+        "lastId": int(tr.a[-1]) if len(tr) else -1,
+        "count": len(tr),
+    }
 
 
 def exchange_info_body(ex: ExchangeState) -> dict[str, object]:

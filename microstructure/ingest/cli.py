@@ -15,17 +15,21 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from microstructure.args import parse_day_range, parse_int, parse_seconds, parse_symbols
+from microstructure.args import SYMBOL_RE, parse_day_range, parse_int, parse_seconds, parse_symbols
 from microstructure.config import ENV_PREFIX, SettingError, Settings, check_home
 from microstructure.features_sql.refresher import BACKFILL_INTERVAL, DEFAULT_FEATURES_INTERVAL
 from microstructure.ingest.collectors.book import BOOK_DEPTH_HELP, DIFF_MAX_LEVELS
 from microstructure.ingest.collectors.book_values import LEVELS
+from microstructure.ingest.collectors.group import DEFAULT_LEASE_TIMEOUT
 from microstructure.ingest.collectors.market import FORCE_ALL_FROM, LIQUIDATION_STREAMS
+from microstructure.ingest.collectors.universe import DEFAULT_UNIVERSE_INTERVAL
 from microstructure.retention import DEFAULT_INTERVAL as DEFAULT_RETENTION_INTERVAL
 
 DEFAULT_WEIGHT_BUDGET: int | None = None  # auto: 80 % of the REQUEST_WEIGHT limit exchangeInfo announces
@@ -50,6 +54,55 @@ def add_url_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_symbol_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--symbol",
+        action="append",
+        metavar="SYMBOL",
+        help="contract, e.g. BTCUSDT (repeatable; comma-separated lists accepted); or --all-symbols",
+    )
+
+
+def add_follow_options(p: argparse.ArgumentParser) -> None:
+    """--all-symbols and its filters, --group and its lease (checked by follow_options)."""
+    p.add_argument(
+        "--all-symbols",
+        action="store_true",
+        help="every TRADING USD-M perpetual in exchangeInfo instead of --symbol; live, re-read every "
+        "--universe-interval: a listing is added, a delisted or settling contract stops (said once); "
+        "historical: the universe at start",
+    )
+    p.add_argument(
+        "--quote", metavar="ASSET", help="--all-symbols: only contracts quoted in ASSET, e.g. USDT"
+    )
+    p.add_argument(
+        "--top", metavar="N", help="--all-symbols: the N largest by 24 h quote volume (/fapi/v1/ticker/24hr)"
+    )
+    p.add_argument("--exclude", metavar="S1,S2", help="--all-symbols: leave these contracts out")
+    p.add_argument(
+        "--universe-interval",
+        metavar="SECONDS",
+        help=f"--all-symbols, live: seconds between reads of the universe (default {DEFAULT_UNIVERSE_INTERVAL:g})",
+    )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="live: collectors started with the same NAME against one database split the symbols between "
+        'them (leases in the database; README, "Collector group")',
+    )
+    p.add_argument(
+        "--lease-timeout",
+        metavar="SECONDS",
+        help=f"--group: a member silent for this long loses its symbols to the others (default "
+        f"{DEFAULT_LEASE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--redundancy",
+        metavar="N",
+        help="--group: members collecting each symbol at once (default 1; 2: no hole when one dies)",
+    )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     collect = subparsers.add_parser(
         "collect",
@@ -68,13 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "more than 1 % of its rows malformed) or gaps left, 2 bad arguments/setup, "
         "3 exchange refused or unreachable (e.g. IP ban).",
     )
-    agg.add_argument(
-        "--symbol",
-        action="append",
-        required=True,
-        metavar="SYMBOL",
-        help="contract, e.g. BTCUSDT (repeatable; comma-separated lists accepted)",
-    )
+    add_symbol_option(agg)
     agg.add_argument("--mode", default="historical", metavar="MODE", help="historical (default) | live")
     agg.add_argument(
         "--days",
@@ -84,6 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     agg.add_argument("--start", metavar="YYYY-MM-DD", help="historical: first UTC day")
     agg.add_argument("--end", metavar="YYYY-MM-DD", help="historical: last UTC day (default: today)")
     add_url_options(agg)
+    add_follow_options(agg)
     agg.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: run until stopped)"
     )
@@ -107,13 +155,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
-    p.add_argument(
-        "--symbol",
-        action="append",
-        required=True,
-        metavar="SYMBOL",
-        help="contract, e.g. BTCUSDT (repeatable; comma-separated lists accepted)",
-    )
+    add_symbol_option(p)
     p.add_argument("--mode", default="live", metavar="MODE", help="live (default) | historical")
     p.add_argument("--days", metavar="N", help="historical: the last N complete UTC days")
     p.add_argument("--start", metavar="YYYY-MM-DD", help="historical: first UTC day")
@@ -136,6 +178,7 @@ def _common(p: argparse.ArgumentParser, *, source: bool, oi: bool) -> None:
             f"...) always use the top {LEVELS}",
         )
     add_url_options(p)
+    add_follow_options(p)
     p.add_argument(
         "--live-seconds", metavar="N", help="live: stop after N seconds (default: until SIGINT/SIGTERM)"
     )
@@ -324,6 +367,164 @@ def _depth_levels(args: argparse.Namespace, source: str, mode: str) -> int:
     return parse_int(value, "--depth-levels", LEVELS, DIFF_MAX_LEVELS)
 
 
+@dataclass
+class Follow:
+    """--symbol or --all-symbols, and --group: what the run collects and whether that set can change."""
+
+    symbols: list[str] | None  # None with --all-symbols
+    universe: Any = None  # dynamic.UniverseOptions
+    group: Any = None  # dynamic.GroupOptions
+
+    @property
+    def dynamic(self) -> bool:
+        return self.universe is not None or self.group is not None
+
+
+GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+QUOTE_RE = re.compile(r"^[A-Z0-9]{2,12}$")
+
+
+def follow_options(args: argparse.Namespace, mode: str) -> Follow:
+    """--symbol / --all-symbols (with --quote, --top, --exclude, --universe-interval) and --group (with
+    --lease-timeout, --redundancy): one SettingError line (exit 2) for a bad or misplaced value."""
+    from microstructure.ingest.collectors.dynamic import GroupOptions, UniverseOptions
+    from microstructure.ingest.collectors.universe import UniverseFilter
+
+    if args.all_symbols and args.symbol:
+        raise SettingError("--all-symbols: give either --symbol or --all-symbols, not both")
+    if not args.all_symbols:
+        if not args.symbol:
+            raise SettingError("--symbol: expected a contract name like BTCUSDT (or --all-symbols)")
+        for flag, value in (("--quote", args.quote), ("--top", args.top), ("--exclude", args.exclude),
+                            ("--universe-interval", args.universe_interval)):  # fmt: skip
+            if value is not None:
+                raise SettingError(f"{flag}: only with --all-symbols")
+    for flag, value in (("--lease-timeout", args.lease_timeout), ("--redundancy", args.redundancy)):
+        if value is not None and args.group is None:
+            raise SettingError(f"{flag}: only with --group NAME")
+    group = None
+    if args.group is not None:
+        if mode != "live":
+            raise SettingError(
+                "--group: only with --mode live (a historical load is split with --symbol lists; it is "
+                "idempotent, so loads may overlap)"
+            )
+        if not GROUP_NAME_RE.fullmatch(args.group):
+            raise SettingError(
+                f"--group: expected a name of letters, digits, '_', '.' or '-' (up to 63), got {args.group!r}"
+            )
+        lease = DEFAULT_LEASE_TIMEOUT
+        if args.lease_timeout is not None:
+            lease = parse_seconds(args.lease_timeout, "--lease-timeout")
+            if lease < 1:
+                raise SettingError(
+                    f"--lease-timeout: expected a number of seconds >= 1, got {args.lease_timeout!r}"
+                )
+        redundancy = 1 if args.redundancy is None else parse_int(args.redundancy, "--redundancy", 1, 16)
+        group = GroupOptions(args.group, lease, redundancy)
+    if not args.all_symbols:
+        return Follow(parse_symbols(args.symbol), None, group)
+    quote = None
+    if args.quote is not None:
+        quote = args.quote.strip().upper()
+        if not QUOTE_RE.fullmatch(quote):
+            raise SettingError(f"--quote: expected an asset name like USDT, got {args.quote!r}")
+    top = None if args.top is None else parse_int(args.top, "--top", 1)
+    exclude: set[str] = set()
+    for part in (args.exclude or "").split(","):
+        sym = part.strip().upper()
+        if sym and not SYMBOL_RE.fullmatch(sym):
+            raise SettingError(
+                f"--exclude: expected contract names like BTCUSDT,ETHUSDT, got {part.strip()!r}"
+            )
+        if sym:
+            exclude.add(sym)
+    if args.universe_interval is not None and mode != "live":
+        raise SettingError(
+            "--universe-interval: only with --mode live (historical loads the universe at start)"
+        )
+    interval = (
+        DEFAULT_UNIVERSE_INTERVAL
+        if args.universe_interval is None
+        else parse_seconds(args.universe_interval, "--universe-interval")
+    )
+    return Follow(None, UniverseOptions(UniverseFilter(quote, top, frozenset(exclude)), interval), group)
+
+
+def resolve_symbols(follow: Follow, settings: Settings, weight_budget: int | None = None) -> list[str]:
+    """The symbols of a run that cannot follow a changing set (historical): --symbol, or the
+    universe as it is now (an unreachable exchange: its exit code, by SystemExit)."""
+    if follow.symbols is not None:
+        return follow.symbols
+    from microstructure.ingest.collectors.dynamic import initial_universe
+
+    try:
+        symbols = run_async(initial_universe(settings, follow.universe, weight_budget))
+    except BaseException as exc:
+        code = exchange_exit(exc, settings)
+        if code is None:
+            raise
+        raise SystemExit(code) from None
+    if not symbols:
+        raise SettingError(f"--all-symbols: no contract is {follow.universe.filter.describe()}")
+    print(f"universe: {follow.universe.filter.describe()}: {len(symbols)} symbols", flush=True)
+    return symbols
+
+
+def run_following(
+    settings: Settings,
+    url: str,
+    follow: Follow,
+    make_collect: Any,
+    *,
+    live_seconds: float | None,
+    weight_budget: int | None = None,
+    features_interval: float | None = None,
+    retention_keep_days: int | None = None,
+    retention_interval: float = DEFAULT_RETENTION_INTERVAL,
+) -> int:
+    """A live run whose set changes (`--all-symbols`, `--group`): `make_collect(rest, handed_over)(symbols,
+    stop)` is one run of the collector on the process's REST client, started and stopped by the live set as
+    symbols come and go (dynamic.run_dynamic).
+    The features refresher and retention run once for the process, beside the set."""
+    from microstructure.ingest.collectors.dynamic import run_dynamic
+
+    async def go() -> Any:
+        stop = _signal_stop()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(live_seconds, stop.set) if live_seconds is not None else None
+        background = asyncio.Event()
+        tasks = []
+        if features_interval is not None and features_interval < 1e9:
+            from microstructure.features_sql.refresher import run_refresher
+
+            tasks.append(asyncio.create_task(run_refresher(url, background, features_interval)))
+        if retention_keep_days is not None:
+            from microstructure.retention import run_scheduled
+
+            tasks.append(
+                asyncio.create_task(run_scheduled(url, retention_keep_days, background, retention_interval))
+            )
+        try:
+            return await run_dynamic(
+                settings, url, make_collect, stop, symbols=follow.symbols, universe=follow.universe,
+                group=follow.group, weight_budget=weight_budget,
+            )  # fmt: skip
+        finally:
+            if timer is not None:
+                timer.cancel()
+            background.set()
+            for t in tasks:
+                with contextlib.suppress(Exception):
+                    await t
+
+    code = _finish(_run(go, settings, follow.symbols or []))
+    if features_interval is not None and code in (0, 1):
+        for line in refresh_features(url):
+            print(line)
+    return code
+
+
 def _oi(args: argparse.Namespace) -> float:
     return parse_seconds(getattr(args, "oi_interval", DEFAULT_OI_INTERVAL), "--oi-interval")
 
@@ -335,7 +536,7 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     mode = (args.mode or "").strip().lower()
     if mode not in ("historical", "live"):
         raise SettingError(f"--mode: expected historical or live, got {args.mode!r}")
-    symbols = parse_symbols(args.symbol)
+    follow = follow_options(args, mode)
     budget = _weight_budget(args.weight_budget)
     apply_urls(args, settings)
     if mode == "historical":
@@ -354,7 +555,7 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
             raise SettingError("--start: historical mode needs --start YYYY-MM-DD (and --end) or --days N")
         return run_historical(
             settings,
-            symbols,
+            resolve_symbols(follow, settings, budget),
             start=start,
             end=end,
             days=days,
@@ -369,13 +570,26 @@ def cmd_collect_aggtrades(args: argparse.Namespace, settings: Settings) -> int:
     live_seconds = (
         parse_seconds(args.live_seconds, "--live-seconds") if args.live_seconds is not None else None
     )
+    stale_timeout = parse_seconds(args.stale_timeout, "--stale-timeout")
+    if follow.dynamic:
+        from microstructure.ingest.collectors.trades_live import collect_aggtrades_live
+
+        url = prepare_database(settings)
+
+        def collect(rest: Any, handed_over: Any) -> Any:
+            return lambda symbols, stop: collect_aggtrades_live(
+                settings, url, symbols, stop_event=stop, redundant=args.redundant, rest=rest,
+                stale_timeout=stale_timeout, handed_over=handed_over,
+            )  # fmt: skip
+
+        return run_following(settings, url, follow, collect, live_seconds=live_seconds, weight_budget=budget)
     return run_live(
         settings,
-        symbols,
+        follow.symbols or [],
         live_seconds=live_seconds,
         redundant=args.redundant,
         weight_budget=budget,
-        stale_timeout=parse_seconds(args.stale_timeout, "--stale-timeout"),
+        stale_timeout=stale_timeout,
     )
 
 
@@ -612,8 +826,9 @@ def _run(coro_factory: Any, settings: Settings, symbols: Sequence[str], *, histo
     from microstructure.ingest.collectors.trades_historical import check_symbols
 
     async def checked() -> Any:
-        async with BinanceRest(settings.rest_url, retry_malformed=historical) as rest:
-            await check_symbols(rest, symbols)
+        if symbols:  # (--all-symbols: the universe is what exchangeInfo lists)
+            async with BinanceRest(settings.rest_url, retry_malformed=historical) as rest:
+                await check_symbols(rest, symbols)
         return await coro_factory()
 
     try:
@@ -644,7 +859,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
     from microstructure.ingest.collectors.book import collect_book_historical, collect_book_live
 
     mode = _mode(args)
-    symbols = parse_symbols(args.symbol)
+    follow = follow_options(args, mode)
     source = _source(args)
     depth_levels = _depth_levels(args, source, mode)
     apply_urls(args, settings)
@@ -652,6 +867,7 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         if args.source and source != "depth20":
             raise SettingError("--source: only with --mode live (historical bookDepth has no levels)")
         start, end, days = _days(args)
+        symbols = resolve_symbols(follow, settings)
         url = prepare_database(settings)
         code = _finish(
             _run(
@@ -667,6 +883,16 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         return code if features or code != 0 else 1
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
+    if follow.dynamic:
+
+        def collect(rest: Any, handed_over: Any) -> Any:
+            return lambda symbols, stop: collect_book_live(
+                settings, url, symbols, source=source, stop_event=stop, stale_timeout=stale_timeout,
+                depth_levels=depth_levels, rest=rest,
+            )  # fmt: skip
+
+        return run_following(settings, url, follow, collect, live_seconds=live_seconds)
+    symbols = follow.symbols or []
 
     async def live() -> Any:
         stop = _signal_stop()
@@ -682,12 +908,13 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
 
     mode = _mode(args)
-    symbols = parse_symbols(args.symbol)
+    follow = follow_options(args, mode)
     oi_interval = _oi(args)
     liquidations = _liquidations(args)
     apply_urls(args, settings)
     if mode == "historical":
         start, end, days = _days(args)
+        symbols = resolve_symbols(follow, settings)
         url = prepare_database(settings)
         code = _finish(
             _run(
@@ -703,6 +930,16 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
         return code if features or code != 0 else 1
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
+    if follow.dynamic:
+
+        def collect(rest: Any, handed_over: Any) -> Any:
+            return lambda symbols, stop: collect_market_live(
+                settings, url, symbols, oi_interval=oi_interval, stop_event=stop, stale_timeout=stale_timeout,
+                liquidations_stream=liquidations, rest=rest,
+            )  # fmt: skip
+
+        return run_following(settings, url, follow, collect, live_seconds=live_seconds)
+    symbols = follow.symbols or []
 
     async def live() -> Any:
         stop = _signal_stop()
@@ -718,7 +955,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     from microstructure.ingest.collectors.all import collect_all
 
     mode = _mode(args)
-    symbols = parse_symbols(args.symbol)
+    follow = follow_options(args, mode)
     source = _source(args)
     depth_levels = _depth_levels(args, source, mode)
     oi_interval = _oi(args)
@@ -742,6 +979,26 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     retention_keep_days, retention_interval = _retention(args, settings, mode)
     if health_port:
         _check_port_free(health_port)
+    if follow.dynamic and mode == "live":
+        if health_port is not None:
+            raise SettingError(
+                "--health-port: not yet with --group or --all-symbols (each run of the set has its own)"
+            )
+        url = prepare_database(settings)
+
+        def collect(rest: Any, handed_over: Any) -> Any:
+            return lambda symbols, stop: collect_all(
+                settings, url, symbols, mode="live", book_source=source, depth_levels=depth_levels,
+                oi_interval=oi_interval, stop_event=stop, handle_signals=False, stale_timeout=stale_timeout,
+                liquidations_stream=liquidations, features_interval=None, reconcile_interval=None, rest=rest,
+                handed_over=handed_over,
+            )  # fmt: skip
+
+        return run_following(
+            settings, url, follow, collect, live_seconds=live_seconds, features_interval=features_interval,
+            retention_keep_days=retention_keep_days, retention_interval=retention_interval,
+        )  # fmt: skip
+    symbols = resolve_symbols(follow, settings)
     url = prepare_database(settings)
     return _finish(
         _run(

@@ -8,6 +8,7 @@ import asyncio
 
 import psycopg
 
+from microstructure.ingest.collectors.follow import LiveSet
 from microstructure.ingest.collectors.group import GroupMember, assign, run_group
 from microstructure.status import collect_status
 
@@ -88,7 +89,7 @@ def test_a_member_that_loses_the_database_gives_up_its_lease(db_url: str) -> Non
     asyncio.run(go())
 
 
-def test_run_group_restarts_the_collection_with_each_new_share(db_url: str) -> None:
+def test_run_group_follows_each_new_share_with_the_live_set(db_url: str) -> None:
     async def go() -> None:
         runs: list[list[str]] = []
 
@@ -99,7 +100,7 @@ def test_run_group_restarts_the_collection_with_each_new_share(db_url: str) -> N
 
         a = GroupMember(db_url, "g", UNIVERSE, lease_timeout=0.9, member_id="a")
         stop_a = asyncio.Event()
-        task = asyncio.create_task(run_group(a, collect, stop_a))
+        task = asyncio.create_task(run_group(a, LiveSet(collect, overlap_s=0), stop_a))
         for _ in range(50):
             await asyncio.sleep(0.1)
             if runs:
@@ -117,6 +118,33 @@ def test_run_group_restarts_the_collection_with_each_new_share(db_url: str) -> N
         report = await task
         assert report.ok and len(report.runs) == 2
         assert [n for _, n in report.changes] == [len(UNIVERSE), len(runs[1])]
+        await b.leave()
+
+    asyncio.run(go())
+
+
+def test_a_new_universe_reaches_every_members_assignment(db_url: str) -> None:
+    async def go() -> None:
+        a = GroupMember(db_url, "u", UNIVERSE, lease_timeout=2.0, member_id="a")
+        b = GroupMember(db_url, "u", UNIVERSE, lease_timeout=2.0, member_id="b")
+        await a.beat()
+        await b.beat()
+        ta, tb = await a.beat(), await b.beat()
+        assert sorted(ta + tb) == UNIVERSE
+        grown = [*UNIVERSE, "NEWUSDT"]
+        assert a.set_universe(grown) and not a.set_universe(grown)  # the same again: no change
+        ta = await a.beat()
+        assert "NEWUSDT" in ta  # only a lists it so far: a collects it
+        assert b.set_universe(grown)
+        shares = [await b.beat(), await a.beat()]
+        assert sorted(shares[0] + shares[1]) == sorted(grown) and not set(shares[0]) & set(shares[1])
+        shrunk = [s for s in grown if s != UNIVERSE[0]]  # a delisting
+        a.set_universe(shrunk)
+        b.set_universe(shrunk)
+        await a.beat()
+        shares = [await b.beat(), await a.beat()]
+        assert sorted(shares[0] + shares[1]) == sorted(shrunk)
+        await a.leave()
         await b.leave()
 
     asyncio.run(go())

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -147,6 +147,8 @@ async def collect_all(
     retention_interval: float = DEFAULT_RETENTION_INTERVAL,
     reconcile_interval: float | None = DEFAULT_RECONCILE_INTERVAL,
     reconcile_window_days: int = DEFAULT_RECONCILE_WINDOW_DAYS,
+    rest: Any = None,
+    handed_over: Callable[[str], bool] | None = None,
 ) -> AllReport:
     """Run every collector for `symbols` (see the module doc); the combined report.
 
@@ -162,7 +164,10 @@ async def collect_all(
     stored trade days of the last `reconcile_window_days` are checked against their daily archive
     once it is published (reconcile.run_live_reconciler: a finished day heals by itself the next
     morning; a re-uploaded archive is noticed by its checksum), and the same days' bookDepth and
-    metrics archives are loaded when published or replaced."""
+    metrics archives are loaded when published or replaced.
+
+    `rest`: a REST client to use (live) instead of one of its own (the live set's runs share one, so
+    their weight is counted and paced in one place); `handed_over`: see collect_aggtrades_live."""
     if mode not in ("live", "historical"):
         raise ValueError(f"mode: expected live or historical, got {mode!r}")
     symbols = [s.upper() for s in symbols]
@@ -212,6 +217,8 @@ async def collect_all(
                 health_port=health_port,
                 liquidations_stream=liquidations_stream,
                 health_commit_after=health_commit_after,
+                rest=rest,
+                handed_over=handed_over,
             )
         else:
             async with _features_alongside(dsn, features_interval, report):
@@ -274,6 +281,8 @@ async def _live(
     health_port: int | None,
     liquidations_stream: str,
     health_commit_after: float = 15.0,
+    rest: Any = None,
+    handed_over: Callable[[str], bool] | None = None,
 ) -> None:
     from microstructure.ingest.binance.rest import BinanceRest
 
@@ -300,7 +309,7 @@ async def _live(
         settings.ws_url, expected=3 if include_aggtrades else 2, health=health, events=events,
         stale_timeout=stale_timeout,
     )  # fmt: skip
-    async with BinanceRest(settings.rest_url) as rest:
+    async with BinanceRest(settings.rest_url) if rest is None else contextlib.nullcontext(rest) as rest:
         await rest.exchange_info()  # the weight budget from the exchange's announced limit
         shared = {"writer": writer, "stop_event": stop, "health": health, "events": events, "rest": rest}
         jobs: dict[str, Any] = {
@@ -325,7 +334,7 @@ async def _live(
         }
         if include_aggtrades:
             jobs["aggtrades"] = collect_aggtrades_live(
-                settings, dsn, symbols, shared_streams=streams, **shared
+                settings, dsn, symbols, shared_streams=streams, handed_over=handed_over, **shared
             )
         names = list(jobs)
         tasks = {name: asyncio.create_task(job, name=f"collect-{name}") for name, job in jobs.items()}

@@ -10,12 +10,11 @@ row per member and a heartbeat. Every member
   (`assign`). A member joining takes exactly the symbols it now scores highest on and nothing else
   moves; a member dying (no heartbeat for the lease timeout: SIGKILL, its host or network gone) gives
   exactly its symbols to the next highest scorers;
-- applies its share by restarting its collection with the new symbol set (`apply_ownership`, the one
-  place to change when the collectors can follow a changing set without a restart). A live
-  collector starts from the largest stored id of each symbol and the open gaps in agg_trade_gaps, so
-  the hole a dead member left (or the instant of a handover) is fetched by REST `fromId`; the member
-  that gives a symbol away stops it with its usual tail fill, and both collecting it for a moment is
-  harmless (the writer is idempotent: one copy of each id).
+- follows its share with a live set (follow.LiveSet.set_symbols, no restart of the others): a symbol
+  taken starts from the largest stored id and the open gaps in agg_trade_gaps, so the hole a dead
+  member left (or the instant of a handover) is fetched by REST `fromId`; the member that gives a
+  symbol away stops it with its usual tail fill, and both collecting it for a moment is harmless
+  (the writer is idempotent: one copy of each id).
 
 A member that cannot reach the database for its lease timeout counts its lease as lost (its own
 clock): it stops collecting until a heartbeat succeeds again, then rejoins and takes its share.
@@ -32,13 +31,14 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from microstructure.db.queries import load
+from microstructure.ingest.collectors.follow import LiveSet
 from microstructure.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class GroupMember:
     heartbeats: int = 0
     failures: int = 0
     _conn: asyncpg.Connection | None = None
+    _universe_changed: bool = False
 
     def __post_init__(self) -> None:
         self.universe = sorted({s.upper() for s in self.universe})
@@ -110,6 +111,16 @@ class GroupMember:
             float(self.lease_timeout), int(self.redundancy), self.universe,
         )  # fmt: skip
 
+    def set_universe(self, symbols: Sequence[str]) -> bool:
+        """A new universe (`--all-symbols` read a listing or a delisting): written to this member's row
+        at the next heartbeat, from when every member's assignment follows it. True when it changed."""
+        new = sorted({s.upper() for s in symbols})
+        if new == self.universe:
+            return False
+        self.universe = new
+        self._universe_changed = True
+        return True
+
     async def beat(self) -> list[str]:
         """One heartbeat: renew the lease (joining when the row is not there), read the live members,
         compute this member's share (`target`, returned). A failed heartbeat keeps the last share
@@ -121,8 +132,9 @@ class GroupMember:
                 done = await conn.execute(
                     load("group_heartbeat"), self.group, self.member_id, self.owned, timeout=timeout
                 )
-                if done.endswith(" 0"):
+                if done.endswith(" 0") or self._universe_changed:
                     await self._join(conn)
+                    self._universe_changed = False
                 rows = await conn.fetch(
                     load("group_live"), self.group, float(self.lease_timeout), timeout=timeout
                 )
@@ -185,34 +197,22 @@ class GroupMember:
         }
 
 
-# A collection of a symbol set until its event is set; returns its report (summary_lines, ok).
-Collect = Callable[[list[str], asyncio.Event], Awaitable[Any]]
-
-
-@dataclass
-class Running:
-    symbols: list[str]
-    stop: asyncio.Event
-    task: asyncio.Task[Any]
-
-
 @dataclass
 class GroupReport:
     group: str
     member: str
-    runs: list[Any] = field(default_factory=list)  # the report of every collection run
+    live: LiveSet
     changes: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, symbols owned)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def runs(self) -> list[Any]:
+        """The report of every collection run (slice) of the live set."""
+        return self.live.reports
+
     def problems(self) -> list[str]:
-        out = list(self.errors)
-        for run in self.runs:
-            if hasattr(run, "problems"):
-                out += run.problems()
-            elif not getattr(run, "ok", True):
-                out += list(getattr(run, "errors", [])) or ["a collection run was not ok (see its summary)"]
-        return out
+        return list(self.errors) + self.live.problems()
 
     @property
     def ok(self) -> bool:
@@ -220,41 +220,19 @@ class GroupReport:
 
     def summary_lines(self) -> list[str]:
         steps = ", ".join(f"{n} at {t:.1f} s" for t, n in self.changes) or "none"
-        out = [
-            f"group {self.group}, member {self.member}: {self.seconds:.1f} s, {len(self.runs)} collection "
-            f"runs; symbols owned: {steps}"
-        ]
-        for i, run in enumerate(self.runs, 1):
-            out.append(f"  run {i}:")
-            out.extend("    " + line for line in run.summary_lines())
+        out = [f"group {self.group}, member {self.member}: {self.seconds:.1f} s; symbols owned: {steps}"]
+        out.extend("  " + line for line in self.live.summary_lines())
         out.extend(f"  error: {e}" for e in self.errors)
         return out
 
 
-async def apply_ownership(
-    current: Running | None, symbols: list[str], collect: Collect
-) -> tuple[Running | None, Any]:
-    """Make the collection follow `symbols`: today by stopping the running collection (it flushes
-    and fills its tail) and starting one on the new set, which continues from the stored ids. The
-    one step to replace by a follow-the-set call when the collectors offer one. Returns the new
-    running collection and the report of the one stopped (None when none was)."""
-    if current is not None and current.symbols == symbols:
-        return current, None
-    report = None
-    if current is not None:
-        current.stop.set()
-        report = await current.task
-    if not symbols:
-        return None, report
-    stop = asyncio.Event()
-    task = asyncio.create_task(collect(list(symbols), stop), name="group-collection")
-    return Running(list(symbols), stop, task), report
-
-
-async def run_group(member: GroupMember, collect: Collect, stop: asyncio.Event) -> GroupReport:
+async def run_group(member: GroupMember, live: LiveSet, stop: asyncio.Event) -> GroupReport:
     """Until `stop`: heartbeats every third of the lease timeout (a task of their own, so that a
-    restart's flush never delays the lease) and the collection following this member's share."""
-    report = GroupReport(member.group, member.member_id)
+    change of the set never delays the lease) and the live set following this member's share
+    (`LiveSet.set_symbols`: symbols taken start from their stored ids and gaps, symbols given away
+    stop recording where they stood). A member whose lease is lost collects nothing until it holds
+    one again."""
+    report = GroupReport(member.group, member.member_id, live)
     started = time.monotonic()
     changed = asyncio.Event()
 
@@ -266,47 +244,33 @@ async def run_group(member: GroupMember, collect: Collect, stop: asyncio.Event) 
             await sleep_or_stop(stop, member.interval)
 
     beat_task = asyncio.create_task(heartbeats(), name="group-heartbeat")
-    current: Running | None = None
     try:
         while not stop.is_set():
             waiter = asyncio.create_task(changed.wait())
             stopper = asyncio.create_task(stop.wait())
-            watch = {waiter, stopper} | ({current.task} if current is not None else set())
-            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            failed = asyncio.create_task(live.failed.wait())
+            await asyncio.wait({waiter, stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (waiter, stopper, failed):
+                t.cancel()
             if stop.is_set():
                 break
-            if current is not None and current.task.done():  # ended by itself: failed or stopped by a ban
-                exc = current.task.exception()
-                if exc is not None:
-                    report.errors.append(f"collection failed: {type(exc).__name__}: {exc}")
-                else:
-                    report.runs.append(current.task.result())
-                current = None
-                member.owned = []
+            if live.failed.is_set():  # a collection ended by itself: failed, or stopped by a ban
                 stop.set()
                 break
             changed.clear()
             target = list(member.target)
+            why = "the group's share changed" if member.state == "held" else "the group lease is lost"
             log.info(
-                "group share changed: restarting the collection",
+                "group share changed",
                 extra={"group": member.group, "symbols": len(target), "was": len(member.owned)},
             )
-            current, stopped = await apply_ownership(current, target, collect)
-            if stopped is not None:
-                report.runs.append(stopped)
+            await live.set_symbols(target, f"{why} ({member.live_members} live members)")
             member.owned = target
             report.changes.append((time.monotonic() - started, len(target)))
             await member.publish()
     finally:
         stop.set()
-        if current is not None:
-            current.stop.set()
-            try:
-                report.runs.append(await current.task)
-            except Exception as exc:
-                report.errors.append(f"collection failed: {type(exc).__name__}: {exc}")
+        await live.close()
         beat_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await beat_task

@@ -22,7 +22,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,6 +256,8 @@ class AggTradesLive:
         self.gap_sweep_s = GAP_SWEEP_S
         self._poke = getattr(writer, "poke", None)
         self.stop_fill_s = STOP_FILL_S
+        # a symbol another run of this process goes on collecting (follow.LiveSet) needs no tail here
+        self.handed_over: Callable[[str], bool] | None = None
 
     def _ban(self, exc: IpBanned) -> None:
         """A 418 while filling: every further REST request would be refused for the ban's length, so
@@ -495,7 +497,11 @@ class AggTradesLive:
 
         deadline = time.monotonic() + self.stop_fill_s
         failures = 0
-        tails = {s: self.last[s] for s in self.symbols if self.last[s] is not None}
+        tails = {
+            s: self.last[s]
+            for s in self.symbols
+            if self.last[s] is not None and not (self.handed_over is not None and self.handed_over(s))
+        }
         while self.banned is None and time.monotonic() < deadline and (self.gaps or tails):
             try:
                 if self.gaps:
@@ -627,9 +633,12 @@ async def collect_aggtrades_live(
     weight_budget: int | None = None,
     max_rest_fill_ids: int = MAX_REST_FILL_IDS,
     shared_streams: SharedStreams | None = None,
+    handed_over: Callable[[str], bool] | None = None,
 ) -> LiveReport:
     """Collect live aggregate trades until `live_seconds` pass, `stop_event` is set or SIGINT/SIGTERM;
-    on `shared_streams` (collect all) instead of connections of its own when given.
+    on `shared_streams` (collect all) instead of connections of its own when given. `handed_over(s)`
+    true at the stop: another run goes on with symbol `s` from where the store stands (a live set's
+    replacement run), so its tail is not fetched here.
 
     Raises UnknownSymbols (before any connection) when exchangeInfo does not list a symbol, and
     IpBanned when REST answers 418 during the run (after flushing what the run holds)."""
@@ -667,6 +676,7 @@ async def collect_aggtrades_live(
             batch_ms=batch_ms, rotate_after=rotate_after, stale_timeout=stale_timeout,
             max_rest_fill_ids=max_rest_fill_ids, dsn=dsn,
         )  # fmt: skip
+        collector.handed_over = handed_over
         collector.queue_stored_gaps(open_gaps, at_start=True)  # a live run starts with the gaps left open
         report = await collector.run(shared_streams)
         report.rest = rest.stats.as_dict()
