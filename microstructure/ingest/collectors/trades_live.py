@@ -248,6 +248,7 @@ class AggTradesLive:
         self.rotate_after = rotate_after
         self.stale_timeout = stale_timeout
         self.buffers = {s: _Buffer() for s in self.symbols}
+        self.pending: set[str] = set()  # the symbols whose buffer holds rows
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
         self.gaps = GapRanges()  # ids waiting for a REST fill (each recorded in agg_trade_gaps first)
         self.gap_wake = asyncio.Event()
@@ -313,18 +314,21 @@ class AggTradesLive:
         stats.ws_rows += 1
         n = len(buf)
         if n >= self.batch_rows:
+            self.pending.discard(sym)
             self.writer.submit_nowait("agg_trades", sym, buf.take())
-        elif n == 1 and self._poke is not None:
-            self._poke()  # an idle writer takes the rows as soon as this read has been handled
+        elif n == 1:
+            self.pending.add(sym)
+            if self._poke is not None:
+                self._poke()  # an idle writer takes the rows as soon as this read has been handled
 
     def take_buffers(self) -> list[tuple[str, str, pa.Table]]:
-        """What the writer takes when it is free (its pull source): every symbol's pending rows."""
-        return [("agg_trades", sym, buf.take()) for sym, buf in self.buffers.items() if len(buf)]
+        """What the writer takes when it is free (its pull source): the pending rows of the symbols
+        that have any (a silent symbol costs nothing; the writer joins them into one item)."""
+        pending, self.pending = self.pending, set()
+        return [("agg_trades", sym, self.buffers[sym].take()) for sym in pending if len(self.buffers[sym])]
 
     async def flush_buffers(self) -> None:
-        for sym, buf in self.buffers.items():
-            if len(buf):
-                await self.writer.submit("agg_trades", sym, buf.take())
+        self.writer.submit_many("agg_trades", [(sym, batch) for _, sym, batch in self.take_buffers()])
 
     async def flusher(self) -> None:
         while not self.stop.is_set():
@@ -538,7 +542,9 @@ class AggTradesLive:
         started = time.monotonic()
         streams = [f"{s.lower()}@aggTrade" for s in self.symbols]
         filler = asyncio.create_task(self.gap_filler())
-        flusher = asyncio.create_task(self.flusher())
+        pull = hasattr(self.writer, "add_source")
+        # a pulling writer takes the buffers itself; a timer is only for writers that do not pull
+        flusher = None if pull else asyncio.create_task(self.flusher())
         sweeper = asyncio.create_task(self.gap_sweeper(self.dsn)) if self.dsn else None
         sets = [shared] if shared is not None else []
         conns = []
@@ -553,7 +559,6 @@ class AggTradesLive:
                 conns.append(asyncio.create_task(own.run(self.stop)))
         for conn_set in sets:
             conn_set.register(streams, self.on_message, COLLECTOR_STREAM)
-        pull = hasattr(self.writer, "add_source")
         if pull:
             self.writer.add_source(self.take_buffers)
         else:
@@ -568,8 +573,6 @@ class AggTradesLive:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await self.flush_buffers()
-            filler.cancel()
-            flusher.cancel()
             for t in (filler, flusher, sweeper):
                 if t is None:
                     continue
