@@ -402,6 +402,16 @@ class BinanceRest:
         """Weight of the current server minute, as far as this client knows."""
         return self._used if self._window == self.server_now_ms() // MINUTE_MS else 0
 
+    def fits_now(self, weight: int, priority: int = NORMAL) -> bool:
+        """Whether a request of `weight` would go without waiting for budget (a stop asks before
+        spending its last seconds on a request that would wait for the next minute)."""
+        if self._banned is not None and time.monotonic() < self._banned_until_mono:
+            return False
+        if self._blocked_until > time.monotonic():
+            return False
+        cap = self.budget if priority < LOW else self._low_cap()
+        return self.used_weight() + weight <= cap
+
     def learn_limits(self, info: Any) -> None:
         """Take the REQUEST_WEIGHT limit of exchangeInfo's `rateLimits` (per minute): the budget
         becomes SAFETY_MARGIN of it, or the requested budget when that is lower."""
