@@ -552,14 +552,14 @@ class Writer:
         hung_after: float = HUNG_AFTER_S,
         write_timeout: float = WRITE_TIMEOUT_S,
         max_spill_bytes: int | None = None,
-        pull_interval: float = 0.2,
+        pull_interval: float = 0.1,
         min_pull_interval: float = 0.005,
     ) -> None:
         self.dsn = dsn
-        # Sources are taken at most every `pull_window()` s: about as long as a write takes (a
+        # Sources are taken at most every `pull_window()` s: half as long as a write takes (a
         # moving average), between the two bounds. Quiet, a write takes a few ms, so rows are
-        # queryable a few ms after they arrive; busy, writes take longer and so does the window:
-        # the writer spends at most about half its time in transactions and batches grow with load.
+        # queryable a few ms after they arrive; busy, writes take longer and so does the window, so
+        # batches grow with the load (and rows arriving during a write join the next one anyway).
         self.pull_interval = pull_interval
         self.min_pull_interval = min_pull_interval
         self._write_s = min_pull_interval  # moving average of a pulled write's duration
@@ -1028,7 +1028,7 @@ class Writer:
 
     def pull_window(self) -> float:
         """How long after a pull the sources are taken again (see __init__)."""
-        return min(self.pull_interval, max(self.min_pull_interval, self._write_s))
+        return min(self.pull_interval, max(self.min_pull_interval, 0.5 * self._write_s))
 
     async def _run(self) -> None:
         backoff = 0.1
