@@ -369,7 +369,9 @@ class BinanceRest:
         self._banned_until_mono = 0.0
         self._low_tokens = float("inf")  # LOW requests are paced: weight they may send now (full at first)
         self._low_refill = time.monotonic()
-        self._low_waiting = 0  # LOW requests waiting for budget
+        # LOW requests waiting: for their pace (they go within this minute), and for the next minute
+        self._low_paced = 0
+        self._low_next: dict[int, int] = {}  # server minute waited for -> LOW requests waiting for it
 
     # ---- lifecycle
     async def __aenter__(self) -> BinanceRest:
@@ -445,7 +447,26 @@ class BinanceRest:
         return its window. No lock: nothing is awaited between the check and the reservation."""
         started = time.monotonic()
         waited = False
-        low_waiting = False
+        low_wait: tuple[str, int] | None = None  # what this LOW request waits for, while it waits
+
+        def wait_as(what: tuple[str, int] | None) -> None:
+            nonlocal low_wait
+            if low_wait == what:
+                return
+            if low_wait is not None:
+                if low_wait[0] == "paced":
+                    self._low_paced -= 1
+                else:
+                    self._low_next[low_wait[1]] -= 1
+                    if not self._low_next[low_wait[1]]:
+                        del self._low_next[low_wait[1]]
+            if what is not None:
+                if what[0] == "paced":
+                    self._low_paced += 1
+                else:
+                    self._low_next[what[1]] = self._low_next.get(what[1], 0) + 1
+            low_wait = what
+
         try:
             while True:
                 if self._banned is not None and time.monotonic() < self._banned_until_mono:
@@ -460,7 +481,7 @@ class BinanceRest:
                 if window != self._window:
                     self._window, self._used = window, 0
                 cap = self.budget if priority < LOW else self._low_cap()
-                if priority < LOW and self._low_waiting:
+                if priority < LOW and (self._low_paced or any(w <= window for w in self._low_next)):
                     cap = max(weight, int(self._low_cap() - LOW_GUARANTEE * self.budget))
                 if priority == LOW:
                     # paced: the LOW share of the budget spread over the minute, small bursts allowed
@@ -470,9 +491,9 @@ class BinanceRest:
                     self._low_tokens = min(burst, self._low_tokens + (mono - self._low_refill) * rate)
                     self._low_refill = mono
                     if self._low_tokens < weight:
-                        if not low_waiting:
-                            low_waiting = True
-                            self._low_waiting += 1
+                        # it goes this minute if the minute has room for it, else in the next
+                        fits = self._used + weight <= self._low_cap()
+                        wait_as(("paced", window) if fits else ("next", window + 1))
                         waited = True
                         await asyncio.sleep((weight - self._low_tokens) / rate)
                         continue
@@ -481,9 +502,8 @@ class BinanceRest:
                     if priority == LOW:
                         self._low_tokens -= weight
                     return window
-                if priority == LOW and not low_waiting:
-                    low_waiting = True
-                    self._low_waiting += 1
+                if priority == LOW:
+                    wait_as(("next", window + 1))  # HIGH and NORMAL leave it its share from then on
                 # Sleep to the next minute of the server clock (+ a margin for clock error).
                 sleep_s = ((window + 1) * MINUTE_MS - now) / 1000 + 0.25
                 self.stats.budget_waits += 1
@@ -498,8 +518,7 @@ class BinanceRest:
                 )
                 await asyncio.sleep(sleep_s)
         finally:
-            if low_waiting:
-                self._low_waiting -= 1
+            wait_as(None)
             if waited:
                 spent = time.monotonic() - started
                 self.stats.budget_wait_s += spent
