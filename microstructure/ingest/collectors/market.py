@@ -76,6 +76,9 @@ LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
 # mark prices 'auto': from this many symbols on, one !markPrice@arr@1s (every symbol's mark price in
 # one message a second) instead of one <s>@markPrice@1s per symbol
 MARK_ALL_FROM = 20
+# REST polls (open interest, funding) of many symbols in flight at once at most: 300 symbols' polls
+# go a few at a time through the weight scheduler instead of 300 sockets opened in one burst
+POLL_CONCURRENCY = 8
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
 
@@ -274,6 +277,7 @@ class MarketLive:
         self.funding_due: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self.funding_seen: dict[str, set[int]] = defaultdict(set)
         self.last_mark_E: dict[str, int] = {}
+        self._in_flight = asyncio.Semaphore(POLL_CONCURRENCY)
 
     # ---- streams
     def streams(self) -> list[str]:
@@ -378,7 +382,8 @@ class MarketLive:
             replied = False
             reply: Any = None
             try:
-                reply = await fn()
+                async with self._in_flight:
+                    reply = await fn()
                 replied = True
                 return parse(reply) if parse is not None else reply
             except asyncio.CancelledError:
@@ -408,12 +413,18 @@ class MarketLive:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not stop.is_set():
-            await asyncio.gather(*(self.oi_once(s, stop) for s in self.symbols))
+            tables = await asyncio.gather(*(self.oi_once(s, stop) for s in self.symbols))
+            # one writer item (one transaction) for the round's polls of every symbol
+            self.writer.submit_many(
+                "open_interest", [(s, t) for s, t in zip(self.symbols, tables, strict=True) if t is not None]
+            )
             next_at += self.oi_interval
             if await sleep_or_stop(stop, max(0.0, next_at - loop.time())):
                 return
 
-    async def oi_once(self, symbol: str, stop: asyncio.Event) -> None:
+    async def oi_once(self, symbol: str, stop: asyncio.Event) -> pa.Table | None:
+        """One open-interest poll of `symbol`: its row (None when given up)."""
+
         def parse(body: Any) -> pa.Table:
             ts, oi = [_int(body["time"])], [_num(body["openInterest"])]
             return open_interest_table(ts, oi, None, "rest", recv_ms=now_ms())
@@ -423,9 +434,9 @@ class MarketLive:
         )
         if table is None:
             self.report.oi_failed[symbol] += 1
-            return
-        await self.writer.submit("open_interest", symbol, table)
+            return None
         self.report.oi_polls[symbol] += 1
+        return table
 
     async def funding_once(
         self, symbol: str, stop: asyncio.Event, start_ms: int | None = None, limit: int = 10
