@@ -7,7 +7,8 @@ An aggregate-trade batch whose id range holds no stored row (checked under the s
 lock) is COPYed straight into agg_trades: nothing can conflict, and bulk loads run at COPY speed.
 
 `Writer` runs it in the background: `submit` returns at once; batches wait in a bounded memory queue
-and are written in submission order. When the queue is full or the database is unreachable, batches
+and are written in submission order. `submit_many` (and a pull of the live sources) hands the rows
+of many symbols of one kind over as ONE item: one queue slot, one spill file, one transaction. When the queue is full or the database is unreachable, batches
 spill to Arrow IPC files (written to a temporary name, fsynced, renamed) and are replayed in order
 once the database answers; a file is deleted only after its batch committed. Leftover files of a
 killed run are replayed on start. A batch the database refuses as data (not a connection problem)
