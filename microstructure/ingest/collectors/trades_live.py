@@ -185,11 +185,14 @@ class LiveReport:
 
 
 class _Buffer:
-    """Columns of one symbol's pending rows (plain lists: appends are cheap; Arrow at flush)."""
+    """Columns of the pending rows of every symbol, with each row's symbol (its index into `names`):
+    plain lists, appends are cheap; one Arrow table at flush whatever the symbol count."""
 
-    __slots__ = ("a", "f", "l", "m", "p", "q", "recv", "t")
+    __slots__ = ("a", "f", "l", "m", "names", "p", "q", "recv", "s", "t")
 
-    def __init__(self) -> None:
+    def __init__(self, names: pa.Array) -> None:
+        self.names = names
+        self.s: list[int] = []
         self.a: list[int] = []
         self.p: list[float] = []
         self.q: list[float] = []
@@ -202,7 +205,9 @@ class _Buffer:
     def __len__(self) -> int:
         return len(self.a)
 
-    def take(self) -> pa.Table:
+    def take(self) -> tuple[pa.Array, pa.Table]:
+        """(each row's symbol, the rows); the buffer is empty after."""
+        symbols = pa.DictionaryArray.from_arrays(pa.array(self.s, pa.int32()), self.names)
         table = pa.table(
             {
                 "agg_id": pa.array(self.a, pa.int64()),
@@ -216,8 +221,8 @@ class _Buffer:
             },
             schema=AGG_TRADES,
         )
-        self.__init__()  # type: ignore[misc]
-        return table
+        self.__init__(self.names)  # type: ignore[misc]
+        return symbols, table
 
 
 class AggTradesLive:
@@ -255,8 +260,8 @@ class AggTradesLive:
         self.batch_ms = batch_ms
         self.rotate_after = rotate_after
         self.stale_timeout = stale_timeout
-        self.buffers = {s: _Buffer() for s in self.symbols}
-        self.pending: set[str] = set()  # the symbols whose buffer holds rows
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+        self.buffer = _Buffer(pa.array(self.symbols, pa.string()))
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
         self.gaps = GapRanges()  # ids waiting for a REST fill (each recorded in agg_trade_gaps first)
         self.gap_wake = asyncio.Event()
@@ -280,8 +285,8 @@ class AggTradesLive:
         if self.stop.is_set():
             return  # a shared connection still delivering: the REST tail fill covers from self.last on
         sym = str(data["s"]).upper()
-        buf = self.buffers.get(sym)
-        if buf is None:
+        code = self.index.get(sym)
+        if code is None:
             raise KeyError(f"unexpected symbol {sym!r}")
         a = int(data["a"])
         p, q = float(data["p"]), float(data["q"])
@@ -311,6 +316,8 @@ class AggTradesLive:
                         {"from_id": prev + 1, "to_id": a - 1, "ids": a - 1 - prev},
                     )
         self.last[sym] = a
+        buf = self.buffer
+        buf.s.append(code)
         buf.a.append(a)
         buf.p.append(p)
         buf.q.append(q)
@@ -322,21 +329,22 @@ class AggTradesLive:
         stats.ws_rows += 1
         n = len(buf)
         if n >= self.batch_rows:
-            self.pending.discard(sym)
-            self.writer.submit_nowait("agg_trades", sym, buf.take())
-        elif n == 1:
-            self.pending.add(sym)
-            if self._poke is not None:
-                self._poke()  # an idle writer takes the rows as soon as this read has been handled
+            symbols, table = buf.take()
+            self.writer.submit_rows("agg_trades", table, symbols)
+        elif n == 1 and self._poke is not None:
+            self._poke()  # an idle writer takes the rows as soon as this read has been handled
 
-    def take_buffers(self) -> list[tuple[str, str, pa.Table]]:
-        """What the writer takes when it is free (its pull source): the pending rows of the symbols
-        that have any (a silent symbol costs nothing; the writer joins them into one item)."""
-        pending, self.pending = self.pending, set()
-        return [("agg_trades", sym, self.buffers[sym].take()) for sym in pending if len(self.buffers[sym])]
+    def take_buffers(self) -> list[tuple[str, str | pa.Array, pa.Table]]:
+        """What the writer takes when it is free (its pull source): the pending rows of every symbol,
+        one table with each row's symbol (a silent symbol costs nothing; no table per symbol)."""
+        if not len(self.buffer):
+            return []
+        symbols, table = self.buffer.take()
+        return [("agg_trades", symbols, table)]
 
     async def flush_buffers(self) -> None:
-        self.writer.submit_many("agg_trades", [(sym, batch) for _, sym, batch in self.take_buffers()])
+        for kind, symbols, table in self.take_buffers():
+            self.writer.submit_rows(kind, table, symbols)
 
     async def flusher(self) -> None:
         while not self.stop.is_set():

@@ -499,7 +499,8 @@ SPILL_RETRY_S = 5.0  # after the spill folder was full, how long before spilling
 
 
 OnCommit = Callable[[str, str, pa.Table, int], Awaitable[None] | None]
-Source = Callable[[], list[tuple[str, str, pa.Table]]]
+# (kind, symbol or each row's symbol, rows) for every table a source holds
+Source = Callable[[], list[tuple[str, str | pa.Array, pa.Table]]]
 
 
 def _seq_of(path: Path) -> int:
@@ -554,7 +555,7 @@ class Writer:
         write_timeout: float = WRITE_TIMEOUT_S,
         max_spill_bytes: int | None = None,
         pull_interval: float = 0.1,
-        min_pull_interval: float = 0.005,
+        min_pull_interval: float = 0.025,
     ) -> None:
         self.dsn = dsn
         # Sources are taken at most every `pull_window()` s: half as long as a write takes (a
@@ -716,13 +717,26 @@ class Writer:
         symbols = pa.DictionaryArray.from_arrays(
             pa.array(np.repeat(np.arange(len(batches), dtype=np.int32), counts)), names
         )
+        self.submit_rows(kind, joined, symbols, gap_fill=gap_fill)
+
+    def submit_rows(self, kind: str, batch: pa.Table, symbols: pa.Array, *, gap_fill: bool = False) -> None:
+        """Queue rows of several symbols (`symbols`: each row's, a string or dictionary array) as ONE
+        item, like submit_many, for a caller that keeps them in one table already."""
+        if kind not in SPECS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
+        if batch.num_rows == 0:
+            return
+        if len(symbols) != batch.num_rows:
+            raise ValueError(f"{len(symbols)} symbols for {batch.num_rows} rows")
         if kind != GAP_KIND:
             self.stats.batches_submitted += 1
-            self.stats.rows_submitted += joined.num_rows
+            self.stats.rows_submitted += batch.num_rows
+        first = symbols[0].as_py()
         self._enqueue(
-            _Item(kind, batches[0][0], joined, time.monotonic(), seq=self._next_seq(), gap_fill=gap_fill,
-                  symbols=symbols)
-        )  # fmt: skip
+            _Item(
+                kind, first, batch, time.monotonic(), seq=self._next_seq(), gap_fill=gap_fill, symbols=symbols
+            )
+        )
         self._wake.set()
 
     def _next_seq(self) -> int:
@@ -924,8 +938,12 @@ class Writer:
         for source in self._sources:
             by_kind: dict[str, list[tuple[str, pa.Table]]] = {}
             for kind, symbol, batch in source():
-                if batch.num_rows:
+                if not batch.num_rows:
+                    continue
+                if isinstance(symbol, str):
                     by_kind.setdefault(kind, []).append((symbol, batch))
+                else:  # already one table of several symbols, with each row's
+                    self.submit_rows(kind, batch, symbol)
             for kind, batches in by_kind.items():
                 self.submit_many(kind, batches)  # one item per kind and pull, whatever the symbols
 
