@@ -30,6 +30,8 @@ RUNS = [
     ["bench_load_day.py", "--rounds", "5"],
     ["bench_backfill.py", "--days", "3", "--trades-per-day", "2500000", "--rounds", "3"],
     ["bench_live.py", "--symbols", "2", "--live-rate", "3000", "--seconds", "60"],
+    ["bench_live.py", "--symbol-sets", "2,30,100,300", "--total-rate", "3000", "--seconds", "20"],
+    ["bench_market.py", "--universe", "300", "--universe-rate", "5000", "--seconds", "120"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15"],
     ["bench_collect_all.py", "--symbols", "10", "--seconds", "15", "--book-source", "diff"],
     ["bench_collect_all.py", "--hot-path"],

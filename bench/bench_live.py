@@ -2,6 +2,7 @@
 
     python bench/bench_live.py [--symbols 2] [--live-rate 3000] [--seconds 60] [--warmup 5] [--uvloop]
     python bench/bench_live.py --sets 500,1500,3000 --seconds 30     # one run per rate, alternating
+    python bench/bench_live.py --symbol-sets 2,30,100,300 --total-rate 3000 --seconds 20   # cost per message
 
 The local exchange (its own process) streams `--live-rate` aggregate trades per second per symbol
 (clustered arrivals; offered = rate x symbols on average); `collect_aggtrades_live` runs in this
@@ -77,21 +78,27 @@ async def measure(
     first = {"at": None}
     started = time.time()
 
+    committed: list[tuple[float, object]] = []  # (commit time, batch): decoded after the window, so
+    # the hook (called per symbol of a commit) costs the measured process next to nothing
+
     def on_commit(kind: str, symbol: str, batch, inserted: int) -> None:  # type: ignore[no-untyped-def]
         if kind != "agg_trades":
             return
         now = time.time() * 1000
-        recv = batch.column("recv_ms")
-        if recv.null_count == len(recv):
-            return
-        if first["at"] is None:
+        if first["at"] is None and batch.column("recv_ms").null_count < batch.num_rows:
             first["at"] = now / 1000 - started
-        if not window["on"]:
-            return
-        live = batch.filter(recv.is_valid())
-        r = live.column("recv_ms").to_numpy()
-        stale.append(now - r)
-        lag.append(r - live.column("ts_ms").to_numpy())
+        if window["on"]:
+            committed.append((now, batch))
+
+    def decode() -> None:
+        for now, batch in committed:
+            recv = batch.column("recv_ms")  # type: ignore[attr-defined]
+            if recv.null_count == len(recv):
+                continue
+            live = batch.filter(recv.is_valid())  # type: ignore[attr-defined]
+            r = live.column("recv_ms").to_numpy()
+            stale.append(now - r)
+            lag.append(r - live.column("ts_ms").to_numpy())
 
     health = Health()
     stop = asyncio.Event()
@@ -113,6 +120,7 @@ async def measure(
     stop.set()
     report = await task
     await writer.close()
+    decode()
     st = np.concatenate(stale) if stale else np.empty(0)
     lg = np.concatenate(lag) if lag else np.empty(0)
     wall = t1 - t0
@@ -148,8 +156,8 @@ def lost_ids(dsn: str, symbols: list[str]) -> dict[str, int]:
         }
 
 
-def one(rate: float, args: argparse.Namespace) -> dict:
-    symbols = symbols_for(args.symbols)
+def one(rate: float, args: argparse.Namespace, n_symbols: int | None = None) -> dict:
+    symbols = symbols_for(n_symbols or args.symbols)
     if args.total_rate:
         rate = args.total_rate / len(symbols)
     extra = ["--history-days", "0", "--live-rate", str(rate)]
@@ -196,13 +204,36 @@ def main() -> int:
         help="aggregate trades per second over all symbols (overrides --live-rate)",
     )
     p.add_argument("--sets", help="comma-separated live rates: one run each (overrides --live-rate)")
+    p.add_argument(
+        "--symbol-sets",
+        help="comma-separated symbol counts: one run each at the same --total-rate, then a table of "
+        "the CPU per message against the first (issue 25's acceptance: 300 symbols <= 1.5x of 2)",
+    )
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--uvloop", action="store_true", help="run the collector on uvloop (if installed)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each run's summary too")
     args = p.parse_args()
-    rates = [float(x) for x in args.sets.split(",")] if args.sets else [args.live_rate]
     ok = True
+    if args.symbol_sets:
+        rows = []
+        for n in [int(x) for x in args.symbol_sets.split(",")]:
+            r = one(args.live_rate, args, n)
+            ok = ok and sum(r["lost"].values()) == 0
+            per_k = 100 * r["cpu_share"] / (r["msg_per_s"] / 1000) if r["msg_per_s"] else float("nan")
+            rows.append((n, r, per_k))
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(
+            "| symbols | msg/s received | collector CPU | per 1,000 msg/s | vs first | staleness p50 / p99 |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
+        for n, r, per_k in rows:
+            print(
+                f"| {n} | {r['msg_per_s']:,.0f} | {100 * r['cpu_share']:.1f} % | {per_k:.2f} % | "
+                f"{per_k / rows[0][2]:.2f}x | {r['stale_p50']:.0f} / {r['stale_p99']:.0f} ms |"
+            )
+        return 0 if ok else 1
+    rates = [float(x) for x in args.sets.split(",")] if args.sets else [args.live_rate]
     for rate in rates:
         r = one(rate, args)
         ok = ok and sum(r["lost"].values()) == 0

@@ -102,3 +102,55 @@ def test_a_handler_bug_ends_the_run_at_once_instead_of_leaving_the_streams_unrea
             return asyncio.get_running_loop().time() - t0
 
     assert asyncio.run(go()) < 5
+
+
+def test_a_connection_carries_up_to_1024_streams_the_rest_subscribed_paced(tmp_path: Path) -> None:
+    """600 streams of a 300-symbol market on ONE connection: the first named in the URL (a request
+    line has a size limit), the rest SUBSCRIBEd a few a second (the exchange drops a client sending
+    more than 10 messages a second); every stream delivers."""
+    from microstructure.exchange.config import universe_symbols
+    from microstructure.ingest.binance.streams import URL_MAX_CHARS, split_streams
+
+    symbols = universe_symbols(300)
+    names = [f"{s.lower()}@markPrice@1s" for s in symbols] + [f"{s.lower()}@depth20@500ms" for s in symbols]
+    head, chunks = split_streams(names)
+    assert len("/".join(head)) <= URL_MAX_CHARS and chunks and head + [n for c in chunks for n in c] == names
+    got: dict[str, int] = defaultdict(int)
+
+    async def go() -> SharedStreams:
+        cfg = ExchangeConfig(symbols=("BTCUSDT",), universe=300, universe_rate=300.0, history_days=0,
+                             live_rate=5.0, cache_dir=tmp_path / "c")  # fmt: skip
+        async with LocalExchange(cfg) as ex:
+            shared = SharedStreams(ex.ws_url, expected=1, health=Health(), events=None)
+            shared.register(names, lambda stream, data, recv: got.__setitem__(stream, got[stream] + 1), "all")
+            stop = asyncio.Event()
+            task = asyncio.create_task(shared.run(stop))
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if len(got) == len(names):
+                    break
+            stop.set()
+            await task
+            return shared
+
+    shared = asyncio.run(go())
+    assert shared.connections == ["streams[0]#1"]  # one connection, never dropped for its messages
+    assert shared.health.stream("streams[0]#1").reconnects == 0
+    assert set(got) == set(names)
+
+
+def test_connection_attempts_wait_for_the_per_ip_budget() -> None:
+    from microstructure.ingest.binance.streams import ConnectionBudget
+
+    async def go() -> list[float]:
+        budget = ConnectionBudget(limit=3, window=0.6)
+        stop = asyncio.Event()
+        t0 = asyncio.get_running_loop().time()
+        out = []
+        for _ in range(5):
+            assert await budget.take(stop)
+            out.append(asyncio.get_running_loop().time() - t0)
+        return out
+
+    times = asyncio.run(go())
+    assert times[2] < 0.1 and times[3] >= 0.55 and times[4] >= 0.55  # the 4th waits for the 1st to age out

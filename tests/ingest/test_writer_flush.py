@@ -147,3 +147,94 @@ def test_the_writer_joins_every_symbol_of_a_kind_into_one_transaction(db_url: st
         assert conn.execute(
             "SELECT count(*) FROM raw_invalidations WHERE table_name = 'agg_trades'"
         ).fetchone() == (120,)
+
+
+def test_submit_many_is_one_item_one_spill_file_and_every_symbol_comes_back(
+    db_url: str, tmp_path: Path
+) -> None:
+    """What a collector holds for 300 symbols is ONE queue item: while the database is away it is ONE
+    spill file (not 300, each fsynced), and the writer that replays the folder stores every symbol's
+    rows under its own symbol."""
+    symbols = [f"M{k:03d}USDT" for k in range(300)]
+    batches = [(s, trades(range(1 + k, 4 + k), t0=T0 + k)) for k, s in enumerate(symbols)]
+    spill = tmp_path / "spill"
+
+    async def go() -> tuple[int, int, int]:
+        away = Writer("postgresql://postgres@127.0.0.1:9/postgres", spill, spill_after=0.5, max_backoff=0.2)
+        await away.start()
+        away.submit_many("agg_trades", batches)
+        depth = away.queue_depth + (away._current is not None)
+        for _ in range(100):
+            if away.spill_files:
+                break
+            await asyncio.sleep(0.05)
+        await away.close(timeout=1)
+        files = len(list(spill.glob("*.arrow")))
+        back = Writer(db_url, spill)
+        await back.start()
+        assert await back.flush(timeout=60)
+        await back.close()
+        return depth, files, back.stats.rows_inserted
+
+    depth, files, inserted = asyncio.run(go())
+    assert depth == 1 and files == 1 and inserted == 900
+    assert not list(spill.glob("*.arrow"))
+    with psycopg.connect(db_url) as conn:
+        got = conn.execute(
+            "SELECT symbol, array_agg(agg_id ORDER BY agg_id) FROM agg_trades WHERE symbol LIKE 'M%' GROUP BY 1"
+        ).fetchall()
+    assert dict(got) == {s: [1 + k, 2 + k, 3 + k] for k, s in enumerate(symbols)}
+
+
+def test_a_refused_submit_many_sets_aside_only_the_bad_symbol(db_url: str, tmp_path: Path) -> None:
+    def liq(side: str, t: int) -> pa.Table:
+        return pa.table({"ts_ms": [t], "trade_ms": [t], "side": [side], "quantity": [1.0], "price": [100.0]})
+
+    async def go() -> Writer:
+        w = Writer(db_url, tmp_path / "spill")
+        await w.start()
+        w.submit_many(
+            "liquidations",
+            [("R1USDT", liq("BUY", T0)), ("R2USDT", liq("SIDEWAYS", T0)), ("R3USDT", liq("SELL", T0))],
+        )
+        assert await w.flush(timeout=30)
+        await w.close()
+        return w
+
+    w = asyncio.run(go())
+    assert w.stats.batches_rejected == 1 and w.stats.rows_inserted == 2
+    rejected = list((tmp_path / "spill" / "rejected").glob("*.arrow"))
+    assert [p.name.split("-", 2)[2] for p in rejected] == ["R2USDT.arrow"]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute(
+            "SELECT symbol, side FROM liquidations WHERE symbol LIKE 'R_USDT' ORDER BY 1"
+        ).fetchall() == [("R1USDT", "BUY"), ("R3USDT", "SELL")]
+
+
+def test_a_pull_of_many_symbols_is_one_transaction_and_the_window_follows_the_write_time(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A pull source holding 300 symbols' rows becomes one item (one transaction), never 300 queued
+    batches over the queue's bound (which spilled them to disk); quiet, the pull window is the
+    short bound, so rows are queryable within a few ms of the poke."""
+    symbols = [f"P{k:03d}USDT" for k in range(300)]
+    held: list[tuple[str, str, pa.Table]] = []
+
+    async def go() -> tuple[Writer, float]:
+        w = Writer(db_url, tmp_path / "spill", max_queue_batches=16)
+        await w.start()
+        w.add_source(lambda: [held.pop() for _ in range(len(held))])
+        held.extend(("agg_trades", s, trades(range(1, 3), t0=T0 + k)) for k, s in enumerate(symbols))
+        w.poke()
+        for _ in range(400):
+            if w.stats.rows_committed == 600:
+                break
+            await asyncio.sleep(0.025)
+        window = w.pull_window()
+        await w.close()
+        return w, window
+
+    w, window = asyncio.run(go())
+    assert w.stats.rows_committed == 600 and w.stats.batches_spilled == 0
+    assert len(w.stats.latencies_ms) == 1  # one transaction for the 300 symbols
+    assert w.min_pull_interval <= window <= w.pull_interval

@@ -272,3 +272,16 @@ def test_two_collectors_on_one_stream_store_the_same_snapshots(db_url, second_db
                 uid, (bp, bq), (ap, aq) = true_top(truth_of[sym], t)
                 r = rows[(t, u)]
                 assert uid == u and (r["bid_px"], r["bid_qty"], r["ask_px"], r["ask_qty"]) == (bp, bq, ap, aq)
+
+
+def test_the_snapshot_depth_follows_the_symbol_count_and_the_budget() -> None:
+    """Snapshots of every symbol take at most a quarter of the weight budget a minute: 1000 levels
+    (weight 20) for a few symbols, 50 (weight 2) for the whole market, never fewer than stored."""
+    from microstructure.ingest.binance.rest import depth_weight
+    from microstructure.ingest.collectors.orderbook import snapshot_limit
+
+    assert [snapshot_limit(n, 1920) for n in (2, 24, 30, 100, 300)] == [1000, 1000, 500, 50, 50]
+    for n in (2, 24, 30, 95):
+        assert n * depth_weight(snapshot_limit(n, 1920)) <= 480
+    assert snapshot_limit(300, 1920, levels=100) == 100  # the stored levels bound it from below
+    assert snapshot_limit(2, 1920, levels=500) == 1000

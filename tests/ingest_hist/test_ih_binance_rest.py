@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,3 +283,37 @@ def test_a_depth_snapshot_goes_first_when_gap_fills_used_their_share(exchange_ca
                 assert "low" in rest.summary_line() and HIGH == 0
 
     asyncio.run(main())
+
+
+def test_a_storm_of_depth_snapshots_does_not_keep_a_gap_fill_out(exchange_cache: Path) -> None:
+    """The other way round: gap fills (LOW) are paced, so between two fills a storm of snapshots
+    (HIGH) could take the whole minute's budget and leave the waiting fill out until the next minute
+    (or, minute after minute, for good). While a fill waits, snapshots stop short of the LOW share,
+    so the fill goes as soon as its pace allows."""
+    start = datetime(2024, 3, 5, 12, 0, 5, tzinfo=UTC)  # the server's minute ends ~55 s after start
+
+    async def main() -> tuple[float, int]:
+        async with (
+            LocalExchange(config(exchange_cache, clock_start=start)) as ex,
+            BinanceRest(ex.base_url, weight_budget_per_min=400) as rest,
+        ):
+            await rest.server_time()
+            first = ex.markets["BTCUSDT"].first_id()
+            for i in range(3):  # 60 of the LOW burst of 75: the next fill waits ~1 s for its pace
+                await rest.agg_trades("BTCUSDT", from_id=first + 10 * i, limit=10, priority=LOW)
+            t0 = time.monotonic()
+            fill = asyncio.create_task(rest.agg_trades("BTCUSDT", from_id=first + 30, limit=10, priority=LOW))
+            await asyncio.sleep(0.05)
+            storm = [asyncio.create_task(rest.depth("BTCUSDT", 1000)) for _ in range(30)]  # 600 weight
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fill), 15)
+            took = time.monotonic() - t0
+            went = sum(t.done() for t in storm)
+            for t in [*storm, fill]:
+                t.cancel()
+            await asyncio.gather(*storm, fill, return_exceptions=True)
+            return took, went
+
+    took, went = asyncio.run(main())
+    assert took < 10, took  # not at the next minute, ~55 s away
+    assert 0 < went <= 10  # the storm went too, up to the LOW cap less the fill's guarantee

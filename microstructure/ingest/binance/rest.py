@@ -11,7 +11,9 @@ Rate limits (per IP, per calendar minute of the server clock):
 - requests are scheduled by priority, not raced: HIGH (a depth snapshot a diff book waits on) may use
   the whole budget; NORMAL (polls, metadata, historical pages) too; LOW (live gap fills, where one
   `fromId` page serves every gap within its 1,000 ids) leaves LOW_RESERVE of it free and is paced
-  evenly over the minute, so a burst of fills never makes a resync wait for the next minute;
+  evenly over the minute, so a burst of fills never makes a resync wait for the next minute; and
+  the other way round, while a LOW request waits, HIGH and NORMAL stop LOW_GUARANTEE of the budget
+  short of the LOW share, so a storm of resyncs or polls never keeps a gap fill out for minutes;
 - 429: the Retry-After header (seconds) blocks every request of this client for that long, then the
   request is retried (counted in `stats.rate_limited`);
 - 418: the IP is banned; `IpBanned` is raised with the ban's length and nothing is sent until it ends;
@@ -72,6 +74,7 @@ HIGH, NORMAL, LOW = 0, 1, 2
 PRIORITY_NAMES = {HIGH: "high", NORMAL: "normal", LOW: "low"}
 SAFETY_MARGIN = 0.8  # of the exchange's announced weight limit, for the default budget
 LOW_RESERVE = 0.25  # share of the budget LOW requests leave to HIGH and NORMAL ones
+LOW_GUARANTEE = 0.1  # share below the LOW cap HIGH and NORMAL leave while a LOW request waits
 DEFAULT_BUDGET = 1200  # before exchangeInfo tells the real limit
 BACKOFF_BASE = 0.5  # seconds: the n-th retry waits uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**n))
 BACKOFF_MAX = 30.0
@@ -366,6 +369,9 @@ class BinanceRest:
         self._banned_until_mono = 0.0
         self._low_tokens = float("inf")  # LOW requests are paced: weight they may send now (full at first)
         self._low_refill = time.monotonic()
+        # LOW requests waiting: for their pace (they go within this minute), and for the next minute
+        self._low_paced = 0
+        self._low_next: dict[int, int] = {}  # server minute waited for -> LOW requests waiting for it
 
     # ---- lifecycle
     async def __aenter__(self) -> BinanceRest:
@@ -402,6 +408,16 @@ class BinanceRest:
         """Weight of the current server minute, as far as this client knows."""
         return self._used if self._window == self.server_now_ms() // MINUTE_MS else 0
 
+    def fits_now(self, weight: int, priority: int = NORMAL) -> bool:
+        """Whether a request of `weight` would go without waiting for budget (a stop asks before
+        spending its last seconds on a request that would wait for the next minute)."""
+        if self._banned is not None and time.monotonic() < self._banned_until_mono:
+            return False
+        if self._blocked_until > time.monotonic():
+            return False
+        cap = self.budget if priority < LOW else self._low_cap()
+        return self.used_weight() + weight <= cap
+
     def learn_limits(self, info: Any) -> None:
         """Take the REQUEST_WEIGHT limit of exchangeInfo's `rateLimits` (per minute): the budget
         becomes SAFETY_MARGIN of it, or the requested budget when that is lower."""
@@ -431,6 +447,26 @@ class BinanceRest:
         return its window. No lock: nothing is awaited between the check and the reservation."""
         started = time.monotonic()
         waited = False
+        low_wait: tuple[str, int] | None = None  # what this LOW request waits for, while it waits
+
+        def wait_as(what: tuple[str, int] | None) -> None:
+            nonlocal low_wait
+            if low_wait == what:
+                return
+            if low_wait is not None:
+                if low_wait[0] == "paced":
+                    self._low_paced -= 1
+                else:
+                    self._low_next[low_wait[1]] -= 1
+                    if not self._low_next[low_wait[1]]:
+                        del self._low_next[low_wait[1]]
+            if what is not None:
+                if what[0] == "paced":
+                    self._low_paced += 1
+                else:
+                    self._low_next[what[1]] = self._low_next.get(what[1], 0) + 1
+            low_wait = what
+
         try:
             while True:
                 if self._banned is not None and time.monotonic() < self._banned_until_mono:
@@ -445,6 +481,8 @@ class BinanceRest:
                 if window != self._window:
                     self._window, self._used = window, 0
                 cap = self.budget if priority < LOW else self._low_cap()
+                if priority < LOW and (self._low_paced or any(w <= window for w in self._low_next)):
+                    cap = max(weight, int(self._low_cap() - LOW_GUARANTEE * self.budget))
                 if priority == LOW:
                     # paced: the LOW share of the budget spread over the minute, small bursts allowed
                     rate = self._low_cap() / 60.0
@@ -453,6 +491,9 @@ class BinanceRest:
                     self._low_tokens = min(burst, self._low_tokens + (mono - self._low_refill) * rate)
                     self._low_refill = mono
                     if self._low_tokens < weight:
+                        # it goes this minute if the minute has room for it, else in the next
+                        fits = self._used + weight <= self._low_cap()
+                        wait_as(("paced", window) if fits else ("next", window + 1))
                         waited = True
                         await asyncio.sleep((weight - self._low_tokens) / rate)
                         continue
@@ -461,6 +502,8 @@ class BinanceRest:
                     if priority == LOW:
                         self._low_tokens -= weight
                     return window
+                if priority == LOW:
+                    wait_as(("next", window + 1))  # HIGH and NORMAL leave it its share from then on
                 # Sleep to the next minute of the server clock (+ a margin for clock error).
                 sleep_s = ((window + 1) * MINUTE_MS - now) / 1000 + 0.25
                 self.stats.budget_waits += 1
@@ -475,6 +518,7 @@ class BinanceRest:
                 )
                 await asyncio.sleep(sleep_s)
         finally:
+            wait_as(None)
             if waited:
                 spent = time.monotonic() - started
                 self.stats.budget_wait_s += spent

@@ -2,7 +2,9 @@
 
 - `combined_stream`: one Binance combined websocket (`/stream?streams=a/b`) with reconnects
   (jittered backoff), staleness detection and malformed-message accounting;
-- `SharedStreams`: connections of up to 200 streams each, rotated with overlap before Binance's 24 h
+- `SharedStreams`: connections of up to 1024 streams each (Binance's limit; those beyond the URL's
+  length SUBSCRIBEd, paced under the 10 incoming messages a second; attempts kept under the per-IP
+  connection limit), rotated with overlap before Binance's 24 h
   limit, serving one collector or several (`collect all`), routed by stream name.
 Both report to a `health.Health` and a `health.EventLog`.
 """
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import random
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -63,6 +66,70 @@ async def _watch_connection(
         await asyncio.wait_for(ws.close(), 2.0)
 
 
+# Binance's websocket limits (USD-M Futures): 1024 streams a connection, 10 incoming messages a
+# second a connection (pings, pongs and SUBSCRIBEs count; beyond, the connection is dropped), 300
+# connection attempts per 5 minutes per IP (beyond, 429 and then a ban).
+URL_MAX_CHARS = 4000  # streams named in the URL up to this length (servers cap a request line at 8 KiB)
+SUBSCRIBE_CHUNK = 200  # streams per SUBSCRIBE message for the rest
+SUBSCRIBE_EVERY_S = 0.25  # 4 SUBSCRIBEs a second: well under the 10 messages/s, with room for pongs
+CONNECTIONS_PER_WINDOW = 250  # attempts per CONNECTION_WINDOW_S this process allows itself (Binance: 300)
+CONNECTION_WINDOW_S = 300.0
+
+
+class ConnectionBudget:
+    """Connection attempts of this process kept under the exchange's per-IP limit: an attempt past
+    `limit` in `window` seconds waits until the oldest leaves the window."""
+
+    def __init__(self, limit: int = CONNECTIONS_PER_WINDOW, window: float = CONNECTION_WINDOW_S) -> None:
+        self.limit = limit
+        self.window = window
+        self.times: deque[float] = deque()
+        self.waited = 0  # attempts that had to wait
+
+    async def take(self, stop: asyncio.Event) -> bool:
+        """True when the attempt may go; False when `stop` came first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self.times and now - self.times[0] >= self.window:
+                self.times.popleft()
+            if len(self.times) < self.limit:
+                self.times.append(now)
+                return True
+            self.waited += 1
+            log.warning("websocket connection attempts at the per-IP budget; waiting")
+            if await sleep_or_stop(stop, self.times[0] + self.window - now):
+                return False
+
+
+_BUDGETS: dict[str, ConnectionBudget] = {}  # per server (the limit is the server's, per client address)
+
+
+def connection_budget(ws_base: str) -> ConnectionBudget:
+    return _BUDGETS.setdefault(ws_base.rstrip("/"), ConnectionBudget())
+
+
+def split_streams(streams: Sequence[str], url_max: int = URL_MAX_CHARS) -> tuple[list[str], list[list[str]]]:
+    """(the streams named in the URL, the SUBSCRIBE messages' stream lists for the rest)."""
+    head: list[str] = []
+    size = 0
+    for name in streams:
+        if head and size + len(name) + 1 > url_max:
+            break
+        head.append(name)
+        size += len(name) + 1
+    rest = list(streams[len(head) :])
+    return head, [rest[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(rest), SUBSCRIBE_CHUNK)]
+
+
+async def _subscribe(ws: aiohttp.ClientWebSocketResponse, chunks: list[list[str]]) -> None:
+    """The streams beyond the URL, SUBSCRIBEd one chunk every SUBSCRIBE_EVERY_S (paced under the
+    exchange's incoming-message limit)."""
+    for n, chunk in enumerate(chunks, start=1):
+        await asyncio.sleep(SUBSCRIBE_EVERY_S)
+        await ws.send_str(orjson.dumps({"method": "SUBSCRIBE", "params": chunk, "id": n}).decode())
+
+
 async def combined_stream(
     ws_base: str,
     streams: Sequence[str],
@@ -89,18 +156,23 @@ async def combined_stream(
       head) is counted under that collector; the others under the connection (`name`).
     """
     h = health.stream(name)
-    url = ws_base.rstrip("/") + "/stream?streams=" + "/".join(streams)
+    head, chunks = split_streams(streams)
+    budget = connection_budget(ws_base)
+    url = ws_base.rstrip("/") + "/stream?streams=" + "/".join(head)
     own = session is None
     sess = session or aiohttp.ClientSession()
     attempt = 0
     text = aiohttp.WSMsgType.TEXT
     try:
         while not stop.is_set():
+            if not await budget.take(stop):
+                return
             try:
                 async with sess.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=1 << 22) as ws:
                     attempt = 0
                     state = {"stale": False, "since_ms": now_ms()}
                     watcher = asyncio.create_task(_watch_connection(ws, h, stop, stale_timeout, state))
+                    subscriber = asyncio.create_task(_subscribe(ws, chunks)) if chunks else None
                     try:
                         while True:
                             msg = await ws.receive()
@@ -113,8 +185,11 @@ async def combined_stream(
                             h.last_recv_ms = recv_ms
                             try:
                                 obj = loads(msg.data)
+                                if "stream" not in obj and "id" in obj and obj.get("error") is None:
+                                    continue  # a SUBSCRIBE's answer ({"result": null, "id": n})
                                 stream_name, data = obj["stream"], obj["data"]
-                                if not isinstance(stream_name, str) or not isinstance(data, dict):
+                                # (an all-market stream, `!markPrice@arr@1s`, carries an array)
+                                if not isinstance(stream_name, str) or not isinstance(data, dict | list):
                                     raise TypeError("stream/data of the wrong type")
                             except (ValueError, KeyError, TypeError) as exc:
                                 owner = owner_of(stream_of(msg.data)) if owner_of is not None else None
@@ -127,9 +202,11 @@ async def combined_stream(
                                 continue
                             yield stream_name, data, recv_ms
                     finally:
-                        watcher.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await watcher
+                        for task in (watcher, subscriber):
+                            if task is not None:
+                                task.cancel()
+                                with contextlib.suppress(asyncio.CancelledError, Exception):
+                                    await task
                     if stop.is_set():
                         return
                     if state["stale"]:
@@ -156,7 +233,7 @@ async def combined_stream(
 MALFORMED_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
-STREAMS_PER_CONNECTION = 200  # Binance allows more; 200 keeps a connection's URL and load modest
+STREAMS_PER_CONNECTION = 1024  # Binance's limit: the first in the URL, the rest SUBSCRIBEd (paced)
 ROTATE_AFTER = 23 * 3600.0  # Binance closes a connection at 24 h; replace it before, with overlap
 # seconds after a rotation during which copies from the old and new connection are still dropped
 HANDOFF_GRACE = 5.0
@@ -166,6 +243,9 @@ def message_key(stream: str, data: dict[str, Any]) -> tuple[Any, ...]:
     """What tells one exchange message from another on a stream: event time, update id, aggregate
     id, and for liquidations the order's symbol and trade time. Two connections deliver the same
     message with the same key. Never raises: a field of an unexpected type keys by its repr."""
+    if isinstance(data, list):  # an all-market array: its first event's key stands for it
+        first = data[0] if data and isinstance(data[0], dict) else {}
+        return ("arr", *message_key(stream, first))
     order = data.get("o")
     o = order if isinstance(order, dict) else {}
     fields = (data.get("E"), data.get("u"), data.get("a"), data.get("s"), o.get("s"), o.get("T"))

@@ -304,7 +304,7 @@ async def _live(
     timer = None
     if live_seconds is not None:
         timer = loop.call_later(live_seconds, stop.set)
-    # every collector's streams share the same connections (one per up to 200 streams)
+    # every collector's streams share the same connections (one per up to 1024 streams)
     streams = SharedStreams(
         settings.ws_url, expected=3 if include_aggtrades else 2, health=health, events=events,
         stale_timeout=stale_timeout,

@@ -230,15 +230,17 @@ class SnapshotSink:
     async def flush(self) -> int:
         n = 0
         pending, self.pending = self.pending, defaultdict(list)
+        batches = []
         for symbol, rows in pending.items():
             if not rows:
                 continue
             batch = self._batch(symbol, rows)
             if batch is None or batch.num_rows == 0:
                 continue
-            await self.writer.submit("book_snapshots", symbol, batch)
+            batches.append((symbol, batch))
             self.report.rows[symbol] += batch.num_rows
             n += batch.num_rows
+        self.writer.submit_many("book_snapshots", batches)  # one item (one transaction) for every symbol
         return n
 
 

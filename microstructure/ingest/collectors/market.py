@@ -1,7 +1,9 @@
 """Market data: mark price, funding, open interest and liquidations, live and historical.
 
 Live (`collect_market_live`), one combined-stream connection plus REST polls:
-- `<s>@markPrice@1s` -> mark_prices (mark p, index i, estimated settle P, funding rate r, next funding T);
+- `<s>@markPrice@1s`, or from MARK_ALL_FROM symbols on the all-market `!markPrice@arr@1s` filtered to
+  the symbols (`mark_stream`, as for liquidations) -> mark_prices (mark p, index i, estimated settle P,
+  funding rate r, next funding T);
   a dated contract's sentinels are NULL: T 0 (no next funding, so no funding rate) and P "0.00000000";
 - settled funding rates -> funding_rates: /fapi/v1/fundingRate is polled at start, whenever a
   symbol's next funding time moves on (a settlement just happened; polled until the new row is
@@ -80,6 +82,12 @@ COLLECTOR = "market"
 # liquidations 'auto': from this many symbols on, !forceOrder@arr instead of one stream per symbol
 FORCE_ALL_FROM = 20
 LIQUIDATION_STREAMS = ("auto", "per-symbol", "all")
+# mark prices 'auto': from this many symbols on, one !markPrice@arr@1s (every symbol's mark price in
+# one message a second) instead of one <s>@markPrice@1s per symbol
+MARK_ALL_FROM = 20
+# REST polls (open interest, funding) of many symbols in flight at once at most: 300 symbols' polls
+# go a few at a time through the weight scheduler instead of 300 sockets opened in one burst
+POLL_CONCURRENCY = 8
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 OI_HIST_LIMIT = 500  # rows per openInterestHist page
 # settled funding is read from this long before a historical range (the longest funding interval,
@@ -307,12 +315,13 @@ class MarketLive:
         poll_retries: int = 3,
         poll_backoff: float = 1.0,
         liquidations_stream: str = "auto",
+        mark_stream: str = "auto",
     ) -> None:
-        if liquidations_stream not in LIQUIDATION_STREAMS:
-            raise ValueError(
-                f"liquidations_stream: expected one of {LIQUIDATION_STREAMS}, got {liquidations_stream!r}"
-            )
+        for what, value in (("liquidations_stream", liquidations_stream), ("mark_stream", mark_stream)):
+            if value not in LIQUIDATION_STREAMS:
+                raise ValueError(f"{what}: expected one of {LIQUIDATION_STREAMS}, got {value!r}")
         self.liquidations_stream = liquidations_stream
+        self.mark_stream = mark_stream
         self.symbols = list(symbols)
         self.wanted = set(self.symbols)
         self.writer = writer
@@ -330,10 +339,15 @@ class MarketLive:
         self.funding_due: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self.funding_seen: dict[str, set[int]] = defaultdict(set)
         self.last_mark_E: dict[str, int] = {}
+        self._in_flight = asyncio.Semaphore(POLL_CONCURRENCY)
 
     # ---- streams
     def streams(self) -> list[str]:
-        out = [f"{s.lower()}@markPrice@1s" for s in self.symbols]
+        mode = self.mark_stream
+        if mode == "all" or (mode == "auto" and len(self.symbols) >= MARK_ALL_FROM):
+            out = ["!markPrice@arr@1s"]  # every symbol's mark price; on_message keeps ours
+        else:
+            out = [f"{s.lower()}@markPrice@1s" for s in self.symbols]
         mode = self.liquidations_stream
         if mode == "all" or (mode == "auto" and len(self.symbols) >= FORCE_ALL_FROM):
             out.append("!forceOrder@arr")  # every symbol's liquidations; on_message keeps ours
@@ -341,7 +355,13 @@ class MarketLive:
             out += [f"{s.lower()}@forceOrder" for s in self.symbols]
         return out
 
-    def on_message(self, stream: str, data: dict[str, Any], recv_ms: int) -> None:
+    def on_message(self, stream: str, data: dict[str, Any] | list[Any], recv_ms: int) -> None:
+        if isinstance(data, list):  # !markPrice@arr@1s: one markPriceUpdate per symbol
+            for item in data:
+                if not isinstance(item, dict):
+                    raise TypeError(f"{stream}: an item is not an object")
+                self.on_message(stream, item, recv_ms)
+            return
         e = data.get("e")
         if e == "markPriceUpdate":
             sym = _str(data["s"])
@@ -403,14 +423,17 @@ class MarketLive:
     async def flush(self) -> None:
         marks, self.marks = self.marks, defaultdict(list)
         liqs, self.liqs = self.liqs, defaultdict(list)
+        # one item (one transaction) per table for every symbol of the flush
+        self.writer.submit_many(
+            "mark_prices", [(sym, mark_prices_table(rows)) for sym, rows in marks.items() if rows]
+        )
+        self.writer.submit_many(
+            "liquidations", [(sym, liquidations_table(rows)) for sym, rows in liqs.items() if rows]
+        )
         for sym, rows in marks.items():
-            if rows:
-                await self.writer.submit("mark_prices", sym, mark_prices_table(rows))
-                self.report.mark_rows[sym] += len(rows)
+            self.report.mark_rows[sym] += len(rows)
         for sym, rows in liqs.items():
-            if rows:
-                await self.writer.submit("liquidations", sym, liquidations_table(rows))
-                self.report.liquidation_rows[sym] += len(rows)
+            self.report.liquidation_rows[sym] += len(rows)
 
     # ---- polls
     async def poll(self, what: str, symbol: str, stop: asyncio.Event, fn: Any, parse: Any = None) -> Any:
@@ -421,7 +444,8 @@ class MarketLive:
             replied = False
             reply: Any = None
             try:
-                reply = await fn()
+                async with self._in_flight:
+                    reply = await fn()
                 replied = True
                 return parse(reply) if parse is not None else reply
             except asyncio.CancelledError:
@@ -454,12 +478,18 @@ class MarketLive:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not stop.is_set():
-            await asyncio.gather(*(self.oi_once(s, stop) for s in self.symbols))
+            tables = await asyncio.gather(*(self.oi_once(s, stop) for s in self.symbols))
+            # one writer item (one transaction) for the round's polls of every symbol
+            self.writer.submit_many(
+                "open_interest", [(s, t) for s, t in zip(self.symbols, tables, strict=True) if t is not None]
+            )
             next_at += self.oi_interval
             if await sleep_or_stop(stop, max(0.0, next_at - loop.time())):
                 return
 
-    async def oi_once(self, symbol: str, stop: asyncio.Event) -> None:
+    async def oi_once(self, symbol: str, stop: asyncio.Event) -> pa.Table | None:
+        """One open-interest poll of `symbol`: its row (None when given up)."""
+
         def parse(body: Any) -> pa.Table:
             ts, oi = [_int(body["time"])], [_num(body["openInterest"])]
             return open_interest_table(ts, oi, None, "rest", recv_ms=now_ms())
@@ -469,9 +499,9 @@ class MarketLive:
         )
         if table is None:
             self.report.oi_failed[symbol] += 1
-            return
-        await self.writer.submit("open_interest", symbol, table)
+            return None
         self.report.oi_polls[symbol] += 1
+        return table
 
     async def oi_fill(self, stop: asyncio.Event, dsn: str, read: asyncio.Event) -> None:
         """Once, at the start: openInterestHist (5m) since each symbol's last stored open interest
@@ -590,17 +620,18 @@ async def collect_market_live(
     poll_backoff: float = 1.0,
     shared_streams: SharedStreams | None = None,
     liquidations_stream: str = "auto",
+    mark_stream: str = "auto",
 ) -> MarketReport:
     """Mark prices, funding, open interest and liquidations of `symbols` until stopped (see module doc).
 
     `liquidations_stream`: 'per-symbol' (`<s>@forceOrder`), 'all' (`!forceOrder@arr`, other symbols'
-    orders ignored) or 'auto' (all from FORCE_ALL_FROM symbols on)."""
+    orders ignored) or 'auto' (all from FORCE_ALL_FROM symbols on). `mark_stream` alike:
+    `<s>@markPrice@1s`, `!markPrice@arr@1s`, or 'auto' (all from MARK_ALL_FROM symbols on)."""
     from microstructure.ingest.binance.rest import BinanceRest
 
-    if liquidations_stream not in LIQUIDATION_STREAMS:
-        raise ValueError(
-            f"liquidations_stream: expected one of {LIQUIDATION_STREAMS}, got {liquidations_stream!r}"
-        )
+    for what, value in (("liquidations_stream", liquidations_stream), ("mark_stream", mark_stream)):
+        if value not in LIQUIDATION_STREAMS:
+            raise ValueError(f"{what}: expected one of {LIQUIDATION_STREAMS}, got {value!r}")
     symbols = [s.upper() for s in symbols]
     stop = stop_event or asyncio.Event()
     health = health or Health()
@@ -626,6 +657,7 @@ async def collect_market_live(
         poll_retries=poll_retries,
         poll_backoff=poll_backoff,
         liquidations_stream=liquidations_stream,
+        mark_stream=mark_stream,
     )
     started = time.monotonic()
     timer = stop_after(stop, live_seconds)

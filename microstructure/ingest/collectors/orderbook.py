@@ -2,7 +2,10 @@
 
 Per symbol:
 1. buffer the `<s>@depth@100ms` events;
-2. fetch /fapi/v1/depth?limit=1000 (lastUpdateId L);
+2. fetch /fapi/v1/depth (lastUpdateId L): limit=1000 while the symbols' snapshots together fit a
+   quarter of the REST weight budget, a smaller one beyond (`snapshot_limit`: 300 symbols take 50
+   levels, weight 2 each instead of 20, so every book starts within the first seconds rather than
+   over minutes of budget); never fewer than the `levels` stored;
 3. drop buffered events with u < L; the first applied event must have U <= L <= u (if the buffer
    starts after L the snapshot is too old: fetch again);
 4. every later event must have pu equal to the previous event's u; otherwise the book is out of sync:
@@ -33,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from microstructure.ingest.binance.rest import DEPTH_LIMITS, depth_weight
 from microstructure.ingest.collectors.book_values import LEVELS
 from microstructure.ingest.collectors.runtime import note_bad_reply
 from microstructure.ingest.health import StreamHealth
@@ -42,6 +46,20 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFER = 20_000
 SYNC_WAIT_S = 5.0  # how long to wait for the stream to reach a snapshot's lastUpdateId
+
+
+SNAPSHOT_SHARE = 0.25  # of the REST weight budget a minute, what the start's snapshots may take
+
+
+def snapshot_limit(symbols: int, budget: int, levels: int = LEVELS) -> int:
+    """The largest depth limit whose snapshots of every symbol fit SNAPSHOT_SHARE of `budget` (weight a
+    minute), at least the levels stored (and 50: below, a book's top would too often reach past it)."""
+    floor = max(levels, 50)
+    usable = [lim for lim in DEPTH_LIMITS if lim >= floor]
+    for lim in reversed(usable):
+        if symbols * depth_weight(lim) <= SNAPSHOT_SHARE * budget:
+            return lim
+    return usable[0]
 
 
 @dataclass
@@ -136,10 +154,12 @@ class DiffBooks:
         events: Any = None,
         health: Any = None,
         collector: str = "book_diff",
-        depth_limit: int = 1000,
+        depth_limit: int | None = None,
         levels: int = LEVELS,
         sample_ms: int = 500,
     ) -> None:
+        if depth_limit is None:  # from the symbol count and the client's budget (see snapshot_limit)
+            depth_limit = snapshot_limit(len(symbols), int(getattr(rest, "budget", 2400)), levels)
         if not LEVELS <= levels <= depth_limit:
             raise ValueError(f"levels: expected {LEVELS}..{depth_limit}, got {levels}")
         if sample_ms <= 0:

@@ -142,6 +142,8 @@ class LiveReport:
     rest: dict[str, Any] = field(default_factory=dict)
     rest_line: str = ""  # requests, weight and budget waits (when the collector has its own client)
     errors: list[str] = field(default_factory=list)
+    tails_left: dict[str, int] = field(default_factory=dict)  # symbol -> last id, tail not fetched at stop
+    stop_waited_for_budget: bool = False  # the stop's fills ended for want of REST budget
 
     @property
     def ok(self) -> bool:
@@ -170,6 +172,12 @@ class LiveReport:
                 f"writer: {self.writer.get('rows_inserted', 0):,} rows inserted"
                 + (f", commit latency p99 {p99:.0f} ms" if p99 is not None else "")
             )
+        if self.tails_left:
+            lines.append(
+                f"stop: the tails of {len(self.tails_left)} symbols after their last id not fetched"
+                + (" (they would have waited for REST budget)" if self.stop_waited_for_budget else "")
+                + ": recorded (ingest_events 'tail_left'); the next live run or --mode historical fills them"
+            )
         if self.rest_line:
             lines.append(self.rest_line)
         lines.extend(f"error: {e}" for e in self.errors)
@@ -177,11 +185,14 @@ class LiveReport:
 
 
 class _Buffer:
-    """Columns of one symbol's pending rows (plain lists: appends are cheap; Arrow at flush)."""
+    """Columns of the pending rows of every symbol, with each row's symbol (its index into `names`):
+    plain lists, appends are cheap; one Arrow table at flush whatever the symbol count."""
 
-    __slots__ = ("a", "f", "l", "m", "p", "q", "recv", "t")
+    __slots__ = ("a", "f", "l", "m", "names", "p", "q", "recv", "s", "t")
 
-    def __init__(self) -> None:
+    def __init__(self, names: pa.Array) -> None:
+        self.names = names
+        self.s: list[int] = []
         self.a: list[int] = []
         self.p: list[float] = []
         self.q: list[float] = []
@@ -194,7 +205,9 @@ class _Buffer:
     def __len__(self) -> int:
         return len(self.a)
 
-    def take(self) -> pa.Table:
+    def take(self) -> tuple[pa.Array, pa.Table]:
+        """(each row's symbol, the rows); the buffer is empty after."""
+        symbols = pa.DictionaryArray.from_arrays(pa.array(self.s, pa.int32()), self.names)
         table = pa.table(
             {
                 "agg_id": pa.array(self.a, pa.int64()),
@@ -208,8 +221,8 @@ class _Buffer:
             },
             schema=AGG_TRADES,
         )
-        self.__init__()  # type: ignore[misc]
-        return table
+        self.__init__(self.names)  # type: ignore[misc]
+        return symbols, table
 
 
 class AggTradesLive:
@@ -247,7 +260,8 @@ class AggTradesLive:
         self.batch_ms = batch_ms
         self.rotate_after = rotate_after
         self.stale_timeout = stale_timeout
-        self.buffers = {s: _Buffer() for s in self.symbols}
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+        self.buffer = _Buffer(pa.array(self.symbols, pa.string()))
         self.report = LiveReport(symbols={s: SymbolLive() for s in self.symbols})
         self.gaps = GapRanges()  # ids waiting for a REST fill (each recorded in agg_trade_gaps first)
         self.gap_wake = asyncio.Event()
@@ -273,8 +287,8 @@ class AggTradesLive:
         if self.stop.is_set():
             return  # a shared connection still delivering: the REST tail fill covers from self.last on
         sym = str(data["s"]).upper()
-        buf = self.buffers.get(sym)
-        if buf is None:
+        code = self.index.get(sym)
+        if code is None:
             raise KeyError(f"unexpected symbol {sym!r}")
         a = int(data["a"])
         p, q = float(data["p"]), float(data["q"])
@@ -304,6 +318,8 @@ class AggTradesLive:
                         {"from_id": prev + 1, "to_id": a - 1, "ids": a - 1 - prev},
                     )
         self.last[sym] = a
+        buf = self.buffer
+        buf.s.append(code)
         buf.a.append(a)
         buf.p.append(p)
         buf.q.append(q)
@@ -315,18 +331,22 @@ class AggTradesLive:
         stats.ws_rows += 1
         n = len(buf)
         if n >= self.batch_rows:
-            self.writer.submit_nowait("agg_trades", sym, buf.take())
+            symbols, table = buf.take()
+            self.writer.submit_rows("agg_trades", table, symbols)
         elif n == 1 and self._poke is not None:
             self._poke()  # an idle writer takes the rows as soon as this read has been handled
 
-    def take_buffers(self) -> list[tuple[str, str, pa.Table]]:
-        """What the writer takes when it is free (its pull source): every symbol's pending rows."""
-        return [("agg_trades", sym, buf.take()) for sym, buf in self.buffers.items() if len(buf)]
+    def take_buffers(self) -> list[tuple[str, str | pa.Array, pa.Table]]:
+        """What the writer takes when it is free (its pull source): the pending rows of every symbol,
+        one table with each row's symbol (a silent symbol costs nothing; no table per symbol)."""
+        if not len(self.buffer):
+            return []
+        symbols, table = self.buffer.take()
+        return [("agg_trades", symbols, table)]
 
     async def flush_buffers(self) -> None:
-        for sym, buf in self.buffers.items():
-            if len(buf):
-                await self.writer.submit("agg_trades", sym, buf.take())
+        for kind, symbols, table in self.take_buffers():
+            self.writer.submit_rows(kind, table, symbols)
 
     async def flusher(self) -> None:
         while not self.stop.is_set():
@@ -493,7 +513,7 @@ class AggTradesLive:
         """At the stop: the pending gaps, then the tail (whatever traded up to the stop but did not
         arrive), within `stop_fill_s`, no longer paced (NORMAL priority). What is not done by then stays
         recorded for the next run."""
-        from microstructure.ingest.binance.rest import NORMAL
+        from microstructure.ingest.binance.rest import NORMAL, WEIGHTS
 
         deadline = time.monotonic() + self.stop_fill_s
         failures = 0
@@ -502,7 +522,12 @@ class AggTradesLive:
             for s in self.symbols
             if self.last[s] is not None and not (self.handed_over is not None and self.handed_over(s))
         }
+        page_weight = WEIGHTS["/fapi/v1/aggTrades"]
+        fits = getattr(self.rest, "fits_now", None)
         while self.banned is None and time.monotonic() < deadline and (self.gaps or tails):
+            if fits is not None and not fits(page_weight):
+                self.report.stop_waited_for_budget = True
+                break  # the rest would wait for the next minute's budget: left for the next run
             try:
                 if self.gaps:
                     await asyncio.wait_for(self.fill_next(NORMAL), max(0.1, deadline - time.monotonic()))
@@ -533,10 +558,13 @@ class AggTradesLive:
                     f"{sym}: {left} ids in {len(self.gaps.ranges.get(sym, []))} gaps not filled by the stop "
                     "(recorded in agg_trade_gaps: the next live run fills them)"
                 )
-        for sym in tails:
-            self.report.errors.append(
-                f"{sym}: the tail after id {tails[sym]} was not fetched by the stop (the next live run fills it)"
-            )
+        # A tail not fetched is not a loss: where the stream stood is recorded (ingest_events
+        # 'tail_left'), and the next live run's first message opens the gap from there, filled by REST
+        # (or by --mode historical from the day's archive). A stop does not wait for hundreds of them.
+        self.report.tails_left = dict(tails)
+        for sym, last in tails.items():
+            if self.events is not None:
+                self.events.record(COLLECTOR, sym, "tail_left", {"after_id": last, "stop_ms": stop_ms})
 
     async def run(self, shared: SharedStreams | None = None) -> LiveReport:
         """Until `stop`: on `shared` connections (collect all) or on this collector's own, two
@@ -544,7 +572,9 @@ class AggTradesLive:
         started = time.monotonic()
         streams = [f"{s.lower()}@aggTrade" for s in self.symbols]
         filler = asyncio.create_task(self.gap_filler())
-        flusher = asyncio.create_task(self.flusher())
+        pull = hasattr(self.writer, "add_source")
+        # a pulling writer takes the buffers itself; a timer is only for writers that do not pull
+        flusher = None if pull else asyncio.create_task(self.flusher())
         sweeper = asyncio.create_task(self.gap_sweeper(self.dsn)) if self.dsn else None
         sets = [shared] if shared is not None else []
         conns = []
@@ -559,7 +589,6 @@ class AggTradesLive:
                 conns.append(asyncio.create_task(own.run(self.stop)))
         for conn_set in sets:
             conn_set.register(streams, self.on_message, COLLECTOR_STREAM)
-        pull = hasattr(self.writer, "add_source")
         if pull:
             self.writer.add_source(self.take_buffers)
         else:
@@ -574,8 +603,6 @@ class AggTradesLive:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await self.flush_buffers()
-            filler.cancel()
-            flusher.cancel()
             for t in (filler, flusher, sweeper):
                 if t is None:
                     continue

@@ -7,7 +7,8 @@ An aggregate-trade batch whose id range holds no stored row (checked under the s
 lock) is COPYed straight into agg_trades: nothing can conflict, and bulk loads run at COPY speed.
 
 `Writer` runs it in the background: `submit` returns at once; batches wait in a bounded memory queue
-and are written in submission order. When the queue is full or the database is unreachable, batches
+and are written in submission order. `submit_many` (and a pull of the live sources) hands the rows
+of many symbols of one kind over as ONE item: one queue slot, one spill file, one transaction. When the queue is full or the database is unreachable, batches
 spill to Arrow IPC files (written to a temporary name, fsynced, renamed) and are replayed in order
 once the database answers; a file is deleted only after its batch committed. Leftover files of a
 killed run are replayed on start. A batch the database refuses as data (not a connection problem)
@@ -491,6 +492,7 @@ def _joined_symbols(items: list[_Item]) -> pa.Array | None:
     return pa.concat_arrays([c.cast(pa.string()) for c in cols])
 
 
+SPILL_SYMBOL = "__symbol"  # the per-row symbol column of a spill file that holds several symbols
 SPILL_AFTER_S = 3.0  # a write failing this long: the database is away, batches go to disk at once
 HUNG_AFTER_S = 10.0  # a write unanswered this long (a frozen server): the same
 WRITE_TIMEOUT_S = 60.0  # a write unanswered this long is abandoned and tried again on a new connection
@@ -498,7 +500,8 @@ SPILL_RETRY_S = 5.0  # after the spill folder was full, how long before spilling
 
 
 OnCommit = Callable[[str, str, pa.Table, int], Awaitable[None] | None]
-Source = Callable[[], list[tuple[str, str, pa.Table]]]
+# (kind, symbol or each row's symbol, rows) for every table a source holds
+Source = Callable[[], list[tuple[str, str | pa.Array, pa.Table]]]
 
 
 def _seq_of(path: Path) -> int:
@@ -552,10 +555,17 @@ class Writer:
         hung_after: float = HUNG_AFTER_S,
         write_timeout: float = WRITE_TIMEOUT_S,
         max_spill_bytes: int | None = None,
-        pull_interval: float = 0.05,
+        pull_interval: float = 0.1,
+        min_pull_interval: float = 0.025,
     ) -> None:
         self.dsn = dsn
-        self.pull_interval = pull_interval  # sources are taken at most this often
+        # Sources are taken at most every `pull_window()` s: half as long as a write takes (a
+        # moving average), between the two bounds. Quiet, a write takes a few ms, so rows are
+        # queryable a few ms after they arrive; busy, writes take longer and so does the window, so
+        # batches grow with the load (and rows arriving during a write join the next one anyway).
+        self.pull_interval = pull_interval
+        self.min_pull_interval = min_pull_interval
+        self._write_s = min_pull_interval  # moving average of a pulled write's duration
         self.spill_dir = Path(spill_dir)
         self.max_queue_batches = max_queue_batches
         self.max_queue_rows = max_queue_rows
@@ -582,6 +592,7 @@ class Writer:
         self._singles = 0  # after a joined batch was refused: take this many batches one by one
         self._sources: list[Source] = []
         self._last_pull = 0.0
+        self._pulled_after = 1 << 62  # no pull yet
         self._attempt_since: float | None = None  # monotonic: first try of the current batch
         self._partitions = DayPartitions()  # the day partitions this writer knows exist
         self._failing = False  # the current batch's last try failed
@@ -689,6 +700,46 @@ class Writer:
         self._enqueue(_Item(kind, symbol, batch, time.monotonic(), seq=self._next_seq(), gap_fill=gap_fill))
         self._wake.set()
 
+    def submit_many(self, kind: str, batches: list[tuple[str, pa.Table]], *, gap_fill: bool = False) -> None:
+        """Queue the batches of several symbols of one kind as ONE item (one queue slot, one spill
+        file, one transaction): what a collector holds for all its symbols costs the queue, the
+        spill folder and the database the same whether it spans 2 symbols or 300."""
+        if kind not in SPECS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
+        batches = [(sym, b) for sym, b in batches if b.num_rows]
+        if not batches:
+            return
+        if len(batches) == 1:
+            self.submit_nowait(kind, batches[0][0], batches[0][1], gap_fill=gap_fill)
+            return
+        joined = pa.concat_tables([conform(kind, b) for _, b in batches])
+        names = pa.array([sym for sym, _ in batches], pa.string())
+        counts = np.array([b.num_rows for _, b in batches], dtype=np.int64)
+        symbols = pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(np.arange(len(batches), dtype=np.int32), counts)), names
+        )
+        self.submit_rows(kind, joined, symbols, gap_fill=gap_fill)
+
+    def submit_rows(self, kind: str, batch: pa.Table, symbols: pa.Array, *, gap_fill: bool = False) -> None:
+        """Queue rows of several symbols (`symbols`: each row's, a string or dictionary array) as ONE
+        item, like submit_many, for a caller that keeps them in one table already."""
+        if kind not in SPECS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SPECS)}")
+        if batch.num_rows == 0:
+            return
+        if len(symbols) != batch.num_rows:
+            raise ValueError(f"{len(symbols)} symbols for {batch.num_rows} rows")
+        if kind != GAP_KIND:
+            self.stats.batches_submitted += 1
+            self.stats.rows_submitted += batch.num_rows
+        first = symbols[0].as_py()
+        self._enqueue(
+            _Item(
+                kind, first, batch, time.monotonic(), seq=self._next_seq(), gap_fill=gap_fill, symbols=symbols
+            )
+        )
+        self._wake.set()
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -763,7 +814,8 @@ class Writer:
         if self.spill_full and time.monotonic() < self._spill_retry_at:
             return False
         fill = "-fill" if item.gap_fill else ""
-        name = f"{item.seq:012d}-{item.kind}-{item.symbol}{fill}.arrow"
+        label = item.symbol if item.symbols is None else "many"
+        name = f"{item.seq:012d}-{item.kind}-{label}{fill}.arrow"
         path = self.spill_dir / name
         tmp = path.with_suffix(".arrow.tmp")
         meta = {
@@ -771,7 +823,10 @@ class Writer:
             b"symbol": item.symbol.encode(),
             b"gap_fill": b"1" if item.gap_fill else b"0",
         }
-        table = conform(item.kind, item.batch).replace_schema_metadata(meta)
+        table = conform(item.kind, item.batch)
+        if item.symbols is not None:  # several symbols: each row's symbol kept in the file
+            table = table.append_column(SPILL_SYMBOL, item.symbols.cast(pa.string()))
+        table = table.replace_schema_metadata(meta)
         try:
             if self.max_spill_bytes is not None and self._spill_bytes + table.nbytes > self.max_spill_bytes:
                 raise OSError(28, f"spill limit of {self.max_spill_bytes} bytes reached")
@@ -861,6 +916,10 @@ class Writer:
         with ipc.open_file(path) as r:
             table = r.read_all()
         meta = table.schema.metadata or {}
+        symbols = None
+        if SPILL_SYMBOL in table.column_names:
+            symbols = table.column(SPILL_SYMBOL).combine_chunks()
+            table = table.drop_columns([SPILL_SYMBOL])
         return _Item(
             meta[b"kind"].decode(),
             meta[b"symbol"].decode(),
@@ -869,16 +928,25 @@ class Writer:
             seq=_seq_of(path),
             gap_fill=meta.get(b"gap_fill") == b"1",
             spill_files=[path],
+            symbols=symbols,
         )
 
     # -- the loop ------------------------------------------------------------------------------
     def _pull(self) -> None:
         """Take what the sources hold (the writer has nothing else to write)."""
         self._last_pull = time.monotonic()
+        self._pulled_after = self._seq  # items of a higher seq come from this pull
         for source in self._sources:
+            by_kind: dict[str, list[tuple[str, pa.Table]]] = {}
             for kind, symbol, batch in source():
-                if batch.num_rows:
-                    self.submit_nowait(kind, symbol, batch)
+                if not batch.num_rows:
+                    continue
+                if isinstance(symbol, str):
+                    by_kind.setdefault(kind, []).append((symbol, batch))
+                else:  # already one table of several symbols, with each row's
+                    self.submit_rows(kind, batch, symbol)
+            for kind, batches in by_kind.items():
+                self.submit_many(kind, batches)  # one item per kind and pull, whatever the symbols
 
     def _next(self) -> _Item | None:
         if not self._queue and not self._spilled and self._sources and not self.down:
@@ -978,9 +1046,18 @@ class Writer:
                 if self._memory_pending():
                     self._spill_memory()
 
+    def pull_window(self) -> float:
+        """How long after a pull the sources are taken again (see __init__)."""
+        return min(self.pull_interval, max(self.min_pull_interval, 0.5 * self._write_s))
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            if self._sources and not self._queue and not self._spilled and not self.down:
+                # what arrives meanwhile joins the next pull: commits stay few on a busy stream
+                pause = self._last_pull + self.pull_window() - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
             item = self._next()
             if item is None:
                 self._current = None
@@ -988,10 +1065,9 @@ class Writer:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
-                if self._sources and not self._queue and not self._spilled:
-                    # what arrives meanwhile joins the batch: commits stay few on a busy stream
-                    await asyncio.sleep(max(0.0, self._last_pull + self.pull_interval - time.monotonic()))
                 continue
+            pulled = item.seq > self._pulled_after
+            started = time.monotonic()
             self._current = item
             self._attempt_since = time.monotonic()
             other_failures = 0
@@ -1039,6 +1115,8 @@ class Writer:
                     log.warning("database answers again: replaying spill files")
                 self.down = False
                 self.down_since = None
+                if pulled:
+                    self._write_s += 0.2 * (time.monotonic() - started - self._write_s)
                 await self._committed(item, inserted)
                 break
             self._current = None
@@ -1081,6 +1159,12 @@ class Writer:
         self._drops = self._drops[len(drops) :]
 
     def _reject(self, item: _Item, exc: BaseException) -> None:
+        if item.count == 1 and item.symbols is not None and not item.spill_files:
+            # one submitted item of several symbols: split by symbol, so only the bad one is set aside
+            item.parts = [
+                _Item(item.kind, sym, batch, item.submitted, seq=item.seq, gap_fill=item.gap_fill)
+                for sym, batch in _by_symbol(item)
+            ]
         if item.count > 1:
             # A joined batch was refused: nothing of it committed. Its batches go one by one, so
             # only the bad one is set aside.
