@@ -252,9 +252,17 @@ class Job:
     lo: datetime
     hi: datetime
 
+    def span(self) -> tuple[datetime, datetime]:
+        """The times whose buckets this job rewrites: [lo, hi) widened to its coarsest stage's buckets
+        (a window's unaligned end reaches into the bucket it shares with the next window's chunk)."""
+        return stage_window(max(self.stages, key=lambda s: s.seconds), self.lo, self.hi)
+
     def overlaps(self, other: Job) -> bool:
-        """Both would rewrite some of the same buckets (same stages, overlapping times)."""
-        return self.stages[0].group == other.stages[0].group and self.lo < other.hi and other.lo < self.hi
+        """Both would rewrite some of the same buckets (same stages, overlapping widened times)."""
+        if self.stages[0].group != other.stages[0].group:
+            return False
+        (a_lo, a_hi), (b_lo, b_hi) = self.span(), other.span()
+        return a_lo < b_hi and b_lo < a_hi
 
 
 async def run_jobs(

@@ -354,3 +354,24 @@ def test_run_jobs_never_overlap() -> None:
     asyncio.run(refresher.run_jobs(jobs, ["a", "b", "c"], do))  # type: ignore[list-item]
     assert sorted(map(id, (j for _, j in done))) == sorted(map(id, jobs))
     assert most == 3 and {c for c, _ in done} == {"a", "b", "c"}
+
+
+def test_jobs_overlap_by_the_buckets_they_rewrite() -> None:
+    """Two windows of one group meeting at an unaligned time share the 5m/15m bucket around it: their
+    jobs overlap (run side by side, both rewrote open_interest_5m 23:55 and one failed on its key)."""
+    from microstructure.features_sql.stages import stages_for
+
+    oi = [s for s in stages_for({"open_interest"})]
+    d0 = at(T0).replace(hour=0, minute=0, second=0, microsecond=0)  # a midnight
+    edge = d0 + timedelta(hours=23, minutes=57)
+    a = refresher.Job(oi, [SYM], d0 + timedelta(hours=23), edge)
+    b = refresher.Job(oi, [SYM], edge, d0 + timedelta(days=1))
+    assert a.overlaps(b) and b.overlaps(a)
+    assert a.span()[1] == d0 + timedelta(days=1)  # the 15m stage's bucket 23:45 reaches midnight
+    # aligned edges (a day's chunks) touch without sharing a bucket
+    c = refresher.Job(oi, [SYM], d0, d0 + timedelta(hours=12))
+    d = refresher.Job(oi, [SYM], d0 + timedelta(hours=12), d0 + timedelta(days=1))
+    assert not c.overlaps(d)
+    # another group never overlaps
+    book = refresher.Job(stages_for({"book_snapshots"}), [SYM], d0, d0 + timedelta(days=1))
+    assert not book.overlaps(a)

@@ -5,7 +5,7 @@ rows (pandas); today's bars, which no archive covers yet, carry today's open int
 raw rows on TimescaleDB (continuous aggregates, PGlite) give the same values.
 
 HISTORY_COLUMNS: open interest, settled funding, mark / index / premium (the 1m klines) and the
-bookDepth band columns (the local exchange's files are of the pre-2026 format: no 0.2 % band)."""
+bookDepth band columns (the 2026 files, with the +-0.2 % band)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from fx_helpers import copy_raw_rows  # the feature tests' loader of raw rows in
 HISTORY_COLUMNS = [
     "open_interest", "funding_rate", "mark_price", "index_price", "spot_premium_pct",
     *(f"{kind}_{band}pct" for kind in ("depth_imbalance", "notional_imbalance", "bid_depth", "ask_depth")
-      for band in (1, 2, 3, 4, 5)),
+      for band in ("0p2", 1, 2, 3, 4, 5)),
 ]  # fmt: skip
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -79,6 +79,7 @@ def test_history_is_complete_after_collect_all_historical(
         trades_per_day=2_000,
         clock_start=CLOCK,
     )
+    cfg.formats.book_depth_bands = 12  # the 2026 bookDepth files: +-0.2 % besides 1..5 %
     base = ["--database-url", db_url, "--home", str(tmp_path)]
     with ExchangeThread(cfg) as ex:
         rc = main([*base, "collect", "all", "--symbol", ",".join(SYMBOLS), "--mode", "historical",
