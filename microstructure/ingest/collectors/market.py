@@ -90,9 +90,6 @@ MARK_ALL_FROM = 20
 POLL_CONCURRENCY = 8
 HIST_DAYS = 30  # /futures/data/openInterestHist serves the last 30 days only
 OI_HIST_LIMIT = 500  # rows per openInterestHist page
-# settled funding is read from this long before a historical range (the longest funding interval,
-# 8 h), so the first bars of the range carry the rate in force rather than NULL
-FUNDING_LOOKBACK_MS = 8 * 3_600_000
 OI_PERIOD_MS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000,
                 "4h": 14_400_000, "6h": 21_600_000, "12h": 43_200_000, "1d": 86_400_000}  # fmt: skip
 KLINE_KINDS = {"markPriceKlines": "mark", "indexPriceKlines": "index", "premiumIndexKlines": "premium"}
@@ -848,12 +845,12 @@ async def collect_market_historical(
                         continue
                     _, batch = archives.archive_records("fundingRate", parsed)
                     t = batch.column("funding_ms").to_numpy()
-                    batch = batch.filter(pa.array((t >= t0 - FUNDING_LOOKBACK_MS) & (t < t1)))
+                    batch = batch.filter(pa.array((t >= t0) & (t < t1)))
                     if batch.num_rows:
                         await writer.submit("funding_rates", sym, batch)
                         n_fund += batch.num_rows
                     report.days_loaded[sym] += 1
-                cursor = t0 - FUNDING_LOOKBACK_MS  # the settlement in force at the range's start
+                cursor = t0
                 while cursor < t1:
                     try:
                         page = await rest.funding_rate(sym, start_ms=cursor, end_ms=t1 - 1, limit=1000)
