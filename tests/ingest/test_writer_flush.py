@@ -238,3 +238,33 @@ def test_a_pull_of_many_symbols_is_one_transaction_and_the_window_follows_the_wr
     assert w.stats.rows_committed == 600 and w.stats.batches_spilled == 0
     assert len(w.stats.latencies_ms) == 1  # one transaction for the 300 symbols
     assert w.min_pull_interval <= window <= w.pull_interval
+
+
+def test_one_flush_with_the_same_settlement_twice_keeps_one_row_with_what_each_source_knew(
+    db_url: str,
+) -> None:
+    """A settlement from an archive (interval, no mark price) and from REST (mark price, no interval)
+    joined in one flush: one row with both (ON CONFLICT DO UPDATE may not touch a row twice in one
+    statement; the writer merges the staged copies first)."""
+    from microstructure.ingest.collectors.market import funding_table
+
+    t = 1_700_006_400_000
+    archive = funding_table([(t, 0.0001, None, 8), (t + 28_800_000, 0.0002, None, 8)])
+    rest = funding_table([(t, 0.0001, 37_000.5, None)])
+    batch = pa.concat_tables([archive, rest])
+    syms = pa.array(["FUNDUSDT"] * batch.num_rows)
+
+    async def go() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await write_rows(conn, "funding_rates", batch, syms)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT (extract(epoch FROM funding_ts) * 1000)::bigint, funding_rate, mark_price, funding_interval_hours "
+            "FROM funding_rates WHERE symbol = 'FUNDUSDT' ORDER BY 1"
+        ).fetchall()
+    assert rows == [(t, 0.0001, 37_000.5, 8), (t + 28_800_000, 0.0002, None, 8)]

@@ -101,8 +101,13 @@ class KindSpec:
             # A settlement is the same fact from every source, but each source knows part of it: the
             # archives lack mark_price, REST lacks the interval of a page's first row. A repeat
             # completes what is still null and changes nothing else.
+            # One flush may stage the same settlement twice (an archive's and REST's rows joined in
+            # one item): ON CONFLICT DO UPDATE may touch a row once, so the staged rows are one per
+            # settlement first, each column's non-null value kept.
+            keys = ("symbol", "funding_ts")
+            merged = ", ".join(c if c in keys else f"min({c}) AS {c}" for c in self.db_columns)
             return (
-                f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM {self.stage} "
+                f"INSERT INTO {self.table} ({cols}) SELECT {merged} FROM {self.stage} GROUP BY symbol, funding_ts "
                 "ON CONFLICT (symbol, funding_ts) DO UPDATE SET "
                 "mark_price = coalesce(funding_rates.mark_price, excluded.mark_price), "
                 "funding_interval_hours = coalesce(funding_rates.funding_interval_hours, excluded.funding_interval_hours) "
