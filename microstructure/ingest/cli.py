@@ -869,18 +869,12 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
         start, end, days = _days(args)
         symbols = resolve_symbols(follow, settings)
         url = prepare_database(settings)
-        code = _finish(
-            _run(
-                lambda: collect_book_historical(settings, url, symbols, start, end, days=days),
-                settings,
-                symbols,
-                historical=True,
-            )
-        )
-        features = refresh_features(url) if code in (0, 1) else []  # the bands feed the book-depth features
-        for line in features:
-            print(line)
-        return code if features or code != 0 else 1
+        return _historical_then_features(
+            lambda: collect_book_historical(settings, url, symbols, start, end, days=days),
+            settings,
+            url,
+            symbols,
+        )  # the bands feed the book-depth features
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
     if follow.dynamic:
@@ -904,6 +898,16 @@ def cmd_book_depth(args: argparse.Namespace, settings: Settings) -> int:
     return _finish(_run(live, settings, symbols))
 
 
+def _historical_then_features(go: Any, settings: Settings, url: str, symbols: list[str]) -> int:
+    """Run a historical load, then refresh the features of what it loaded (and print the refresh):
+    exit 1 when the load succeeded but the refresh did not."""
+    code = _finish(_run(go, settings, symbols, historical=True))
+    features = refresh_features(url) if code in (0, 1) else []
+    for line in features:
+        print(line)
+    return code if features or code != 0 else 1
+
+
 def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
     from microstructure.ingest.collectors.market import collect_market_historical, collect_market_live
 
@@ -916,18 +920,12 @@ def cmd_market(args: argparse.Namespace, settings: Settings) -> int:
         start, end, days = _days(args)
         symbols = resolve_symbols(follow, settings)
         url = prepare_database(settings)
-        code = _finish(
-            _run(
-                lambda: collect_market_historical(settings, url, symbols, start, end, days=days),
-                settings,
-                symbols,
-                historical=True,
-            )
-        )
-        features = refresh_features(url) if code in (0, 1) else []  # open interest feeds the features
-        for line in features:
-            print(line)
-        return code if features or code != 0 else 1
+        return _historical_then_features(
+            lambda: collect_market_historical(settings, url, symbols, start, end, days=days),
+            settings,
+            url,
+            symbols,
+        )  # open interest, klines and funding feed the features
     live_seconds, stale_timeout = _live_args(args)
     url = prepare_database(settings)
     if follow.dynamic:
