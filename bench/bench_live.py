@@ -25,7 +25,9 @@ import asyncio
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -108,28 +110,16 @@ async def measure(
         collect_aggtrades_live(settings, dsn, symbols, stop_event=stop, health=health, writer=writer)
     )
 
-    def received() -> int:
-        return sum(v.messages for k, v in health.streams.items() if "#" in k)  # the connections
-
-    await asyncio.sleep(warmup)
-    window["on"] = True
-    m0, c0, d0, t0 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
-    await asyncio.sleep(seconds)
-    m1, c1, d1, t1 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
-    window["on"] = False
+    w = await measure_window(health, pgdata, window, warmup, seconds)
     stop.set()
     report = await task
     await writer.close()
     decode()
     st = np.concatenate(stale) if stale else np.empty(0)
     lg = np.concatenate(lag) if lag else np.empty(0)
-    wall = t1 - t0
     return {
-        "messages": m1 - m0,
-        "msg_per_s": (m1 - m0) / wall,
-        "cpu_share": (c1 - c0) / wall,
-        "db_cpu_share": (d1 - d0) / wall,
-        "wall_s": wall,
+        "messages": w.messages,
+        **w.shares(),
         "rows_measured": len(st),
         "stale_p50": quantile(list(st), 0.5),
         "stale_p99": quantile(list(st), 0.99),
@@ -139,6 +129,39 @@ async def measure(
         "first_s": first["at"],
         "report": report,
     }
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one measured window of a live run cost: messages received, collector and server CPU."""
+
+    messages: int
+    cpu_s: float
+    db_cpu_s: float
+    wall_s: float
+
+    def shares(self) -> dict[str, float]:
+        w = self.wall_s
+        return {
+            "msg_per_s": self.messages / w, "cpu_share": self.cpu_s / w, "db_cpu_share": self.db_cpu_s / w,
+            "wall_s": w,
+        }  # fmt: skip
+
+
+async def measure_window(health: Any, pgdata: Path, window: dict, warmup: float, seconds: float) -> Measured:
+    """After `warmup` s, `seconds` of the run measured (`window["on"]` while they last): messages the
+    collector's connections received, its CPU (this process) and the embedded server's."""
+
+    def received() -> int:
+        return sum(v.messages for k, v in health.streams.items() if "#" in k)  # the connections
+
+    await asyncio.sleep(warmup)
+    window["on"] = True
+    m0, c0, d0, t0 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
+    await asyncio.sleep(seconds)
+    m1, c1, d1, t1 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
+    window["on"] = False
+    return Measured(m1 - m0, c1 - c0, d1 - d0, t1 - t0)
 
 
 def lost_ids(dsn: str, symbols: list[str]) -> dict[str, int]:

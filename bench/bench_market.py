@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_live import server_cpu_s
+from bench_live import measure_window
 from common import live_setup, quantile
 
 
@@ -70,28 +70,16 @@ async def measure(
         )
     )  # fmt: skip
 
-    def received() -> int:
-        return sum(v.messages for k, v in health.streams.items() if "#" in k)  # the connections
-
-    await asyncio.sleep(warmup)
-    window["on"] = True
-    m0, c0, d0, t0 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
-    await asyncio.sleep(seconds)
-    m1, c1, d1, t1 = received(), time.process_time(), server_cpu_s(pgdata), time.monotonic()
-    window["on"] = False
+    w = await measure_window(health, pgdata, window, warmup, seconds)
     stop.set()
     s0 = time.monotonic()
     report = await task
     stop_s = time.monotonic() - s0
     await writer.close()
     st = np.concatenate(stale) if stale else np.empty(0)
-    wall = t1 - t0
     every = [max(first[k].get(s, float("inf")) for k in first) for s in symbols]
     return {
-        "msg_per_s": (m1 - m0) / wall,
-        "cpu_share": (c1 - c0) / wall,
-        "db_cpu_share": (d1 - d0) / wall,
-        "wall_s": wall,
+        **w.shares(),
         "stale_p50": quantile(list(st), 0.5),
         "stale_p99": quantile(list(st), 0.99),
         "first_rows_s": max(every),

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pandas as pd
 import psycopg
@@ -132,6 +133,15 @@ def _atol(col: str, want: pd.DataFrame) -> np.ndarray | float:
     else:
         return 0.0
     return np.nan_to_num(scale, nan=0.0) * 1e-9
+
+
+async def call_with_conn(dsn: str, fn: Any, **kw: Any) -> Any:
+    """`await fn(conn, **kw)` on a connection of its own (closed after)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await fn(conn, **kw)
+    finally:
+        await conn.close()
 
 
 def run(coro: Any) -> Any:

@@ -10,7 +10,15 @@ import asyncpg
 import psycopg
 import pytest
 from fx_cases import MIDNIGHT, MIN, OTHER, SYM, T0, trades, write_cases
-from fx_helpers import assert_column_types, assert_frames_match, copy_raw_rows, load_raw, read_features, run
+from fx_helpers import (
+    assert_column_types,
+    assert_frames_match,
+    call_with_conn,
+    copy_raw_rows,
+    load_raw,
+    read_features,
+    run,
+)
 from reference import features
 
 from microstructure.cli import main
@@ -23,20 +31,12 @@ def at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-async def _call(dsn: str, fn: Any, **kw: Any) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await fn(conn, **kw)
-    finally:
-        await conn.close()
-
-
 def refresh(dsn: str, **kw: Any) -> refresher.RefreshReport:
-    return run(_call(dsn, refresher.refresh_pending, **kw))
+    return run(call_with_conn(dsn, refresher.refresh_pending, **kw))
 
 
 def refresh_all(dsn: str, **kw: Any) -> refresher.RefreshReport:
-    return run(_call(dsn, refresher.refresh_range, **kw))
+    return run(call_with_conn(dsn, refresher.refresh_range, **kw))
 
 
 def assert_equal_reference(features_dsn: str, raw_dsn: str, label: str) -> None:
@@ -148,7 +148,7 @@ def _late_trade(dsn: str, late: tuple[int, int, float, float, bool]) -> None:
     async def go(conn: asyncpg.Connection) -> None:
         await write_batch(conn, "agg_trades", SYM, trades([late]))
 
-    run(_call(dsn, go))
+    run(call_with_conn(dsn, go))
 
 
 def test_late_row_after_a_refresh_corrects_its_bars(db_url: str) -> None:

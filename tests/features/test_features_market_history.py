@@ -16,7 +16,15 @@ import psycopg
 import pyarrow as pa
 import pytest
 from fx_cases import MIN, funding, marks
-from fx_helpers import assert_column_types, assert_frames_match, copy_raw_rows, load_raw, read_features, run
+from fx_helpers import (
+    assert_column_types,
+    assert_frames_match,
+    call_with_conn,
+    copy_raw_rows,
+    load_raw,
+    read_features,
+    run,
+)
 from reference import features
 
 from microstructure.features_sql import refresher
@@ -92,14 +100,6 @@ async def write_late_klines(dsn: str, late_minutes: int) -> None:
         await merge_table(
             conn, "price_klines", klines(LIVE, range(MINUTES - late_minutes, MINUTES)), PRICE_KLINES
         )
-    finally:
-        await conn.close()
-
-
-async def _call(dsn: str, fn: Any, **kw: Any) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await fn(conn, **kw)
     finally:
         await conn.close()
 
@@ -186,7 +186,7 @@ def check_rules(dsn: str) -> None:
 
 def test_market_history_on_postgresql(db_url: str) -> None:
     run(write_market_history(db_url, late_minutes=10))
-    run(_call(db_url, refresher.refresh_pending))
+    run(call_with_conn(db_url, refresher.refresh_pending))
     # the klines archived later (a backfill after the live run): the invalidation log carries them
     run(write_late_klines(db_url, 10))
     with psycopg.connect(db_url) as conn:
@@ -194,7 +194,7 @@ def test_market_history_on_postgresql(db_url: str) -> None:
             "SELECT count(*) FROM raw_invalidations WHERE table_name = 'price_klines'"
         ).fetchone()
     assert logged[0] > 0
-    report = run(_call(db_url, refresher.refresh_pending))
+    report = run(call_with_conn(db_url, refresher.refresh_pending))
     assert report.windows >= 1
     assert_equal_reference(db_url, db_url, "postgresql")
     check_rules(db_url)
@@ -204,7 +204,7 @@ def test_market_history_on_postgresql(db_url: str) -> None:
 def test_market_history_on_timescaledb_continuous_aggregates(db_url: str, pglite_db: str) -> None:
     run(write_market_history(db_url))
     copy_raw_rows(db_url, pglite_db)
-    report = run(_call(pglite_db, refresher.refresh_range, force=False))
+    report = run(call_with_conn(pglite_db, refresher.refresh_range, force=False))
     assert report.engine == "continuous_aggregates"
     assert_equal_reference(pglite_db, db_url, "timescaledb")
     check_rules(pglite_db)
