@@ -295,6 +295,13 @@ class MarketReport:
         return out
 
 
+def check_stream_modes(liquidations_stream: str, mark_stream: str) -> None:
+    """Each of 'per-symbol', 'all' or 'auto' (LIQUIDATION_STREAMS), else one ValueError naming it."""
+    for what, value in (("liquidations_stream", liquidations_stream), ("mark_stream", mark_stream)):
+        if value not in LIQUIDATION_STREAMS:
+            raise ValueError(f"{what}: expected one of {LIQUIDATION_STREAMS}, got {value!r}")
+
+
 class MarketLive:
     """State and tasks of the live market-data collector (shared writer, health and events)."""
 
@@ -314,9 +321,7 @@ class MarketLive:
         liquidations_stream: str = "auto",
         mark_stream: str = "auto",
     ) -> None:
-        for what, value in (("liquidations_stream", liquidations_stream), ("mark_stream", mark_stream)):
-            if value not in LIQUIDATION_STREAMS:
-                raise ValueError(f"{what}: expected one of {LIQUIDATION_STREAMS}, got {value!r}")
+        check_stream_modes(liquidations_stream, mark_stream)
         self.liquidations_stream = liquidations_stream
         self.mark_stream = mark_stream
         self.symbols = list(symbols)
@@ -626,9 +631,7 @@ async def collect_market_live(
     `<s>@markPrice@1s`, `!markPrice@arr@1s`, or 'auto' (all from MARK_ALL_FROM symbols on)."""
     from microstructure.ingest.binance.rest import BinanceRest
 
-    for what, value in (("liquidations_stream", liquidations_stream), ("mark_stream", mark_stream)):
-        if value not in LIQUIDATION_STREAMS:
-            raise ValueError(f"{what}: expected one of {LIQUIDATION_STREAMS}, got {value!r}")
+    check_stream_modes(liquidations_stream, mark_stream)  # before anything is opened
     symbols = [s.upper() for s in symbols]
     stop = stop_event or asyncio.Event()
     health = health or Health()
